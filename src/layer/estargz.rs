@@ -1,0 +1,1 @@
+//! eStargz layers (stub: being written).

@@ -1,0 +1,150 @@
+//! Layer formats: how a layer blob's bytes become a table of tar entries plus
+//! a format-specific index that says which blob bytes hold a file's data.
+//!
+//! - `gzip` (zran checkpoints over the one gzip stream) via [`zran`],
+//! - `estargz` (per-file gzip members located by a TOC) via [`estargz`],
+//! - uncompressed `tar`.
+//!
+//! Everything here is pure: no network and no cache. The view drives fetching.
+
+pub mod estargz;
+pub mod tar_entries;
+pub mod zran;
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of a tar entry, after PAX/GNU extensions are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    /// A hard link to `Entry::link_target`, a path in this or a lower layer.
+    Hardlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+}
+
+/// One entry of a layer's tar stream (or eStargz TOC), with the location of
+/// its data. Paths are normalised: no leading `/` or `./`, no trailing `/`;
+/// the layer root itself is the empty path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (the low 12 bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub size: u64,
+    /// Symlink target, or the path a hard link points to (normalised).
+    pub link_target: Option<String>,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    /// Where the data lives, meaning depends on the format: for gzip and tar
+    /// the offset of the first data byte in the uncompressed stream; for
+    /// eStargz the index of the file's first chunk in the layer's chunk table.
+    pub data: u64,
+}
+
+impl Entry {
+    pub fn new(path: String, kind: EntryKind) -> Self {
+        Entry {
+            path,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+            link_target: None,
+            xattrs: Vec::new(),
+            dev_major: 0,
+            dev_minor: 0,
+            data: 0,
+        }
+    }
+}
+
+/// Normalise a path from a tar header or TOC: strip `./` and `/` prefixes and
+/// trailing slashes, drop `.` components. Returns `None` for paths that climb
+/// out of the root with `..`, which an image must never be allowed to do.
+pub fn normalize_path(raw: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for comp in raw.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => return None,
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Media types of layers, and what we do with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerFormat {
+    Gzip,
+    Estargz,
+    Tar,
+}
+
+impl std::fmt::Display for LayerFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LayerFormat::Gzip => "gzip",
+            LayerFormat::Estargz => "estargz",
+            LayerFormat::Tar => "tar",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("unsupported layer media type {0:?} (lazyboot reads gzip, eStargz and uncompressed tar layers)")]
+    Unsupported(String),
+}
+
+/// Classify a layer by media type. eStargz is a gzip layer with a footer, so a
+/// gzip answer is refined later by probing the footer (see `view`).
+pub fn format_from_media_type(media_type: &str) -> Result<LayerFormat, FormatError> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(LayerFormat::Gzip),
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Ok(LayerFormat::Tar),
+        other => Err(FormatError::Unsupported(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_tar_paths() {
+        assert_eq!(normalize_path("./etc/passwd").as_deref(), Some("etc/passwd"));
+        assert_eq!(normalize_path("/usr/bin/").as_deref(), Some("usr/bin"));
+        assert_eq!(normalize_path("./").as_deref(), Some(""));
+        assert_eq!(normalize_path("a/./b").as_deref(), Some("a/b"));
+        assert_eq!(normalize_path("../etc/shadow"), None);
+        assert_eq!(normalize_path("a/../../b"), None);
+    }
+
+    #[test]
+    fn refuses_zstd_and_encrypted_by_name() {
+        let err = format_from_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap_err();
+        assert!(err.to_string().contains("tar+zstd"));
+        assert!(format_from_media_type("application/vnd.oci.image.layer.v1.tar+gzip+encrypted").is_err());
+        assert_eq!(
+            format_from_media_type("application/vnd.oci.image.layer.v1.tar").unwrap(),
+            LayerFormat::Tar
+        );
+    }
+}

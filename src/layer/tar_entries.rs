@@ -1,0 +1,1 @@
+//! Tar entry table (being written).

@@ -1,0 +1,16 @@
+//! lazyboot: network-boot machines straight from an OCI image reference.
+//!
+//! Dependencies point one way: protocol front ends (`fuse`, later `tftp`, `nfs`)
+//! wrap the [`view::ImageView`], which reads through the [`cache`], which fetches
+//! from a [`registry::Source`]. See ARCHITECTURE.md.
+
+pub mod cache;
+pub mod digest;
+pub mod fuse;
+pub mod layer;
+pub mod platform;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod tree;
+pub mod view;
