@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod digest;
 pub mod fuse;
+pub mod indexer;
 pub mod layer;
 pub mod platform;
 pub mod progress;

@@ -1,1 +1,361 @@
-fn main(){}
+//! The `lazyboot` command line.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use lazyboot::cache::ChunkCache;
+use lazyboot::fuse::{cleanup_stale_mount, mount_config, LazyFs};
+use lazyboot::indexer::probe_estargz;
+use lazyboot::layer::index::LayerIndex;
+use lazyboot::layer::{format_from_media_type, LayerFormat};
+use lazyboot::platform::Platform;
+use lazyboot::progress::Progress;
+use lazyboot::reference::ImageRef;
+use lazyboot::registry::{RegistryOptions, Source};
+use lazyboot::view::{ImageView, ViewOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "lazyboot",
+    version,
+    about = "Network-boot machines straight from OCI image references"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Cache directory shared by every mount.
+    #[arg(long, global = true, env = "LAZYBOOT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Cache size limit (e.g. 500M, 20G); cold chunks are evicted beyond it.
+    #[arg(long, global = true, default_value = "20G", value_parser = parse_size)]
+    cache_size: u64,
+    /// Platform to pick from a multi-platform image (os/arch[/variant]); default: this host's.
+    #[arg(long, global = true)]
+    platform: Option<Platform>,
+    /// Registry host[:port] to reach over plain HTTP (loopback registries always are).
+    #[arg(long = "insecure-registry", global = true)]
+    insecure_registries: Vec<String>,
+    /// Seconds before a read that cannot be satisfied fails with EIO.
+    #[arg(long, global = true, default_value_t = 60)]
+    read_timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount an image read-only at MOUNTPOINT and serve it until interrupted.
+    Mount {
+        image: ImageRef,
+        mountpoint: PathBuf,
+        /// Do not fetch the rest of the image in the background.
+        #[arg(long)]
+        no_background_fill: bool,
+    },
+    /// Fetch the whole image into the cache.
+    Pull { image: ImageRef },
+    /// Build and cache the layer indexes.
+    Index { image: ImageRef },
+    /// Show layers, formats, sizes, and index and cache state.
+    Inspect {
+        image: ImageRef,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let m = match s[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1u64 << 40,
+                other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a size like 512M or 20G"))
+}
+
+impl Common {
+    fn registry(&self) -> RegistryOptions {
+        let mut r = RegistryOptions::default();
+        if let Some(p) = &self.platform {
+            r.platform = p.clone();
+        }
+        r.insecure_registries = self.insecure_registries.clone();
+        r
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        if let Some(d) = &self.cache_dir {
+            return d.clone();
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/var/cache/lazyboot");
+        }
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+            .join("lazyboot")
+    }
+
+    fn view(&self) -> ViewOptions {
+        ViewOptions {
+            cache_dir: self.cache_dir(),
+            cache_size: self.cache_size,
+            registry: self.registry(),
+            read_timeout: Duration::from_secs(self.read_timeout),
+        }
+    }
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "lazyboot=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.cmd {
+        Cmd::Mount {
+            image,
+            mountpoint,
+            no_background_fill,
+        } => mount(&rt, &cli.common, &image, &mountpoint, !no_background_fill),
+        Cmd::Pull { image } => rt.block_on(pull(&cli.common, &image)),
+        Cmd::Index { image } => rt.block_on(index(&cli.common, &image)),
+        Cmd::Inspect { image, json } => rt.block_on(inspect(&cli.common, &image, json)),
+    }
+}
+
+fn mount(
+    rt: &tokio::runtime::Runtime,
+    common: &Common,
+    image: &ImageRef,
+    mountpoint: &std::path::Path,
+    background_fill: bool,
+) -> Result<()> {
+    if cleanup_stale_mount(mountpoint) {
+        eprintln!("cleaned up a stale mount at {}", mountpoint.display());
+    }
+    if !mountpoint.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    let started = Instant::now();
+    let view = rt
+        .block_on(ImageView::open(image, &common.view(), &Progress::stderr()))
+        .with_context(|| format!("opening {image}"))?;
+    let fs = LazyFs::new(view.clone(), rt.handle().clone());
+    let session = fuser::spawn_mount(fs, mountpoint, &mount_config(&image.to_string()))
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    let stats = view.source.stats();
+    println!(
+        "mounted {} ({}) at {}: {} inodes, {} layers, ready in {:.2}s, {} fetched",
+        image,
+        view.image.manifest_digest,
+        mountpoint.display(),
+        view.tree.len(),
+        view.layers.len(),
+        started.elapsed().as_secs_f64(),
+        human(stats.bytes)
+    );
+    if background_fill {
+        let v = view.clone();
+        rt.spawn(async move {
+            match v.fill_all(true, &Progress::hidden()).await {
+                Ok(()) => tracing::info!("background fill complete: the image is fully cached"),
+                Err(e) => tracing::warn!("background fill stopped: {e}"),
+            }
+        });
+    }
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    session.umount_and_join().context("unmounting")?;
+    let stats = view.source.stats();
+    eprintln!(
+        "unmounted {}; {} fetched from the registry (stats: requests={} bytes={})",
+        mountpoint.display(),
+        human(stats.bytes),
+        stats.requests,
+        stats.bytes
+    );
+    Ok(())
+}
+
+async fn pull(common: &Common, image: &ImageRef) -> Result<()> {
+    let started = Instant::now();
+    let progress = Progress::stderr();
+    let view = ImageView::open(image, &common.view(), &progress)
+        .await
+        .with_context(|| format!("opening {image}"))?;
+    view.fill_all(false, &progress).await.context("pulling")?;
+    let stats = view.source.stats();
+    println!(
+        "pulled {} ({}) in {:.1}s: {} fetched in {} requests",
+        image,
+        view.image.manifest_digest,
+        started.elapsed().as_secs_f64(),
+        human(stats.bytes),
+        stats.requests
+    );
+    Ok(())
+}
+
+async fn index(common: &Common, image: &ImageRef) -> Result<()> {
+    let started = Instant::now();
+    let view = ImageView::open(image, &common.view(), &Progress::stderr())
+        .await
+        .with_context(|| format!("indexing {image}"))?;
+    let entries: usize = view.layers.iter().map(|l| l.index.entries.len()).sum();
+    println!(
+        "indexed {} ({}): {} layers, {} entries, {} inodes in {:.1}s",
+        image,
+        view.image.manifest_digest,
+        view.layers.len(),
+        entries,
+        view.tree.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct LayerRow {
+    digest: String,
+    media_type: String,
+    format: String,
+    compressed_size: u64,
+    uncompressed_size: Option<u64>,
+    entries: Option<usize>,
+    indexed: bool,
+    cached_chunks: u64,
+    cached_bytes: u64,
+}
+
+async fn inspect(common: &Common, image: &ImageRef, json: bool) -> Result<()> {
+    let opts = common.view();
+    let (source, resolved) = Source::open(image, &opts.registry)
+        .await
+        .with_context(|| format!("resolving {image}"))?;
+    let cache = Arc::new(ChunkCache::open(&opts.cache_dir, opts.cache_size)?);
+    let mut rows = Vec::new();
+    for l in &resolved.layers {
+        let idx = cache
+            .load_index(&LayerIndex::cache_name(&l.digest))
+            .and_then(|b| LayerIndex::decode(&b, &l.digest).ok());
+        let format = match (&idx, format_from_media_type(&l.media_type)) {
+            (Some(i), _) => i.format.to_string(),
+            (None, Ok(LayerFormat::Gzip)) => match probe_estargz(&source, l).await {
+                Ok(Some(_)) => "estargz".into(),
+                Ok(None) => "gzip".into(),
+                Err(e) => format!("gzip? ({e})"),
+            },
+            (None, Ok(f)) => f.to_string(),
+            (None, Err(e)) => format!("unsupported: {e}"),
+        };
+        let (cached_chunks, cached_bytes) = cache.layer_usage(&l.digest);
+        rows.push(LayerRow {
+            digest: l.digest.to_string(),
+            media_type: l.media_type.clone(),
+            format,
+            compressed_size: l.size,
+            uncompressed_size: idx.as_ref().map(|i| i.uncompressed_size),
+            entries: idx.as_ref().map(|i| i.entries.len()),
+            indexed: idx.is_some(),
+            cached_chunks,
+            cached_bytes,
+        });
+    }
+    if json {
+        let out = serde_json::json!({ "image": resolved, "layers": rows });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("image     {}", resolved.reference);
+    println!("manifest  {}", resolved.manifest_digest);
+    println!("platform  {}", resolved.platform);
+    println!();
+    println!(
+        "{:<3} {:<14} {:<8} {:>11} {:>13} {:>8} {:<8} {:>11}",
+        "#", "LAYER", "FORMAT", "COMPRESSED", "UNCOMPRESSED", "ENTRIES", "INDEX", "CACHED"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        println!(
+            "{:<3} {:<14} {:<8} {:>11} {:>13} {:>8} {:<8} {:>11}",
+            i + 1,
+            &r.digest[7..19],
+            r.format,
+            human(r.compressed_size),
+            r.uncompressed_size.map_or("-".into(), human),
+            r.entries.map_or("-".into(), |e| e.to_string()),
+            if r.indexed { "cached" } else { "missing" },
+            human(r.cached_bytes)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("20G").unwrap(), 20 << 30);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5Q").is_err());
+    }
+}

@@ -1,1 +1,530 @@
-//! (being written)
+//! The merged, in-memory tree of an image: every layer's entry table applied
+//! bottom-up with OCI whiteout semantics, the way an unpacker would extract the
+//! layers onto a disk, but without touching a byte of file data.
+//!
+//! Inode numbers are assigned by a depth-first walk in name order once the merge
+//! is complete, so the same image digest always gets the same numbers: NFS file
+//! handles built on them stay valid across restarts.
+
+use crate::layer::{Entry, EntryKind};
+use std::collections::BTreeMap;
+
+pub const ROOT_INO: u64 = 1;
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// Which layer entry holds a regular file's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRef {
+    pub layer: u32,
+    pub entry: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inode {
+    pub ino: u64,
+    pub parent: u64,
+    /// Never `Hardlink`: links are resolved to the inode they share.
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub size: u64,
+    pub rdev_major: u32,
+    pub rdev_minor: u32,
+    pub nlink: u32,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    pub symlink: Option<String>,
+    pub data: Option<DataRef>,
+    /// Directory entries sorted by name (byte order), so readdir can resume at
+    /// an index and lookup is a binary search.
+    pub children: Vec<(String, u64)>,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+
+    pub fn child(&self, name: &str) -> Option<u64> {
+        self.children
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| self.children[i].1)
+    }
+
+    /// `st_mode` type bits plus permission bits.
+    pub fn st_mode(&self) -> u32 {
+        let ty = match self.kind {
+            EntryKind::File | EntryKind::Hardlink => libc::S_IFREG,
+            EntryKind::Dir => libc::S_IFDIR,
+            EntryKind::Symlink => libc::S_IFLNK,
+            EntryKind::CharDevice => libc::S_IFCHR,
+            EntryKind::BlockDevice => libc::S_IFBLK,
+            EntryKind::Fifo => libc::S_IFIFO,
+        };
+        ty | (self.mode & 0o7777)
+    }
+}
+
+/// Problems found while merging that an unpacker would also trip over. They do
+/// not stop the mount; they are logged and counted so `inspect` can show them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeWarning {
+    pub layer: usize,
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct Tree {
+    inodes: Vec<Inode>,
+    pub warnings: Vec<MergeWarning>,
+}
+
+impl Tree {
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        if ino == 0 {
+            return None;
+        }
+        self.inodes.get((ino - 1) as usize)
+    }
+
+    pub fn root(&self) -> &Inode {
+        &self.inodes[0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inodes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Inode> {
+        self.inodes.iter()
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Option<&Inode> {
+        self.get(parent)?.child(name).and_then(|i| self.get(i))
+    }
+
+    /// Resolve a `/`-separated path without following symlinks.
+    pub fn resolve(&self, path: &str) -> Option<&Inode> {
+        let mut cur = self.root();
+        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            cur = self.lookup(cur.ino, comp)?;
+        }
+        Some(cur)
+    }
+
+    /// Merge layer entry tables, lowest layer first.
+    pub fn build(layers: &[&[Entry]]) -> Tree {
+        let mut b = Builder::new();
+        for (li, entries) in layers.iter().enumerate() {
+            b.apply_layer(li, entries);
+        }
+        b.finish()
+    }
+}
+
+/// Arena node used during the merge, before inode numbers exist.
+struct Node {
+    entry: Entry,
+    data: Option<DataRef>,
+    children: BTreeMap<String, usize>,
+}
+
+struct Builder {
+    nodes: Vec<Node>,
+    warnings: Vec<MergeWarning>,
+}
+
+fn split_parent(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", path),
+    }
+}
+
+impl Builder {
+    fn new() -> Self {
+        let mut root = Entry::new(String::new(), EntryKind::Dir);
+        root.mode = 0o755;
+        Builder {
+            nodes: vec![Node {
+                entry: root,
+                data: None,
+                children: BTreeMap::new(),
+            }],
+            warnings: Vec::new(),
+        }
+    }
+
+    fn warn(&mut self, layer: usize, path: &str, reason: impl Into<String>) {
+        let w = MergeWarning {
+            layer,
+            path: path.to_string(),
+            reason: reason.into(),
+        };
+        tracing::warn!(layer = w.layer, path = %w.path, "{}", w.reason);
+        self.warnings.push(w);
+    }
+
+    fn lookup(&self, path: &str) -> Option<usize> {
+        let mut cur = 0usize;
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            if self.nodes[cur].entry.kind != EntryKind::Dir {
+                return None;
+            }
+            cur = *self.nodes[cur].children.get(comp)?;
+        }
+        Some(cur)
+    }
+
+    /// Find or create the directory `path`, replacing non-directories on the
+    /// way, as extracting a tar over an existing tree does.
+    fn ensure_dir(&mut self, path: &str) -> usize {
+        let mut cur = 0usize;
+        let mut walked = String::new();
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            if !walked.is_empty() {
+                walked.push('/');
+            }
+            walked.push_str(comp);
+            let next = self.nodes[cur].children.get(comp).copied();
+            cur = match next {
+                Some(n) if self.nodes[n].entry.kind == EntryKind::Dir => n,
+                _ => {
+                    let mut e = Entry::new(walked.clone(), EntryKind::Dir);
+                    e.mode = 0o755;
+                    let id = self.push(e, None);
+                    self.set_child(cur, comp, id);
+                    id
+                }
+            };
+        }
+        cur
+    }
+
+    fn push(&mut self, entry: Entry, data: Option<DataRef>) -> usize {
+        self.nodes.push(Node {
+            entry,
+            data,
+            children: BTreeMap::new(),
+        });
+        self.nodes.len() - 1
+    }
+
+    fn set_child(&mut self, dir: usize, name: &str, id: usize) {
+        self.nodes[dir].children.insert(name.to_string(), id);
+    }
+
+    fn apply_layer(&mut self, li: usize, entries: &[Entry]) {
+        // Whiteouts only hide what lower layers put there, so they are applied
+        // before this layer's own entries, whatever their order in the tar.
+        for e in entries {
+            let (parent, name) = split_parent(&e.path);
+            if name == OPAQUE_MARKER {
+                if let Some(dir) = self.lookup(parent) {
+                    if self.nodes[dir].entry.kind == EntryKind::Dir {
+                        self.nodes[dir].children.clear();
+                    }
+                }
+            } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+                if let Some(dir) = self.lookup(parent) {
+                    self.nodes[dir].children.remove(hidden);
+                }
+            }
+        }
+        for (ei, e) in entries.iter().enumerate() {
+            let (parent, name) = split_parent(&e.path);
+            if name.starts_with(WHITEOUT_PREFIX) {
+                continue;
+            }
+            if e.path.is_empty() {
+                // The layer's own root entry: its metadata applies to `/`.
+                if e.kind == EntryKind::Dir {
+                    let root = &mut self.nodes[0].entry;
+                    root.mode = e.mode;
+                    root.uid = e.uid;
+                    root.gid = e.gid;
+                    root.mtime = e.mtime;
+                    root.xattrs = e.xattrs.clone();
+                }
+                continue;
+            }
+            let dir = self.ensure_dir(parent);
+            let existing = self.nodes[dir].children.get(name).copied();
+            match e.kind {
+                EntryKind::Dir => match existing {
+                    Some(n) if self.nodes[n].entry.kind == EntryKind::Dir => {
+                        let kept = std::mem::take(&mut self.nodes[n].children);
+                        self.nodes[n].entry = e.clone();
+                        self.nodes[n].children = kept;
+                    }
+                    _ => {
+                        let id = self.push(e.clone(), None);
+                        self.set_child(dir, name, id);
+                    }
+                },
+                EntryKind::Hardlink => {
+                    let target = e.link_target.as_deref().unwrap_or("");
+                    match self.lookup(target) {
+                        Some(t) if self.nodes[t].entry.kind != EntryKind::Dir => {
+                            if existing != Some(t) {
+                                self.set_child(dir, name, t);
+                            }
+                        }
+                        Some(_) => self.warn(li, &e.path, "hard link to a directory ignored"),
+                        None => self.warn(
+                            li,
+                            &e.path,
+                            format!("hard link target {target:?} does not exist; link ignored"),
+                        ),
+                    }
+                }
+                _ => {
+                    let data = (e.kind == EntryKind::File).then_some(DataRef {
+                        layer: li as u32,
+                        entry: ei as u32,
+                    });
+                    let id = self.push(e.clone(), data);
+                    self.set_child(dir, name, id);
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Tree {
+        let mut ino_of = vec![0u64; self.nodes.len()];
+        let mut inodes: Vec<Inode> = Vec::new();
+        // Depth-first in name order; a node reached again through another
+        // hard link keeps the number it got first.
+        let mut stack: Vec<(usize, u64)> = vec![(0, ROOT_INO)];
+        while let Some((id, parent)) = stack.pop() {
+            if ino_of[id] != 0 {
+                continue;
+            }
+            let ino = inodes.len() as u64 + 1;
+            ino_of[id] = ino;
+            let n = &self.nodes[id];
+            inodes.push(Inode {
+                ino,
+                parent,
+                kind: n.entry.kind,
+                mode: n.entry.mode & 0o7777,
+                uid: n.entry.uid,
+                gid: n.entry.gid,
+                mtime: n.entry.mtime,
+                size: match n.entry.kind {
+                    EntryKind::File => n.entry.size,
+                    EntryKind::Symlink => {
+                        n.entry.link_target.as_deref().map_or(0, |t| t.len() as u64)
+                    }
+                    EntryKind::Dir => 4096,
+                    _ => 0,
+                },
+                rdev_major: n.entry.dev_major,
+                rdev_minor: n.entry.dev_minor,
+                nlink: 1,
+                xattrs: n.entry.xattrs.clone(),
+                symlink: (n.entry.kind == EntryKind::Symlink)
+                    .then(|| n.entry.link_target.clone().unwrap_or_default()),
+                data: n.data,
+                children: Vec::new(),
+            });
+            for (_, &c) in n.children.iter().rev() {
+                stack.push((c, ino));
+            }
+        }
+        // Link counts come from the reachable tree, not from bookkeeping during
+        // the merge, so names hidden with a whole whited-out directory do not count.
+        let mut names_of = vec![0u32; self.nodes.len()];
+        for (id, n) in self.nodes.iter().enumerate() {
+            let ino = ino_of[id];
+            if ino == 0 || n.entry.kind != EntryKind::Dir {
+                continue;
+            }
+            for &c in n.children.values() {
+                names_of[c] += 1;
+            }
+            let children: Vec<(String, u64)> = n
+                .children
+                .iter()
+                .map(|(k, &c)| (k.clone(), ino_of[c]))
+                .collect();
+            let subdirs = n
+                .children
+                .values()
+                .filter(|&&c| self.nodes[c].entry.kind == EntryKind::Dir)
+                .count() as u32;
+            let inode = &mut inodes[(ino - 1) as usize];
+            inode.children = children;
+            inode.nlink = 2 + subdirs;
+        }
+        for (id, &count) in names_of.iter().enumerate() {
+            let ino = ino_of[id];
+            if ino != 0 && self.nodes[id].entry.kind != EntryKind::Dir {
+                inodes[(ino - 1) as usize].nlink = count.max(1);
+            }
+        }
+        Tree {
+            inodes,
+            warnings: self.warnings,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, mode: u32) -> Entry {
+        let mut e = Entry::new(path.into(), EntryKind::File);
+        e.mode = mode;
+        e.size = path.len() as u64;
+        e
+    }
+    fn dir(path: &str) -> Entry {
+        let mut e = Entry::new(path.into(), EntryKind::Dir);
+        e.mode = 0o755;
+        e
+    }
+    fn link(path: &str, target: &str, kind: EntryKind) -> Entry {
+        let mut e = Entry::new(path.into(), kind);
+        e.link_target = Some(target.into());
+        e
+    }
+    fn names(t: &Tree, path: &str) -> Vec<String> {
+        t.resolve(path)
+            .unwrap()
+            .children
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    #[test]
+    fn whiteouts_hide_lower_layers_only() {
+        let l1 = vec![
+            dir("a"),
+            file("a/x", 0o644),
+            file("a/y", 0o644),
+            file("b", 0o600),
+        ];
+        // The whiteout comes after the new file in tar order: it must still
+        // not hide the file added by the same layer.
+        let l2 = vec![
+            file("a/z", 0o644),
+            file("a/.wh.x", 0),
+            file(".wh.b", 0),
+            file("b2", 0o644),
+        ];
+        let t = Tree::build(&[&l1, &l2]);
+        assert_eq!(names(&t, "a"), vec!["y", "z"]);
+        assert_eq!(names(&t, ""), vec!["a", "b2"]);
+    }
+
+    #[test]
+    fn opaque_dir_keeps_only_its_own_layer() {
+        let l1 = vec![
+            dir("o"),
+            file("o/old1", 0o644),
+            dir("o/sub"),
+            file("o/sub/f", 0o644),
+        ];
+        let l2 = vec![dir("o"), file("o/new", 0o644), file("o/.wh..wh..opq", 0)];
+        let t = Tree::build(&[&l1, &l2]);
+        assert_eq!(names(&t, "o"), vec!["new"]);
+        assert!(t.resolve("o/sub/f").is_none());
+    }
+
+    #[test]
+    fn hard_links_share_one_inode_across_layers() {
+        let l1 = vec![file("f", 0o640), link("g", "f", EntryKind::Hardlink)];
+        let l2 = vec![link("h", "f", EntryKind::Hardlink)];
+        let t = Tree::build(&[&l1, &l2]);
+        let (f, g, h) = (
+            t.resolve("f").unwrap(),
+            t.resolve("g").unwrap(),
+            t.resolve("h").unwrap(),
+        );
+        assert_eq!(f.ino, g.ino);
+        assert_eq!(f.ino, h.ino);
+        assert_eq!(f.nlink, 3);
+        assert_eq!(f.data, Some(DataRef { layer: 0, entry: 0 }));
+    }
+
+    #[test]
+    fn replacing_a_linked_file_breaks_only_that_name() {
+        let l1 = vec![file("f", 0o644), link("g", "f", EntryKind::Hardlink)];
+        let l2 = vec![file("g", 0o600)];
+        let t = Tree::build(&[&l1, &l2]);
+        let (f, g) = (t.resolve("f").unwrap(), t.resolve("g").unwrap());
+        assert_ne!(f.ino, g.ino);
+        assert_eq!(f.nlink, 1);
+        assert_eq!(g.mode, 0o600);
+        assert_eq!(g.data, Some(DataRef { layer: 1, entry: 0 }));
+    }
+
+    #[test]
+    fn file_becomes_dir_and_dir_attrs_update_in_place() {
+        let l1 = vec![file("r", 0o644), dir("d"), file("d/keep", 0o644)];
+        let mut d2 = dir("d");
+        d2.mode = 0o1777;
+        let l2 = vec![dir("r"), file("r/inside", 0o644), d2];
+        let t = Tree::build(&[&l1, &l2]);
+        assert!(t.resolve("r").unwrap().is_dir());
+        assert_eq!(names(&t, "r"), vec!["inside"]);
+        let d = t.resolve("d").unwrap();
+        assert_eq!(d.mode, 0o1777);
+        assert_eq!(names(&t, "d"), vec!["keep"]);
+        assert_eq!(d.st_mode(), libc::S_IFDIR | 0o1777);
+    }
+
+    #[test]
+    fn missing_parents_are_created_and_dangling_links_warned() {
+        let l1 = vec![
+            file("x/y/z", 0o644),
+            link("bad", "nope", EntryKind::Hardlink),
+        ];
+        let t = Tree::build(&[&l1]);
+        assert!(t.resolve("x/y").unwrap().is_dir());
+        assert!(t.resolve("bad").is_none());
+        assert_eq!(t.warnings.len(), 1);
+    }
+
+    #[test]
+    fn inode_numbers_are_deterministic_and_dense() {
+        let l1 = vec![
+            dir("b"),
+            file("b/2", 0o644),
+            file("a", 0o644),
+            file("b/1", 0o644),
+        ];
+        let shuffled = vec![
+            file("a", 0o644),
+            file("b/1", 0o644),
+            dir("b"),
+            file("b/2", 0o644),
+        ];
+        let (t1, t2) = (Tree::build(&[&l1]), Tree::build(&[&shuffled]));
+        for p in ["a", "b", "b/1", "b/2"] {
+            assert_eq!(
+                t1.resolve(p).unwrap().ino,
+                t2.resolve(p).unwrap().ino,
+                "{p}"
+            );
+        }
+        assert_eq!(t1.root().ino, ROOT_INO);
+        assert_eq!(t1.resolve("a").unwrap().ino, 2);
+        assert_eq!(t1.root().nlink, 3);
+        let mut inos: Vec<u64> = t1.iter().map(|i| i.ino).collect();
+        inos.sort();
+        assert_eq!(inos, (1..=5).collect::<Vec<_>>());
+    }
+}

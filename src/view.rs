@@ -1,1 +1,446 @@
-//! (being written)
+//! The image view: the merged tree of an image plus the read path beneath it.
+//! FUSE (and later TFTP and NFS) are thin wrappers around this one type.
+//!
+//! A read of `len` bytes at `offset` of an inode becomes a set of chunk ids in
+//! the owning layer's address space, which come from the cache or, on a miss,
+//! from one range request per run of adjacent missing chunks, verified before
+//! they are stored or returned.
+
+use crate::cache::{ChunkCache, ChunkKey, Claim};
+use crate::digest::Digest;
+use crate::indexer::{ensure_index, IndexError};
+use crate::layer::estargz;
+use crate::layer::index::{IndexDetail, LayerIndex, CHUNK_SIZE};
+use crate::layer::EntryKind;
+use crate::progress::Progress;
+use crate::reference::ImageRef;
+use crate::registry::{RegistryError, RegistryOptions, ResolvedImage, Source};
+use crate::tree::{Inode, Tree};
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ViewOptions {
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+    pub registry: RegistryOptions,
+    /// A read that cannot be satisfied within this time fails with EIO.
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("no such inode {0}")]
+    NoInode(u64),
+    #[error("inode {0} is not a regular file")]
+    NotFile(u64),
+    #[error("layer {layer}: {msg}")]
+    BadData { layer: Digest, msg: String },
+    #[error("read timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// One layer of the image as the read path sees it.
+pub struct LayerView {
+    pub index: Arc<LayerIndex>,
+}
+
+pub struct ImageView {
+    pub image: ResolvedImage,
+    pub source: Source,
+    pub cache: Arc<ChunkCache>,
+    pub layers: Vec<LayerView>,
+    pub tree: Tree,
+    read_timeout: Duration,
+    /// Foreground reads in progress; the background fill waits while > 0.
+    active_reads: AtomicUsize,
+}
+
+impl ImageView {
+    /// Resolve the reference, make sure every layer index exists (building
+    /// missing ones concurrently, with a progress bar each) and merge the tree.
+    pub async fn open(
+        reference: &ImageRef,
+        opts: &ViewOptions,
+        progress: &Progress,
+    ) -> Result<Arc<ImageView>, ViewError> {
+        let cache = Arc::new(ChunkCache::open(&opts.cache_dir, opts.cache_size)?);
+        let (source, image) = Source::open(reference, &opts.registry).await?;
+        Self::with_parts(image, source, cache, opts.read_timeout, progress).await
+    }
+
+    pub async fn with_parts(
+        image: ResolvedImage,
+        source: Source,
+        cache: Arc<ChunkCache>,
+        read_timeout: Duration,
+        progress: &Progress,
+    ) -> Result<Arc<ImageView>, ViewError> {
+        let mut tasks = Vec::new();
+        for layer in &image.layers {
+            let (source, cache, layer) = (source.clone(), cache.clone(), layer.clone());
+            let bar = progress.bytes(format!("index {}", layer.digest.short()), layer.size);
+            tasks.push(tokio::spawn(async move {
+                ensure_index(&source, &cache, &layer, bar).await
+            }));
+        }
+        let mut layers = Vec::new();
+        for t in tasks {
+            let index = t.await.map_err(|e| ViewError::BadData {
+                layer: Digest::of_bytes(b""),
+                msg: format!("index task failed: {e}"),
+            })??;
+            layers.push(LayerView { index });
+        }
+        let tables: Vec<&[crate::layer::Entry]> =
+            layers.iter().map(|l| l.index.entries.as_slice()).collect();
+        let tree = Tree::build(&tables);
+        Ok(Arc::new(ImageView {
+            image,
+            source,
+            cache,
+            layers,
+            tree,
+            read_timeout,
+            active_reads: AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn inode(&self, ino: u64) -> Option<&Inode> {
+        self.tree.get(ino)
+    }
+
+    /// Read up to `len` bytes of a regular file at `offset`. Short only at EOF.
+    pub async fn read(&self, ino: u64, offset: u64, len: u32) -> Result<Bytes, ViewError> {
+        self.active_reads.fetch_add(1, Ordering::SeqCst);
+        let r = tokio::time::timeout(self.read_timeout, self.read_inner(ino, offset, len)).await;
+        self.active_reads.fetch_sub(1, Ordering::SeqCst);
+        r.unwrap_or(Err(ViewError::Timeout(self.read_timeout)))
+    }
+
+    async fn read_inner(&self, ino: u64, offset: u64, len: u32) -> Result<Bytes, ViewError> {
+        let inode = self.tree.get(ino).ok_or(ViewError::NoInode(ino))?;
+        if inode.kind != EntryKind::File {
+            return Err(ViewError::NotFile(ino));
+        }
+        let end = inode.size.min(offset.saturating_add(len as u64));
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let Some(data) = inode.data else {
+            return Ok(Bytes::new());
+        };
+        let li = data.layer as usize;
+        let index = &self.layers[li].index;
+        let entry = &index.entries[data.entry as usize];
+        match &index.detail {
+            IndexDetail::Gzip(_) | IndexDetail::Tar { .. } => {
+                let (start, stop) = (entry.data + offset, entry.data + end);
+                let first = start / CHUNK_SIZE;
+                let ids: Vec<u64> = (first..stop.div_ceil(CHUNK_SIZE)).collect();
+                let chunks = self.chunks(li, &ids).await?;
+                Ok(assemble(&chunks, first * CHUNK_SIZE, start, stop))
+            }
+            IndexDetail::Estargz(ez) => {
+                let first = entry.data as usize;
+                // A file's chunks are adjacent; the next file's starts at offset 0.
+                let count = 1 + ez.chunks[first + 1..]
+                    .iter()
+                    .take_while(|c| c.file_offset > 0)
+                    .count();
+                let file_chunks = &ez.chunks[first..first + count];
+                let lo = file_chunks.partition_point(|c| c.file_offset + c.size <= offset);
+                let hi = file_chunks.partition_point(|c| c.file_offset < end);
+                let ids: Vec<u64> = (first + lo..first + hi).map(|i| i as u64).collect();
+                let chunks = self.chunks(li, &ids).await?;
+                let base = file_chunks.get(lo).map_or(0, |c| c.file_offset);
+                Ok(assemble(&chunks, base, offset, end))
+            }
+        }
+    }
+
+    /// The chunks `ids` (sorted) of layer `li`, fetching what is missing.
+    pub async fn chunks(&self, li: usize, ids: &[u64]) -> Result<Vec<Bytes>, ViewError> {
+        let layer = &self.layers[li].index.digest;
+        let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
+        for _attempt in 0..4 {
+            let mut missing = Vec::new();
+            for (slot, &id) in out.iter_mut().zip(ids) {
+                if slot.is_none() {
+                    let key = ChunkKey {
+                        layer: layer.clone(),
+                        id,
+                    };
+                    match self.cache.get(&key) {
+                        Some(b) => *slot = Some(b),
+                        None => missing.push(key),
+                    }
+                }
+            }
+            if missing.is_empty() {
+                return Ok(out.into_iter().map(|b| b.expect("filled")).collect());
+            }
+            let Claim { mine, waits } = self.cache.claim(&missing);
+            if let Some(guard) = mine {
+                let want: Vec<u64> = guard.keys.iter().map(|k| k.id).collect();
+                let got = self.fill(li, &want).await?;
+                for (slot, id) in out.iter_mut().zip(ids) {
+                    if slot.is_none() {
+                        if let Some(b) = got.get(id) {
+                            *slot = Some(b.clone());
+                        }
+                    }
+                }
+                drop(guard);
+            }
+            Claim::wait_others(waits).await;
+        }
+        Err(ViewError::BadData {
+            layer: layer.clone(),
+            msg: "chunks kept disappearing from the cache (is --cache-size too small?)".into(),
+        })
+    }
+
+    /// Fetch, verify and cache the chunks `ids` (sorted), one range request per
+    /// run of adjacent ids. Returns at least the requested chunks.
+    async fn fill(&self, li: usize, ids: &[u64]) -> Result<HashMap<u64, Bytes>, ViewError> {
+        let index = self.layers[li].index.clone();
+        let mut got = HashMap::new();
+        for run in runs(ids) {
+            let produced = match &index.detail {
+                IndexDetail::Gzip(_) => self.fill_gzip(&index, run).await?,
+                IndexDetail::Tar { chunk_sha256 } => {
+                    self.fill_tar(&index, chunk_sha256, run).await?
+                }
+                IndexDetail::Estargz(ez) => self.fill_estargz(&index, ez, run).await?,
+            };
+            for (id, data) in produced {
+                let key = ChunkKey {
+                    layer: index.digest.clone(),
+                    id,
+                };
+                if let Err(e) = self.cache.put(&key, data.clone()) {
+                    // Serving the verified bytes still works; only caching failed.
+                    tracing::warn!("could not cache chunk: {e}");
+                }
+                got.insert(id, data);
+            }
+        }
+        Ok(got)
+    }
+
+    async fn fill_gzip(
+        &self,
+        index: &Arc<LayerIndex>,
+        run: std::ops::Range<u64>,
+    ) -> Result<Vec<(u64, Bytes)>, ViewError> {
+        let IndexDetail::Gzip(z) = &index.detail else {
+            unreachable!()
+        };
+        let out_end = (run.end * CHUNK_SIZE).min(index.uncompressed_size);
+        let plan = z.plan(run.start * CHUNK_SIZE..out_end);
+        let compressed = self
+            .source
+            .fetch_range(&index.digest, plan.compressed.clone())
+            .await?;
+        let index = index.clone();
+        tokio::task::spawn_blocking(move || {
+            let IndexDetail::Gzip(z) = &index.detail else {
+                unreachable!()
+            };
+            let start = z.checkpoints[plan.checkpoint].out_off;
+            let mut out = Vec::new();
+            let mut cur = BytesMut::new();
+            z.decode(&plan, &compressed, out_end, &mut |mut at, mut data| {
+                while !data.is_empty() && at < out_end {
+                    let chunk_start = at / CHUNK_SIZE * CHUNK_SIZE;
+                    // A checkpoint inside a chunk leaves that chunk partial: skip it.
+                    let skip = if chunk_start < start {
+                        chunk_start + CHUNK_SIZE - at
+                    } else {
+                        0
+                    };
+                    let take = if skip > 0 {
+                        skip.min(data.len() as u64) as usize
+                    } else {
+                        let room = (CHUNK_SIZE - cur.len() as u64).min(out_end - at);
+                        let take = room.min(data.len() as u64) as usize;
+                        cur.extend_from_slice(&data[..take]);
+                        take
+                    };
+                    data = &data[take..];
+                    at += take as u64;
+                    if skip == 0
+                        && (cur.len() as u64 == CHUNK_SIZE || at == index.uncompressed_size)
+                    {
+                        out.push((chunk_start / CHUNK_SIZE, cur.split().freeze()));
+                    }
+                }
+            })
+            .map_err(|e| ViewError::BadData {
+                layer: index.digest.clone(),
+                msg: e.to_string(),
+            })?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ViewError::BadData {
+            layer: Digest::of_bytes(b""),
+            msg: format!("decoder task failed: {e}"),
+        })?
+    }
+
+    async fn fill_tar(
+        &self,
+        index: &LayerIndex,
+        hashes: &[[u8; 32]],
+        run: std::ops::Range<u64>,
+    ) -> Result<Vec<(u64, Bytes)>, ViewError> {
+        let end = (run.end * CHUNK_SIZE).min(index.uncompressed_size);
+        let body = self
+            .source
+            .fetch_range(&index.digest, run.start * CHUNK_SIZE..end)
+            .await?;
+        let mut out = Vec::new();
+        for (i, id) in run.enumerate() {
+            let lo = i * CHUNK_SIZE as usize;
+            let piece = body.slice(lo..(lo + CHUNK_SIZE as usize).min(body.len()));
+            let want = hashes.get(id as usize);
+            if want != Some(&Sha256::digest(&piece).into()) {
+                return Err(ViewError::BadData {
+                    layer: index.digest.clone(),
+                    msg: format!("chunk {id} from the registry failed its sha256 check"),
+                });
+            }
+            out.push((id, piece));
+        }
+        Ok(out)
+    }
+
+    async fn fill_estargz(
+        &self,
+        index: &LayerIndex,
+        ez: &estargz::EstargzIndex,
+        run: std::ops::Range<u64>,
+    ) -> Result<Vec<(u64, Bytes)>, ViewError> {
+        let chunks = &ez.chunks[run.start as usize..run.end as usize];
+        let base = chunks[0].comp_start;
+        let body = self
+            .source
+            .fetch_range(&index.digest, base..chunks[chunks.len() - 1].comp_end)
+            .await?;
+        let mut out = Vec::new();
+        for (id, c) in run.zip(chunks) {
+            let raw = body.slice((c.comp_start - base) as usize..(c.comp_end - base) as usize);
+            let data = estargz::decode_chunk(c, &raw).map_err(|e| ViewError::BadData {
+                layer: index.digest.clone(),
+                msg: e.to_string(),
+            })?;
+            out.push((id, Bytes::from(data)));
+        }
+        Ok(out)
+    }
+
+    /// Fetch every chunk of every layer that is not cached yet. `background`
+    /// makes it yield to foreground reads (it pauses while any are running).
+    pub async fn fill_all(&self, background: bool, progress: &Progress) -> Result<(), ViewError> {
+        // About 4 MiB of output per request: one zran span, a few estargz files.
+        const RUN: u64 = 16;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let total = layer.index.chunk_count();
+            let bar = progress.bytes(format!("pull {}", layer.index.digest.short()), total);
+            let mut id = 0;
+            while id < total {
+                if background {
+                    while self.active_reads.load(Ordering::SeqCst) > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let end = (id + RUN).min(total);
+                let ids: Vec<u64> = (id..end)
+                    .filter(|&i| {
+                        !self.cache.contains(&ChunkKey {
+                            layer: layer.index.digest.clone(),
+                            id: i,
+                        })
+                    })
+                    .collect();
+                if !ids.is_empty() {
+                    self.chunks(li, &ids).await?;
+                }
+                bar.inc(end - id);
+                id = end;
+            }
+            bar.finish();
+        }
+        Ok(())
+    }
+}
+
+/// Split sorted ids into runs of consecutive values.
+fn runs(ids: &[u64]) -> Vec<std::ops::Range<u64>> {
+    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+    for &id in ids {
+        match out.last_mut() {
+            Some(r) if r.end == id => r.end += 1,
+            _ => out.push(id..id + 1),
+        }
+    }
+    out
+}
+
+/// Concatenate consecutive chunks starting at address `base` and cut
+/// [start, stop) out of them.
+fn assemble(chunks: &[Bytes], base: u64, start: u64, stop: u64) -> Bytes {
+    if chunks.len() == 1 {
+        let c = &chunks[0];
+        let lo = ((start - base) as usize).min(c.len());
+        let hi = ((stop - base) as usize).min(c.len());
+        return c.slice(lo..hi);
+    }
+    let mut out = BytesMut::with_capacity((stop - start) as usize);
+    let mut at = base;
+    for c in chunks {
+        let (c_lo, c_hi) = (at, at + c.len() as u64);
+        let lo = start.max(c_lo);
+        let hi = stop.min(c_hi);
+        if lo < hi {
+            out.extend_from_slice(&c[(lo - c_lo) as usize..(hi - c_lo) as usize]);
+        }
+        at = c_hi;
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_group_adjacent_ids() {
+        assert_eq!(runs(&[1, 2, 3, 7, 9, 10]), vec![1..4, 7..8, 9..11]);
+        assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn assemble_cuts_across_chunks() {
+        let chunks = [
+            Bytes::from_static(b"abcd"),
+            Bytes::from_static(b"efgh"),
+            Bytes::from_static(b"ij"),
+        ];
+        assert_eq!(assemble(&chunks, 100, 102, 109), &b"cdefghi"[..]);
+        assert_eq!(assemble(&chunks[..1], 100, 101, 103), &b"bc"[..]);
+    }
+}

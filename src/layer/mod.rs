@@ -8,6 +8,7 @@
 //! Everything here is pure: no network and no cache. The view drives fetching.
 
 pub mod estargz;
+pub mod index;
 pub mod tar_entries;
 pub mod zran;
 
@@ -129,7 +130,10 @@ mod tests {
 
     #[test]
     fn normalizes_tar_paths() {
-        assert_eq!(normalize_path("./etc/passwd").as_deref(), Some("etc/passwd"));
+        assert_eq!(
+            normalize_path("./etc/passwd").as_deref(),
+            Some("etc/passwd")
+        );
         assert_eq!(normalize_path("/usr/bin/").as_deref(), Some("usr/bin"));
         assert_eq!(normalize_path("./").as_deref(), Some(""));
         assert_eq!(normalize_path("a/./b").as_deref(), Some("a/b"));
@@ -139,9 +143,13 @@ mod tests {
 
     #[test]
     fn refuses_zstd_and_encrypted_by_name() {
-        let err = format_from_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap_err();
+        let err =
+            format_from_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap_err();
         assert!(err.to_string().contains("tar+zstd"));
-        assert!(format_from_media_type("application/vnd.oci.image.layer.v1.tar+gzip+encrypted").is_err());
+        assert!(
+            format_from_media_type("application/vnd.oci.image.layer.v1.tar+gzip+encrypted")
+                .is_err()
+        );
         assert_eq!(
             format_from_media_type("application/vnd.oci.image.layer.v1.tar").unwrap(),
             LayerFormat::Tar

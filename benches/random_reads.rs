@@ -1,0 +1,134 @@
+//! Random 1 MiB reads inside the largest file of a gzip image, warm index and
+//! cold cache: bytes fetched per read and latency, against downloading the
+//! whole layer. Run through `scripts/bench`, which builds and serves the image:
+//!
+//!   LAZYBOOT_BENCH_IMAGE=127.0.0.1:5000/bench/big:t cargo bench --bench random_reads
+//!
+//! Without LAZYBOOT_BENCH_IMAGE it prints how to run it and exits.
+
+use futures_util::StreamExt;
+use lazyboot::cache::ChunkCache;
+use lazyboot::layer::index::{IndexDetail, LayerIndex};
+use lazyboot::progress::Progress;
+use lazyboot::reference::ImageRef;
+use lazyboot::registry::{RegistryOptions, Source};
+use lazyboot::view::ImageView;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const READ: u32 = 1 << 20;
+const READS: usize = 24;
+
+fn main() -> anyhow::Result<()> {
+    let Ok(image) = std::env::var("LAZYBOOT_BENCH_IMAGE") else {
+        eprintln!("random_reads: set LAZYBOOT_BENCH_IMAGE (scripts/bench does); skipping");
+        return Ok(());
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(&image))
+}
+
+async fn run(image: &str) -> anyhow::Result<()> {
+    let reference: ImageRef = image.parse()?;
+    let opts = RegistryOptions::default();
+    let warm = tempfile::tempdir()?;
+    let (source, resolved) = Source::open(&reference, &opts).await?;
+    let cache = Arc::new(ChunkCache::open(warm.path(), 1 << 40)?);
+    let t = Instant::now();
+    let view = ImageView::with_parts(
+        resolved.clone(),
+        source.clone(),
+        cache,
+        Duration::from_secs(60),
+        &Progress::hidden(),
+    )
+    .await?;
+    let index_time = t.elapsed();
+
+    let file = view
+        .tree
+        .iter()
+        .filter(|i| i.data.is_some())
+        .max_by_key(|i| i.size)
+        .expect("a file");
+    let data = file.data.unwrap();
+    let layer = &view.layers[data.layer as usize].index;
+    let IndexDetail::Gzip(z) = &layer.detail else {
+        anyhow::bail!("the largest file is not in a gzip layer");
+    };
+    let spans: Vec<u64> = z
+        .checkpoints
+        .windows(2)
+        .map(|w| w[1].in_off - w[0].in_off)
+        .collect();
+    let max_span = spans.iter().copied().max().unwrap_or(layer.compressed_size);
+    println!(
+        "file {} bytes in layer {} ({} compressed, {} checkpoints, largest span {} bytes); index pass {:.2}s",
+        file.size,
+        layer.digest.short(),
+        layer.compressed_size,
+        z.checkpoints.len(),
+        max_span,
+        index_time.as_secs_f64()
+    );
+
+    // Whole-layer download: the baseline a non-lazy tool pays before reading.
+    let before = source.stats();
+    let t = Instant::now();
+    let mut s = source.stream(&layer.digest, 0).await?;
+    let mut n = 0u64;
+    while let Some(b) = s.next().await {
+        n += b?.len() as u64;
+    }
+    let full_time = t.elapsed();
+    assert_eq!(n, layer.compressed_size);
+    let _ = before;
+
+    let mut rng_state = 0x9e3779b97f4a7c15u64;
+    let mut bytes = Vec::new();
+    let mut lat = Vec::new();
+    for _ in 0..READS {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        let off = rng_state % (file.size - READ as u64);
+        // Cold cache, warm index: a fresh cache holding only the index.
+        let cold = tempfile::tempdir()?;
+        let cache = Arc::new(ChunkCache::open(cold.path(), 1 << 40)?);
+        for l in &view.layers {
+            cache.store_index(&LayerIndex::cache_name(&l.index.digest), &l.index.encode()?)?;
+        }
+        let v = ImageView::with_parts(
+            resolved.clone(),
+            source.clone(),
+            cache,
+            Duration::from_secs(60),
+            &Progress::hidden(),
+        )
+        .await?;
+        let before = source.stats();
+        let t = Instant::now();
+        let got = v.read(file.ino, off, READ).await?;
+        lat.push(t.elapsed());
+        assert_eq!(got.len(), READ as usize);
+        bytes.push(source.stats().bytes - before.bytes);
+    }
+    let mean_bytes = bytes.iter().sum::<u64>() as f64 / READS as f64;
+    let max_bytes = *bytes.iter().max().unwrap();
+    let mean_lat = lat.iter().sum::<Duration>().as_secs_f64() / READS as f64;
+    let goal = max_span + READ as u64;
+    println!("random 1 MiB reads, cold cache, warm index ({READS} reads):");
+    println!("  bytes fetched per read: mean {mean_bytes:.0}, max {max_bytes}; goal <= span + read = {goal} (max/goal = {:.2})", max_bytes as f64 / goal as f64);
+    println!(
+        "  latency per read: mean {:.1} ms; whole-layer download {:.1} ms ({} bytes): ratio {:.3}",
+        mean_lat * 1e3,
+        full_time.as_secs_f64() * 1e3,
+        layer.compressed_size,
+        mean_lat / full_time.as_secs_f64()
+    );
+    println!(
+        "  fraction of the layer fetched per read: {:.4}",
+        mean_bytes / layer.compressed_size as f64
+    );
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Shared harness for lazyboot's integration tests. Use it from a test with
+//! `mod common;` (each `[[test]]` target compiles its own copy, so not every
+//! item is used everywhere).
+//!
+//! - [`Registry`]: a throw-away `docker-registry` on 127.0.0.1 that can be
+//!   stopped, restarted, paused, and whose blobs can be corrupted on disk.
+//! - [`build_fixture`], [`shared_fixture`], [`push`], [`umoci_unpack`]: the
+//!   multi-layer test image and its reference view.
+//! - [`snapshot`], [`compare`]: record a tree (types, modes, owners, sizes,
+//!   content hashes, symlink targets, devices, xattrs, hard links, mtimes) and
+//!   list the differences between two trees.
+#![allow(dead_code, unused_imports)]
+
+pub mod fixture;
+pub mod registry;
+pub mod snapshot;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+pub use fixture::{
+    build_fixture, build_fixture_with, layout_blob, layout_manifest, paths, push, shared_fixture,
+    umoci_unpack, Fixture,
+};
+pub use registry::Registry;
+pub use snapshot::{
+    assert_same, compare, compare_with, snapshot, CompareOptions, Entry, Kind, Snapshot,
+};
+
+/// Tools the harness itself needs.
+pub const HARNESS_TOOLS: &[&str] = &[
+    "docker-registry",
+    "skopeo",
+    "umoci",
+    "curl",
+    "tar",
+    "gzip",
+    "jq",
+    "setfattr",
+    "mknod",
+    "mkfifo",
+    "cp",
+];
+
+/// Set to `1` (CI does) to make missing root/tools a test failure instead of
+/// a skip.
+pub const REQUIRE_ENV: &str = "LAZYBOOT_INTEGRATION_REQUIRED";
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `name` is an executable in `$PATH` (or in the sbin dirs, which
+/// are not always in a test runner's path).
+pub fn have_tool(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(Into::into))
+        .any(|d| {
+            std::fs::metadata(d.join(name))
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+pub fn missing_tools<'a>(tools: &[&'a str]) -> Vec<&'a str> {
+    tools.iter().copied().filter(|t| !have_tool(t)).collect()
+}
+
+/// `true` if the calling test can run: we are root and all `tools` (plus
+/// [`HARNESS_TOOLS`]) exist. Otherwise prints why and returns `false` so the
+/// test can return early, or panics when `LAZYBOOT_INTEGRATION_REQUIRED=1`.
+pub fn require_root_and_tools(test: &str, tools: &[&str]) -> bool {
+    let mut all: Vec<&str> = HARNESS_TOOLS.to_vec();
+    all.extend_from_slice(tools);
+    let missing = missing_tools(&all);
+    let mut why = Vec::new();
+    if !is_root() {
+        why.push("not running as root".to_string());
+    }
+    if !missing.is_empty() {
+        why.push(format!("missing tools: {}", missing.join(", ")));
+    }
+    if why.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: skipped: {}", why.join("; "));
+    if std::env::var_os(REQUIRE_ENV).is_some_and(|v| v == "1") {
+        panic!("{msg} (and {REQUIRE_ENV}=1)");
+    }
+    eprintln!("NOTICE: {msg}");
+    false
+}
+
+/// Run a command, fail with its stderr if it fails, return its stdout.
+pub fn run(cmd: &mut Command) -> Result<Vec<u8>> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawning {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// Run a shell command line with `bash -c` (handy for one-off mutations).
+pub fn sh(script: &str) -> Result<Vec<u8>> {
+    run(Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script))
+}
+
+/// `curl -sf URL` with optional Accept types; returns the body.
+pub fn curl_get(url: &str, accept: &[&str]) -> Result<Vec<u8>> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-f", "-L", "--max-time", "60"]);
+    if !accept.is_empty() {
+        cmd.arg("-H").arg(format!("Accept: {}", accept.join(", ")));
+    }
+    cmd.arg(url);
+    run(&mut cmd)
+}
+
+/// `cp -a SRC DST` (keeps owners, modes, xattrs, hard links, timestamps).
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    run(Command::new("cp").arg("-a").arg("--").arg(src).arg(dst)).map(|_| ())
+}
+
+/// Hex sha256 of a byte slice.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
+}

@@ -1,0 +1,39 @@
+//! Self-checking files: a 16-byte header (magic, version, xxh3-64 of the body)
+//! followed by the body, created by write-to-temp then rename.
+
+use std::io::{self, Write};
+use std::path::Path;
+use xxhash_rust::xxh3::xxh3_64;
+
+const MAGIC: &[u8; 4] = b"LZB1";
+const HEADER: usize = 16;
+
+/// Write `body` to `tmp`, then rename it over `dest`. Returns the file size.
+pub fn write_atomic(tmp: &Path, dest: &Path, body: &[u8]) -> io::Result<u64> {
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&xxh3_64(body).to_le_bytes());
+    let mut f = std::fs::File::create(tmp)?;
+    let written = f.write_all(&header).and_then(|_| f.write_all(body));
+    drop(f);
+    if let Err(e) = written.and_then(|_| std::fs::rename(tmp, dest)) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    Ok((HEADER + body.len()) as u64)
+}
+
+/// `Ok(Some(body))` if intact, `Ok(None)` if the file exists but is damaged,
+/// `Err` if it cannot be read at all (usually: it does not exist).
+pub fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut data = std::fs::read(path)?;
+    if data.len() < HEADER || &data[..4] != MAGIC {
+        return Ok(None);
+    }
+    let want = u64::from_le_bytes(data[8..16].try_into().unwrap());
+    if xxh3_64(&data[HEADER..]) != want {
+        return Ok(None);
+    }
+    data.drain(..HEADER);
+    Ok(Some(data))
+}

@@ -1,0 +1,89 @@
+//! A layer's complete index: its entry table plus whatever the format needs to
+//! locate a file's bytes in the blob. Persisted in the cache keyed by the layer
+//! digest; once present, lookups and readdir need no network at all.
+
+use super::estargz::EstargzIndex;
+use super::zran::ZranIndex;
+use super::{Entry, LayerFormat};
+use crate::digest::Digest;
+use serde::{Deserialize, Serialize};
+
+/// Bump when the serialized layout changes: old indexes are then rebuilt.
+pub const INDEX_VERSION: u32 = 1;
+
+/// Uncompressed bytes per cached chunk for gzip and tar layers. Small enough
+/// that a cold read of a small file fetches little, large enough to keep the
+/// number of cache files reasonable.
+pub const CHUNK_SIZE: u64 = 256 << 10;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum IndexDetail {
+    Gzip(ZranIndex),
+    /// sha256 of every CHUNK_SIZE piece of the blob, taken during the
+    /// digest-verified pass, so each range fetch can be checked on its own.
+    Tar {
+        chunk_sha256: Vec<[u8; 32]>,
+    },
+    Estargz(EstargzIndex),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerIndex {
+    pub version: u32,
+    pub digest: Digest,
+    pub format: LayerFormat,
+    pub compressed_size: u64,
+    /// Size of the uncompressed tar stream (gzip and tar layers), or the sum of
+    /// file sizes (eStargz).
+    pub uncompressed_size: u64,
+    pub entries: Vec<Entry>,
+    pub detail: IndexDetail,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexCodecError {
+    #[error("index encoding: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("index decoding: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("index is version {found}, this build reads version {INDEX_VERSION}")]
+    Version { found: u32 },
+    #[error("index is for {found}, expected {expected}")]
+    WrongLayer { found: Digest, expected: Digest },
+}
+
+impl LayerIndex {
+    pub fn cache_name(digest: &Digest) -> String {
+        format!("{}.idx", digest.hex())
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, IndexCodecError> {
+        Ok(bincode::serde::encode_to_vec(
+            self,
+            bincode::config::standard(),
+        )?)
+    }
+
+    pub fn decode(bytes: &[u8], expected: &Digest) -> Result<Self, IndexCodecError> {
+        let (idx, _): (LayerIndex, usize) =
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+        if idx.version != INDEX_VERSION {
+            return Err(IndexCodecError::Version { found: idx.version });
+        }
+        if &idx.digest != expected {
+            return Err(IndexCodecError::WrongLayer {
+                found: idx.digest,
+                expected: expected.clone(),
+            });
+        }
+        Ok(idx)
+    }
+
+    /// Number of cache chunks the layer's data spans (its "address space").
+    pub fn chunk_count(&self) -> u64 {
+        match &self.detail {
+            IndexDetail::Estargz(e) => e.chunks.len() as u64,
+            _ => self.uncompressed_size.div_ceil(CHUNK_SIZE),
+        }
+    }
+}
