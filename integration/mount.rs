@@ -3,134 +3,15 @@
 
 mod common;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use common::mount::{lazyboot, Mount, BIN};
 use common::{compare_with, shared_fixture, snapshot, CompareOptions, Registry};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
 const TOOLS: &[&str] = &["fusermount3"];
-
-/// A running `lazyboot mount`, unmounted (SIGINT) on drop.
-struct Mount {
-    child: Child,
-    dir: PathBuf,
-    stderr: mpsc::Receiver<String>,
-    err_lines: Vec<String>,
-}
-
-impl Mount {
-    fn start(image: &str, cache: &Path, dir: &Path, extra: &[&str]) -> Result<Mount> {
-        std::fs::create_dir_all(dir)?;
-        let mut child = Command::new(BIN)
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("mount")
-            .args(extra)
-            .arg(image)
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning lazyboot mount")?;
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        let mut m = Mount {
-            child,
-            dir: dir.to_path_buf(),
-            stderr: rx,
-            err_lines: Vec::new(),
-        };
-        if !line.starts_with("mounted ") {
-            m.drain();
-            bail!(
-                "mount did not become ready: {line:?}\n{}",
-                m.err_lines.join("\n")
-            );
-        }
-        Ok(m)
-    }
-
-    fn drain(&mut self) {
-        while let Ok(l) = self.stderr.try_recv() {
-            self.err_lines.push(l);
-        }
-    }
-
-    /// Unmount; returns (requests, bytes) the process fetched.
-    fn stop(mut self) -> Result<(u64, u64)> {
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait()?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            match self.stderr.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) => self.err_lines.push(l),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(_) => {}
-            }
-        }
-        if !status.success() {
-            bail!(
-                "lazyboot mount exited {status}:\n{}",
-                self.err_lines.join("\n")
-            );
-        }
-        let stats = self
-            .err_lines
-            .iter()
-            .find_map(|l| parse_stats(l))
-            .with_context(|| format!("no stats line in:\n{}", self.err_lines.join("\n")))?;
-        Ok(stats)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-            let _ = self.child.wait();
-        }
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
-fn parse_stats(line: &str) -> Option<(u64, u64)> {
-    let rest = &line[line.find("stats: ")? + 7..];
-    let mut req = None;
-    let mut bytes = None;
-    for kv in rest.split_whitespace() {
-        match kv.split_once('=') {
-            Some(("requests", v)) => req = v.parse().ok(),
-            Some(("bytes", v)) => bytes = v.trim_end_matches(')').parse().ok(),
-            _ => {}
-        }
-    }
-    Some((req?, bytes?))
-}
-
-fn lazyboot(cache: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run lazyboot")
-}
 
 fn layer_sizes(reg: &Registry, repo: &str, tag: &str) -> Result<Vec<(String, u64)>> {
     let body = common::curl_get(
@@ -414,5 +295,121 @@ fn kill_9_during_index_and_pull_leaves_a_usable_cache() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+#[test]
+fn background_fill_then_registry_loss_still_serves_everything() -> Result<()> {
+    if !common::require_root_and_tools(
+        "background_fill_then_registry_loss_still_serves_everything",
+        TOOLS,
+    ) {
+        return Ok(());
+    }
+    let mut reg = Registry::start()?;
+    let fx = shared_fixture()?;
+    fx.push(&reg, "fixture/fill:t")?;
+    let image = reg.reference("fixture/fill:t");
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    assert!(lazyboot(&cache, &["index", &image]).status.success());
+    std::fs::remove_dir_all(cache.join("chunks"))?;
+    // Background fill is on by default.
+    let mut m = Mount::start(&image, &cache, &tmp.path().join("mnt"), &[])?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        m.drain();
+        if m.err_lines
+            .iter()
+            .any(|l| l.contains("background fill complete"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fill: {}",
+            m.err_lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    reg.stop();
+    let got = snapshot(&m.dir)?;
+    let want = snapshot(&fx.rootfs)?;
+    let diffs = compare_with(&want, &got, &CompareOptions::default());
+    m.stop()?;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn a_mount_left_by_kill_9_is_cleaned_up_by_the_next_run() -> Result<()> {
+    if !common::require_root_and_tools(
+        "a_mount_left_by_kill_9_is_cleaned_up_by_the_next_run",
+        TOOLS,
+    ) {
+        return Ok(());
+    }
+    let fx = shared_fixture()?;
+    let image = format!("oci:{}:{}", fx.layout.display(), fx.tag);
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    let dir = tmp.path().join("mnt");
+    let mut first = Mount::start(&image, &cache, &dir, &["--no-background-fill"])?;
+    first.child.kill()?;
+    first.child.wait()?;
+    let err = std::fs::read_dir(&dir).expect_err("a dead FUSE mount is not readable");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let second = Mount::start(&image, &cache, &dir, &["--no-background-fill"])?;
+    assert_eq!(
+        read_file(&second.dir.join("deep/a/b/c/d/e/f/file.txt"))?,
+        read_file(&fx.rootfs.join("deep/a/b/c/d/e/f/file.txt"))?
+    );
+    let mut second = second;
+    second.drain();
+    assert!(
+        second.err_lines.iter().any(|l| l.contains("stale mount")),
+        "{:?}",
+        second.err_lines
+    );
+    second.stop()?;
+    drop(first);
+    Ok(())
+}
+
+#[test]
+fn a_hung_registry_gives_eio_within_the_read_timeout() -> Result<()> {
+    if !common::require_root_and_tools("a_hung_registry_gives_eio_within_the_read_timeout", TOOLS) {
+        return Ok(());
+    }
+    let mut reg = Registry::start()?;
+    let fx = shared_fixture()?;
+    fx.push(&reg, "fixture/hang:t")?;
+    let image = reg.reference("fixture/hang:t");
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    assert!(lazyboot(&cache, &["index", &image]).status.success());
+    std::fs::remove_dir_all(cache.join("chunks"))?;
+    let m = Mount::start(
+        &image,
+        &cache,
+        &tmp.path().join("mnt"),
+        &["--no-background-fill", "--read-timeout", "3"],
+    )?;
+    reg.pause()?;
+    let t = Instant::now();
+    let err = read_file(&m.dir.join("data/large.bin")).expect_err("a hung registry cannot serve");
+    let waited = t.elapsed();
+    eprintln!("EIO after {waited:?}");
+    reg.resume()?;
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Generous bound: the point is "does not hang forever", not speed.
+    assert!(waited < Duration::from_secs(30), "took {waited:?}");
+    let t = Instant::now();
+    assert_eq!(
+        read_file(&m.dir.join("data/large.bin"))?,
+        read_file(&fx.rootfs.join("data/large.bin"))?
+    );
+    eprintln!("recovered read took {:?}", t.elapsed());
+    m.stop()?;
     Ok(())
 }

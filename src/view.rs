@@ -248,7 +248,8 @@ impl ImageView {
         let IndexDetail::Gzip(z) = &index.detail else {
             unreachable!()
         };
-        let out_end = (run.end * CHUNK_SIZE).min(index.uncompressed_size);
+        let out_end =
+            span_end(z, run.start * CHUNK_SIZE, run.end * CHUNK_SIZE).min(index.uncompressed_size);
         let plan = z.plan(run.start * CHUNK_SIZE..out_end);
         let compressed = self
             .source
@@ -385,6 +386,21 @@ impl ImageView {
             bar.finish();
         }
         Ok(())
+    }
+}
+
+/// Where to stop decoding a gzip fill of [start, end). Decoding must begin at
+/// a checkpoint anyway, so a fill that stays inside one checkpoint span runs
+/// on to the end of that span: a sequential reader then costs one request
+/// per span instead of one per chunk (each re-decoding from the checkpoint),
+/// and a random read still fetches at most one span plus the read.
+fn span_end(z: &crate::layer::zran::ZranIndex, start: u64, end: u64) -> u64 {
+    let cp = z.checkpoints.partition_point(|c| c.out_off <= start);
+    match z.checkpoints.get(cp) {
+        // The fill already crosses into the next span: do not add a third.
+        Some(next) if end > next.out_off => end,
+        Some(next) => next.out_off.div_ceil(CHUNK_SIZE) * CHUNK_SIZE,
+        None => u64::MAX,
     }
 }
 

@@ -12,6 +12,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod fixture;
+pub mod mount;
 pub mod registry;
 pub mod snapshot;
 
