@@ -30,7 +30,7 @@ pub enum IndexError {
     Registry {
         layer: Digest,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("layer {layer}: content does not match its digest (got {actual}); the index was thrown away")]
     DigestMismatch { layer: Digest, actual: Digest },
@@ -94,7 +94,7 @@ pub async fn probe_estargz(source: &Source, layer: &LayerDesc) -> Result<Option<
         .await
         .map_err(|source| IndexError::Registry {
             layer: layer.digest.clone(),
-            source,
+            source: Box::new(source),
         })?;
     estargz::parse_footer(&footer).map_err(|e| IndexError::Corrupt {
         layer: layer.digest.clone(),
@@ -121,7 +121,7 @@ async fn build_index(
         .await
         .map_err(|source| IndexError::Registry {
             layer: layer.digest.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, RegistryError>>(16);
     let pump = tokio::spawn(async move {
@@ -166,7 +166,7 @@ async fn build_estargz(
         .await
         .map_err(|source| IndexError::Registry {
             layer: layer.digest.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let expected = layer.annotations.get(estargz::TOC_DIGEST_ANNOTATION);
     let (entries, detail) = estargz::parse_toc(&region, toc_offset, expected.map(String::as_str))
@@ -249,7 +249,7 @@ fn stream_pass(
             if let Some(e) = reg_error.lock().take() {
                 return Err(IndexError::Registry {
                     layer: digest.clone(),
-                    source: e,
+                    source: Box::new(e),
                 });
             }
             // Undecodable data is most often a blob that is not what its

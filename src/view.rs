@@ -36,9 +36,9 @@ pub struct ViewOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(Box<RegistryError>),
     #[error(transparent)]
-    Index(#[from] IndexError),
+    Index(Box<IndexError>),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
     #[error("no such inode {0}")]
@@ -49,6 +49,19 @@ pub enum ViewError {
     BadData { layer: Digest, msg: String },
     #[error("read timed out after {0:?}")]
     Timeout(Duration),
+}
+
+// Boxed: both are large, and errors travel through every read's Result.
+impl From<RegistryError> for ViewError {
+    fn from(e: RegistryError) -> Self {
+        ViewError::Registry(Box::new(e))
+    }
+}
+
+impl From<IndexError> for ViewError {
+    fn from(e: IndexError) -> Self {
+        ViewError::Index(Box::new(e))
+    }
 }
 
 /// One layer of the image as the read path sees it.
