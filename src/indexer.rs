@@ -24,8 +24,12 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error(transparent)]
-    Format(#[from] FormatError),
+    #[error("layer {layer}: {source}")]
+    Format {
+        layer: Digest,
+        #[source]
+        source: FormatError,
+    },
     #[error("layer {layer}: {source}")]
     Registry {
         layer: Digest,
@@ -108,7 +112,11 @@ async fn build_index(
     layer: &LayerDesc,
     bar: ProgressBar,
 ) -> Result<LayerIndex, IndexError> {
-    let mut format = format_from_media_type(&layer.media_type)?;
+    let mut format =
+        format_from_media_type(&layer.media_type).map_err(|source| IndexError::Format {
+            layer: layer.digest.clone(),
+            source,
+        })?;
     if format == LayerFormat::Gzip {
         if let Some(toc_offset) = probe_estargz(source, layer).await? {
             return build_estargz(source, layer, toc_offset).await;

@@ -5,6 +5,7 @@
 //! from a [`registry::Source`]. See ARCHITECTURE.md.
 
 pub mod cache;
+pub mod config;
 pub mod digest;
 pub mod fuse;
 pub mod indexer;

@@ -1,0 +1,535 @@
+//! `lazyboot serve` configuration (TOML). Every error names the key and the
+//! line: syntax and type errors come from the TOML parser with their span;
+//! checks across keys (duplicate names, pool outside the subnet) use spans
+//! kept on the values they talk about.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}, line {line}: `{key}`: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// A MAC address, written `aa:bb:cc:dd:ee:ff` (or with `-`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    pub fn parse(s: &str) -> Option<MacAddr> {
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return None;
+        }
+        let mut m = [0u8; 6];
+        for (b, p) in m.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return None;
+            }
+            *b = u8::from_str_radix(p, 16).ok()?;
+        }
+        Some(MacAddr(m))
+    }
+
+    /// `01-aa-bb-cc-dd-ee-ff`, the name pxelinux looks for.
+    pub fn pxelinux_name(&self) -> String {
+        let hex: Vec<String> = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        format!("01-{}", hex.join("-"))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MacAddr({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        MacAddr::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("{s:?} is not a MAC address like dc:a6:32:01:02:03"))
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Raspberrypi,
+    Uboot,
+    Ipxe,
+}
+
+impl NodeKind {
+    /// Where boot files live inside the image unless the node says otherwise.
+    pub fn default_boot_dir(self) -> &'static str {
+        match self {
+            NodeKind::Raspberrypi => "/boot/firmware",
+            NodeKind::Uboot | NodeKind::Ipxe => "/boot",
+        }
+    }
+
+    /// The platform to pick from a multi-platform image for this kind.
+    pub fn default_platform(self) -> &'static str {
+        match self {
+            NodeKind::Raspberrypi => "linux/arm64",
+            NodeKind::Uboot => "linux/riscv64",
+            NodeKind::Ipxe => "linux/amd64",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootMode {
+    /// Writes go to a copy-on-write upper kept across boots.
+    Persistent,
+    /// Writes go to an upper discarded at every boot.
+    Ephemeral,
+    /// Every write fails with NFS3ERR_ROFS.
+    Readonly,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    Full,
+    Proxy,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownNodes {
+    /// Requests from MACs not in `[[nodes]]` get no answer.
+    Ignore,
+    /// Unknown MACs boot with `[defaults]`.
+    Defaults,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/lazyboot")
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("/var/cache/lazyboot")
+}
+fn default_cache_size() -> String {
+    "20G".into()
+}
+fn default_nfs_port() -> u16 {
+    2049
+}
+fn default_tftp_port() -> u16 {
+    69
+}
+fn default_http_port() -> u16 {
+    8080
+}
+fn default_lease_secs() -> u64 {
+    3600
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Interface to serve DHCP on (SO_BINDTODEVICE).
+    pub interface: String,
+    /// Our address on that interface: TFTP server, NFS server, next-server.
+    pub address: Ipv4Addr,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    #[serde(default = "default_cache_size")]
+    pub cache_size: String,
+    #[serde(default = "default_nfs_port")]
+    pub nfs_port: u16,
+    #[serde(default = "default_tftp_port")]
+    pub tftp_port: u16,
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpConfig {
+    pub mode: DhcpMode,
+    pub pool_start: Option<Spanned<Ipv4Addr>>,
+    pub pool_end: Option<Spanned<Ipv4Addr>>,
+    /// Prefix length of the served subnet (e.g. 24).
+    #[serde(default)]
+    pub prefix_len: Option<u8>,
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    #[serde(default)]
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: Spanned<String>,
+    pub mac: Spanned<MacAddr>,
+    /// Raspberry Pi serial number (the low 8 hex digits are what it asks for).
+    #[serde(default)]
+    pub serial: Option<Spanned<String>>,
+    pub kind: NodeKind,
+    pub image: String,
+    #[serde(default = "default_root")]
+    pub root: RootMode,
+    #[serde(default)]
+    pub boot_dir: Option<String>,
+    #[serde(default)]
+    pub kernel_args: String,
+}
+
+fn default_root() -> RootMode {
+    RootMode::Persistent
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsConfig {
+    pub unknown_nodes: UnknownNodes,
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Kind to assume when the request does not tell.
+    #[serde(default)]
+    pub kind: Option<NodeKind>,
+    #[serde(default = "default_ephemeral")]
+    pub root: RootMode,
+    #[serde(default)]
+    pub kernel_args: String,
+}
+
+fn default_ephemeral() -> RootMode {
+    RootMode::Ephemeral
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub dhcp: DhcpConfig,
+    #[serde(default)]
+    pub defaults: Option<DefaultsConfig>,
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+}
+
+impl NodeConfig {
+    pub fn boot_dir(&self) -> &str {
+        self.boot_dir
+            .as_deref()
+            .unwrap_or_else(|| self.kind.default_boot_dir())
+    }
+
+    /// The 8 hex digits a Pi puts in front of its TFTP paths.
+    pub fn serial_prefix(&self) -> Option<String> {
+        self.serial.as_ref().map(|s| {
+            let s = s.get_ref().to_ascii_lowercase();
+            s[s.len().saturating_sub(8)..].to_string()
+        })
+    }
+}
+
+impl DhcpConfig {
+    pub fn lease_time(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(text, path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str, path: &str) -> Result<(), ConfigError> {
+        let invalid =
+            |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
+                path: path.to_string(),
+                line: line_of(text, span.start),
+                key: key.to_string(),
+                message,
+            };
+        let mut names = std::collections::HashMap::new();
+        let mut macs = std::collections::HashMap::new();
+        let mut serials = std::collections::HashMap::new();
+        for n in &self.nodes {
+            let name = n.name.get_ref();
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                && !name.starts_with('.');
+            if !ok {
+                return Err(invalid(
+                    n.name.span(),
+                    "nodes.name",
+                    format!("{name:?}: use letters, digits, '-', '_' and '.' (it becomes a path)"),
+                ));
+            }
+            if let Some(prev) = names.insert(name.clone(), n.name.span()) {
+                return Err(invalid(
+                    n.name.span(),
+                    "nodes.name",
+                    format!(
+                        "{name:?} is already used on line {}",
+                        line_of(text, prev.start)
+                    ),
+                ));
+            }
+            if let Some(prev) = macs.insert(*n.mac.get_ref(), n.mac.span()) {
+                return Err(invalid(
+                    n.mac.span(),
+                    "nodes.mac",
+                    format!(
+                        "{} is already used on line {}",
+                        n.mac.get_ref(),
+                        line_of(text, prev.start)
+                    ),
+                ));
+            }
+            if let Some(serial) = &n.serial {
+                let s = serial.get_ref();
+                if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        serial.span(),
+                        "nodes.serial",
+                        format!("{s:?} is not a hex serial number like 8b07bcc6"),
+                    ));
+                }
+                let prefix = n.serial_prefix().unwrap_or_default();
+                if let Some(prev) = serials.insert(prefix, serial.span()) {
+                    return Err(invalid(
+                        serial.span(),
+                        "nodes.serial",
+                        format!(
+                            "{s:?} is already used on line {}",
+                            line_of(text, prev.start)
+                        ),
+                    ));
+                }
+            }
+            if let Some(dir) = &n.boot_dir {
+                if !dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
+                    return Err(invalid(
+                        n.name.span(),
+                        "nodes.boot_dir",
+                        format!("{dir:?} must be an absolute path inside the image"),
+                    ));
+                }
+            }
+        }
+        if self.dhcp.mode == DhcpMode::Full {
+            let (Some(start), Some(end)) = (&self.dhcp.pool_start, &self.dhcp.pool_end) else {
+                return Err(ConfigError::Invalid {
+                    path: path.to_string(),
+                    line: text.find("[dhcp]").map_or(1, |o| line_of(text, o)),
+                    key: "dhcp.pool_start".into(),
+                    message: "mode = \"full\" needs pool_start and pool_end".into(),
+                });
+            };
+            if u32::from(*start.get_ref()) > u32::from(*end.get_ref()) {
+                return Err(invalid(
+                    end.span(),
+                    "dhcp.pool_end",
+                    format!(
+                        "{} comes before pool_start {}",
+                        end.get_ref(),
+                        start.get_ref()
+                    ),
+                ));
+            }
+            let prefix = self.dhcp.prefix_len.unwrap_or(24);
+            if prefix > 30 {
+                return Err(invalid(
+                    start.span(),
+                    "dhcp.prefix_len",
+                    format!("/{prefix} leaves no room for a pool"),
+                ));
+            }
+            let mask = u32::MAX << (32 - prefix as u32);
+            let net = u32::from(self.server.address) & mask;
+            for (ip, key) in [(start, "dhcp.pool_start"), (end, "dhcp.pool_end")] {
+                if u32::from(*ip.get_ref()) & mask != net {
+                    return Err(invalid(
+                        ip.span(),
+                        key,
+                        format!(
+                            "{} is outside the server's subnet {}/{prefix}",
+                            ip.get_ref(),
+                            Ipv4Addr::from(net)
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &self.defaults {
+            if d.unknown_nodes == UnknownNodes::Defaults && d.image.is_none() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_string(),
+                    line: text.find("[defaults]").map_or(1, |o| line_of(text, o)),
+                    key: "defaults.image".into(),
+                    message: "unknown_nodes = \"defaults\" needs an image".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+interface = "lb0"
+address = "10.9.0.1"
+
+[dhcp]
+mode = "full"
+pool_start = "10.9.0.100"
+pool_end = "10.9.0.150"
+dns = ["10.9.0.1"]
+
+[[nodes]]
+name = "pi1"
+mac = "dc:a6:32:01:02:03"
+serial = "100000008b07bcc6"
+kind = "raspberrypi"
+image = "127.0.0.1:5000/os/pi:1"
+
+[[nodes]]
+name = "mars1"
+mac = "6c:cf:39:00:00:01"
+kind = "uboot"
+image = "127.0.0.1:5000/os/rv:1"
+root = "ephemeral"
+boot_dir = "/boot/efi"
+"#;
+
+    #[test]
+    fn parses_a_good_config() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes[0].boot_dir(), "/boot/firmware");
+        assert_eq!(c.nodes[0].serial_prefix().as_deref(), Some("8b07bcc6"));
+        assert_eq!(c.nodes[0].root, RootMode::Persistent);
+        assert_eq!(c.nodes[1].boot_dir(), "/boot/efi");
+        assert_eq!(c.server.nfs_port, 2049);
+        assert_eq!(c.dhcp.lease_time(), Duration::from_secs(3600));
+        assert_eq!(
+            c.nodes[0].mac.get_ref().pxelinux_name(),
+            "01-dc-a6-32-01-02-03"
+        );
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e = err(&GOOD.replace("kind = \"uboot\"", "kind = \"uefi\""));
+        assert!(e.contains("line 22") && e.contains("uefi"), "{e}");
+
+        let e = err(&GOOD.replace("6c:cf:39:00:00:01", "6c:cf:39:00:00"));
+        assert!(e.contains("line 21") && e.contains("MAC"), "{e}");
+
+        let e = err(&GOOD.replace("name = \"mars1\"", "name = \"pi1\""));
+        assert!(
+            e.contains("line 20") && e.contains("nodes.name") && e.contains("line 13"),
+            "{e}"
+        );
+
+        let e = err(&GOOD.replace("pool_end = \"10.9.0.150\"", "pool_end = \"10.9.1.150\""));
+        assert!(
+            e.contains("line 9") && e.contains("dhcp.pool_end") && e.contains("outside"),
+            "{e}"
+        );
+
+        let e = err(&GOOD.replace("interface = \"lb0\"", "interface = \"lb0\"\nlisten = 1"));
+        assert!(e.contains("listen"), "{e}");
+
+        let e = err(&GOOD.replace("name = \"mars1\"", "name = \"../etc\""));
+        assert!(e.contains("nodes.name"), "{e}");
+
+        let e = err(&GOOD.replace("serial = \"100000008b07bcc6\"", "serial = \"zz\""));
+        assert!(e.contains("nodes.serial") && e.contains("line 15"), "{e}");
+    }
+
+    #[test]
+    fn full_mode_needs_a_pool_and_proxy_does_not() {
+        let no_pool = GOOD
+            .replace("pool_start = \"10.9.0.100\"\n", "")
+            .replace("pool_end = \"10.9.0.150\"\n", "");
+        assert!(err(&no_pool).contains("pool_start"));
+        let proxy = no_pool.replace("mode = \"full\"", "mode = \"proxy\"");
+        assert!(Config::parse(&proxy, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn mac_forms() {
+        assert_eq!(
+            MacAddr::parse("DC-A6-32-01-02-03").unwrap().to_string(),
+            "dc:a6:32:01:02:03"
+        );
+        assert!(MacAddr::parse("dc:a6:32:01:02").is_none());
+        assert!(MacAddr::parse("dc:a6:32:01:02:0g").is_none());
+    }
+}
