@@ -667,3 +667,32 @@ fn compare_options_are_honoured() {
     assert!(d[0].starts_with("/d: only in"), "{d:#?}");
     assert!(d[0].contains("and 2 paths below it"), "{d:#?}");
 }
+
+#[test]
+fn netlab_links_host_and_namespace() -> anyhow::Result<()> {
+    if !common::require_root_and_tools("netlab_links_host_and_namespace", &["ip", "ping"]) {
+        return Ok(());
+    }
+    let lab = common::netns::NetLab::new(true)?;
+    let out = lab
+        .client("ping")
+        .args(["-c", "1", "-W", "2", &lab.server_ip.to_string()])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.set_client_mac("dc:a6:32:01:02:03")?;
+    assert_eq!(lab.client_mac()?, "dc:a6:32:01:02:03");
+    let ns = lab.ns.clone();
+    drop(lab);
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&ns),
+        "namespace removed"
+    );
+    Ok(())
+}

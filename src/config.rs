@@ -211,6 +211,10 @@ pub struct NodeConfig {
     pub serial: Option<Spanned<String>>,
     pub kind: NodeKind,
     pub image: String,
+    /// A fixed address: the lease it always gets in full mode, and how TFTP
+    /// and NFS recognise it when another DHCP server hands out addresses.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     #[serde(default = "default_root")]
     pub root: RootMode,
     #[serde(default)]

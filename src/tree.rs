@@ -69,6 +69,16 @@ impl Inode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("too many levels of symbolic links")]
+    Loop,
+}
+
 /// Problems found while merging that an unpacker would also trip over. They do
 /// not stop the mount; they are logged and counted so `inspect` can show them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +129,77 @@ impl Tree {
             cur = self.lookup(cur.ino, comp)?;
         }
         Some(cur)
+    }
+
+    /// Resolve `path` starting at directory `start`, following symlinks the
+    /// way the kernel would if the image root were `/`: absolute targets
+    /// restart at the image root and `..` never climbs above it, so no path
+    /// or link in the image can lead outside. `follow_last` decides whether a
+    /// final symlink is followed (open) or returned (lstat).
+    pub fn resolve_in_root(
+        &self,
+        start: u64,
+        path: &str,
+        follow_last: bool,
+    ) -> Result<&Inode, ResolveError> {
+        const MAX_HOPS: u32 = 40;
+        let mut stack: Vec<u64> = if path.starts_with('/') {
+            vec![ROOT_INO]
+        } else {
+            self.ancestry(start).ok_or(ResolveError::NotFound)?
+        };
+        let mut todo: std::collections::VecDeque<String> =
+            path.split('/').map(str::to_string).collect();
+        let mut hops = 0;
+        while let Some(comp) = todo.pop_front() {
+            match comp.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let dir = self
+                .get(*stack.last().expect("root stays"))
+                .ok_or(ResolveError::NotFound)?;
+            if !dir.is_dir() {
+                return Err(ResolveError::NotDir);
+            }
+            let node = self.lookup(dir.ino, &comp).ok_or(ResolveError::NotFound)?;
+            let last = todo.iter().all(|c| c.is_empty() || c == ".");
+            match &node.symlink {
+                Some(target) if !last || follow_last => {
+                    hops += 1;
+                    if hops > MAX_HOPS {
+                        return Err(ResolveError::Loop);
+                    }
+                    if target.starts_with('/') {
+                        stack.truncate(1);
+                    }
+                    for c in target.split('/').rev() {
+                        todo.push_front(c.to_string());
+                    }
+                }
+                _ => stack.push(node.ino),
+            }
+        }
+        self.get(*stack.last().expect("root stays"))
+            .ok_or(ResolveError::NotFound)
+    }
+
+    /// Inode numbers from the root down to `ino` (a directory).
+    fn ancestry(&self, ino: u64) -> Option<Vec<u64>> {
+        let mut chain = vec![ino];
+        let mut cur = self.get(ino)?;
+        while cur.ino != ROOT_INO {
+            cur = self.get(cur.parent)?;
+            chain.push(cur.ino);
+        }
+        chain.reverse();
+        Some(chain)
     }
 
     /// Merge layer entry tables, lowest layer first.
@@ -496,6 +577,63 @@ mod tests {
         assert!(t.resolve("x/y").unwrap().is_dir());
         assert!(t.resolve("bad").is_none());
         assert_eq!(t.warnings.len(), 1);
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_image_root() {
+        let l1 = vec![
+            dir("boot"),
+            file("boot/vmlinuz-6.1", 0o644),
+            link("boot/vmlinuz", "vmlinuz-6.1", EntryKind::Symlink),
+            link("vmlinuz", "/boot/vmlinuz", EntryKind::Symlink),
+            link("boot/escape", "../../../../etc/passwd", EntryKind::Symlink),
+            link("boot/abs-escape", "/../../etc/passwd", EntryKind::Symlink),
+            dir("etc"),
+            file("etc/passwd", 0o644),
+            link("loop1", "loop2", EntryKind::Symlink),
+            link("loop2", "loop1", EntryKind::Symlink),
+        ];
+        let t = Tree::build(&[&l1]);
+        let kernel = t.resolve("boot/vmlinuz-6.1").unwrap().ino;
+        assert_eq!(
+            t.resolve_in_root(ROOT_INO, "/vmlinuz", true).unwrap().ino,
+            kernel
+        );
+        let boot = t.resolve("boot").unwrap().ino;
+        assert_eq!(
+            t.resolve_in_root(boot, "vmlinuz", true).unwrap().ino,
+            kernel
+        );
+        assert!(t
+            .resolve_in_root(boot, "vmlinuz", false)
+            .unwrap()
+            .symlink
+            .is_some());
+        // `..` and absolute targets stop at the image root.
+        let passwd = t.resolve("etc/passwd").unwrap().ino;
+        assert_eq!(t.resolve_in_root(boot, "escape", true).unwrap().ino, passwd);
+        assert_eq!(
+            t.resolve_in_root(boot, "abs-escape", true).unwrap().ino,
+            passwd
+        );
+        assert_eq!(
+            t.resolve_in_root(boot, "../../../etc/passwd", true)
+                .unwrap()
+                .ino,
+            passwd
+        );
+        assert_eq!(
+            t.resolve_in_root(ROOT_INO, "loop1", true),
+            Err(ResolveError::Loop)
+        );
+        assert_eq!(
+            t.resolve_in_root(ROOT_INO, "etc/passwd/x", true),
+            Err(ResolveError::NotDir)
+        );
+        assert_eq!(
+            t.resolve_in_root(ROOT_INO, "nope", true),
+            Err(ResolveError::NotFound)
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod fixture;
 pub mod mount;
+pub mod netns;
 pub mod registry;
 pub mod snapshot;
 

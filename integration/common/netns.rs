@@ -1,0 +1,138 @@
+//! A private test network: one veth pair whose host end stays in the test's
+//! own namespace (so the server under test can still reach the registry on
+//! 127.0.0.1) and whose other end lives in a fresh network namespace that
+//! plays the booting machines. Everything is removed on drop.
+
+use anyhow::{bail, Context, Result};
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct NetLab {
+    /// Client namespace name (`ip netns exec NAME ...`).
+    pub ns: String,
+    /// Host-side interface: the server binds here.
+    pub host_if: String,
+    /// Interface inside the namespace.
+    pub client_if: String,
+    pub server_ip: Ipv4Addr,
+    /// The first client address (more can be added with `add_client_ip`).
+    pub client_ip: Ipv4Addr,
+    pub subnet: u8,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl NetLab {
+    /// A lab whose client end has `client_ip` configured (`with_address`), or
+    /// no address at all (a machine that has not done DHCP yet).
+    pub fn new(with_address: bool) -> Result<NetLab> {
+        // Distinct per process and per lab, so parallel tests do not collide.
+        let n = (std::process::id() % 200) as u8 as u32 * 7 + NEXT.fetch_add(1, Ordering::SeqCst);
+        let subnet = (n % 250) as u8 + 1;
+        let tag = format!("{:x}{}", std::process::id(), NEXT.load(Ordering::SeqCst));
+        let lab = NetLab {
+            ns: format!("lbt{tag}"),
+            host_if: format!("lbh{tag}"),
+            client_if: format!("lbc{tag}"),
+            server_ip: Ipv4Addr::new(10, 213, subnet, 1),
+            client_ip: Ipv4Addr::new(10, 213, subnet, 2),
+            subnet,
+        };
+        ip(&["netns", "add", &lab.ns])?;
+        ip(&[
+            "link",
+            "add",
+            &lab.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.client_if,
+        ])?;
+        ip(&["link", "set", &lab.client_if, "netns", &lab.ns])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", lab.server_ip),
+            "dev",
+            &lab.host_if,
+        ])?;
+        ip(&["link", "set", &lab.host_if, "up"])?;
+        ip(&["-n", &lab.ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &lab.ns, "link", "set", &lab.client_if, "up"])?;
+        if with_address {
+            lab.add_client_ip(lab.client_ip)?;
+        }
+        Ok(lab)
+    }
+
+    pub fn add_client_ip(&self, addr: Ipv4Addr) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &self.client_if,
+        ])
+    }
+
+    /// The MAC of the client interface.
+    pub fn client_mac(&self) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "-o", "link", "show", &self.client_if])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_string)
+            .context("no MAC on the client interface")
+    }
+
+    /// Set the client interface's MAC (to play a Raspberry Pi, say).
+    pub fn set_client_mac(&self, mac: &str) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.ns,
+            "link",
+            "set",
+            &self.client_if,
+            "address",
+            mac,
+        ])
+    }
+
+    /// A command run inside the client namespace.
+    pub fn client(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
