@@ -6,15 +6,18 @@
 
 pub mod cache;
 pub mod config;
+pub mod dhcp;
 pub mod digest;
 pub mod fuse;
 pub mod indexer;
 pub mod layer;
+pub mod nfs;
 pub mod nodes;
 pub mod platform;
 pub mod progress;
 pub mod reference;
 pub mod serve;
+pub mod tftp;
 pub mod registry;
 pub mod tree;
 pub mod view;
