@@ -38,4 +38,21 @@ impl Progress {
         bar.set_prefix(label);
         bar
     }
+
+    /// A counting bar for work measured in `unit`s.
+    pub fn items(&self, label: String, total: u64, unit: &'static str) -> ProgressBar {
+        let Some(multi) = &self.multi else {
+            return ProgressBar::hidden();
+        };
+        let bar = multi.add(ProgressBar::new(total));
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{prefix:>18}} [{{bar:30}}] {{pos:>8}}/{{len:<8}} {unit} {{per_sec:>12}} {{msg}}"
+            ))
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(label);
+        bar
+    }
 }

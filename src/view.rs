@@ -369,20 +369,20 @@ impl ImageView {
     /// Fetch every chunk of every layer that is not cached yet. `background`
     /// makes it yield to foreground reads (it pauses while any are running).
     pub async fn fill_all(&self, background: bool, progress: &Progress) -> Result<(), ViewError> {
-        // About 4 MiB of output per request: one zran span, a few estargz files.
-        const RUN: u64 = 16;
         for (li, layer) in self.layers.iter().enumerate() {
-            let total = layer.index.chunk_count();
-            let bar = progress.bytes(format!("pull {}", layer.index.digest.short()), total);
-            let mut id = 0;
-            while id < total {
+            let bar = progress.items(
+                format!("pull {}", layer.index.digest.short()),
+                layer.index.chunk_count(),
+                "chunks",
+            );
+            for run in fill_runs(&layer.index) {
                 if background {
                     while self.active_reads.load(Ordering::SeqCst) > 0 {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
-                let end = (id + RUN).min(total);
-                let ids: Vec<u64> = (id..end)
+                let ids: Vec<u64> = run
+                    .clone()
                     .filter(|&i| {
                         !self.cache.contains(&ChunkKey {
                             layer: layer.index.digest.clone(),
@@ -393,13 +393,38 @@ impl ImageView {
                 if !ids.is_empty() {
                     self.chunks(li, &ids).await?;
                 }
-                bar.inc(end - id);
-                id = end;
+                bar.inc(run.end - run.start);
             }
             bar.finish();
         }
         Ok(())
     }
+}
+
+/// The runs of chunk ids a full fill requests, in order. For gzip layers a
+/// run starts at the first chunk after a checkpoint, so each request decodes
+/// one span from its own checkpoint instead of re-fetching the previous one.
+fn fill_runs(index: &LayerIndex) -> Vec<std::ops::Range<u64>> {
+    // About 4 MiB of output per request where the format has no spans.
+    const RUN: u64 = 16;
+    let total = index.chunk_count();
+    let mut starts: Vec<u64> = match &index.detail {
+        IndexDetail::Gzip(z) => z
+            .checkpoints
+            .iter()
+            .map(|c| c.out_off.div_ceil(CHUNK_SIZE))
+            .collect(),
+        _ => (0..total).step_by(RUN as usize).collect(),
+    };
+    starts.push(0);
+    starts.push(total);
+    starts.sort_unstable();
+    starts.dedup();
+    starts
+        .windows(2)
+        .filter(|w| w[0] < total)
+        .map(|w| w[0]..w[1].min(total))
+        .collect()
 }
 
 /// Where to stop decoding a gzip fill of [start, end). Decoding must begin at
@@ -460,6 +485,42 @@ mod tests {
     fn runs_group_adjacent_ids() {
         assert_eq!(runs(&[1, 2, 3, 7, 9, 10]), vec![1..4, 7..8, 9..11]);
         assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn fill_runs_cover_every_chunk_once() {
+        use crate::layer::index::INDEX_VERSION;
+        let mk = |detail: IndexDetail, size: u64| LayerIndex {
+            version: INDEX_VERSION,
+            digest: Digest::of_bytes(b"x"),
+            format: crate::layer::LayerFormat::Gzip,
+            compressed_size: 0,
+            uncompressed_size: size,
+            entries: Vec::new(),
+            detail,
+        };
+        let tar = mk(
+            IndexDetail::Tar {
+                chunk_sha256: Vec::new(),
+            },
+            40 * CHUNK_SIZE + 5,
+        );
+        assert_eq!(fill_runs(&tar), vec![0..16, 16..32, 32..41]);
+        let cp = |out_off| crate::layer::zran::Checkpoint {
+            in_off: 0,
+            out_off,
+            bits: 0,
+            window: Vec::new(),
+            kind: Default::default(),
+        };
+        let z = crate::layer::zran::ZranIndex {
+            compressed_size: 0,
+            uncompressed_size: 30 * CHUNK_SIZE,
+            checkpoints: vec![cp(0), cp(10 * CHUNK_SIZE + 7), cp(20 * CHUNK_SIZE)],
+            blocks: Vec::new(),
+        };
+        let gz = mk(IndexDetail::Gzip(z), 30 * CHUNK_SIZE);
+        assert_eq!(fill_runs(&gz), vec![0..11, 11..20, 20..30]);
     }
 
     #[test]
