@@ -12,6 +12,7 @@
 use futures_util::StreamExt;
 use lazyboot::cache::ChunkCache;
 use lazyboot::layer::index::{IndexDetail, LayerIndex};
+use lazyboot::layer::zran::BLOCK_SIZE;
 use lazyboot::progress::Progress;
 use lazyboot::reference::ImageRef;
 use lazyboot::registry::{RegistryOptions, Source};
@@ -127,6 +128,10 @@ async fn run(image: &str) -> anyhow::Result<()> {
     let goal = max_span + READ as u64;
     println!("random 1 MiB reads, cold cache, warm index ({READS} reads):");
     println!("  bytes fetched per read: mean {mean_bytes:.0}, max {max_bytes}; goal <= span + read = {goal} (max/goal = {:.2})", max_bytes as f64 / goal as f64);
+    println!(
+        "  (ranges are whole {} KiB compressed blocks, the unit of verification: alignment adds up to a block at each end)",
+        BLOCK_SIZE >> 10
+    );
     println!(
         "  latency per read: mean {:.1} ms, median {:.1} ms; whole-layer download {:.1} ms ({} bytes): median ratio {:.3}",
         mean_lat * 1e3,

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lazyboot::cache::ChunkCache;
+use lazyboot::config::{Config, DhcpMode};
 use lazyboot::fuse::{cleanup_stale_mount, mount_config, LazyFs};
 use lazyboot::indexer::probe_estargz;
 use lazyboot::layer::index::LayerIndex;
@@ -11,6 +12,7 @@ use lazyboot::platform::Platform;
 use lazyboot::progress::Progress;
 use lazyboot::reference::ImageRef;
 use lazyboot::registry::{RegistryOptions, Source};
+use lazyboot::serve::ServeContext;
 use lazyboot::view::{ImageView, ViewOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,6 +64,11 @@ enum Cmd {
     Pull { image: ImageRef },
     /// Build and cache the layer indexes.
     Index { image: ImageRef },
+    /// Boot nodes: DHCP, TFTP and NFS from the images named in the config.
+    Serve {
+        #[arg(long, default_value = "/etc/lazyboot/lazyboot.toml")]
+        config: PathBuf,
+    },
     /// Show layers, formats, sizes, and index and cache state.
     Inspect {
         image: ImageRef,
@@ -168,6 +175,7 @@ fn main() -> Result<()> {
         Cmd::Pull { image } => rt.block_on(pull(&cli.common, &image)),
         Cmd::Index { image } => rt.block_on(index(&cli.common, &image)),
         Cmd::Inspect { image, json } => rt.block_on(inspect(&cli.common, &image, json)),
+        Cmd::Serve { config } => rt.block_on(serve(&config)),
     }
 }
 
@@ -266,6 +274,76 @@ async fn index(common: &Common, image: &ImageRef) -> Result<()> {
         view.tree.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+async fn serve(config_path: &std::path::Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let state_dir = config.server.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let cache_size = parse_size(&config.server.cache_size)
+        .map_err(|e| anyhow::anyhow!("{}: server.cache_size: {e}", config_path.display()))?;
+    let cache = Arc::new(ChunkCache::open(&config.server.cache_dir, cache_size)?);
+    let ctx = ServeContext::new(config, cache);
+    let cfg = &ctx.config;
+
+    // Open every node's image now, so the first boot does not wait for it,
+    // and let each fill the cache in the background.
+    for node in ctx.inventory.all() {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            match ctx.images.view_for(&node).await {
+                Ok(view) => {
+                    tracing::info!(node = %node.name, image = %node.image, "image ready");
+                    if let Err(e) = view.fill_all(true, &Progress::hidden()).await {
+                        tracing::warn!(image = %node.image, "background fill stopped: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(node = %node.name, "cannot open image: {e}"),
+            }
+        });
+    }
+
+    let key = lazyboot::nfs::load_or_create_key(&state_dir.join("nfs.key"))
+        .context("NFS file handle key")?;
+    let nfs_addr = std::net::SocketAddr::from((ctx.server_ip, cfg.server.nfs_port));
+    let listener = tokio::net::TcpListener::bind(nfs_addr)
+        .await
+        .with_context(|| format!("NFS: binding {nfs_addr}"))?;
+    let exports = Arc::new(lazyboot::nfs::exports::NodeExports::new(ctx.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        lazyboot::nfs::serve(listener, exports, key)
+            .await
+            .context("NFS server")
+    });
+    let t = ctx.clone();
+    tasks.spawn(async move { lazyboot::tftp::run(t).await.context("TFTP server") });
+    if cfg.dhcp.mode != DhcpMode::Off {
+        let d = ctx.clone();
+        tasks.spawn(async move { lazyboot::dhcp::run(d).await.context("DHCP server") });
+    }
+    println!(
+        "serving {} node(s): DHCP {:?} on {}, TFTP on {}:{}, NFS on {}",
+        ctx.inventory.all().len(),
+        cfg.dhcp.mode,
+        cfg.server.interface,
+        ctx.server_ip,
+        cfg.server.tftp_port,
+        nfs_addr
+    );
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        Some(done) = tasks.join_next() => {
+            done.context("server task panicked")??;
+            bail!("a server stopped unexpectedly");
+        }
+    }
+    eprintln!("stopping");
     Ok(())
 }
 

@@ -1,1 +1,54 @@
-//! DHCP server (being written).
+//! DHCP server: hands out addresses (full mode) or only boot options
+//! (proxy mode, for sites whose router runs DHCP), and tells each node what
+//! to fetch over TFTP according to its kind.
+//!
+//! - `packet`: validating a received datagram (malformed ones are dropped).
+//! - [`options`]: what a request says about its sender; reply building per
+//!   node kind (pure, unit-tested byte for byte).
+//! - [`leases`]: the address pool and crash-safe lease persistence
+//!   (`state_dir/dhcp/leases.json`).
+//! - `server`: the RFC 2131 / ProxyDHCP state machine and the socket loop.
+//!
+//! It listens only on `server.interface` (SO_BINDTODEVICE), on UDP 67, and
+//! in proxy mode also on 4011. Requests through relay agents (giaddr set)
+//! are ignored: the pool is on-link only.
+
+pub mod leases;
+pub mod options;
+mod packet;
+mod server;
+
+pub use packet::{Malformed, MAX_PACKET_LEN};
+pub use server::{Handler, Outgoing, Port, CLIENT_PORT, PXE_PORT, SERVER_PORT};
+
+use crate::serve::ServeContext;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("DHCP: cannot listen on {interface} UDP port {port}: {source}")]
+    Bind {
+        interface: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DHCP lease file {}: {source}", path.display())]
+    Leases {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DHCP configuration: {0}")]
+    Config(String),
+}
+
+/// Serve DHCP as `ctx.config.dhcp` says until an error (failing to bind,
+/// to read the lease file, ...). Malformed packets, unknown machines and
+/// send failures are logged and do not stop it. With `mode = "off"` it
+/// binds nothing and never returns. The caller aborts the task to stop it;
+/// leases are on disk by then (each is saved before it is acknowledged).
+pub async fn run(ctx: Arc<ServeContext>) -> Result<(), DhcpError> {
+    server::serve(ctx).await
+}

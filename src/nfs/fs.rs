@@ -219,6 +219,14 @@ pub trait NodeFs: Send + Sync + 'static {
         to: &[u8],
     ) -> impl Future<Output = Result<(), FsError>> + Send;
     fn fsstat(&self) -> impl Future<Output = Result<FsStat, FsError>> + Send;
+    /// Make the data and attributes written so far to `id` durable (NFS
+    /// COMMIT, and WRITE with `stable` other than UNSTABLE). The default
+    /// does nothing: writes are then as durable as the write calls make
+    /// them.
+    fn commit(&self, id: FileId) -> impl Future<Output = Result<(), FsError>> + Send {
+        let _ = id;
+        std::future::ready(Ok(()))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,1 +1,536 @@
-//! TFTP server (being written).
+//! The TFTP server: every node gets its own read-only namespace made of its
+//! image's boot directory (read lazily through the image view) overlaid
+//! with generated boot files, plus the iPXE ROMs for chainloading.
+//!
+//! - `bootfs`: who is asking (Pi serial/MAC prefix, client address) and how
+//!   a path maps into the node's boot directory without ever leaving it.
+//! - `generated`: `cmdline.txt`, `boot.scr.uimg`, `pxelinux.cfg/*`,
+//!   `boot.ipxe`, and kernel/initrd/device-tree discovery.
+//! - `uimage`: the legacy U-Boot image encoder for the boot script.
+//! - `reader`: the `AsyncRead` async-tftp pulls blocks from, with read-ahead.
+//!
+//! The protocol engine is async-tftp 0.4 (RFC 1350 with the blksize, tsize,
+//! timeout and windowsize options). How it is set up here:
+//!
+//! - blksize: the client's value, capped at the server interface's MTU
+//!   minus 32 (1468 on a 1500-byte link, so no IP fragmentation, which
+//!   U-Boot cannot reassemble); the OACK never exceeds what was asked.
+//! - timeout: the client's value is echoed and used for retransmission
+//!   (U-Boot aborts if the OACK differs); without one, 1 s.
+//! - windowsize: the client's value up to [`WINDOW_SIZE_LIMIT`].
+//! - tsize: answered with the file size when the client sends `tsize 0`.
+//! - WRQ: refused with "access violation".
+//!
+//! What async-tftp does not do (and how this module copes):
+//!
+//! - It ignores ERROR packets from the client during a transfer. The
+//!   Raspberry Pi's "tsize probe, Error 0 Early terminate, re-request from a
+//!   new port" therefore leaves the probe's transfer retransmitting its OACK
+//!   to a closed port until the retries run out ([`MAX_SEND_RETRIES`] x the
+//!   timeout, about 11 s). Harmless: the re-request is a separate transfer.
+//!   A re-request from the *same* port is dropped as a duplicate while that
+//!   transfer lives, but its OACK retransmission (after 1 s) reaches the
+//!   same port and the client carries on with it: about 1 s lost.
+//! - It ignores an RRQ from an address and port that already has a transfer
+//!   (plain retransmissions of the RRQ are thus deduplicated).
+//! - It holds one lock around the handler while a request is opened, so
+//!   opens are serialised: opening must be quick. Image views are opened
+//!   ahead of time at start (warm-up), and a request waits at most
+//!   [`VIEW_OPEN_WAIT`] for a view still being indexed before it is told to
+//!   retry with an error.
+//! - Malformed requests (truncated, no NUL, unknown opcode or mode) are
+//!   dropped without an answer; options with invalid values (blksize
+//!   outside 8..=65464, timeout 0 or over 255, windowsize 0) are ignored,
+//!   as if not sent.
+//! - `netascii` transfers are sent as raw bytes.
+//! - It logs through the `log` crate, at trace level only; what matters is
+//!   logged here, and normal Pi traffic (probes, not-found lookups,
+//!   early terminations) stays at debug level.
+
+pub mod bootfs;
+pub mod generated;
+pub mod reader;
+pub mod uimage;
+
+use crate::nodes::Node;
+use crate::serve::ServeContext;
+use crate::view::ImageView;
+use async_tftp::packet;
+use async_tftp::server::{Handler, TftpServerBuilder};
+use bootfs::{parse_request, select_node, BootDir, NoNode};
+use bytes::Bytes;
+use generated::Generated;
+use reader::{Label, TftpReader};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::runtime::Handle;
+
+/// Block size cap when the interface MTU cannot be read (1500 - 32).
+pub const DEFAULT_BLOCK_SIZE_LIMIT: u16 = 1468;
+/// Largest windowsize granted (RFC 7440); bounds memory per transfer.
+pub const WINDOW_SIZE_LIMIT: u16 = 64;
+/// Retransmission timeout when the client does not send one.
+pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Retransmissions of one window before a transfer is given up.
+pub const MAX_SEND_RETRIES: u32 = 10;
+/// How long a request waits for its node's image view to open.
+pub const VIEW_OPEN_WAIT: Duration = Duration::from_secs(10);
+/// Where Debian's `ipxe` package puts its ROMs.
+pub const IPXE_ROM_DIR: &str = "/usr/lib/ipxe";
+/// iPXE builds served to every client, from [`IPXE_ROM_DIR`] when present.
+pub const IPXE_ROMS: &[&str] = &[
+    "undionly.kpxe",
+    "undionly.kkpxe",
+    "ipxe.efi",
+    "snponly.efi",
+    "ipxe.pxe",
+];
+/// Largest image `cmdline.txt` read.
+const MAX_CMDLINE: u32 = 64 * 1024;
+/// Bytes of a kernel read to recognise its architecture.
+const KERNEL_HEAD: u32 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    #[error("TFTP: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TFTP server: {0}")]
+    Server(#[from] async_tftp::Error),
+}
+
+/// Serve TFTP on `ctx.server_ip:ctx.config.server.tftp_port` until an I/O
+/// error on the listening socket.
+pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
+    let addr = SocketAddr::from((ctx.server_ip, ctx.config.server.tftp_port));
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| TftpError::Bind { addr, source })?;
+    let blksize = block_size_limit(&ctx.config.server.interface);
+    warm_up(&ctx);
+    let handler = LazyHandler::new(ctx, Handle::current(), PathBuf::from(IPXE_ROM_DIR));
+    let server = TftpServerBuilder::with_handler(handler)
+        .std_socket(socket)?
+        .block_size_limit(blksize)
+        .window_size_limit(WINDOW_SIZE_LIMIT)
+        .timeout(RETRANSMIT_TIMEOUT)
+        .max_send_retries(MAX_SEND_RETRIES)
+        .build()
+        .await?;
+    tracing::info!(
+        "TFTP: serving on {addr} (blksize up to {blksize}, windowsize up to {WINDOW_SIZE_LIMIT})"
+    );
+    server.serve().await?;
+    Ok(())
+}
+
+/// Largest blksize that fits the MTU of `interface` without IP
+/// fragmentation: MTU - 20 (IPv4) - 8 (UDP) - 4 (TFTP DATA header).
+pub fn block_size_limit(interface: &str) -> u16 {
+    let path = Path::new("/sys/class/net").join(interface).join("mtu");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map(mtu_to_block_size)
+        .unwrap_or(DEFAULT_BLOCK_SIZE_LIMIT)
+}
+
+fn mtu_to_block_size(mtu: u32) -> u16 {
+    mtu.saturating_sub(32).clamp(512, 65464) as u16
+}
+
+/// Open the image view of every configured node in the background, so a
+/// node's first request does not wait for its image to be indexed.
+fn warm_up(ctx: &Arc<ServeContext>) {
+    for node in ctx.inventory.all() {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            match ctx.images.view_for(&node).await {
+                Ok(_) => tracing::debug!("TFTP: image of {} ready", node.name),
+                Err(e) => tracing::warn!("TFTP: image of {}: {e}", node.name),
+            }
+        });
+    }
+}
+
+/// The async-tftp handler: resolves requests on the tokio runtime.
+pub struct LazyHandler {
+    files: Arc<Files>,
+}
+
+struct Files {
+    ctx: Arc<ServeContext>,
+    rt: Handle,
+    rom_dir: PathBuf,
+}
+
+impl LazyHandler {
+    pub fn new(ctx: Arc<ServeContext>, rt: Handle, rom_dir: PathBuf) -> LazyHandler {
+        LazyHandler {
+            files: Arc::new(Files { ctx, rt, rom_dir }),
+        }
+    }
+}
+
+/// Writes are refused before a writer is ever made; this type only exists
+/// because the handler trait names one.
+pub struct ReadOnly;
+
+impl futures_io::AsyncWrite for ReadOnly {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::PermissionDenied.into()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Handler for LazyHandler {
+    type Reader = TftpReader;
+    type Writer = ReadOnly;
+
+    fn read_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+    ) -> impl Future<Output = Result<(TftpReader, Option<u64>), packet::Error>> + Send {
+        let files = self.files.clone();
+        let client = *client;
+        let raw = path.to_string_lossy().into_owned();
+        async move {
+            let rt = files.rt.clone();
+            match rt.spawn(async move { files.open(client, raw).await }).await {
+                Ok(r) => r.map(|reader| {
+                    let size = reader.size();
+                    (reader, Some(size))
+                }),
+                Err(e) => {
+                    tracing::error!("TFTP: request from {client} failed: {e}");
+                    Err(packet::Error::Msg("lazyboot: internal error".into()))
+                }
+            }
+        }
+    }
+
+    fn write_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+        _size: Option<u64>,
+    ) -> impl Future<Output = Result<ReadOnly, packet::Error>> + Send {
+        tracing::debug!("TFTP: refused write of {} from {client}", path.display());
+        std::future::ready(Err(packet::Error::PermissionDenied))
+    }
+}
+
+fn not_found() -> packet::Error {
+    packet::Error::FileNotFound
+}
+
+impl Files {
+    async fn open(&self, client: SocketAddr, raw: String) -> Result<TftpReader, packet::Error> {
+        let ip = match client.ip() {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().ok_or_else(not_found)?,
+        };
+        let req = parse_request(&raw);
+        if let Some(name) = req.full.as_deref().filter(|n| IPXE_ROMS.contains(n)) {
+            if let Ok(data) = tokio::fs::read(self.rom_dir.join(name)).await {
+                tracing::debug!("TFTP: {client}: {name} (iPXE ROM, {} bytes)", data.len());
+                let label = Label {
+                    client,
+                    node: "-".into(),
+                    path: name.into(),
+                };
+                return Ok(TftpReader::memory(label, Bytes::from(data)));
+            }
+        }
+        let (node, path) = match select_node(&self.ctx.inventory, ip, &req) {
+            Ok(found) => found,
+            Err(NoNode::Conflict {
+                prefix_node,
+                ip_node,
+            }) => {
+                tracing::warn!(
+                    "TFTP: {client} asked for {raw:?} with the prefix of node {prefix_node}, \
+                     but its address belongs to node {ip_node}: refused"
+                );
+                return Err(not_found());
+            }
+            Err(why) => {
+                tracing::debug!("TFTP: {client}: {raw:?} not found ({why:?})");
+                return Err(not_found());
+            }
+        };
+        let view = self.view(&node).await?;
+        let label = Label {
+            client,
+            node: node.name.clone(),
+            path: path.clone(),
+        };
+        if let Some(g) = generated::generated_for(node.kind, &node.mac.pxelinux_name(), &path) {
+            return match self.generate(&node, &view, g).await? {
+                Some(data) => {
+                    tracing::debug!(
+                        "TFTP: {client} ({}): {path} (generated, {} bytes)",
+                        node.name,
+                        data.len()
+                    );
+                    Ok(TftpReader::memory(label, Bytes::from(data)))
+                }
+                None => {
+                    tracing::warn!(
+                        "TFTP: {client} ({}): cannot make {path}: no kernel in {} of {}",
+                        node.name,
+                        node.boot_dir,
+                        node.image
+                    );
+                    Err(not_found())
+                }
+            };
+        }
+        let found = BootDir::open(&view.tree, &node.boot_dir).and_then(|b| b.file(&path));
+        let Some(f) = found else {
+            tracing::debug!("TFTP: {client} ({}): {raw:?} not found", node.name);
+            return Err(not_found());
+        };
+        tracing::debug!(
+            "TFTP: {client} ({}): {path} ({} bytes from {}/{})",
+            node.name,
+            f.size,
+            node.boot_dir.trim_end_matches('/'),
+            f.path
+        );
+        Ok(TftpReader::image(
+            label,
+            view,
+            f.ino,
+            f.size,
+            self.rt.clone(),
+        ))
+    }
+
+    async fn view(&self, node: &Arc<Node>) -> Result<Arc<ImageView>, packet::Error> {
+        let (ctx, n) = (self.ctx.clone(), node.clone());
+        let task = self.rt.spawn(async move { ctx.images.view_for(&n).await });
+        match tokio::time::timeout(VIEW_OPEN_WAIT, task).await {
+            Ok(Ok(Ok(view))) => Ok(view),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!("TFTP: image of node {}: {e}", node.name);
+                Err(packet::Error::Msg(format!(
+                    "lazyboot: image of {} unavailable",
+                    node.name
+                )))
+            }
+            Ok(Err(e)) => {
+                tracing::error!("TFTP: opening the image of node {}: {e}", node.name);
+                Err(packet::Error::Msg("lazyboot: internal error".into()))
+            }
+            Err(_) => {
+                tracing::info!(
+                    "TFTP: image of node {} is still being opened; the client must retry",
+                    node.name
+                );
+                Err(packet::Error::Msg(format!(
+                    "lazyboot: image of {} is loading, retry",
+                    node.name
+                )))
+            }
+        }
+    }
+
+    /// A generated file's bytes; `None` when it needs a kernel and the boot
+    /// directory has none.
+    async fn generate(
+        &self,
+        node: &Node,
+        view: &Arc<ImageView>,
+        what: Generated,
+    ) -> Result<Option<Vec<u8>>, packet::Error> {
+        let server = &self.ctx.config.server;
+        let nfs = generated::nfs_root_args(
+            self.ctx.server_ip,
+            &ServeContext::export_path(node),
+            server.nfs_port,
+        );
+        let boot = BootDir::open(&view.tree, &node.boot_dir);
+        if what == Generated::Cmdline {
+            let original = match boot.and_then(|b| b.file("cmdline.txt")) {
+                Some(f) => {
+                    let len = f.size.min(MAX_CMDLINE as u64) as u32;
+                    let bytes = read(view, node, f.ino, len).await?;
+                    Some(String::from_utf8_lossy(&bytes).into_owned())
+                }
+                None => None,
+            };
+            let text = generated::rewrite_cmdline(original.as_deref(), &nfs, &node.kernel_args);
+            return Ok(Some(text.into_bytes()));
+        }
+        let Some(boot) = boot else {
+            return Ok(None);
+        };
+        let files = generated::discover(&boot, node.kind);
+        let Some(kernel) = files.kernel.clone() else {
+            return Ok(None);
+        };
+        let args = generated::boot_args(&nfs, &node.kernel_args);
+        let text = match what {
+            Generated::Cmdline => unreachable!("handled above"),
+            Generated::BootScript => {
+                let head = read(view, node, kernel.ino, KERNEL_HEAD).await?;
+                let arch = generated::kernel_arch(&head);
+                let script = generated::uboot_script(&node.name, &files, &args, arch);
+                // The kernel's mtime: the same image gives the same bytes.
+                let stamp = kernel.mtime.clamp(0, u32::MAX as i64) as u32;
+                return Ok(script.map(|s| {
+                    generated::uboot_script_image(
+                        &s,
+                        generated::script_arch(node.kind, arch),
+                        stamp,
+                    )
+                }));
+            }
+            Generated::Pxelinux => generated::pxelinux_cfg(&node.name, &files, &args),
+            Generated::Ipxe => {
+                generated::ipxe_script(&node.name, self.ctx.server_ip, &files, &args)
+            }
+        };
+        Ok(text.map(String::into_bytes))
+    }
+}
+
+async fn read(view: &ImageView, node: &Node, ino: u64, len: u32) -> Result<Bytes, packet::Error> {
+    view.read(ino, 0, len).await.map_err(|e| {
+        tracing::warn!("TFTP: reading the image of node {}: {e}", node.name);
+        packet::Error::Msg(format!(
+            "lazyboot: reading the image of {} failed",
+            node.name
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::nodes::Inventory;
+    use bootfs::ParsedRequest;
+    use std::net::Ipv4Addr;
+
+    const CONFIG: &str = r#"
+[server]
+interface = "lb0"
+address = "10.9.0.1"
+[dhcp]
+mode = "off"
+[[nodes]]
+name = "pi1"
+mac = "dc:a6:32:01:02:03"
+serial = "100000008b07bcc6"
+kind = "raspberrypi"
+image = "img:pi"
+ip = "10.9.0.11"
+[[nodes]]
+name = "mars1"
+mac = "6c:cf:39:00:00:01"
+kind = "uboot"
+image = "img:rv"
+ip = "10.9.0.12"
+"#;
+
+    fn select(inv: &Inventory, ip: [u8; 4], path: &str) -> Result<(String, String), NoNode> {
+        let req: ParsedRequest = parse_request(path);
+        select_node(inv, Ipv4Addr::from(ip), &req).map(|(n, p)| (n.name.clone(), p))
+    }
+
+    #[test]
+    fn requests_map_to_nodes() {
+        let inv = Inventory::from_config(&Config::parse(CONFIG, "t").unwrap());
+        let ok = |n: &str, p: &str| Ok((n.to_string(), p.to_string()));
+        // Serial and MAC prefixes, from an unknown or the node's own address.
+        assert_eq!(
+            select(&inv, [10, 9, 0, 99], "8b07bcc6/config.txt"),
+            ok("pi1", "config.txt")
+        );
+        assert_eq!(
+            select(&inv, [10, 9, 0, 11], "8B07BCC6/config.txt"),
+            ok("pi1", "config.txt")
+        );
+        assert_eq!(
+            select(&inv, [10, 9, 0, 99], "dc-a6-32-01-02-03/start4.elf"),
+            ok("pi1", "start4.elf")
+        );
+        // Unprefixed: by address.
+        assert_eq!(
+            select(&inv, [10, 9, 0, 11], "/config.txt"),
+            ok("pi1", "config.txt")
+        );
+        assert_eq!(
+            select(&inv, [10, 9, 0, 12], "boot.scr.uimg"),
+            ok("mars1", "boot.scr.uimg")
+        );
+        // An unknown serial is just a directory name of the address's node.
+        assert_eq!(
+            select(&inv, [10, 9, 0, 12], "deadbeef/config.txt"),
+            ok("mars1", "deadbeef/config.txt")
+        );
+        // Unknown clients, conflicts and escapes find nothing.
+        assert_eq!(
+            select(&inv, [10, 9, 0, 99], "config.txt"),
+            Err(NoNode::Unknown)
+        );
+        assert_eq!(
+            select(&inv, [10, 9, 0, 99], "deadbeef/config.txt"),
+            Err(NoNode::Unknown)
+        );
+        assert_eq!(
+            select(&inv, [10, 9, 0, 12], "8b07bcc6/config.txt"),
+            Err(NoNode::Conflict {
+                prefix_node: "pi1".into(),
+                ip_node: "mars1".into()
+            })
+        );
+        assert_eq!(
+            select(&inv, [10, 9, 0, 11], "../../etc/shadow"),
+            Err(NoNode::BadPath)
+        );
+        assert_eq!(
+            select(&inv, [10, 9, 0, 11], "8b07bcc6/../../etc/shadow"),
+            Err(NoNode::BadPath)
+        );
+    }
+
+    #[test]
+    fn block_size_follows_the_mtu() {
+        assert_eq!(mtu_to_block_size(1500), 1468);
+        assert_eq!(mtu_to_block_size(9000), 8968);
+        assert_eq!(mtu_to_block_size(65536), 65464);
+        assert_eq!(mtu_to_block_size(100), 512);
+        assert_eq!(
+            block_size_limit("no-such-interface-x"),
+            DEFAULT_BLOCK_SIZE_LIMIT
+        );
+    }
+
+    #[test]
+    fn run_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(crate::cache::ChunkCache::open(dir.path(), 1 << 20).unwrap());
+        let ctx = ServeContext::new(cfg, cache);
+        let fut = run(ctx);
+        assert_send(&fut);
+    }
+}

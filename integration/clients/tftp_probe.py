@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""A small TFTP client for lazyboot's integration tests (RFC 1350, 2347,
+2348, 2349, 7440), able to misbehave the way real boot ROMs do.
+
+Every command prints one JSON object on stdout.
+
+  get HOST PORT FILE [--bind IP] [--opt NAME=VALUE ...] [--out PATH]
+      Download FILE. Reports the OACK options, the size and sha256 of the
+      data, the number of DATA packets, or the ERROR code and message.
+
+  probe HOST PORT FILE [--bind IP] [--same-port]
+      What a Raspberry Pi's bootloader does: RRQ with "tsize 0" and
+      "blksize 1024", read the OACK, answer with ERROR 0 "Early terminate",
+      then request the file again from a new port (or the same one with
+      --same-port) and download it. Reports the probe's tsize and the
+      download's result.
+
+  raw HOST PORT HEX [--bind IP] [--wait SECS]
+      Send one datagram (hex) to the server port; report what comes back
+      within --wait seconds (or nothing).
+
+  put HOST PORT FILE [--bind IP]
+      A write request; reports the server's answer.
+"""
+
+import argparse
+import hashlib
+import json
+import socket
+import struct
+import sys
+
+RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
+
+
+def rrq(filename, opts, opcode=RRQ):
+    pkt = struct.pack("!H", opcode) + filename.encode() + b"\0octet\0"
+    for k, v in opts:
+        pkt += k.encode() + b"\0" + str(v).encode() + b"\0"
+    return pkt
+
+
+def parse_oack(body):
+    parts = body.split(b"\0")
+    opts = {}
+    for i in range(0, len(parts) - 1, 2):
+        if parts[i]:
+            opts[parts[i].decode().lower()] = parts[i + 1].decode()
+    return opts
+
+
+def new_socket(bind, timeout):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((bind or "0.0.0.0", 0))
+    s.settimeout(timeout)
+    return s
+
+
+def recv_from_server(s, host, tid):
+    """Next packet from the server (port `tid` once known)."""
+    while True:
+        data, addr = s.recvfrom(70000)
+        if addr[0] != host:
+            continue
+        if tid is not None and addr[1] != tid:
+            # RFC 1350: a packet from another TID gets an error, transfer goes on.
+            s.sendto(struct.pack("!HH", ERROR, 5) + b"Unknown transfer ID\0", addr)
+            continue
+        return data, addr
+
+
+def download(s, host, port, filename, opts, out=None, retries=5):
+    """Run one read transfer on socket `s`. Returns a result dict."""
+    req = rrq(filename, opts)
+    wanted = dict((k.lower(), str(v)) for k, v in opts)
+    result = {"file": filename, "oack": None, "error": None}
+    blksize, window = 512, 1
+    tid = None
+    expected = 1
+    received_in_window = 0
+    digest = hashlib.sha256()
+    size = 0
+    packets = 0
+    sink = open(out, "wb") if out else None
+    s.sendto(req, (host, port))
+    last_sent = (req, (host, port))
+    timeouts = 0
+    while True:
+        try:
+            data, addr = recv_from_server(s, host, tid)
+        except socket.timeout:
+            timeouts += 1
+            if timeouts > retries:
+                result["error"] = [-1, "timeout"]
+                break
+            s.sendto(*last_sent)
+            continue
+        timeouts = 0
+        if tid is None:
+            tid = addr[1]
+        (op,) = struct.unpack("!H", data[:2])
+        if op == ERROR:
+            code, = struct.unpack("!H", data[2:4])
+            result["error"] = [code, data[4:].split(b"\0")[0].decode(errors="replace")]
+            break
+        if op == OACK:
+            o = parse_oack(data[2:])
+            result["oack"] = o
+            for k in o:
+                if k not in wanted:
+                    result["unrequested_option"] = k
+            blksize = int(o.get("blksize", 512))
+            window = int(o.get("windowsize", 1))
+            ack = struct.pack("!HH", ACK, 0)
+            s.sendto(ack, addr)
+            last_sent = (ack, addr)
+            continue
+        if op != DATA:
+            continue
+        (block,) = struct.unpack("!H", data[2:4])
+        payload = data[4:]
+        if block != (expected & 0xFFFF):
+            # Out of order or a retransmission: ack what we have.
+            ack = struct.pack("!HH", ACK, (expected - 1) & 0xFFFF)
+            s.sendto(ack, addr)
+            last_sent = (ack, addr)
+            received_in_window = 0
+            continue
+        packets += 1
+        digest.update(payload)
+        size += len(payload)
+        if sink:
+            sink.write(payload)
+        expected += 1
+        received_in_window += 1
+        last = len(payload) < blksize
+        if last or received_in_window >= window:
+            ack = struct.pack("!HH", ACK, block)
+            s.sendto(ack, addr)
+            last_sent = (ack, addr)
+            received_in_window = 0
+        if last:
+            break
+    if sink:
+        sink.close()
+    if result["error"] is None:
+        result.update(size=size, sha256=digest.hexdigest(), packets=packets, blksize=blksize)
+    return result
+
+
+def parse_opts(items):
+    out = []
+    for item in items or []:
+        k, _, v = item.partition("=")
+        out.append((k, v))
+    return out
+
+
+def cmd_get(a):
+    s = new_socket(a.bind, a.timeout)
+    return download(s, a.host, a.port, a.file, parse_opts(a.opt), a.out)
+
+
+def cmd_probe(a):
+    s = new_socket(a.bind, a.timeout)
+    s.sendto(rrq(a.file, [("tsize", 0), ("blksize", 1024)]), (a.host, a.port))
+    data, addr = recv_from_server(s, a.host, None)
+    (op,) = struct.unpack("!H", data[:2])
+    if op != OACK:
+        return {"probe_error": data[4:].split(b"\0")[0].decode(errors="replace")}
+    probe = parse_oack(data[2:])
+    s.sendto(struct.pack("!HH", ERROR, 0) + b"Early terminate\0", addr)
+    if not a.same_port:
+        s.close()
+        s = new_socket(a.bind, a.timeout)
+    result = download(s, a.host, a.port, a.file, [("tsize", 0), ("blksize", 1024)])
+    result["probe_oack"] = probe
+    return result
+
+
+def cmd_raw(a):
+    s = new_socket(a.bind, a.wait)
+    s.sendto(bytes.fromhex(a.hex), (a.host, a.port))
+    try:
+        data, addr = s.recvfrom(70000)
+    except socket.timeout:
+        return {"reply": None}
+    (op,) = struct.unpack("!H", data[:2]) if len(data) >= 2 else (None,)
+    reply = {"opcode": op, "hex": data[:64].hex()}
+    if op == ERROR:
+        reply["code"] = struct.unpack("!H", data[2:4])[0]
+        reply["message"] = data[4:].split(b"\0")[0].decode(errors="replace")
+    if op == OACK:
+        reply["oack"] = parse_oack(data[2:])
+        # Do not leave the transfer hanging: abort it.
+        s.sendto(struct.pack("!HH", ERROR, 0) + b"done\0", addr)
+    if op == DATA:
+        s.sendto(struct.pack("!HH", ERROR, 0) + b"done\0", addr)
+    return {"reply": reply}
+
+
+def cmd_put(a):
+    s = new_socket(a.bind, a.timeout)
+    s.sendto(rrq(a.file, [], opcode=WRQ), (a.host, a.port))
+    try:
+        data, _ = recv_from_server(s, a.host, None)
+    except socket.timeout:
+        return {"reply": None}
+    (op,) = struct.unpack("!H", data[:2])
+    reply = {"opcode": op}
+    if op == ERROR:
+        reply["code"] = struct.unpack("!H", data[2:4])[0]
+        reply["message"] = data[4:].split(b"\0")[0].decode(errors="replace")
+    return {"reply": reply}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("get", "probe", "raw", "put"):
+        c = sub.add_parser(name)
+        c.add_argument("host")
+        c.add_argument("port", type=int)
+        c.add_argument("hex" if name == "raw" else "file")
+        c.add_argument("--bind")
+        c.add_argument("--timeout", type=float, default=2.0)
+        if name == "get":
+            c.add_argument("--opt", action="append")
+            c.add_argument("--out")
+        if name == "probe":
+            c.add_argument("--same-port", action="store_true")
+        if name == "raw":
+            c.add_argument("--wait", type=float, default=1.0)
+    a = p.parse_args()
+    result = {"get": cmd_get, "probe": cmd_probe, "raw": cmd_raw, "put": cmd_put}[a.cmd](a)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

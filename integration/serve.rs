@@ -1,0 +1,346 @@
+//! `lazyboot serve` end to end: one config with a node of each kind, one
+//! image reference, real clients in a network namespace: our scripted DHCP
+//! client, curl for TFTP, libnfs for NFS.
+
+mod common;
+
+use anyhow::{bail, Context, Result};
+use common::netns::NetLab;
+use common::{sh, Registry};
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
+const TOOLS: &[&str] = &["ip", "python3", "curl", "nfs-ls", "nfs-cat"];
+
+const PI_MAC: &str = "dc:a6:32:0a:0b:0c";
+const PI_SERIAL: &str = "10000000a1b2c3d4";
+const UBOOT_MAC: &str = "6c:cf:39:00:00:01";
+const IPXE_MAC: &str = "52:54:00:12:34:56";
+
+/// A small image laid out like a netbootable OS: Pi firmware files, a kernel
+/// and initrd under /boot, and a root file system.
+fn build_boot_image(dir: &Path) -> Result<()> {
+    let layout = dir.join("layout");
+    let bundle = dir.join("bundle");
+    sh(&format!(
+        r#"
+umoci init --layout {l}
+umoci new --image {l}:os
+umoci unpack --image {l}:os {b}
+r={b}/rootfs
+mkdir -p $r/boot/firmware/overlays $r/etc $r/bin $r/home/user
+echo 'arm_64bit=1' > $r/boot/firmware/config.txt
+echo 'console=serial0,115200 console=tty1 root=PARTUUID=1234-02 rootfstype=ext4 fsck.repair=yes rootwait' > $r/boot/firmware/cmdline.txt
+head -c 300000 /dev/urandom > $r/boot/firmware/start4.elf
+head -c 3000000 /dev/urandom > $r/boot/firmware/kernel8.img
+head -c 50000 /dev/urandom > $r/boot/firmware/bcm2711-rpi-cm4.dtb
+head -c 2000 /dev/urandom > $r/boot/firmware/overlays/vc4-kms-v3d.dtbo
+head -c 4000000 /dev/urandom > $r/boot/vmlinuz-6.1.0-test
+head -c 2000000 /dev/urandom > $r/boot/initrd.img-6.1.0-test
+ln -s vmlinuz-6.1.0-test $r/boot/vmlinuz
+ln -s initrd.img-6.1.0-test $r/boot/initrd.img
+echo lazynode > $r/etc/hostname
+printf '#!/bin/sh\necho hi\n' > $r/bin/hello && chmod 0755 $r/bin/hello
+chown 1000:1000 $r/home/user
+umoci repack --image {l}:os {b}
+"#,
+        l = layout.display(),
+        b = bundle.display()
+    ))?;
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(config: &Path) -> Result<Server> {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        if !line.starts_with("serving") {
+            let _ = child.kill();
+            bail!("serve did not start: {line:?}");
+        }
+        Ok(Server { child })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn dora(lab: &NetLab, opts: &[&str]) -> Result<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/dhcp_client.py");
+    let out = lab
+        .client("python3")
+        .arg(script)
+        .args(["--iface", &lab.client_if, "--timeout", "3", "dora"])
+        .args(opts)
+        .output()?;
+    if !out.status.success() {
+        bail!("dhcp client: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Option `code` of a reply, without the NUL some string options carry.
+fn option(reply: &serde_json::Value, code: u8) -> Option<Vec<u8>> {
+    reply["options"][code.to_string()].as_str().map(|h| {
+        let mut v = hex::decode(h).unwrap();
+        while v.last() == Some(&0) && code != 43 && code != 175 {
+            v.pop();
+        }
+        v
+    })
+}
+
+/// Take the address DHCP gave us, as the node's firmware would.
+fn bind(lab: &NetLab, mac: &str, ip: &str) -> Result<()> {
+    sh(&format!(
+        "ip -n {ns} addr flush dev {i}; ip -n {ns} link set {i} address {mac}; ip -n {ns} addr add {ip}/24 dev {i}",
+        ns = lab.ns,
+        i = lab.client_if
+    ))?;
+    Ok(())
+}
+
+fn tftp_get(lab: &NetLab, port: u16, path: &str) -> Result<Vec<u8>> {
+    let out = lab
+        .client("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "20",
+            "--tftp-blksize",
+            "1468",
+        ])
+        .arg(format!("tftp://{}:{port}/{path}", lab.server_ip))
+        .output()?;
+    if !out.status.success() {
+        bail!("tftp {path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+fn nfs(lab: &NetLab, tool: &str, port: u16, path: &str) -> Result<Vec<u8>> {
+    let out = lab
+        .client(tool)
+        .arg(format!(
+            "nfs://{}{path}?version=3&nfsport={port}&mountport={port}",
+            lab.server_ip
+        ))
+        .output()?;
+    if !out.status.success() {
+        bail!("{tool} {path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+#[test]
+fn one_image_boots_every_node_kind() -> Result<()> {
+    if !common::require_root_and_tools("one_image_boots_every_node_kind", TOOLS) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    build_boot_image(tmp.path())?;
+    let reg = Registry::start()?;
+    common::push(&tmp.path().join("layout"), "os", &reg, "os/netboot:1")?;
+    let image = reg.reference("os/netboot:1");
+    let lab = NetLab::new(false)?;
+    let (tftp_port, nfs_port) = (free_port(), free_port());
+    let net = format!("10.213.{}", lab.subnet);
+    let config = tmp.path().join("lazyboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+interface = "{host_if}"
+address = "{server}"
+state_dir = "{state}"
+cache_dir = "{cache}"
+cache_size = "2G"
+tftp_port = {tftp_port}
+nfs_port = {nfs_port}
+
+[dhcp]
+mode = "full"
+pool_start = "{net}.100"
+pool_end = "{net}.150"
+router = "{server}"
+
+[[nodes]]
+name = "pi"
+mac = "{PI_MAC}"
+serial = "{PI_SERIAL}"
+kind = "raspberrypi"
+image = "{image}"
+root = "persistent"
+
+[[nodes]]
+name = "mars"
+mac = "{UBOOT_MAC}"
+kind = "uboot"
+image = "{image}"
+root = "ephemeral"
+
+[[nodes]]
+name = "pc"
+mac = "{IPXE_MAC}"
+kind = "ipxe"
+image = "{image}"
+root = "readonly"
+"#,
+            host_if = lab.host_if,
+            server = lab.server_ip,
+            state = tmp.path().join("state").display(),
+            cache = tmp.path().join("cache").display(),
+        ),
+    )?;
+    let _server = Server::start(&config)?;
+    let server = lab.server_ip.to_string();
+    let pool = |ip: &str| -> bool {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        ip.octets()[..3] == lab.server_ip.octets()[..3] && (100..=150).contains(&ip.octets()[3])
+    };
+
+    // Raspberry Pi 4 / CM4: options 60, 93, 97 as its boot ROM sends them.
+    lab.set_client_mac(PI_MAC)?;
+    let r = dora(
+        &lab,
+        &[
+            "--opt",
+            "60=s:PXEClient:Arch:00000:UNDI:002001",
+            "--opt",
+            "93=h:0000",
+            "--opt",
+            "97=h:0034695db0000000000000000000000000",
+        ],
+    )?;
+    let ack = &r["ack"];
+    let pi_ip = ack["yiaddr"]
+        .as_str()
+        .context("pi got no address")?
+        .to_string();
+    assert!(pool(&pi_ip), "{pi_ip}");
+    assert_eq!(ack["siaddr"], server.as_str());
+    assert_eq!(option(ack, 60).as_deref(), Some(&b"PXEClient"[..]));
+    assert_eq!(option(ack, 66).as_deref(), Some(server.as_bytes()));
+    let menu = option(ack, 43).context("option 43")?;
+    assert!(String::from_utf8_lossy(&menu).contains("Raspberry Pi Boot   "));
+    bind(&lab, PI_MAC, &pi_ip)?;
+    let serial8 = &PI_SERIAL[PI_SERIAL.len() - 8..];
+    let config_txt = tftp_get(&lab, tftp_port, &format!("{serial8}/config.txt"))?;
+    assert_eq!(config_txt, b"arm_64bit=1\n");
+    let kernel = tftp_get(&lab, tftp_port, &format!("{serial8}/kernel8.img"))?;
+    assert_eq!(
+        kernel,
+        std::fs::read(tmp.path().join("bundle/rootfs/boot/firmware/kernel8.img"))?
+    );
+    let cmdline = String::from_utf8(tftp_get(&lab, tftp_port, "cmdline.txt")?)?;
+    assert!(cmdline.contains("console=serial0,115200"), "{cmdline}");
+    assert!(!cmdline.contains("PARTUUID"), "{cmdline}");
+    assert!(
+        cmdline.contains(&format!(
+            "nfsroot={server}:/nodes/pi,vers=3,tcp,port={nfs_port},mountport={nfs_port},nolock"
+        )),
+        "{cmdline}"
+    );
+    let listing = String::from_utf8(nfs(&lab, "nfs-ls", nfs_port, "/nodes/pi/etc")?)?;
+    assert!(listing.contains("hostname"), "{listing}");
+    let hostname = nfs(&lab, "nfs-cat", nfs_port, "/nodes/pi/etc/hostname")?;
+    assert_eq!(hostname, b"lazynode\n");
+
+    // U-Boot (Mars CM): vendor class U-Boot, boot script by name.
+    lab.set_client_mac(UBOOT_MAC)?;
+    let r = dora(&lab, &["--opt", "60=s:U-Boot.riscv64"])?;
+    let ack = &r["ack"];
+    let mars_ip = ack["yiaddr"]
+        .as_str()
+        .context("mars got no address")?
+        .to_string();
+    assert!(pool(&mars_ip) && mars_ip != pi_ip, "{mars_ip}");
+    assert_eq!(ack["siaddr"], server.as_str());
+    assert_eq!(option(ack, 67).as_deref(), Some(&b"boot.scr.uimg"[..]));
+    bind(&lab, UBOOT_MAC, &mars_ip)?;
+    let script = tftp_get(&lab, tftp_port, "boot.scr.uimg")?;
+    assert_eq!(&script[..4], &[0x27, 0x05, 0x19, 0x56], "uImage magic");
+    let text = String::from_utf8_lossy(&script[72..]).into_owned();
+    assert!(
+        text.contains("vmlinuz") && text.contains("/nodes/mars"),
+        "{text}"
+    );
+    let hostname = nfs(&lab, "nfs-cat", nfs_port, "/nodes/mars/etc/hostname")?;
+    assert_eq!(hostname, b"lazynode\n");
+    // Another node's export is refused to this address.
+    assert!(nfs(&lab, "nfs-ls", nfs_port, "/nodes/pi").is_err());
+
+    // iPXE PC: the iPXE user class gets its generated script.
+    lab.set_client_mac(IPXE_MAC)?;
+    let r = dora(&lab, &["--opt", "77=s:iPXE", "--opt", "93=h:0000"])?;
+    let ack = &r["ack"];
+    let pc_ip = ack["yiaddr"]
+        .as_str()
+        .context("pc got no address")?
+        .to_string();
+    assert_eq!(option(ack, 67).as_deref(), Some(&b"boot.ipxe"[..]));
+    let o175 = option(ack, 175).context("option 175")?;
+    assert!(o175.windows(3).any(|w| w == [176, 1, 1]), "{o175:?}");
+    bind(&lab, IPXE_MAC, &pc_ip)?;
+    let ipxe = String::from_utf8(tftp_get(&lab, tftp_port, "boot.ipxe")?)?;
+    assert!(
+        ipxe.starts_with("#!ipxe") && ipxe.contains("/nodes/pc"),
+        "{ipxe}"
+    );
+    let kernel = tftp_get(&lab, tftp_port, "vmlinuz")?;
+    assert_eq!(
+        kernel,
+        std::fs::read(tmp.path().join("bundle/rootfs/boot/vmlinuz-6.1.0-test"))?
+    );
+    let hello = nfs(&lab, "nfs-cat", nfs_port, "/nodes/pc/bin/hello")?;
+    assert_eq!(hello, b"#!/bin/sh\necho hi\n");
+    Ok(())
+}
+
+#[test]
+fn a_bad_config_is_refused_naming_key_and_line() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let path: PathBuf = tmp.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\n\n[dhcp]\nmode = \"sometimes\"\n",
+    )?;
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("line 6") && err.contains("sometimes"), "{err}");
+    Ok(())
+}

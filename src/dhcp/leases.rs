@@ -1,0 +1,564 @@
+//! The full-mode address pool and its leases.
+//!
+//! Leases are keyed by MAC (chaddr), like the node inventory: option 61
+//! client identifiers are not used, so a machine keeps its address across
+//! firmware stages (ROM, iPXE, U-Boot, Linux) that identify differently.
+//!
+//! Every change to a bound lease is written to disk before the client hears
+//! about it: JSON to a temporary file, fsync, rename over the old file,
+//! fsync the directory. A crash leaves either the old or the new file,
+//! never a torn one. Offers and declined addresses live in memory only:
+//! losing them costs a client one more DISCOVER.
+//!
+//! Times are Unix seconds passed in by the caller, so the pool can be
+//! tested without a clock and expiry survives restarts.
+
+use crate::config::MacAddr;
+use crate::dhcp::DhcpError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// How long an offered address stays reserved for the client it was offered
+/// to. Long enough for a slow ROM's REQUEST, and renewed by every DISCOVER
+/// (the Raspberry Pi 3 ROM uses an offered address without ever sending a
+/// REQUEST).
+pub const OFFER_HOLD_SECS: u64 = 120;
+/// How long an address a client DECLINEd (someone else answers ARP for it)
+/// is kept out of the pool.
+pub const DECLINE_HOLD_SECS: u64 = 600;
+
+const FILE_VERSION: u32 = 1;
+
+/// One bound address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    #[serde(serialize_with = "ser_mac")]
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    /// Unix seconds.
+    pub expires: u64,
+    /// The node name at the time of binding (for people reading the file).
+    #[serde(default)]
+    pub node: String,
+}
+
+fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&m.to_string())
+}
+
+#[derive(Serialize, Deserialize)]
+struct LeaseFile {
+    version: u32,
+    leases: Vec<Lease>,
+}
+
+/// The addresses the pool hands out and the subnet they live in.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    /// The server's own address: never handed out.
+    pub server: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Fixed addresses of configured nodes: each only ever goes to its MAC,
+    /// wherever it lies.
+    pub reserved: HashMap<Ipv4Addr, MacAddr>,
+}
+
+impl Pool {
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask_bits(self.prefix_len))
+    }
+
+    pub fn network(&self) -> u32 {
+        u32::from(self.server) & mask_bits(self.prefix_len)
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network() | !mask_bits(self.prefix_len))
+    }
+
+    pub fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask_bits(self.prefix_len) == self.network()
+    }
+
+    fn in_range(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
+    }
+
+    /// Addresses that can never be a client's: ours, the subnet's network
+    /// and broadcast addresses, anything outside the subnet.
+    fn unusable(&self, ip: Ipv4Addr) -> bool {
+        ip == self.server
+            || !self.in_subnet(ip)
+            || u32::from(ip) == self.network()
+            || ip == self.broadcast()
+    }
+}
+
+fn mask_bits(prefix_len: u8) -> u32 {
+    match prefix_len {
+        0 => 0,
+        p => u32::MAX << (32 - p.min(32) as u32),
+    }
+}
+
+pub struct LeaseDb {
+    pool: Pool,
+    path: Option<PathBuf>,
+    /// Bound leases (current and expired), by address.
+    leases: BTreeMap<Ipv4Addr, Lease>,
+    by_mac: HashMap<MacAddr, Ipv4Addr>,
+    /// Outstanding offers: address and until when it is held.
+    offers: HashMap<MacAddr, (Ipv4Addr, u64)>,
+    declined: HashMap<Ipv4Addr, u64>,
+}
+
+impl LeaseDb {
+    /// A pool that is never written to disk (tests).
+    pub fn in_memory(pool: Pool) -> LeaseDb {
+        LeaseDb {
+            pool,
+            path: None,
+            leases: BTreeMap::new(),
+            by_mac: HashMap::new(),
+            offers: HashMap::new(),
+            declined: HashMap::new(),
+        }
+    }
+
+    /// The pool with the leases saved at `path`, if the file exists. A file
+    /// that cannot be parsed is moved aside (`.bad`) with a warning rather
+    /// than stopping DHCP; leases that no longer fit the configuration (an
+    /// address outside the subnet, another node's fixed address) are dropped.
+    pub fn open(pool: Pool, path: &Path) -> Result<LeaseDb, DhcpError> {
+        let mut db = LeaseDb::in_memory(pool);
+        db.path = Some(path.to_path_buf());
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| DhcpError::Leases {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(db),
+            Err(source) => {
+                return Err(DhcpError::Leases {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let file: LeaseFile = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                let aside = path.with_extension("json.bad");
+                tracing::warn!(
+                    "{}: unreadable lease file ({e}); moved to {} and starting empty",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(path, &aside);
+                return Ok(db);
+            }
+        };
+        for lease in file.leases {
+            let fits = !db.pool.unusable(lease.ip)
+                && match db.pool.reserved.get(&lease.ip) {
+                    Some(owner) => *owner == lease.mac,
+                    None => db.pool.in_range(lease.ip),
+                };
+            if !fits {
+                tracing::info!(
+                    "dropping saved lease {} for {}: it no longer fits the configuration",
+                    lease.ip,
+                    lease.mac
+                );
+                continue;
+            }
+            // Keep one lease per MAC and per address: the latest.
+            if let Some(old_ip) = db.by_mac.get(&lease.mac).copied() {
+                if db.leases[&old_ip].expires >= lease.expires {
+                    continue;
+                }
+                db.leases.remove(&old_ip);
+            }
+            if let Some(old) = db.leases.get(&lease.ip) {
+                if old.expires >= lease.expires {
+                    continue;
+                }
+                db.by_mac.remove(&old.mac);
+            }
+            db.by_mac.insert(lease.mac, lease.ip);
+            db.leases.insert(lease.ip, lease);
+        }
+        Ok(db)
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The lease (current or expired) recorded for `mac`.
+    pub fn lease_of(&self, mac: MacAddr) -> Option<&Lease> {
+        self.by_mac.get(&mac).and_then(|ip| self.leases.get(ip))
+    }
+
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    /// Whether `ip` may be bound to `mac` now: inside the pool (or `mac`'s
+    /// fixed address), not held by anyone else's current lease or offer,
+    /// not declined.
+    pub fn available_to(&self, ip: Ipv4Addr, mac: MacAddr, now: u64) -> bool {
+        match self.pool.reserved.get(&ip) {
+            Some(owner) => return *owner == mac && !self.pool.unusable(ip),
+            None if !self.pool.in_range(ip) || self.pool.unusable(ip) => return false,
+            None => {}
+        }
+        if self.declined.get(&ip).is_some_and(|&until| until > now) {
+            return false;
+        }
+        if self
+            .leases
+            .get(&ip)
+            .is_some_and(|l| l.mac != mac && l.expires > now)
+        {
+            return false;
+        }
+        !self
+            .offers
+            .iter()
+            .any(|(m, &(a, until))| a == ip && *m != mac && until > now)
+    }
+
+    /// Choose an address for `mac` and hold it as an offer. Preference: the
+    /// node's fixed address; the address it had before (even expired, if
+    /// still free); an outstanding offer; the address it asks for; a
+    /// never-used address; the address whose lease expired longest ago.
+    /// `None`: the pool is exhausted.
+    pub fn offer(
+        &mut self,
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        now: u64,
+    ) -> Option<Ipv4Addr> {
+        let fixed = self
+            .pool
+            .reserved
+            .iter()
+            .find(|(_, m)| **m == mac)
+            .map(|(ip, _)| *ip);
+        let previous = self.by_mac.get(&mac).copied();
+        let offered = self
+            .offers
+            .get(&mac)
+            .filter(|(_, until)| *until > now)
+            .map(|(ip, _)| *ip);
+        let ip = fixed
+            .or(previous.filter(|ip| self.available_to(*ip, mac, now)))
+            .or(offered.filter(|ip| self.available_to(*ip, mac, now)))
+            .or(requested.filter(|ip| self.available_to(*ip, mac, now)))
+            .or_else(|| self.free_address(mac, now))?;
+        self.offers.insert(mac, (ip, now + OFFER_HOLD_SECS));
+        Some(ip)
+    }
+
+    fn free_address(&self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
+        let mut oldest: Option<(u64, Ipv4Addr)> = None;
+        for n in u32::from(self.pool.start)..=u32::from(self.pool.end) {
+            let ip = Ipv4Addr::from(n);
+            if !self.available_to(ip, mac, now) {
+                continue;
+            }
+            match self.leases.get(&ip) {
+                None => return Some(ip),
+                Some(l) => {
+                    if oldest.is_none_or(|(t, _)| l.expires < t) {
+                        oldest = Some((l.expires, ip));
+                    }
+                }
+            }
+        }
+        oldest.map(|(_, ip)| ip)
+    }
+
+    /// The client took another server's offer (or gave up on ours).
+    pub fn forget_offer(&mut self, mac: MacAddr) {
+        self.offers.remove(&mac);
+    }
+
+    /// Bind `ip` to `mac` until `now + lease_secs` and save. The caller has
+    /// checked [`LeaseDb::available_to`]; whatever record held `ip` before
+    /// (an expired lease, or anyone's lease on a fixed address) goes.
+    pub fn bind(
+        &mut self,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        node: &str,
+        lease_secs: u64,
+        now: u64,
+    ) -> Result<Lease, DhcpError> {
+        if let Some(old_ip) = self.by_mac.remove(&mac) {
+            self.leases.remove(&old_ip);
+        }
+        if let Some(old) = self.leases.remove(&ip) {
+            self.by_mac.remove(&old.mac);
+        }
+        self.offers.remove(&mac);
+        let lease = Lease {
+            mac,
+            ip,
+            expires: now.saturating_add(lease_secs),
+            node: node.to_string(),
+        };
+        self.by_mac.insert(mac, ip);
+        self.leases.insert(ip, lease.clone());
+        self.save()?;
+        Ok(lease)
+    }
+
+    /// DHCPRELEASE: the lease ends now. The record stays so the same client
+    /// gets the same address back while nobody else took it.
+    pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<bool, DhcpError> {
+        match self.leases.get_mut(&ip) {
+            Some(l) if l.mac == mac => {
+                l.expires = l.expires.min(now);
+                self.save()?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// DHCPDECLINE: another machine uses `ip`. Keep it out of the pool for a
+    /// while and drop the client's lease on it.
+    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<(), DhcpError> {
+        self.declined.insert(ip, now + DECLINE_HOLD_SECS);
+        self.offers.remove(&mac);
+        if self.leases.get(&ip).is_some_and(|l| l.mac == mac) {
+            self.leases.remove(&ip);
+            self.by_mac.remove(&mac);
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), DhcpError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let file = LeaseFile {
+            version: FILE_VERSION,
+            leases: self.leases.values().cloned().collect(),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("leases serialise");
+        write_atomically(path, &json).map_err(|source| DhcpError::Leases {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+/// Write `data` to `path` so that a crash leaves the old or the new content.
+/// Blocking, but a lease file is a few KB and only written on lease changes.
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 0, n])
+    }
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 9, 0, n)
+    }
+
+    fn pool(start: u8, end: u8) -> Pool {
+        Pool {
+            start: ip(start),
+            end: ip(end),
+            server: ip(1),
+            prefix_len: 24,
+            reserved: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn subnet_arithmetic() {
+        let p = pool(100, 150);
+        assert_eq!(p.mask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(p.broadcast(), ip(255));
+        assert!(p.in_subnet(ip(7)));
+        assert!(!p.in_subnet(Ipv4Addr::new(10, 9, 1, 7)));
+        let p16 = Pool {
+            prefix_len: 16,
+            ..pool(100, 150)
+        };
+        assert_eq!(p16.broadcast(), Ipv4Addr::new(10, 9, 255, 255));
+    }
+
+    #[test]
+    fn allocates_in_order_and_holds_offers() {
+        let mut db = LeaseDb::in_memory(pool(100, 102));
+        assert_eq!(db.offer(mac(1), None, 0), Some(ip(100)));
+        // Asking again gets the same offer, not a new address.
+        assert_eq!(db.offer(mac(1), None, 1), Some(ip(100)));
+        assert_eq!(db.offer(mac(2), None, 1), Some(ip(101)));
+        // A requested address is honoured when free...
+        assert_eq!(db.offer(mac(3), Some(ip(102)), 1), Some(ip(102)));
+        // ...and the pool is now exhausted while the offers are held.
+        assert_eq!(db.offer(mac(4), None, 2), None);
+        // Offers lapse.
+        assert_eq!(db.offer(mac(4), None, 2 + OFFER_HOLD_SECS), Some(ip(100)));
+    }
+
+    #[test]
+    fn skips_server_network_and_broadcast_addresses() {
+        let mut db = LeaseDb::in_memory(Pool {
+            start: ip(0),
+            end: ip(2),
+            ..pool(0, 2)
+        });
+        // .0 is the network, .1 the server: .2 is the only one.
+        assert_eq!(db.offer(mac(1), None, 0), Some(ip(2)));
+        assert_eq!(db.offer(mac(2), None, 0), None);
+        assert!(!db.available_to(ip(1), mac(2), 0));
+        assert!(!db.available_to(ip(200), mac(2), 0), "outside the pool");
+    }
+
+    #[test]
+    fn expiry_frees_addresses_oldest_first() {
+        let mut db = LeaseDb::in_memory(pool(100, 101));
+        db.bind(mac(1), ip(100), "a", 100, 0).unwrap();
+        db.bind(mac(2), ip(101), "b", 200, 0).unwrap();
+        assert_eq!(db.offer(mac(3), None, 50), None, "both leases current");
+        assert!(!db.available_to(ip(100), mac(3), 50));
+        assert!(db.available_to(ip(100), mac(1), 50), "own lease");
+        // At 150 only .100 has expired.
+        assert_eq!(db.offer(mac(3), None, 150), Some(ip(100)));
+        // The old owner comes back: its address is on offer to someone
+        // else, so it gets nothing now.
+        assert_eq!(db.offer(mac(1), None, 151), None);
+        // Once everything has lapsed, a newcomer gets the address whose
+        // lease expired longest ago...
+        let later = 300 + OFFER_HOLD_SECS;
+        assert_eq!(db.offer(mac(4), None, later), Some(ip(100)));
+        // ...and a returning client its previous address.
+        assert_eq!(db.offer(mac(2), None, later), Some(ip(101)));
+    }
+
+    #[test]
+    fn fixed_addresses_belong_to_their_node() {
+        let mut p = pool(100, 101);
+        p.reserved.insert(ip(100), mac(9));
+        p.reserved.insert(ip(20), mac(8));
+        let mut db = LeaseDb::in_memory(p);
+        // .100 is reserved: others skip it.
+        assert_eq!(db.offer(mac(1), None, 0), Some(ip(101)));
+        assert_eq!(db.offer(mac(2), Some(ip(100)), 0), None);
+        // The owners always get theirs, even outside the pool.
+        assert_eq!(db.offer(mac(9), None, 0), Some(ip(100)));
+        assert_eq!(db.offer(mac(8), None, 0), Some(ip(20)));
+        assert!(db.available_to(ip(20), mac(8), 0));
+        assert!(!db.available_to(ip(20), mac(1), 0));
+    }
+
+    #[test]
+    fn release_and_decline() {
+        let mut db = LeaseDb::in_memory(pool(100, 101));
+        db.bind(mac(1), ip(100), "a", 1000, 0).unwrap();
+        assert!(!db.release(mac(2), ip(100), 10).unwrap(), "not its lease");
+        assert!(db.release(mac(1), ip(100), 10).unwrap());
+        assert_eq!(db.lease_of(mac(1)).unwrap().expires, 10);
+        assert!(db.available_to(ip(100), mac(2), 11));
+        // The releasing client still gets its address back first.
+        assert_eq!(db.offer(mac(1), None, 11), Some(ip(100)));
+        db.bind(mac(1), ip(100), "a", 1000, 12).unwrap();
+        db.decline(mac(1), ip(100), 13).unwrap();
+        assert!(db.lease_of(mac(1)).is_none());
+        assert!(!db.available_to(ip(100), mac(1), 14));
+        assert_eq!(db.offer(mac(1), None, 14), Some(ip(101)));
+        assert!(db.available_to(ip(100), mac(2), 14 + DECLINE_HOLD_SECS));
+    }
+
+    #[test]
+    fn rebinding_moves_a_client() {
+        let mut db = LeaseDb::in_memory(pool(100, 102));
+        db.bind(mac(1), ip(100), "a", 1000, 0).unwrap();
+        db.bind(mac(1), ip(102), "a", 1000, 0).unwrap();
+        assert_eq!(db.leases().count(), 1);
+        assert_eq!(db.lease_of(mac(1)).unwrap().ip, ip(102));
+    }
+
+    #[test]
+    fn leases_persist_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dhcp/leases.json");
+        {
+            let mut db = LeaseDb::open(pool(100, 150), &path).unwrap();
+            assert_eq!(db.leases().count(), 0);
+            db.bind(mac(1), ip(100), "pi1", 3600, 1000).unwrap();
+            db.bind(mac(2), ip(101), "pc1", 3600, 1000).unwrap();
+            db.release(mac(2), ip(101), 1001).unwrap();
+        }
+        // The file is plain JSON and no temporary is left behind.
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["leases"][0]["mac"], "02:00:00:00:00:01");
+        assert_eq!(v["leases"][0]["ip"], "10.9.0.100");
+        assert_eq!(v["leases"][0]["node"], "pi1");
+        assert!(!path.with_extension("json.tmp").exists());
+
+        let mut db = LeaseDb::open(pool(100, 150), &path).unwrap();
+        let l = db.lease_of(mac(1)).unwrap();
+        assert_eq!((l.ip, l.expires), (ip(100), 4600));
+        assert_eq!(db.lease_of(mac(2)).unwrap().expires, 1001);
+        // A current lease is still held against others after the restart.
+        assert!(!db.available_to(ip(100), mac(3), 2000));
+        assert!(db.available_to(ip(100), mac(1), 2000));
+        assert_eq!(db.offer(mac(1), None, 2000), Some(ip(100)));
+        assert_eq!(db.offer(mac(3), None, 2000), Some(ip(102)));
+
+        // A smaller pool drops leases that no longer fit.
+        let db = LeaseDb::open(pool(101, 150), &path).unwrap();
+        assert!(db.lease_of(mac(1)).is_none());
+        assert!(db.lease_of(mac(2)).is_some());
+    }
+
+    #[test]
+    fn a_damaged_lease_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.json");
+        std::fs::write(&path, b"{\"version\": 1, \"leases\": [tru").unwrap();
+        let mut db = LeaseDb::open(pool(100, 150), &path).unwrap();
+        assert_eq!(db.leases().count(), 0);
+        assert!(path.with_extension("json.bad").exists());
+        db.bind(mac(1), ip(100), "a", 10, 0).unwrap();
+        assert!(LeaseDb::open(pool(100, 150), &path)
+            .unwrap()
+            .lease_of(mac(1))
+            .is_some());
+    }
+}

@@ -1,0 +1,384 @@
+//! The exports: one `/nodes/NAME` per node of the inventory, each the node's
+//! [`NodeOverlay`], usable only from the node's own address.
+//!
+//! - The export id is the first four bytes of sha256(node name), so file
+//!   handles survive restarts and `get` finds the node again by scanning the
+//!   inventory.
+//! - An overlay is opened on first use (mount or handle) and kept.
+//! - `root = "ephemeral"`: at a MOUNT, if the node's boot generation (counted
+//!   by DHCP) differs from the one its upper was last reset for, the upper is
+//!   wiped first. The generation is kept in `state_dir/nodes/NAME/generation`.
+//!   Handle use alone (`get`) never wipes: a node still running across a
+//!   server restart keeps its files.
+
+use super::fs::{Exports, MountError};
+use super::overlay::{node_state_dir, wipe_node_state, LowerNames, NodeOverlay};
+use crate::config::RootMode;
+use crate::nodes::Node;
+use crate::serve::ServeContext;
+use crate::view::ImageView;
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The stable export id of node `name`.
+pub fn export_id(name: &str) -> u32 {
+    let h = Sha256::digest(name.as_bytes());
+    u32::from_be_bytes([h[0], h[1], h[2], h[3]])
+}
+
+#[derive(Default)]
+struct Slot {
+    overlay: Option<Arc<NodeOverlay>>,
+    /// The boot generation the upper was last reset for (ephemeral roots).
+    reset_for: Option<u64>,
+}
+
+type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+/// An image view (kept alive so its address stays unique) and its names.
+type SharedNames = (Arc<ImageView>, Arc<LowerNames>);
+
+pub struct NodeExports {
+    ctx: Arc<ServeContext>,
+    slots: Mutex<HashMap<String, SlotRef>>,
+    /// Per image view, by its address.
+    names: Mutex<HashMap<usize, SharedNames>>,
+}
+
+impl NodeExports {
+    pub fn new(ctx: Arc<ServeContext>) -> NodeExports {
+        NodeExports {
+            ctx,
+            slots: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where node `name` keeps its upper, index and generation.
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        node_state_dir(&self.ctx.state_dir, name)
+    }
+
+    fn check_client(&self, node: &Node, client: IpAddr) -> Result<(), MountError> {
+        let client = match client {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(a) => a.to_ipv4_mapped(),
+        };
+        match self.ctx.inventory.ip_of(&node.name) {
+            Some(ip) if Some(ip) == client => Ok(()),
+            _ => Err(MountError::Access),
+        }
+    }
+
+    fn lower_names(&self, view: &Arc<ImageView>) -> Arc<LowerNames> {
+        let key = Arc::as_ptr(view) as usize;
+        if let Some((_, n)) = self.names.lock().get(&key) {
+            return n.clone();
+        }
+        let names = Arc::new(LowerNames::new(&view.tree));
+        self.names
+            .lock()
+            .entry(key)
+            .or_insert_with(|| (view.clone(), names))
+            .1
+            .clone()
+    }
+
+    /// The node's overlay, opened if needed; at a mount, an ephemeral upper
+    /// is reset first when the node has booted again since.
+    async fn overlay_for(
+        &self,
+        node: &Node,
+        at_mount: bool,
+    ) -> Result<Arc<NodeOverlay>, MountError> {
+        let slot = self
+            .slots
+            .lock()
+            .entry(node.name.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        let dir = self.node_dir(&node.name);
+        if at_mount && node.root == RootMode::Ephemeral {
+            let generation = self.ctx.inventory.boot_generation(&node.name);
+            let reset_for = match slot.reset_for {
+                Some(g) => Some(g),
+                None => read_generation(&dir).await,
+            };
+            if reset_for != Some(generation) {
+                if let Some(old) = slot.overlay.take() {
+                    old.retire();
+                }
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || reset_upper(&d, generation))
+                    .await
+                    .map_err(|e| MountError::Unavailable(e.to_string()))?
+                    .map_err(|e| {
+                        MountError::Unavailable(format!(
+                            "resetting {} for boot {generation}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                tracing::info!(node = %node.name, generation, "ephemeral root reset");
+            }
+            slot.reset_for = Some(generation);
+        }
+        if let Some(o) = &slot.overlay {
+            return Ok(o.clone());
+        }
+        let view = self.ctx.images.view_for(node).await.map_err(|e| {
+            tracing::warn!(node = %node.name, "cannot open image: {e}");
+            MountError::Unavailable(e.to_string())
+        })?;
+        let names = self.lower_names(&view);
+        let read_only = node.root == RootMode::Readonly;
+        let overlay = NodeOverlay::open_with(view, names, &dir, read_only)
+            .await
+            .map_err(|e| {
+                tracing::warn!(node = %node.name, "cannot open {}: {e}", dir.display());
+                MountError::Unavailable(format!("{}: {e}", dir.display()))
+            })?;
+        let overlay = Arc::new(overlay);
+        slot.overlay = Some(overlay.clone());
+        Ok(overlay)
+    }
+}
+
+async fn read_generation(dir: &Path) -> Option<u64> {
+    let text = tokio::fs::read_to_string(dir.join("generation"))
+        .await
+        .ok()?;
+    text.trim().parse().ok()
+}
+
+/// Wipe the upper, then record `generation` (temp file + rename, so a crash
+/// leaves the old number and the next mount wipes again).
+fn reset_upper(dir: &Path, generation: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    wipe_node_state(dir)?;
+    let tmp = dir.join("work").join("generation");
+    std::fs::write(&tmp, format!("{generation}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join("generation"))
+}
+
+impl Exports for NodeExports {
+    type Fs = NodeOverlay;
+
+    async fn mount(
+        &self,
+        path: &str,
+        client: IpAddr,
+    ) -> Result<(u32, Arc<NodeOverlay>), MountError> {
+        let trimmed = path.trim_end_matches('/');
+        let name = trimmed
+            .strip_prefix("/nodes/")
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .ok_or(MountError::NoEntry)?;
+        let node = self
+            .ctx
+            .inventory
+            .by_name(name)
+            .ok_or(MountError::NoEntry)?;
+        self.check_client(&node, client)?;
+        let fs = self.overlay_for(&node, true).await?;
+        Ok((export_id(&node.name), fs))
+    }
+
+    async fn get(&self, id: u32, client: IpAddr) -> Result<Arc<NodeOverlay>, MountError> {
+        let node = self
+            .ctx
+            .inventory
+            .all()
+            .into_iter()
+            .find(|n| export_id(&n.name) == id)
+            .ok_or(MountError::NoEntry)?;
+        self.check_client(&node, client)?;
+        self.overlay_for(&node, false).await
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.ctx
+            .inventory
+            .all()
+            .iter()
+            .map(|n| ServeContext::export_path(n))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::ChunkCache;
+    use crate::config::Config;
+    use crate::nfs::fs::{Cred, FsError, NodeFs};
+    use crate::nfs::testimage::{LayerBuilder, TestImage};
+    use std::net::Ipv4Addr;
+
+    fn image() -> TestImage {
+        let mut l = LayerBuilder::new();
+        l.dir("etc", 0o755).file("etc/hostname", 0o644, b"node\n");
+        TestImage::new(&[l.finish()])
+    }
+
+    fn context(img: &TestImage) -> Arc<ServeContext> {
+        let node = |name: &str, mac: u8, image: &str, extra: &str| {
+            format!(
+                "[[nodes]]\nname = \"{name}\"\nmac = \"02:00:00:00:00:{mac:02x}\"\n\
+                 kind = \"ipxe\"\nimage = \"{image}\"\n{extra}\n"
+            )
+        };
+        let r = &img.reference;
+        let text = format!(
+            "[server]\ninterface = \"lo\"\naddress = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
+             [dhcp]\nmode = \"proxy\"\n{}{}{}{}{}",
+            img.state_dir().display(),
+            node("keep", 1, r, "ip = \"10.0.0.11\""),
+            node("eph", 2, r, "ip = \"10.0.0.12\"\nroot = \"ephemeral\""),
+            node("ro", 3, r, "ip = \"10.0.0.13\"\nroot = \"readonly\""),
+            node("noip", 4, r, ""),
+            node(
+                "broken",
+                5,
+                "oci:/nonexistent/layout:t",
+                "ip = \"10.0.0.15\""
+            ),
+        );
+        let config = Config::parse(&text, "test.toml").unwrap();
+        let cache = Arc::new(ChunkCache::open(&img.cache_dir(), 1 << 30).unwrap());
+        ServeContext::new(config, cache)
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn root() -> Cred {
+        Cred {
+            uid: 0,
+            gid: 0,
+            gids: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn mount_checks_node_and_client_address() {
+        let img = image();
+        let ctx = context(&img);
+        let ex = NodeExports::new(ctx.clone());
+        let (id, fs) = ex.mount("/nodes/keep", ip(11)).await.unwrap();
+        assert_eq!(id, export_id("keep"));
+        assert!(!fs.read_only());
+        let etc = fs.lookup(fs.root(), b"etc").await.unwrap();
+        let f = fs.create(etc, b"mine", 0o644, &root(), true).await.unwrap();
+        // Reused, also through a file handle's export id.
+        let (_, again) = ex.mount("/nodes/keep/", ip(11)).await.unwrap();
+        assert!(Arc::ptr_eq(&fs, &again));
+        assert!(Arc::ptr_eq(&fs, &ex.get(id, ip(11)).await.unwrap()));
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 11).to_ipv6_mapped());
+        assert!(ex.mount("/nodes/keep", mapped).await.is_ok());
+
+        assert_eq!(
+            ex.mount("/nodes/keep", ip(12)).await.err(),
+            Some(MountError::Access)
+        );
+        assert_eq!(ex.get(id, ip(12)).await.err(), Some(MountError::Access));
+        assert_eq!(
+            ex.mount("/nodes/nope", ip(11)).await.err(),
+            Some(MountError::NoEntry)
+        );
+        assert_eq!(
+            ex.mount("/srv/keep", ip(11)).await.err(),
+            Some(MountError::NoEntry)
+        );
+        assert_eq!(
+            ex.mount("/nodes/", ip(11)).await.err(),
+            Some(MountError::NoEntry)
+        );
+        assert_eq!(
+            ex.get(export_id("nope"), ip(11)).await.err(),
+            Some(MountError::NoEntry)
+        );
+        // No known address: nobody may mount it.
+        assert_eq!(
+            ex.mount("/nodes/noip", ip(14)).await.err(),
+            Some(MountError::Access)
+        );
+        assert!(matches!(
+            ex.mount("/nodes/broken", ip(15)).await.err(),
+            Some(MountError::Unavailable(_))
+        ));
+        let (_, ro) = ex.mount("/nodes/ro", ip(13)).await.unwrap();
+        assert!(ro.read_only());
+        assert_eq!(
+            ro.mkdir(ro.root(), b"x", 0o755, &root()).await,
+            Err(FsError::ReadOnly)
+        );
+        let mut list = ex.list();
+        list.sort();
+        assert_eq!(
+            list,
+            [
+                "/nodes/broken",
+                "/nodes/eph",
+                "/nodes/keep",
+                "/nodes/noip",
+                "/nodes/ro"
+            ]
+        );
+
+        // A restarted server finds the export and the file by their ids.
+        let ex2 = NodeExports::new(context(&img));
+        let fs2 = ex2.get(id, ip(11)).await.unwrap();
+        assert!(!Arc::ptr_eq(&fs, &fs2));
+        assert_eq!(fs2.getattr(f).await.unwrap().id, f);
+        assert_eq!(fs2.lookup(etc, b"mine").await.unwrap(), f);
+    }
+
+    #[tokio::test]
+    async fn ephemeral_upper_is_reset_at_each_boot() {
+        let img = image();
+        let ctx = context(&img);
+        let ex = NodeExports::new(ctx.clone());
+        for name in ["eph", "keep"] {
+            ctx.inventory.boot_started(name);
+        }
+        let (_, eph) = ex.mount("/nodes/eph", ip(12)).await.unwrap();
+        let (_, keep) = ex.mount("/nodes/keep", ip(11)).await.unwrap();
+        let e = eph
+            .create(eph.root(), b"e", 0o644, &root(), true)
+            .await
+            .unwrap();
+        let k = keep
+            .create(keep.root(), b"k", 0o644, &root(), true)
+            .await
+            .unwrap();
+        // Mounting again within the same boot keeps the files.
+        let (_, same) = ex.mount("/nodes/eph", ip(12)).await.unwrap();
+        assert!(Arc::ptr_eq(&eph, &same));
+        assert_eq!(same.lookup(same.root(), b"e").await.unwrap(), e);
+
+        for name in ["eph", "keep"] {
+            ctx.inventory.boot_started(name);
+        }
+        // Handles alone do not reset anything.
+        assert!(ex.get(export_id("eph"), ip(12)).await.is_ok());
+        let (_, eph2) = ex.mount("/nodes/eph", ip(12)).await.unwrap();
+        assert_eq!(eph2.lookup(eph2.root(), b"e").await, Err(FsError::NotFound));
+        assert_eq!(eph2.getattr(e).await, Err(FsError::Stale));
+        assert_eq!(eph.getattr(eph.root()).await, Err(FsError::Stale));
+        assert_eq!(
+            std::fs::read_to_string(ex.node_dir("eph").join("generation")).unwrap(),
+            "2\n"
+        );
+        let (_, keep2) = ex.mount("/nodes/keep", ip(11)).await.unwrap();
+        assert_eq!(keep2.lookup(keep2.root(), b"k").await.unwrap(), k);
+        // The image is still there underneath.
+        let etc = eph2.lookup(eph2.root(), b"etc").await.unwrap();
+        assert!(eph2.lookup(etc, b"hostname").await.is_ok());
+    }
+}

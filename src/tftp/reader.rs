@@ -1,0 +1,264 @@
+//! What a transfer reads from: bytes in memory (generated files, iPXE
+//! ROMs) or a file of an image view, fetched lazily a window at a time.
+//!
+//! async-tftp reads one block (up to blksize bytes) per call and never
+//! seeks. An image file is read in windows of [`READ_AHEAD`] bytes through
+//! `ImageView::read` on the tokio runtime; once the client has taken a
+//! second block from a window, the next window is fetched in the background,
+//! so a transfer rarely waits for the registry. A client that only probes
+//! (tsize, then "Early terminate") costs one window.
+
+use crate::view::ImageView;
+use bytes::Bytes;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// Bytes fetched from the image per `ImageView::read` (the chunk size of
+/// the cache, so one read is one chunk when aligned).
+pub const READ_AHEAD: u32 = 256 * 1024;
+
+type Fetch = JoinHandle<Result<Bytes, crate::view::ViewError>>;
+
+/// Names a transfer in log lines.
+#[derive(Clone, Debug)]
+pub struct Label {
+    pub client: SocketAddr,
+    pub node: String,
+    pub path: String,
+}
+
+pub struct TftpReader {
+    label: Label,
+    source: Source,
+    pos: u64,
+    size: u64,
+}
+
+enum Source {
+    Memory(Bytes),
+    Image(Box<ImageSource>),
+}
+
+struct ImageSource {
+    view: Arc<ImageView>,
+    ino: u64,
+    rt: Handle,
+    /// The window being served and where it starts in the file.
+    window: Bytes,
+    window_start: u64,
+    /// Reads served from the current window.
+    window_reads: u32,
+    /// A fetch under way: (offset, task).
+    pending: Option<(u64, Fetch)>,
+    /// The background fetch of the window after the current one.
+    next: Option<(u64, Fetch)>,
+}
+
+impl ImageSource {
+    fn spawn(&self, offset: u64) -> Fetch {
+        let (view, ino) = (self.view.clone(), self.ino);
+        self.rt
+            .spawn(async move { view.read(ino, offset, READ_AHEAD).await })
+    }
+}
+
+impl TftpReader {
+    pub fn memory(label: Label, data: Bytes) -> TftpReader {
+        TftpReader {
+            label,
+            size: data.len() as u64,
+            source: Source::Memory(data),
+            pos: 0,
+        }
+    }
+
+    pub fn image(
+        label: Label,
+        view: Arc<ImageView>,
+        ino: u64,
+        size: u64,
+        rt: Handle,
+    ) -> TftpReader {
+        TftpReader {
+            label,
+            source: Source::Image(Box::new(ImageSource {
+                view,
+                ino,
+                rt,
+                window: Bytes::new(),
+                window_start: 0,
+                window_reads: 0,
+                pending: None,
+                next: None,
+            })),
+            pos: 0,
+            size,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+fn poll_image(
+    src: &mut ImageSource,
+    pos: u64,
+    size: u64,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    loop {
+        let window_end = src.window_start + src.window.len() as u64;
+        if pos >= src.window_start && pos < window_end {
+            let at = (pos - src.window_start) as usize;
+            let n = buf.len().min(src.window.len() - at);
+            buf[..n].copy_from_slice(&src.window[at..at + n]);
+            src.window_reads += 1;
+            if src.window_reads >= 2 && src.next.is_none() && window_end < size {
+                src.next = Some((window_end, src.spawn(window_end)));
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if src.pending.as_ref().is_some_and(|(o, _)| *o != pos) {
+            // Never happens with sequential reads; drop the stale fetch.
+            src.pending = None;
+        }
+        if src.pending.is_none() {
+            src.pending = match src.next.take() {
+                Some((o, task)) if o == pos => Some((o, task)),
+                _ => Some((pos, src.spawn(pos))),
+            };
+        }
+        let (offset, task) = src.pending.as_mut().expect("set above");
+        let offset = *offset;
+        let result = match Pin::new(task).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        src.pending = None;
+        let bytes = match result {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+            Err(e) => return Poll::Ready(Err(io::Error::other(e))),
+        };
+        if bytes.is_empty() {
+            // The view is immutable, so this means the file is shorter than
+            // its inode said: end the transfer rather than loop.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("image file ended at {offset} of {size} bytes"),
+            )));
+        }
+        src.window = bytes;
+        src.window_start = offset;
+        src.window_reads = 0;
+    }
+}
+
+impl futures_io::AsyncRead for TftpReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.pos >= this.size || buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let r = match &mut this.source {
+            Source::Memory(data) => {
+                let at = this.pos as usize;
+                let n = buf.len().min(data.len() - at);
+                buf[..n].copy_from_slice(&data[at..at + n]);
+                Poll::Ready(Ok(n))
+            }
+            Source::Image(src) => poll_image(src, this.pos, this.size, cx, buf),
+        };
+        match &r {
+            Poll::Ready(Ok(n)) => this.pos += *n as u64,
+            Poll::Ready(Err(e)) => tracing::warn!(
+                client = %this.label.client,
+                node = %this.label.node,
+                "TFTP: reading {} failed at byte {}: {e}",
+                this.label.path,
+                this.pos
+            ),
+            Poll::Pending => {}
+        }
+        r
+    }
+}
+
+impl Drop for TftpReader {
+    fn drop(&mut self) {
+        // async-tftp drops the reader when a transfer ends for any reason;
+        // it does not say whether the client took the last block. Probes
+        // and early terminations are normal traffic: debug level.
+        if self.pos >= self.size {
+            tracing::debug!(
+                client = %self.label.client,
+                node = %self.label.node,
+                "TFTP: {} read to the end ({} bytes)",
+                self.label.path,
+                self.size
+            );
+        } else {
+            tracing::debug!(
+                client = %self.label.client,
+                node = %self.label.node,
+                "TFTP: {} ended after {} of {} bytes (client stopped)",
+                self.label.path,
+                self.pos,
+                self.size
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label() -> Label {
+        Label {
+            client: "127.0.0.1:1".parse().unwrap(),
+            node: "n".into(),
+            path: "p".into(),
+        }
+    }
+
+    /// Read to the end with a blksize-sized buffer, the way async-tftp does.
+    fn drain(r: &mut TftpReader, block: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = vec![0u8; block];
+        loop {
+            match futures_io::AsyncRead::poll_read(Pin::new(&mut *r), &mut cx, &mut buf) {
+                Poll::Ready(Ok(0)) => return out,
+                Poll::Ready(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn memory_reader_serves_all_bytes() {
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut r = TftpReader::memory(label(), Bytes::from(data.clone()));
+        assert_eq!(r.size(), 5000);
+        assert_eq!(drain(&mut r, 1468), data);
+        // Exactly one block's worth: a final empty read ends it.
+        let mut r = TftpReader::memory(label(), Bytes::from(vec![1u8; 512]));
+        assert_eq!(drain(&mut r, 512).len(), 512);
+        let mut r = TftpReader::memory(label(), Bytes::new());
+        assert!(drain(&mut r, 512).is_empty());
+    }
+}
