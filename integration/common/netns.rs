@@ -43,9 +43,12 @@ impl NetLab {
     /// no address at all (a machine that has not done DHCP yet).
     pub fn new(with_address: bool) -> Result<NetLab> {
         // Distinct per process and per lab, so parallel tests do not collide.
-        let n = (std::process::id() % 200) as u8 as u32 * 7 + NEXT.fetch_add(1, Ordering::SeqCst);
+        // Use the value fetched, never a re-read: parallel tests in one
+        // process must get distinct names.
+        let seq = NEXT.fetch_add(1, Ordering::SeqCst);
+        let n = (std::process::id() % 200) * 7 + seq;
         let subnet = (n % 250) as u8 + 1;
-        let tag = format!("{:x}{}", std::process::id(), NEXT.load(Ordering::SeqCst));
+        let tag = format!("{:x}{seq}", std::process::id());
         let lab = NetLab {
             ns: format!("lbt{tag}"),
             host_if: format!("lbh{tag}"),

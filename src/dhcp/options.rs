@@ -91,6 +91,16 @@ impl ClientFacts {
         })
     }
 
+    /// Whether this request comes from boot firmware (a PXE ROM, the Pi's
+    /// boot ROM, U-Boot or iPXE) rather than from an OS's DHCP client. Only
+    /// those start a new boot: a running system renewing its address must
+    /// not make the next mount wipe its ephemeral root.
+    pub fn from_boot_firmware(&self) -> bool {
+        self.ipxe
+            || self.vendor_class_starts_with(b"PXEClient")
+            || self.vendor_class_starts_with(b"U-Boot")
+    }
+
     fn vendor_class_starts_with(&self, prefix: &[u8]) -> bool {
         self.vendor_class
             .as_deref()

@@ -199,7 +199,9 @@ impl Handler {
         let leases = self.leases.as_mut()?;
         match mtype {
             MessageType::Discover => {
-                self.ctx.inventory.boot_started(&node.name);
+                if facts.from_boot_firmware() {
+                    self.ctx.inventory.boot_started(&node.name);
+                }
                 let ip = match node.ip {
                     Some(fixed) => fixed,
                     None => match leases.offer(mac, requested, now) {
@@ -307,7 +309,9 @@ impl Handler {
         }
         let reply_type = match (port, mtype) {
             (Port::Dhcp, MessageType::Discover) => {
-                self.ctx.inventory.boot_started(&node.name);
+                if facts.from_boot_firmware() {
+                    self.ctx.inventory.boot_started(&node.name);
+                }
                 MessageType::Offer
             }
             (Port::Pxe, MessageType::Request | MessageType::Inform) => MessageType::Ack,
@@ -582,6 +586,34 @@ image = "img:rv"
             o.extend(s.octets());
         }
         request_bytes(mac, 3, &o)
+    }
+
+    #[test]
+    fn only_boot_firmware_starts_a_new_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context("full", dir.path());
+        let mut h = Handler::new(ctx.clone()).unwrap();
+        // The OS's own DHCP client (udhcpc in an initramfs) on a running node.
+        let os = opts(&[&[60, 10], b"udhcp 1.36"]);
+        assert!(h
+            .handle(&request_bytes(PI, 1, &os), src(), Port::Dhcp, 100)
+            .is_some());
+        assert_eq!(ctx.inventory.boot_generation("pi1"), 0);
+        // The Pi's boot ROM.
+        let rom = opts(&[&[60, 9], b"PXEClient", &[93, 2, 0, 0]]);
+        assert!(h
+            .handle(&request_bytes(PI, 1, &rom), src(), Port::Dhcp, 101)
+            .is_some());
+        assert_eq!(ctx.inventory.boot_generation("pi1"), 1);
+        // U-Boot and iPXE count too.
+        let uboot = opts(&[&[60, 12], b"U-Boot.armv8"]);
+        h.handle(&request_bytes(BOARD, 1, &uboot), src(), Port::Dhcp, 102)
+            .unwrap();
+        assert_eq!(ctx.inventory.boot_generation("board"), 1);
+        let ipxe = opts(&[&[77, 4], b"iPXE"]);
+        h.handle(&request_bytes(FIXED, 1, &ipxe), src(), Port::Dhcp, 103)
+            .unwrap();
+        assert_eq!(ctx.inventory.boot_generation("fixed"), 1);
     }
 
     #[test]
