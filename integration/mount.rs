@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use common::mount::{lazyboot, Mount, BIN};
 use common::{compare_with, shared_fixture, snapshot, CompareOptions, Registry};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,6 +45,14 @@ fn assert_mount_equals_oracle(image: &str, tmp: &Path) -> Result<()> {
     let cache = tmp.join("cache");
     let m = Mount::start(image, &cache, &tmp.join("mnt"), &["--no-background-fill"])?;
     let got = snapshot(&m.dir)?.with_label("lazyboot mount");
+    // Sequential reads need more than FUSE's default 128 KiB readahead.
+    let dev = std::fs::metadata(&m.dir)?.dev();
+    let ra = std::fs::read_to_string(format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    ))?;
+    assert_eq!(ra.trim(), "4096");
     let want = snapshot(&fx.rootfs)?.with_label("umoci unpack");
     let diffs = compare_with(&want, &got, &CompareOptions::default());
     m.stop()?;

@@ -246,6 +246,26 @@ pub fn mount_config(fsname: &str) -> Config {
     cfg
 }
 
+/// Kernel readahead for the mount, in KiB. The FUSE default (128 KiB) caps
+/// each read request at 128 KiB, so a sequential reader pays a round trip per
+/// 128 KiB; images are immutable, so reading further ahead never wastes work
+/// on stale data.
+pub const READAHEAD_KB: u32 = 4096;
+
+/// Raise the readahead of the FUSE mount at `mountpoint`. The INIT reply can
+/// only lower it, so this goes through the mount's bdi in sysfs. Best effort:
+/// returns the error for a log line.
+pub fn raise_readahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    std::fs::write(bdi, kb.to_string())
+}
+
 /// Detach a mount left behind by a killed run, if there is one at `path`.
 pub fn cleanup_stale_mount(path: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -199,6 +199,9 @@ fn mount(
     let fs = LazyFs::new(view.clone(), rt.handle().clone());
     let session = fuser::spawn_mount(fs, mountpoint, &mount_config(&image.to_string()))
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    if let Err(e) = lazyboot::fuse::raise_readahead(mountpoint, lazyboot::fuse::READAHEAD_KB) {
+        tracing::warn!("could not raise readahead (sequential reads will be slower): {e}");
+    }
     let stats = view.source.stats();
     println!(
         "mounted {} ({}) at {}: {} inodes, {} layers, ready in {:.2}s, {} fetched",
