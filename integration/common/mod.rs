@@ -9,11 +9,14 @@
 //! - [`snapshot`], [`compare`]: record a tree (types, modes, owners, sizes,
 //!   content hashes, symlink targets, devices, xattrs, hard links, mtimes) and
 //!   list the differences between two trees.
+//! - [`nfsrpc`]: a raw NFSv3 + MOUNT client over TCP, also from inside a
+//!   [`netns::NetLab`] namespace from a chosen node address.
 #![allow(dead_code, unused_imports)]
 
 pub mod fixture;
 pub mod mount;
 pub mod netns;
+pub mod nfsrpc;
 pub mod registry;
 pub mod snapshot;
 

@@ -7,7 +7,9 @@
 //! - An overlay is opened on first use (mount or handle) and kept.
 //! - `root = "ephemeral"`: at a MOUNT, if the node's boot generation (counted
 //!   by DHCP) differs from the one its upper was last reset for, the upper is
-//!   wiped first. The generation is kept in `state_dir/nodes/NAME/generation`.
+//!   wiped first. The generation is kept in `state_dir/nodes/NAME/generation`;
+//!   since the inventory counts boots from 0 again in every server process,
+//!   a process counts its generations on from the number it found there.
 //!   Handle use alone (`get`) never wipes: a node still running across a
 //!   server restart keeps its files.
 
@@ -35,6 +37,12 @@ struct Slot {
     overlay: Option<Arc<NodeOverlay>>,
     /// The boot generation the upper was last reset for (ephemeral roots).
     reset_for: Option<u64>,
+    /// The generation an earlier server process left on disk (0 if none),
+    /// read at this process's first mount of the node: this process's boot
+    /// count is added to it. Without it, a node that booted once before a
+    /// restart and once after would be at "generation 1" both times and
+    /// keep the previous boot's files.
+    base: Option<u64>,
 }
 
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
@@ -103,12 +111,14 @@ impl NodeExports {
         let mut slot = slot.lock().await;
         let dir = self.node_dir(&node.name);
         if at_mount && node.root == RootMode::Ephemeral {
-            let generation = self.ctx.inventory.boot_generation(&node.name);
-            let reset_for = match slot.reset_for {
-                Some(g) => Some(g),
-                None => read_generation(&dir).await,
-            };
-            if reset_for != Some(generation) {
+            if slot.base.is_none() {
+                let persisted = read_generation(&dir).await;
+                slot.base = Some(persisted.unwrap_or(0));
+                slot.reset_for = persisted;
+            }
+            let generation =
+                slot.base.unwrap_or(0) + self.ctx.inventory.boot_generation(&node.name);
+            if slot.reset_for != Some(generation) {
                 if let Some(old) = slot.overlay.take() {
                     old.retire();
                 }
@@ -380,5 +390,33 @@ mod tests {
         // The image is still there underneath.
         let etc = eph2.lookup(eph2.root(), b"etc").await.unwrap();
         assert!(eph2.lookup(etc, b"hostname").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn ephemeral_upper_is_reset_at_the_first_boot_after_a_restart() {
+        let img = image();
+        let ctx = context(&img);
+        let ex = NodeExports::new(ctx.clone());
+        ctx.inventory.boot_started("eph");
+        let (_, eph) = ex.mount("/nodes/eph", ip(12)).await.unwrap();
+        eph.create(eph.root(), b"e", 0o644, &root(), true)
+            .await
+            .unwrap();
+        drop((eph, ex));
+
+        // A new server process: its inventory counts boots from 0 again.
+        let ctx = context(&img);
+        let ex = NodeExports::new(ctx.clone());
+        // The node did not boot again: a mount keeps its files.
+        let (_, same) = ex.mount("/nodes/eph", ip(12)).await.unwrap();
+        assert!(same.lookup(same.root(), b"e").await.is_ok());
+        // Its first boot seen by this process is a new boot all the same.
+        ctx.inventory.boot_started("eph");
+        let (_, next) = ex.mount("/nodes/eph", ip(12)).await.unwrap();
+        assert_eq!(next.lookup(next.root(), b"e").await, Err(FsError::NotFound));
+        assert_eq!(
+            std::fs::read_to_string(ex.node_dir("eph").join("generation")).unwrap(),
+            "2\n"
+        );
     }
 }
