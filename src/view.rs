@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Cached chunks (256 KiB each) a reader is kept ahead of, in the page cache.
+const READ_AHEAD_CHUNKS: u64 = 16;
+
 #[derive(Clone, Debug)]
 pub struct ViewOptions {
     pub cache_dir: PathBuf,
@@ -161,7 +164,24 @@ impl ImageView {
             IndexDetail::Gzip(_) | IndexDetail::Tar { .. } => {
                 let (start, stop) = (entry.data + offset, entry.data + end);
                 let first = start / CHUNK_SIZE;
-                let ids: Vec<u64> = (first..stop.div_ceil(CHUNK_SIZE)).collect();
+                let last = stop.div_ceil(CHUNK_SIZE);
+                let ids: Vec<u64> = (first..last).collect();
+                // Keep a window of READ_AHEAD_CHUNKS ahead of the reader: each
+                // read advises as many new chunks as it consumed.
+                let file_end = (entry.data + entry.size).div_ceil(CHUNK_SIZE);
+                let ahead = (last + READ_AHEAD_CHUNKS).min(file_end);
+                let from = if offset == 0 {
+                    last
+                } else {
+                    ahead.saturating_sub(ids.len() as u64).max(last)
+                };
+                let advise: Vec<ChunkKey> = (from..ahead)
+                    .map(|id| ChunkKey {
+                        layer: index.digest.clone(),
+                        id,
+                    })
+                    .collect();
+                self.cache.advise_willneed(&advise);
                 let chunks = self.chunks(li, &ids).await?;
                 Ok(assemble(&chunks, first * CHUNK_SIZE, start, stop))
             }

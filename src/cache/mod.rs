@@ -192,6 +192,22 @@ impl ChunkCache {
         }
     }
 
+    /// Ask the kernel to start reading these chunk files into the page cache
+    /// (a sequential reader will want them next). Readahead never crosses
+    /// files, so without this every chunk file costs a synchronous disk read.
+    pub fn advise_willneed(&self, keys: &[ChunkKey]) {
+        use std::os::fd::AsRawFd;
+        for key in keys {
+            if self.hot.lock().contains(key) || !self.disk.lock().lru.contains(key) {
+                continue;
+            }
+            if let Ok(f) = std::fs::File::open(self.chunk_path(key)) {
+                // SAFETY: a valid open descriptor; fadvise only gives a hint.
+                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+            }
+        }
+    }
+
     pub fn contains(&self, key: &ChunkKey) -> bool {
         self.hot.lock().contains(key) || self.disk.lock().lru.contains(key)
     }
