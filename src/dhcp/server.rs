@@ -114,6 +114,13 @@ impl Handler {
                 db.leases().count(),
                 path.display()
             );
+            // Nodes that booted before a restart keep their addresses, and
+            // NFS checks every call's client address against what we learnt:
+            // without this, a restarted server refused running nodes until
+            // they next spoke DHCP.
+            for l in db.leases() {
+                ctx.inventory.learn_ip(l.mac, l.ip);
+            }
             (Some(db), Some(network))
         };
         Ok(Handler {
@@ -614,6 +621,29 @@ image = "img:rv"
         h.handle(&request_bytes(FIXED, 1, &ipxe), src(), Port::Dhcp, 103)
             .unwrap();
         assert_eq!(ctx.inventory.boot_generation("fixed"), 1);
+    }
+
+    #[test]
+    fn leases_saved_before_a_restart_are_learnt_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context("full", dir.path());
+        let mut h = Handler::new(ctx.clone()).unwrap();
+        let ipxe = opts(&[&[77, 4], b"iPXE"]);
+        let offer = h
+            .handle(&request_bytes(PC, 1, &ipxe), src(), Port::Dhcp, 100)
+            .unwrap();
+        let ip = decode(&offer).yiaddr();
+        h.handle(&request(PC, ip, Some(SERVER)), src(), Port::Dhcp, 101)
+            .unwrap();
+        assert_eq!(ctx.inventory.ip_of("pc1"), Some(ip));
+        drop(h);
+        drop(ctx);
+        // A new process: a fresh inventory, the leases file on disk.
+        let ctx = context("full", dir.path());
+        assert_eq!(ctx.inventory.ip_of("pc1"), None);
+        let _h = Handler::new(ctx.clone()).unwrap();
+        assert_eq!(ctx.inventory.ip_of("pc1"), Some(ip));
+        assert_eq!(ctx.inventory.by_ip(ip).unwrap().name, "pc1");
     }
 
     #[test]
