@@ -22,7 +22,7 @@ const IPXE_MAC: &str = "52:54:00:12:34:56";
 
 /// A small image laid out like a netbootable OS: Pi firmware files, a kernel
 /// and initrd under /boot, and a root file system.
-fn build_boot_image(dir: &Path) -> Result<()> {
+fn build_boot_image(dir: &Path, hostname: &str) -> Result<()> {
     let layout = dir.join("layout");
     let bundle = dir.join("bundle");
     sh(&format!(
@@ -42,13 +42,13 @@ head -c 4000000 /dev/urandom > $r/boot/vmlinuz-6.1.0-test
 head -c 2000000 /dev/urandom > $r/boot/initrd.img-6.1.0-test
 ln -s vmlinuz-6.1.0-test $r/boot/vmlinuz
 ln -s initrd.img-6.1.0-test $r/boot/initrd.img
-echo lazynode > $r/etc/hostname
+echo {hostname} > $r/etc/hostname
 printf '#!/bin/sh\necho hi\n' > $r/bin/hello && chmod 0755 $r/bin/hello
 chown 1000:1000 $r/home/user
 umoci repack --image {l}:os {b}
 "#,
         l = layout.display(),
-        b = bundle.display()
+        b = bundle.display(),
     ))?;
     Ok(())
 }
@@ -146,6 +146,21 @@ fn tftp_get(lab: &NetLab, port: u16, path: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+fn nfs_put(lab: &NetLab, port: u16, local: &Path, path: &str) -> Result<()> {
+    let out = lab
+        .client("nfs-cp")
+        .arg(local)
+        .arg(format!(
+            "nfs://{}{path}?version=3&nfsport={port}&mountport={port}",
+            lab.server_ip
+        ))
+        .output()?;
+    if !out.status.success() {
+        bail!("nfs-cp {path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn nfs(lab: &NetLab, tool: &str, port: u16, path: &str) -> Result<Vec<u8>> {
     let out = lab
         .client(tool)
@@ -166,7 +181,7 @@ fn one_image_boots_every_node_kind() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    build_boot_image(tmp.path())?;
+    build_boot_image(tmp.path(), "lazynode")?;
     let reg = Registry::start()?;
     common::push(&tmp.path().join("layout"), "os", &reg, "os/netboot:1")?;
     let image = reg.reference("os/netboot:1");
@@ -342,5 +357,103 @@ fn a_bad_config_is_refused_naming_key_and_line() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("line 6") && err.contains("sometimes"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn retagging_the_image_reboots_the_node_into_it_with_a_fresh_root() -> Result<()> {
+    if !common::require_root_and_tools(
+        "retagging_the_image_reboots_the_node_into_it_with_a_fresh_root",
+        &["ip", "python3", "curl", "nfs-cat", "nfs-cp"],
+    ) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    std::fs::create_dir_all(&one)?;
+    std::fs::create_dir_all(&two)?;
+    build_boot_image(&one, "release-one")?;
+    build_boot_image(&two, "release-two")?;
+    let reg = Registry::start()?;
+    common::push(&one.join("layout"), "os", &reg, "os/swap:live")?;
+    let lab = NetLab::new(false)?;
+    let (tftp_port, nfs_port) = (free_port(), free_port());
+    let net = format!("10.213.{}", lab.subnet);
+    let config = tmp.path().join("lazyboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+interface = "{host_if}"
+address = "{server}"
+state_dir = "{state}"
+cache_dir = "{cache}"
+tftp_port = {tftp_port}
+nfs_port = {nfs_port}
+
+[dhcp]
+mode = "full"
+pool_start = "{net}.100"
+pool_end = "{net}.150"
+
+[[nodes]]
+name = "pc"
+mac = "{IPXE_MAC}"
+kind = "ipxe"
+image = "{image}"
+root = "persistent"
+"#,
+            host_if = lab.host_if,
+            server = lab.server_ip,
+            state = tmp.path().join("state").display(),
+            cache = tmp.path().join("cache").display(),
+            image = reg.reference("os/swap:live"),
+        ),
+    )?;
+    let _server = Server::start(&config)?;
+    lab.set_client_mac(IPXE_MAC)?;
+    let boot = |lab: &NetLab| -> Result<()> {
+        let r = dora(lab, &["--opt", "77=s:iPXE", "--opt", "93=h:0000"])?;
+        let ip = r["ack"]["yiaddr"]
+            .as_str()
+            .context("no address")?
+            .to_string();
+        bind(lab, IPXE_MAC, &ip)
+    };
+
+    boot(&lab)?;
+    assert_eq!(
+        nfs(&lab, "nfs-cat", nfs_port, "/nodes/pc/etc/hostname")?,
+        b"release-one\n"
+    );
+    let note = tmp.path().join("note");
+    std::fs::write(&note, "written during boot one\n")?;
+    nfs_put(&lab, nfs_port, &note, "/nodes/pc/etc/note")?;
+    assert_eq!(
+        nfs(&lab, "nfs-cat", nfs_port, "/nodes/pc/etc/note")?,
+        b"written during boot one\n"
+    );
+    // Same image, next boot: a persistent root keeps its changes.
+    boot(&lab)?;
+    assert!(nfs(&lab, "nfs-cat", nfs_port, "/nodes/pc/etc/note").is_ok());
+
+    // Move the tag to the second image and boot again.
+    common::push(&two.join("layout"), "os", &reg, "os/swap:live")?;
+    boot(&lab)?;
+    let kernel = tftp_get(&lab, tftp_port, "vmlinuz")?;
+    assert_eq!(
+        kernel,
+        std::fs::read(two.join("bundle/rootfs/boot/vmlinuz-6.1.0-test"))?,
+        "TFTP serves the new image's kernel"
+    );
+    assert_eq!(
+        nfs(&lab, "nfs-cat", nfs_port, "/nodes/pc/etc/hostname")?,
+        b"release-two\n"
+    );
+    assert!(
+        nfs(&lab, "nfs-cat", nfs_port, "/nodes/pc/etc/note").is_err(),
+        "the root starts fresh on the new image"
+    );
     Ok(())
 }

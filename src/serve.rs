@@ -36,6 +36,22 @@ impl ServeContext {
         })
     }
 
+    /// A node's boot firmware asked for an address: a new boot begins. Count
+    /// it (ephemeral roots reset on it) and re-resolve the node's image in
+    /// the background, so that re-tagging an image reboots nodes into it.
+    pub fn boot_started(self: &Arc<Self>, node: &Arc<Node>) -> u64 {
+        let generation = self.inventory.boot_started(&node.name);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (ctx, node) = (self.clone(), node.clone());
+            rt.spawn(async move {
+                if let Err(e) = ctx.images.refresh(&node).await {
+                    tracing::warn!(node = %node.name, "re-resolving the image at boot: {e}");
+                }
+            });
+        }
+        generation
+    }
+
     /// The NFS export path of a node's root file system.
     pub fn export_path(node: &Node) -> String {
         format!("/nodes/{}", node.name)
@@ -54,11 +70,16 @@ pub enum ImageOpenError {
     },
 }
 
+/// An image's view once opened; its lock is held while opening or re-resolving.
+type ViewSlot = Arc<tokio::sync::Mutex<Option<Arc<ImageView>>>>;
+
 /// Image views by (reference, node kind): the kind picks the platform.
 pub struct Images {
     cache: Arc<ChunkCache>,
     insecure: Vec<String>,
-    views: tokio::sync::Mutex<HashMap<(String, NodeKind), Arc<ImageView>>>,
+    /// One slot per key, each with its own lock, so opening (or re-resolving)
+    /// one image never holds up readers of another.
+    slots: parking_lot::Mutex<HashMap<(String, NodeKind), ViewSlot>>,
 }
 
 impl Images {
@@ -66,17 +87,57 @@ impl Images {
         Images {
             cache,
             insecure,
-            views: tokio::sync::Mutex::new(HashMap::new()),
+            slots: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn slot(&self, node: &Node) -> ViewSlot {
+        self.slots
+            .lock()
+            .entry((node.image.clone(), node.kind))
+            .or_default()
+            .clone()
     }
 
     /// The view of `node`'s image, opened (and its indexes built) on first use.
     pub async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
-        let key = (node.image.clone(), node.kind);
-        let mut views = self.views.lock().await;
-        if let Some(v) = views.get(&key) {
+        let slot = self.slot(node);
+        let mut slot = slot.lock().await;
+        if let Some(v) = slot.as_ref() {
             return Ok(v.clone());
         }
+        let (source, resolved) = self.resolve(node).await?;
+        let view = self.open(node, source, resolved).await?;
+        *slot = Some(view.clone());
+        Ok(view)
+    }
+
+    /// Resolve `node`'s reference again (a tag may have moved to another
+    /// manifest since) and switch to the new image if it did. Readers wait
+    /// for this, so a node that just started booting gets the new image.
+    /// Returns whether the image changed.
+    pub async fn refresh(&self, node: &Node) -> Result<bool, ImageOpenError> {
+        let slot = self.slot(node);
+        let mut slot = slot.lock().await;
+        let (source, resolved) = self.resolve(node).await?;
+        if let Some(v) = slot.as_ref() {
+            if v.image.manifest_digest == resolved.manifest_digest {
+                return Ok(false);
+            }
+        }
+        let changed = slot.is_some();
+        let view = self.open(node, source, resolved).await?;
+        if changed {
+            tracing::info!(image = %node.image, manifest = %view.image.manifest_digest, "image reference now points to a new manifest");
+        }
+        *slot = Some(view);
+        Ok(changed)
+    }
+
+    async fn resolve(
+        &self,
+        node: &Node,
+    ) -> Result<(Source, crate::registry::ResolvedImage), ImageOpenError> {
         let reference: ImageRef =
             node.image
                 .parse()
@@ -93,14 +154,21 @@ impl Images {
         if let Ok(p) = node.kind.default_platform().parse() {
             opts.platform = p;
         }
-        let view_err = |source: ViewError| ImageOpenError::View {
-            image: node.image.clone(),
-            source,
-        };
-        let (source, resolved) = Source::open(&reference, &opts)
+        Source::open(&reference, &opts)
             .await
-            .map_err(|e| view_err(e.into()))?;
-        let view = ImageView::with_parts(
+            .map_err(|e| ImageOpenError::View {
+                image: node.image.clone(),
+                source: e.into(),
+            })
+    }
+
+    async fn open(
+        &self,
+        node: &Node,
+        source: Source,
+        resolved: crate::registry::ResolvedImage,
+    ) -> Result<Arc<ImageView>, ImageOpenError> {
+        ImageView::with_parts(
             resolved,
             source,
             self.cache.clone(),
@@ -108,13 +176,9 @@ impl Images {
             &Progress::hidden(),
         )
         .await
-        .map_err(view_err)?;
-        views.insert(key, view.clone());
-        Ok(view)
-    }
-
-    /// Views opened so far.
-    pub async fn opened(&self) -> Vec<Arc<ImageView>> {
-        self.views.lock().await.values().cloned().collect()
+        .map_err(|source| ImageOpenError::View {
+            image: node.image.clone(),
+            source,
+        })
     }
 }

@@ -207,7 +207,7 @@ impl Handler {
         match mtype {
             MessageType::Discover => {
                 if facts.from_boot_firmware() {
-                    self.ctx.inventory.boot_started(&node.name);
+                    self.ctx.boot_started(&node);
                 }
                 let ip = match node.ip {
                     Some(fixed) => fixed,
@@ -317,7 +317,7 @@ impl Handler {
         let reply_type = match (port, mtype) {
             (Port::Dhcp, MessageType::Discover) => {
                 if facts.from_boot_firmware() {
-                    self.ctx.inventory.boot_started(&node.name);
+                    self.ctx.boot_started(&node);
                 }
                 MessageType::Offer
             }

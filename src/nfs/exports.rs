@@ -136,13 +136,48 @@ impl NodeExports {
             }
             slot.reset_for = Some(generation);
         }
-        if let Some(o) = &slot.overlay {
-            return Ok(o.clone());
-        }
         let view = self.ctx.images.view_for(node).await.map_err(|e| {
             tracing::warn!(node = %node.name, "cannot open image: {e}");
             MountError::Unavailable(e.to_string())
         })?;
+        if let Some(o) = &slot.overlay {
+            // A node that is running keeps the image it booted; a new mount
+            // (a new boot) after its image reference moved gets the new image
+            // and starts from an empty upper, since the old changes were made
+            // against another file system.
+            let moved = o.view().image.manifest_digest != view.image.manifest_digest;
+            if !(at_mount && moved) {
+                return Ok(o.clone());
+            }
+            let old = slot.overlay.take().expect("checked above");
+            old.retire();
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || wipe_node_state(&d))
+                .await
+                .map_err(|e| MountError::Unavailable(e.to_string()))?
+                .map_err(|e| {
+                    MountError::Unavailable(format!("resetting {}: {e}", dir.display()))
+                })?;
+            tracing::info!(node = %node.name, manifest = %view.image.manifest_digest, "new image: root reset");
+        }
+        if at_mount {
+            // After a server restart the slot is empty: the upper on disk
+            // tells which image it was made against.
+            let recorded = tokio::fs::read_to_string(dir.join("index.image"))
+                .await
+                .unwrap_or_default();
+            let recorded = recorded.trim();
+            if !recorded.is_empty() && recorded != view.image.manifest_digest.as_str() {
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || wipe_node_state(&d))
+                    .await
+                    .map_err(|e| MountError::Unavailable(e.to_string()))?
+                    .map_err(|e| {
+                        MountError::Unavailable(format!("resetting {}: {e}", dir.display()))
+                    })?;
+                tracing::info!(node = %node.name, "image changed while stopped: root reset");
+            }
+        }
         let names = self.lower_names(&view);
         let read_only = node.root == RootMode::Readonly;
         let overlay = NodeOverlay::open_with(view, names, &dir, read_only)
