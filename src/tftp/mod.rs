@@ -128,7 +128,19 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
     tracing::info!(
         "TFTP: serving on {addr} (blksize up to {blksize}, windowsize up to {WINDOW_SIZE_LIMIT})"
     );
-    server.serve().await?;
+    // async-tftp's sockets live on async-io's reactor: polling them from a
+    // tokio worker costs a thread hand-off for every block's ACK. Its own
+    // thread runs them directly; file reads still go to the tokio runtime.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tftp".into())
+        .spawn(move || {
+            let _ = tx.send(async_io::block_on(server.serve()));
+        })
+        .map_err(|e| TftpError::Server(async_tftp::Error::Io(e)))?;
+    rx.await.map_err(|_| {
+        TftpError::Server(async_tftp::Error::Io(io::Error::other("TFTP thread died")))
+    })??;
     Ok(())
 }
 
