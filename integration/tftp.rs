@@ -472,7 +472,7 @@ fn pi_gets_its_boot_files_by_serial_mac_and_address() {
     let out = b.fetched("cmdline.txt");
     run(&mut b.curl_cmd(b.pi_ip, &format!("{PI_PREFIX}/cmdline.txt"), &out)).unwrap();
     let expected = format!(
-        "console=serial0,115200 console=tty1 fsck.repair=yes quiet splash root=/dev/nfs nfsroot={s}:/nodes/pi1,vers=3,tcp,port={NFS_PORT},mountport={NFS_PORT},nolock rw ip=dhcp loglevel=7\n",
+        "console=serial0,115200 console=tty1 quiet splash root=/dev/nfs nfsroot={s}:/nodes/pi1,vers=3,tcp,port={NFS_PORT},mountport={NFS_PORT},nolock rw ip=dhcp loglevel=7\n",
         s = b.server()
     );
     assert_eq!(fs::read_to_string(&out).unwrap(), expected);

@@ -56,6 +56,9 @@ fn is_local_root_arg(arg: &str) -> bool {
     match key {
         "root" | "rootfstype" | "rootflags" | "rootwait" | "rootdelay" | "nfsroot" | "ip"
         | "ro" | "rw" => true,
+        // systemd-fsck's repair mode for the SD card's file systems; over
+        // NFS there is no local root to check.
+        "fsck.repair" => true,
         "init" => value.contains("resize") || value.contains("firstboot"),
         // Raspberry Pi Imager's first-run hook (edits the SD card's FAT).
         "systemd.run" => value.contains("firstrun"),
@@ -466,7 +469,7 @@ mod tests {
         assert_eq!(
             got,
             format!(
-                "console=serial0,115200 console=tty1 fsck.repair=yes quiet splash plymouth.ignore-serial-consoles cfg80211.ieee80211_regdom=GB {NFS} loglevel=7 foo\n"
+                "console=serial0,115200 console=tty1 quiet splash plymouth.ignore-serial-consoles cfg80211.ieee80211_regdom=GB {NFS} loglevel=7 foo\n"
             )
         );
         let old = "dwc_otg.lpm_enable=0 console=tty1 root=/dev/mmcblk0p2 rootfstype=ext4 elevator=deadline rootwait ro init=/usr/lib/raspi-config/init_resize.sh";

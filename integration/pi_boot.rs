@@ -1,0 +1,420 @@
+//! A Raspberry Pi 4 / CM4 network boot, replayed request by request against
+//! `lazyboot serve`. No emulator runs the Pi boot ROM, so the replay is the
+//! test: `clients/pi_replay.py` does the Pi's DHCP (its options 55, 60, 93,
+//! 94, 97; the REQUEST without 60) and then every TFTP request the firmware
+//! makes, in the order of a real boot (`../shared/seeds/003_*`: tsize probes
+//! aborted with ERROR 0 "Early terminate", "file not found" lookups,
+//! repeated requests), with blksize 1468 and tsize. Then the node mounts its
+//! root over NFS from the address it was given.
+//!
+//! The image is laid out like Raspberry Pi OS (`/boot/firmware`) and holds
+//! traps: the files the Pi looks for and must not find exist elsewhere (in
+//! another node's boot directory, above the boot directory, in a directory
+//! named like the serial), so a leak shows up as "data".
+
+mod common;
+
+use anyhow::{bail, Context, Result};
+use common::netns::NetLab;
+use common::{sh, sha256_hex, Registry};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
+const TOOLS: &[&str] = &["ip", "python3", "nfs-cat"];
+
+const PI_MAC: &str = "dc:a6:32:8b:07:c6";
+const PI_SERIAL: &str = "100000008b07bcc6";
+const PI_PREFIX: &str = "8b07bcc6";
+const OTHER_MAC: &str = "dc:a6:32:aa:bb:cc";
+const OTHER_SERIAL: &str = "10000000deadbeef";
+const HOSTNAME: &[u8] = b"cm4-replay\n";
+const RPIOS_CMDLINE: &str = "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n";
+
+/// Files the Pi asks for that must be "not found" (its own boot directory
+/// lacks them; the image has them elsewhere).
+const MISSING: &[&str] = &[
+    "bootsig.bin",
+    "autoboot.txt",
+    "recovery.elf",
+    "dt-blob.bin",
+    "bootcfg.txt",
+    "recovery8.img",
+    "armstub8.bin",
+];
+
+/// The Raspberry Pi OS-like image; returns the umoci bundle's rootfs (the
+/// reference bytes).
+fn build_image(dir: &Path) -> Result<PathBuf> {
+    let layout = dir.join("layout");
+    let bundle = dir.join("bundle");
+    std::fs::write(dir.join("cmdline.txt"), RPIOS_CMDLINE)?;
+    sh(&format!(
+        r#"
+umoci init --layout {l}
+umoci new --image {l}:os
+umoci unpack --image {l}:os {b}
+r={b}/rootfs
+fw=$r/boot/firmware
+mkdir -p $fw/overlays $fw/{PI_PREFIX} $r/boot/other $r/etc $r/sbin
+printf 'arm_64bit=1\nkernel=kernel8.img\n' > $fw/config.txt
+cp {d}/cmdline.txt $fw/cmdline.txt
+head -c 2228224 /dev/urandom > $fw/start4.elf
+head -c 5446 /dev/urandom > $fw/fixup4.dat
+head -c 52593 /dev/urandom > $fw/bcm2711-rpi-cm4.dtb
+head -c 2370 /dev/urandom > $fw/overlays/overlay_map.dtb
+head -c 3913 /dev/urandom > $fw/overlays/vc4-kms-v3d.dtbo
+head -c 8388608 /dev/urandom > $fw/kernel8.img
+head -c 4194304 /dev/urandom > $fw/initramfs8
+# Traps: what the Pi must not find, in places it must not look.
+for f in {missing}; do
+  echo "LEAK other node $f" > $r/boot/other/$f
+  echo "LEAK serial dir $f" > $fw/{PI_PREFIX}/$f
+  echo "LEAK /boot $f" > $r/boot/$f
+  echo "LEAK / $f" > $r/$f
+done
+echo 'LEAK other node config' > $r/boot/other/config.txt
+printf 'cm4-replay\n' > $r/etc/hostname
+printf '#!/bin/sh\nexec /bin/sh\n' > $r/sbin/init && chmod 0755 $r/sbin/init
+umoci repack --image {l}:os {b}
+# A Pi image: arm64, the platform lazyboot picks for a Pi.
+umoci config --image {l}:os --architecture=arm64
+"#,
+        l = layout.display(),
+        b = bundle.display(),
+        d = dir.display(),
+        missing = MISSING.join(" "),
+    ))?;
+    Ok(bundle.join("rootfs"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `lazyboot serve` with its stderr (lazyboot=debug, other crates' warnings)
+/// in a file.
+struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(config: &Path, log: PathBuf) -> Result<Server> {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "lazyboot=debug,warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        if !line.starts_with("serving") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "serve did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Ok(Server { child, log })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Option `code` of a reply, without trailing NULs (43 is binary).
+fn option(reply: &Value, code: u8) -> Option<Vec<u8>> {
+    reply["options"][code.to_string()].as_str().map(|h| {
+        let mut v = hex::decode(h).unwrap();
+        while v.last() == Some(&0) && code != 43 {
+            v.pop();
+        }
+        v
+    })
+}
+
+/// What a Pi must see in an OFFER or ACK from us.
+fn check_pi_reply(reply: &Value, what: &str, server: &str, net: &str) {
+    assert_eq!(reply["siaddr"], server, "{what}: siaddr");
+    let ip = reply["yiaddr"].as_str().unwrap_or_default();
+    assert!(ip.starts_with(&format!("{net}.")), "{what}: yiaddr {ip}");
+    assert_eq!(
+        option(reply, 66).as_deref(),
+        Some(server.as_bytes()),
+        "{what}: option 66"
+    );
+    assert_eq!(
+        option(reply, 60).as_deref(),
+        Some(&b"PXEClient"[..]),
+        "{what}: option 60"
+    );
+    let menu = option(reply, 43).unwrap_or_else(|| panic!("{what}: no option 43"));
+    assert!(
+        menu.windows(20).any(|w| w == b"Raspberry Pi Boot   "),
+        "{what}: option 43 {menu:?}"
+    );
+}
+
+/// One full replay: serve, DHCP, the firmware's TFTP requests, NFS root.
+fn replay(test: &str, prefixed: bool) -> Result<()> {
+    if !common::require_root_and_tools(test, TOOLS) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let rootfs = build_image(tmp.path())?;
+    let reg = Registry::start()?;
+    common::push(&tmp.path().join("layout"), "os", &reg, "os/raspios:replay")?;
+    let image = reg.reference("os/raspios:replay");
+    let lab = NetLab::new(false)?;
+    lab.set_client_mac(PI_MAC)?;
+    let (tftp_port, nfs_port) = (free_port(), free_port());
+    let net = format!("10.213.{}", lab.subnet);
+    let server = lab.server_ip.to_string();
+    let config = tmp.path().join("lazyboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+interface = "{host_if}"
+address = "{server}"
+state_dir = "{state}"
+cache_dir = "{cache}"
+cache_size = "2G"
+tftp_port = {tftp_port}
+nfs_port = {nfs_port}
+
+[dhcp]
+mode = "full"
+pool_start = "{net}.100"
+pool_end = "{net}.150"
+router = "{server}"
+
+[[nodes]]
+name = "cm4-1"
+mac = "{PI_MAC}"
+serial = "{PI_SERIAL}"
+kind = "raspberrypi"
+image = "{image}"
+root = "persistent"
+
+[[nodes]]
+name = "cm4-2"
+mac = "{OTHER_MAC}"
+serial = "{OTHER_SERIAL}"
+kind = "raspberrypi"
+image = "{image}"
+boot_dir = "/boot/other"
+root = "persistent"
+"#,
+            host_if = lab.host_if,
+            state = tmp.path().join("state").display(),
+            cache = tmp.path().join("cache").display(),
+        ),
+    )?;
+    let srv = Server::start(&config, tmp.path().join("serve.log"))?;
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/pi_replay.py");
+    let mut cmd = lab.client("python3");
+    cmd.arg(&script).args([
+        "--iface",
+        &lab.client_if,
+        "--tftp-port",
+        &tftp_port.to_string(),
+        "--prefix",
+        if prefixed { PI_PREFIX } else { "" },
+    ]);
+    if !prefixed {
+        // The Pi 3 ROM of the seed: TFTP with the offered address, no REQUEST.
+        cmd.arg("--no-request");
+    }
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pi_replay: {}\n{stdout}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            srv.log()
+        );
+    }
+    let r: Value = serde_json::from_str(&stdout).context("pi_replay output")?;
+    eprintln!(
+        "[{test}] replay of {} requests took {}s",
+        r["log"].as_array().map_or(0, Vec::len),
+        r["seconds"]
+    );
+
+    // DHCP: the Pi's OFFER (and ACK) carry the PXE menu and the TFTP server.
+    check_pi_reply(&r["offer"], "OFFER", &server, &net);
+    if prefixed {
+        check_pi_reply(&r["ack"], "ACK", &server, &net);
+        assert_eq!(r["ack"]["msg_type"], 5);
+        assert_eq!(r["ack"]["yiaddr"], r["offer"]["yiaddr"]);
+    } else {
+        assert!(r["ack"].is_null());
+    }
+    let address = r["address"].as_str().context("no address")?.to_string();
+    assert_eq!(r["server"], server.as_str());
+
+    // TFTP: every request answered as the firmware needs.
+    let fw = rootfs.join("boot/firmware");
+    let log = r["log"].as_array().context("no log")?;
+    assert_eq!(log.len(), 36, "{stdout}");
+    for e in log {
+        eprintln!(
+            "[{test}]   {:5} {:40} {:9} {}",
+            e["op"].as_str().unwrap_or("?"),
+            e["file"].as_str().unwrap_or("?"),
+            e["result"].as_str().unwrap_or("?"),
+            e["bytes"].as_u64().or(e["tsize"].as_u64()).unwrap_or(0)
+        );
+    }
+    let mut cmdline = None;
+    let mut full: HashMap<String, usize> = HashMap::new();
+    for e in log {
+        let file = e["file"].as_str().unwrap();
+        let op = e["op"].as_str().unwrap();
+        let result = e["result"].as_str().unwrap_or("?");
+        let rel = match (prefixed, file.strip_prefix(&format!("{PI_PREFIX}/"))) {
+            (true, Some(rel)) => rel,
+            (true, None) if file == "bootsig.bin" => file,
+            (true, None) => panic!("{file}: not prefixed"),
+            (false, _) => file,
+        };
+        if MISSING.contains(&rel) {
+            assert_eq!(result, "not found", "{op} {file}: {e}");
+            assert_eq!(e["error"][0], 1, "{op} {file}: {e}");
+            continue;
+        }
+        if rel == "cmdline.txt" {
+            // Generated: checked below for content; sizes agree.
+            match op {
+                "probe" => assert_eq!(result, "aborted", "{file}: {e}"),
+                _ => {
+                    assert_eq!(result, "data", "{file}: {e}");
+                    let text = e["text"].as_str().context("cmdline text")?.to_string();
+                    assert_eq!(e["bytes"].as_u64(), Some(text.len() as u64));
+                    cmdline = Some(text);
+                }
+            }
+            continue;
+        }
+        let want = std::fs::read(fw.join(rel)).with_context(|| format!("reference {rel}"))?;
+        match op {
+            "probe" => {
+                assert_eq!(result, "aborted", "{file}: {e}");
+                assert_eq!(e["tsize"].as_u64(), Some(want.len() as u64), "{file}: {e}");
+                assert_eq!(e["blksize"], 1468, "{file}: {e}");
+            }
+            _ => {
+                assert_eq!(result, "data", "{file}: {e}");
+                assert_eq!(e["bytes"].as_u64(), Some(want.len() as u64), "{file}: {e}");
+                assert_eq!(e["sha256"], sha256_hex(&want).as_str(), "{file}: {e}");
+                assert_eq!(e["tsize"].as_u64(), Some(want.len() as u64), "{file}: {e}");
+                assert_eq!(e["blksize"], 1468, "{file}: {e}");
+                *full.entry(rel.to_string()).or_default() += 1;
+            }
+        }
+    }
+    // Every file the firmware loads arrived whole, after all the probes.
+    for (rel, n) in [
+        ("config.txt", 4),
+        ("start4.elf", 1),
+        ("fixup4.dat", 1),
+        ("initramfs8", 1),
+        ("bcm2711-rpi-cm4.dtb", 1),
+        ("overlays/overlay_map.dtb", 1),
+        ("overlays/vc4-kms-v3d.dtbo", 1),
+        ("kernel8.img", 1),
+    ] {
+        assert_eq!(full.get(rel), Some(&n), "full transfers of {rel}");
+    }
+
+    // The generated cmdline.txt: the image's own line without its local
+    // root arguments, then the NFS root.
+    let cmdline = cmdline.context("cmdline.txt never downloaded")?;
+    assert!(
+        cmdline.ends_with('\n') && cmdline.matches('\n').count() == 1,
+        "{cmdline:?}"
+    );
+    let args: Vec<&str> = cmdline.split_whitespace().collect();
+    for keep in ["console=serial0,115200", "console=tty1", "quiet"] {
+        assert!(args.contains(&keep), "{keep} missing: {cmdline}");
+    }
+    assert!(
+        cmdline.starts_with("console=serial0,115200 console=tty1"),
+        "{cmdline}"
+    );
+    for dropped in ["PARTUUID", "rootfstype", "rootwait", "fsck.repair", "init="] {
+        assert!(!cmdline.contains(dropped), "{dropped} kept: {cmdline}");
+    }
+    let nfsroot = format!(
+        "root=/dev/nfs nfsroot={server}:/nodes/cm4-1,vers=3,tcp,port={nfs_port},mountport={nfs_port},nolock rw ip=dhcp"
+    );
+    assert!(cmdline.contains(&nfsroot), "{cmdline}");
+
+    // The Pi's normal traffic is not worth a warning.
+    let text = srv.log();
+    let alarms: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(alarms.is_empty(), "server warnings:\n{}", alarms.join("\n"));
+
+    // The kernel mounts its root from the address DHCP gave the Pi (the
+    // replay left it on the interface).
+    let shown = Command::new("ip")
+        .args(["-n", &lab.ns, "-o", "-4", "addr", "show", &lab.client_if])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(&format!("{address}/24")),
+        "address {address} not bound"
+    );
+    let out = lab
+        .client("nfs-cat")
+        .arg(format!(
+            "nfs://{server}/nodes/cm4-1/etc/hostname?version=3&nfsport={nfs_port}&mountport={nfs_port}"
+        ))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "nfs-cat: {}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        srv.log()
+    );
+    assert_eq!(out.stdout, HOSTNAME);
+    assert!(address.parse::<Ipv4Addr>().is_ok());
+    Ok(())
+}
+
+#[test]
+fn cm4_boot_replay_with_serial_prefix() -> Result<()> {
+    replay("cm4_boot_replay_with_serial_prefix", true)
+}
+
+#[test]
+fn cm4_boot_replay_without_prefix_by_address() -> Result<()> {
+    replay("cm4_boot_replay_without_prefix_by_address", false)
+}
