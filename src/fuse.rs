@@ -266,33 +266,31 @@ pub fn raise_readahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
     std::fs::write(bdi, kb.to_string())
 }
 
-/// Detach a mount left behind by a killed run, if there is one at `path`.
+/// Detach mounts left behind by killed runs at `path`: a FUSE mount whose
+/// server died answers every access with ENOTCONN. Several may be stacked, so
+/// detach until the path answers again. A live mount is left alone.
 pub fn cleanup_stale_mount(path: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let Ok(canon) = path
-        .canonicalize()
-        .or_else(|_| Ok::<_, ()>(path.to_path_buf()))
-    else {
-        return false;
-    };
-    let target = canon.to_string_lossy();
-    let stale = mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 4 && f[4] == target && l.contains(" - fuse.lazyboot ")
-    });
-    if !stale {
-        // A dead FUSE mount makes stat fail with ENOTCONN even when the
-        // canonical path cannot be compared; try that too.
-        let dead =
-            matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
-        if !dead {
-            return false;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    let mut cleaned = false;
+    for _ in 0..16 {
+        // stat may be answered from the kernel's attribute cache even on a
+        // dead mount; opening the directory always reaches the server.
+        let probe = std::fs::metadata(path).and_then(|_| std::fs::read_dir(path).map(|_| ()));
+        match probe {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                // SAFETY: umount2 with a valid NUL-terminated path has no memory effects.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    tracing::warn!(
+                        "cannot detach the dead mount at {}: {}",
+                        path.display(),
+                        std::io::Error::last_os_error()
+                    );
+                    return cleaned;
+                }
+                cleaned = true;
+            }
+            _ => return cleaned,
         }
     }
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in path");
-    // SAFETY: umount2 with a valid NUL-terminated path has no memory effects.
-    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    rc == 0
+    cleaned
 }

@@ -196,6 +196,9 @@ fn mount(
     let view = rt
         .block_on(ImageView::open(image, &common.view(), &Progress::stderr()))
         .with_context(|| format!("opening {image}"))?;
+    // Opening the image took a while: a run killed meanwhile may have left
+    // a dead mount here too.
+    cleanup_stale_mount(mountpoint);
     let fs = LazyFs::new(view.clone(), rt.handle().clone());
     let session = fuser::spawn_mount(fs, mountpoint, &mount_config(&image.to_string()))
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
