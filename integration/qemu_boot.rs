@@ -23,20 +23,16 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{run, Registry};
+use common::qemu::{
+    boot_image, expected_checks, nfs_port, tail, Qemu, RouterAdverts, Server, Tap, Timeline,
+};
+use common::Registry;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
 const TOOLS: &[&str] = &[
     "ip",
     "sysctl",
@@ -53,315 +49,6 @@ const TAG: &str = "boot";
 const MARKER: &str = "LAZYBOOT-MARKER: booted from nfs root";
 /// TCG is slow and the two cores are shared; a boot takes ~15-40 s.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures")
-}
-
-fn cache_base() -> PathBuf {
-    match option_env!("CARGO_TARGET_TMPDIR") {
-        Some(d) => PathBuf::from(d),
-        None => std::env::temp_dir(),
-    }
-    .join("lazyboot-boot-image")
-}
-
-/// The boot image's OCI layout, built once per content of the build script
-/// and its helper files (file-locked, so parallel runs build it once).
-fn boot_image() -> Result<PathBuf> {
-    let mut h = Sha256::new();
-    let mut files = vec![fixtures().join("build-boot-image.sh")];
-    let mut helpers: Vec<PathBuf> = fs::read_dir(fixtures().join("boot-image"))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
-    helpers.sort();
-    files.extend(helpers);
-    for f in &files {
-        h.update(f.file_name().unwrap().as_encoded_bytes());
-        h.update([0]);
-        h.update(fs::read(f)?);
-        h.update([0]);
-    }
-    let key = &hex::encode(h.finalize())[..16];
-    let base = cache_base();
-    fs::create_dir_all(&base)?;
-    let lock = File::create(base.join("lock"))?;
-    // SAFETY: flock on a descriptor we own; released when `lock` drops.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!("flock: {}", std::io::Error::last_os_error());
-    }
-    let dir = base.join(key);
-    let layout = dir.join("layout");
-    if dir.join("complete").exists() {
-        eprintln!("[boot image] reusing {}", dir.display());
-        return Ok(layout);
-    }
-    // Older versions of the image are not needed any more (debs are kept).
-    for e in fs::read_dir(&base)?.flatten() {
-        let name = e.file_name();
-        if e.path().is_dir() && name != "debs" {
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
-    let started = Instant::now();
-    let out = run(Command::new("bash")
-        .arg(fixtures().join("build-boot-image.sh"))
-        .arg(&dir)
-        .arg(TAG)
-        .env("DEB_CACHE", base.join("debs")))?;
-    eprintln!(
-        "[boot image] built in {:.1?}\n{}",
-        started.elapsed(),
-        String::from_utf8_lossy(&out).trim_end()
-    );
-    fs::write(dir.join("complete"), b"ok\n")?;
-    Ok(layout)
-}
-
-/// Whether some interface already routes `addr`'s /24 (another test lab,
-/// say): two connected routes and our replies would leave by the other.
-fn subnet_in_use(addr: Ipv4Addr) -> Result<bool> {
-    let out = run(Command::new("ip").args(["-4", "route", "show", "match", &addr.to_string()]))?;
-    Ok(String::from_utf8_lossy(&out)
-        .lines()
-        .any(|l| !l.trim().is_empty() && !l.starts_with("default")))
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    run(Command::new("ip").args(args)).map(|_| ())
-}
-
-/// A tap in the host namespace with the server address on it; QEMU opens
-/// it by name. Removed on drop.
-struct Tap {
-    name: String,
-    server_ip: Ipv4Addr,
-    subnet: u8,
-}
-
-impl Tap {
-    fn new() -> Result<Tap> {
-        let first = std::process::id() % 254;
-        for k in 0..254 {
-            let subnet = ((first + k) % 254 + 1) as u8;
-            let server_ip = Ipv4Addr::new(10, 217, subnet, 1);
-            if subnet_in_use(server_ip)? {
-                continue;
-            }
-            let name = format!("lbqtap{subnet}");
-            if ip(&["tuntap", "add", "dev", &name, "mode", "tap"]).is_err() {
-                continue;
-            }
-            let tap = Tap {
-                name,
-                server_ip,
-                subnet,
-            };
-            tap.configure()?;
-            return Ok(tap);
-        }
-        bail!("no free 10.217.N.0/24 for a tap")
-    }
-
-    fn configure(&self) -> Result<()> {
-        // IPv6 stays on for the router advertisements (see `RouterAdverts`):
-        // a link-local address at once (no DAD), and ignore others' RAs.
-        for (key, value) in [("disable_ipv6", 0), ("accept_dad", 0), ("accept_ra", 0)] {
-            run(Command::new("sysctl")
-                .arg("-q")
-                .arg(format!("net.ipv6.conf.{}.{key}={value}", self.name)))?;
-        }
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", self.server_ip),
-            "dev",
-            &self.name,
-        ])?;
-        ip(&["link", "set", &self.name, "up"])
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .output();
-    }
-}
-
-/// Router advertisements on the tap every 500 ms while the guest boots.
-/// iPXE's IPv6 autoconfiguration waits ~16 s for one before it goes on to
-/// `boot.ipxe` (turning IPv6 off on our end does not stop it looking); a
-/// real network has a router, or dnsmasq's `--enable-ra` as in the
-/// baseline bench. Router lifetime 0, no prefix: "no IPv6 router here".
-struct RouterAdverts {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RouterAdverts {
-    fn start(interface: &str) -> Result<RouterAdverts> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let name = std::ffi::CString::new(interface)?;
-        // SAFETY: a valid NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            bail!(
-                "if_nametoindex({interface}): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
-        sock.bind_device(Some(interface.as_bytes()))?;
-        sock.set_multicast_hops_v6(255)?;
-        sock.set_multicast_if_v6(index)?;
-        let to =
-            std::net::SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 0, 0, index);
-        // Type 134, code 0, checksum (the kernel fills it in), hop limit 64,
-        // no flags, router lifetime 0, reachable time 0, retrans timer 0.
-        let ra: [u8; 16] = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                // Fails until the tap has its link-local address: retried.
-                let _ = sock.send_to(&ra, &to.into());
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        });
-        Ok(RouterAdverts {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for RouterAdverts {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// `lazyboot serve` with its log (RUST_LOG=lazyboot=debug) in a file.
-struct Server {
-    child: Child,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(config: &Path, log: &Path) -> Result<Server> {
-        Ok(Server {
-            child: Self::spawn(config, log)?,
-            config: config.to_path_buf(),
-            log: log.to_path_buf(),
-        })
-    }
-
-    fn spawn(config: &Path, log: &Path) -> Result<Child> {
-        let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "lazyboot=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        if !line.starts_with("serving") {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "serve did not start: {line:?}\n{}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        Ok(child)
-    }
-
-    fn stop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-
-    /// Stop (SIGTERM) and start again with the same config, state and
-    /// cache; the log goes on in the same file.
-    fn restart(&mut self) -> Result<()> {
-        self.stop();
-        self.child = Self::spawn(&self.config, &self.log)?;
-        Ok(())
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// NFS on 2049 when that is free on our address, else any free port.
-fn nfs_port(addr: Ipv4Addr) -> u16 {
-    if std::net::TcpListener::bind((addr, 2049)).is_ok() {
-        return 2049;
-    }
-    std::net::TcpListener::bind((addr, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// When each milestone first showed up (seconds since QEMU started).
-#[derive(Default)]
-struct Timeline {
-    marks: Vec<(&'static str, f64)>,
-}
-
-impl Timeline {
-    fn check(&mut self, t: f64, name: &'static str, seen: bool) {
-        if seen && !self.marks.iter().any(|(n, _)| *n == name) {
-            self.marks.push((name, t));
-        }
-    }
-
-    fn seen(&self, name: &str) -> bool {
-        self.marks.iter().any(|(n, _)| *n == name)
-    }
-
-    fn show(&self) -> String {
-        self.marks
-            .iter()
-            .map(|(n, t)| format!("  {t:6.1}s  {n}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 /// One node of the config: its name, MAC and root mode.
 struct Node {
@@ -389,35 +76,6 @@ const NODES: [Node; 2] = [
         restart: false,
     },
 ];
-
-/// How many `check` lines the image's /sbin/init runs for `node`: the
-/// script branches on `$MODE` (writable or read-only root) and runs a few
-/// more checks around a server restart.
-fn expected_checks(node: &Node) -> Result<usize> {
-    let script = fs::read_to_string(fixtures().join("boot-image/rootfs-init"))?;
-    let readonly = node.root == "readonly";
-    let (mut n, mut branch) = (0, "");
-    for line in script.lines() {
-        match line.trim_end() {
-            l if l.starts_with("if [ $MODE = readonly ]") => branch = "readonly",
-            l if l.starts_with("if [ $MODE = writable ] && grep -qw lazyboot.test=restart") => {
-                branch = "restart"
-            }
-            "else" if branch == "readonly" => branch = "writable",
-            "fi" => branch = "",
-            l if l.trim_start().starts_with("check ") => {
-                n += usize::from(match branch {
-                    "" => true,
-                    "readonly" => readonly,
-                    "writable" => !readonly,
-                    _ => node.restart && !readonly,
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(n)
-}
 
 /// Boot `node` in QEMU until its marker (or a failure), and return the
 /// console text and the timeline.
@@ -556,7 +214,7 @@ fn qemu_pxe_boots_from_lazyboot() -> Result<()> {
         eprintln!("NOTICE: {msg}");
         return Ok(());
     }
-    let layout = boot_image()?;
+    let layout = boot_image("amd64", TAG)?;
     let tmp = tempfile::Builder::new()
         .prefix("lazyboot-qemu-boot.")
         .tempdir()?;
@@ -649,7 +307,7 @@ kernel_args = "console=ttyS0 panic=-1{}"
             "readonly" => "readonly",
             _ => "writable",
         };
-        let want = expected_checks(node)?;
+        let want = expected_checks(node.root == "readonly", node.restart)?;
         let summary = format!("lazyboot-root: checks done: {want} ok, 0 failed, mode {mode}");
         if !text.contains(&summary) {
             let failed: Vec<&str> = guest

@@ -17,6 +17,7 @@ pub mod fixture;
 pub mod mount;
 pub mod netns;
 pub mod nfsrpc;
+pub mod qemu;
 pub mod registry;
 pub mod snapshot;
 

@@ -326,6 +326,19 @@ pub fn kernel_arch(head: &[u8]) -> KernelArch {
     KernelArch::Unknown
 }
 
+/// Whether a kernel image is compressed as a whole (gzip, bzip2, lzma,
+/// lzo, lz4, zstd: the magics U-Boot's `booti` recognises), as Ubuntu's
+/// arm64 `vmlinuz` (gzip) and `Image.gz` are. `booti` inflates those only
+/// with `kernel_comp_addr_r` and `kernel_comp_size` set.
+pub fn kernel_is_compressed(head: &[u8]) -> bool {
+    matches!(
+        head.get(..2),
+        Some(
+            [0x1f, 0x8b] | [b'B', b'Z'] | [0x5d, 0x00] | [0x89, b'L'] | [0x04, 0x22] | [0x28, 0xb5]
+        )
+    )
+}
+
 /// The uImage architecture of a node's boot script: from the kernel when
 /// it says, else from the node's platform (riscv for U-Boot nodes, arm64
 /// for Raspberry Pis).
@@ -350,8 +363,18 @@ fn uboot_quote(s: &str) -> String {
 /// any) and a device tree matching `${fdtfile}` (if the boot dir has
 /// device trees; else the one U-Boot runs with, `${fdtcontroladdr}`), then
 /// `booti` (arm64 and riscv64 `Image`) or `bootz` (32-bit ARM `zImage`).
+/// A `compressed` kernel (see [`kernel_is_compressed`]) gets
+/// `kernel_comp_size` (its size) and, unless the board's environment has
+/// one, a `kernel_comp_addr_r` for `booti` to inflate it at: 1 MiB past the
+/// initrd (or past `ramdisk_addr_r` without one).
 /// `None` without a kernel.
-pub fn uboot_script(node: &str, files: &BootFiles, args: &str, arch: KernelArch) -> Option<String> {
+pub fn uboot_script(
+    node: &str,
+    files: &BootFiles,
+    args: &str,
+    arch: KernelArch,
+    compressed: bool,
+) -> Option<String> {
     let kernel = files.kernel.as_ref()?;
     let boot_cmd = if arch == KernelArch::Arm {
         "bootz"
@@ -370,11 +393,24 @@ pub fn uboot_script(node: &str, files: &BootFiles, args: &str, arch: KernelArch)
         "if tftpboot ${{kernel_addr_r}} {}; then\n",
         kernel.path
     ));
+    let compressed = compressed && boot_cmd == "booti";
+    if compressed {
+        s.push_str("  setenv kernel_comp_size ${filesize}\n");
+        s.push_str("  setenv lazyboot_free ${ramdisk_addr_r}\n");
+    }
     if let Some(initrd) = &files.initrd {
+        let free = if compressed {
+            "; setexpr lazyboot_free ${ramdisk_addr_r} + ${filesize}"
+        } else {
+            ""
+        };
         s.push_str(&format!(
-            "  if tftpboot ${{ramdisk_addr_r}} {}; then setenv lazyboot_initrd ${{ramdisk_addr_r}}:${{filesize}}; fi\n",
+            "  if tftpboot ${{ramdisk_addr_r}} {}; then setenv lazyboot_initrd ${{ramdisk_addr_r}}:${{filesize}}{free}; fi\n",
             initrd.path
         ));
+    }
+    if compressed {
+        s.push_str("  if test -z \"${kernel_comp_addr_r}\"; then setexpr kernel_comp_addr_r ${lazyboot_free} + 0x100000; fi\n");
     }
     if let Some(dir) = &files.fdt_dir {
         let prefix = if dir == "." {
@@ -651,6 +687,7 @@ mod tests {
             &files(Some("dtbs/6.1"), true),
             &args,
             KernelArch::Riscv64,
+            false,
         )
         .unwrap();
         let expected = format!(
@@ -670,20 +707,63 @@ echo \"lazyboot: booting mars1 failed\"
         assert_eq!(s, expected);
 
         // No initrd, no device trees, 32-bit zImage.
-        let s = uboot_script("b", &files(None, false), "a=\"b\"", KernelArch::Arm).unwrap();
+        let s = uboot_script("b", &files(None, false), "a=\"b\"", KernelArch::Arm, true).unwrap();
         assert!(!s.contains("ramdisk_addr_r"));
         assert!(!s.contains("fdt_addr_r"));
         assert!(s.contains("setenv bootargs \"a=b\"\n"));
         assert!(s.contains("  bootz ${kernel_addr_r} ${lazyboot_initrd} ${lazyboot_fdt}\n"));
+        // A zImage inflates itself: no booti decompression settings.
+        assert!(!s.contains("kernel_comp"));
         // Device trees in the boot dir itself.
-        let s = uboot_script("b", &files(Some("."), false), "", KernelArch::Arm64).unwrap();
+        let s = uboot_script("b", &files(Some("."), false), "", KernelArch::Arm64, false).unwrap();
         assert!(s.contains("tftpboot ${fdt_addr_r} ${fdtfile};"));
-        assert!(uboot_script("b", &BootFiles::default(), "", KernelArch::Arm64).is_none());
+        assert!(uboot_script("b", &BootFiles::default(), "", KernelArch::Arm64, true).is_none());
 
         let img = uboot_script_image(&s, Arch::Arm64, 5);
         let (h, payload) = uimage::parse(&img).unwrap();
         assert_eq!((h.arch, h.image_type, h.timestamp), (22, 6, 5));
         assert_eq!(uimage::script_text(payload), Some(s.as_str()));
+    }
+
+    #[test]
+    fn uboot_script_for_compressed_kernels() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &[0u8; 1000]).unwrap();
+        assert!(kernel_is_compressed(&gz.finish().unwrap()));
+        let mut arm64 = vec![0u8; 64];
+        arm64[56..60].copy_from_slice(b"ARM\x64");
+        assert!(!kernel_is_compressed(&arm64));
+        assert!(!kernel_is_compressed(b"MZ\0\0"));
+        assert!(!kernel_is_compressed(&[0x1f]));
+
+        let s = uboot_script(
+            "arm1",
+            &files(None, true),
+            "console=ttyAMA0",
+            KernelArch::Arm64,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            "# lazyboot boot script for node arm1 (generated)
+echo \"lazyboot: booting arm1\"
+setenv bootargs \"console=ttyAMA0\"
+setenv lazyboot_initrd -
+setenv lazyboot_fdt ${fdtcontroladdr}
+if tftpboot ${kernel_addr_r} vmlinuz-6.1; then
+  setenv kernel_comp_size ${filesize}
+  setenv lazyboot_free ${ramdisk_addr_r}
+  if tftpboot ${ramdisk_addr_r} initrd.img-6.1; then setenv lazyboot_initrd ${ramdisk_addr_r}:${filesize}; setexpr lazyboot_free ${ramdisk_addr_r} + ${filesize}; fi
+  if test -z \"${kernel_comp_addr_r}\"; then setexpr kernel_comp_addr_r ${lazyboot_free} + 0x100000; fi
+  booti ${kernel_addr_r} ${lazyboot_initrd} ${lazyboot_fdt}
+fi
+echo \"lazyboot: booting arm1 failed\"
+"
+        );
+        // Without an initrd the inflated kernel goes at ramdisk_addr_r + 1 MiB.
+        let s = uboot_script("b", &files(None, false), "", KernelArch::Riscv64, true).unwrap();
+        assert!(s.contains("  setenv kernel_comp_size ${filesize}\n  setenv lazyboot_free ${ramdisk_addr_r}\n  if test -z"));
     }
 
     #[test]

@@ -402,7 +402,8 @@ impl Files {
             Generated::BootScript => {
                 let head = read(view, node, kernel.ino, KERNEL_HEAD).await?;
                 let arch = generated::kernel_arch(&head);
-                let script = generated::uboot_script(&node.name, &files, &args, arch);
+                let compressed = generated::kernel_is_compressed(&head);
+                let script = generated::uboot_script(&node.name, &files, &args, arch, compressed);
                 // The kernel's mtime: the same image gives the same bytes.
                 let stamp = kernel.mtime.clamp(0, u32::MAX as i64) as u32;
                 return Ok(script.map(|s| {
