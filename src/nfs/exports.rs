@@ -142,27 +142,17 @@ impl NodeExports {
         })?;
         if let Some(o) = &slot.overlay {
             // A node that is running keeps the image it booted; a new mount
-            // (a new boot) after its image reference moved gets the new image
-            // and starts from an empty upper, since the old changes were made
-            // against another file system.
+            // (a new boot) after its image reference moved gets the new image.
             let moved = o.view().image.manifest_digest != view.image.manifest_digest;
             if !(at_mount && moved) {
                 return Ok(o.clone());
             }
-            let old = slot.overlay.take().expect("checked above");
-            old.retire();
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || wipe_node_state(&d))
-                .await
-                .map_err(|e| MountError::Unavailable(e.to_string()))?
-                .map_err(|e| {
-                    MountError::Unavailable(format!("resetting {}: {e}", dir.display()))
-                })?;
-            tracing::info!(node = %node.name, manifest = %view.image.manifest_digest, "new image: root reset");
+            slot.overlay.take().expect("checked above").retire();
         }
         if at_mount {
-            // After a server restart the slot is empty: the upper on disk
-            // tells which image it was made against.
+            // The upper records the image it was made against (also across
+            // server restarts). Changes made against another file system are
+            // dropped: the node starts from an empty upper on the new image.
             let recorded = tokio::fs::read_to_string(dir.join("index.image"))
                 .await
                 .unwrap_or_default();
@@ -175,7 +165,7 @@ impl NodeExports {
                     .map_err(|e| {
                         MountError::Unavailable(format!("resetting {}: {e}", dir.display()))
                     })?;
-                tracing::info!(node = %node.name, "image changed while stopped: root reset");
+                tracing::info!(node = %node.name, manifest = %view.image.manifest_digest, "new image: root reset");
             }
         }
         let names = self.lower_names(&view);
