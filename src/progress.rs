@@ -24,33 +24,33 @@ impl Progress {
 
     /// A byte-count bar for one piece of work.
     pub fn bytes(&self, label: String, total: u64) -> ProgressBar {
-        let Some(multi) = &self.multi else {
-            return ProgressBar::hidden();
-        };
-        let bar = multi.add(ProgressBar::new(total));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>18} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(label);
-        bar
+        self.bar(
+            label,
+            total,
+            "{prefix:>18} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}",
+        )
     }
 
     /// A counting bar for work measured in `unit`s.
     pub fn items(&self, label: String, total: u64, unit: &'static str) -> ProgressBar {
+        self.bar(
+            label,
+            total,
+            &format!(
+                "{{prefix:>18}} [{{bar:30}}] {{pos:>8}}/{{len:<8}} {unit} {{per_sec:>12}} {{msg}}"
+            ),
+        )
+    }
+
+    fn bar(&self, label: String, total: u64, template: &str) -> ProgressBar {
         let Some(multi) = &self.multi else {
             return ProgressBar::hidden();
         };
         let bar = multi.add(ProgressBar::new(total));
         bar.set_style(
-            ProgressStyle::with_template(&format!(
-                "{{prefix:>18}} [{{bar:30}}] {{pos:>8}}/{{len:<8}} {unit} {{per_sec:>12}} {{msg}}"
-            ))
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template(template)
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         bar.set_prefix(label);
         bar
