@@ -33,6 +33,27 @@ fn layer_sizes(reg: &Registry, repo: &str, tag: &str) -> Result<Vec<(String, u64
         .collect())
 }
 
+/// Push the fixture to `reg` as `repo_tag` and build its indexes in a fresh
+/// cache, then drop the cached data: a warm index over a cold cache.
+/// Returns the image reference, the temp dir and the cache dir in it.
+fn warm_index_cold_cache(
+    reg: &Registry,
+    repo_tag: &str,
+) -> Result<(String, tempfile::TempDir, PathBuf)> {
+    shared_fixture()?.push(reg, repo_tag)?;
+    let image = reg.reference(repo_tag);
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    let out = lazyboot(&cache, &["index", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(cache.join("chunks"))?;
+    Ok((image, tmp, cache))
+}
+
 fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut v = Vec::new();
     std::fs::File::open(path)?.read_to_end(&mut v)?;
@@ -93,17 +114,7 @@ fn cold_read_with_warm_index_fetches_a_small_fraction() -> Result<()> {
     }
     let reg = Registry::start()?;
     let fx = shared_fixture()?;
-    fx.push(&reg, "fixture/lazy:t")?;
-    let image = reg.reference("fixture/lazy:t");
-    let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    let out = lazyboot(&cache, &["index", &image]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(cache.join("chunks"))?;
+    let (image, tmp, cache) = warm_index_cold_cache(&reg, "fixture/lazy:t")?;
 
     let total: u64 = layer_sizes(&reg, "fixture/lazy", "t")?
         .iter()
@@ -137,12 +148,7 @@ fn registry_stopped_mid_read_gives_eio_then_recovers() -> Result<()> {
     }
     let mut reg = Registry::start()?;
     let fx = shared_fixture()?;
-    fx.push(&reg, "fixture/fault:t")?;
-    let image = reg.reference("fixture/fault:t");
-    let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    assert!(lazyboot(&cache, &["index", &image]).status.success());
-    std::fs::remove_dir_all(cache.join("chunks"))?;
+    let (image, tmp, cache) = warm_index_cold_cache(&reg, "fixture/fault:t")?;
     let m = Mount::start(
         &image,
         &cache,
@@ -317,12 +323,7 @@ fn background_fill_then_registry_loss_still_serves_everything() -> Result<()> {
     }
     let mut reg = Registry::start()?;
     let fx = shared_fixture()?;
-    fx.push(&reg, "fixture/fill:t")?;
-    let image = reg.reference("fixture/fill:t");
-    let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    assert!(lazyboot(&cache, &["index", &image]).status.success());
-    std::fs::remove_dir_all(cache.join("chunks"))?;
+    let (image, tmp, cache) = warm_index_cold_cache(&reg, "fixture/fill:t")?;
     // Background fill is on by default.
     let mut m = Mount::start(&image, &cache, &tmp.path().join("mnt"), &[])?;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -392,12 +393,7 @@ fn a_hung_registry_gives_eio_within_the_read_timeout() -> Result<()> {
     }
     let mut reg = Registry::start()?;
     let fx = shared_fixture()?;
-    fx.push(&reg, "fixture/hang:t")?;
-    let image = reg.reference("fixture/hang:t");
-    let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    assert!(lazyboot(&cache, &["index", &image]).status.success());
-    std::fs::remove_dir_all(cache.join("chunks"))?;
+    let (image, tmp, cache) = warm_index_cold_cache(&reg, "fixture/hang:t")?;
     let m = Mount::start(
         &image,
         &cache,
