@@ -126,22 +126,6 @@ struct Lab {
     server: Option<Server>,
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Lab {
     /// Push the shared fixture, configure `nodes` (all iPXE PCs with fixed
     /// addresses, configured on the namespace side) and start the server.
@@ -153,7 +137,7 @@ impl Lab {
         let image = registry.reference(REPO);
         let net = NetLab::new(false)?;
         let tmp = tempfile::tempdir()?;
-        let nfs_port = free_tcp_port();
+        let nfs_port = common::free_tcp_port();
         let prefix = format!("10.213.{}", net.subnet);
         let dhcp = if dhcp {
             format!(
@@ -170,7 +154,7 @@ impl Lab {
             iface = net.host_if,
             server = net.server_ip,
             t = tmp.path().display(),
-            tftp = free_udp_port(),
+            tftp = common::free_udp_port(),
         );
         for n in nodes {
             let ip = Ipv4Addr::new(10, 213, net.subnet, n.last);

@@ -92,14 +92,6 @@ umoci config --image {l}:os --architecture=arm64
     Ok(bundle.join("rootfs"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `lazyboot serve` with its stderr (lazyboot=debug, other crates' warnings)
 /// in a file.
 struct Server {
@@ -189,7 +181,7 @@ fn replay(test: &str, prefixed: bool) -> Result<()> {
     let image = reg.reference("os/raspios:replay");
     let lab = NetLab::new(false)?;
     lab.set_client_mac(PI_MAC)?;
-    let (tftp_port, nfs_port) = (free_port(), free_port());
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
     let net = format!("10.213.{}", lab.subnet);
     let server = lab.server_ip.to_string();
     let config = tmp.path().join("lazyboot.toml");

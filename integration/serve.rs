@@ -53,14 +53,6 @@ umoci repack --image {l}:os {b}
     Ok(())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
     child: Child,
 }
@@ -186,7 +178,7 @@ fn one_image_boots_every_node_kind() -> Result<()> {
     common::push(&tmp.path().join("layout"), "os", &reg, "os/netboot:1")?;
     let image = reg.reference("os/netboot:1");
     let lab = NetLab::new(false)?;
-    let (tftp_port, nfs_port) = (free_port(), free_port());
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
     let net = format!("10.213.{}", lab.subnet);
     let config = tmp.path().join("lazyboot.toml");
     std::fs::write(
@@ -377,7 +369,7 @@ fn retagging_the_image_reboots_the_node_into_it_with_a_fresh_root() -> Result<()
     let reg = Registry::start()?;
     common::push(&one.join("layout"), "os", &reg, "os/swap:live")?;
     let lab = NetLab::new(false)?;
-    let (tftp_port, nfs_port) = (free_port(), free_port());
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
     let net = format!("10.213.{}", lab.subnet);
     let config = tmp.path().join("lazyboot.toml");
     std::fs::write(

@@ -224,10 +224,6 @@ impl Drop for Bench {
     }
 }
 
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("0.0.0.0:0")?.local_addr()?.port())
-}
-
 fn python_client() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/tftp_probe.py")
 }
@@ -245,7 +241,7 @@ impl Bench {
             lab.add_client_ip(a)?;
         }
         let tmp = tempfile::tempdir()?;
-        let port = free_udp_port()?;
+        let port = common::free_udp_port();
         let image = registry.reference("tftp/pi:v1");
         let config = format!(
             r#"

@@ -150,3 +150,20 @@ pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(data))
 }
+
+/// A TCP port free on every address a moment ago (for servers bound to a
+/// lab address).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free TCP port")
+        .port()
+}
+
+/// A UDP port free on every address a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.local_addr())
+        .expect("binding a free UDP port")
+        .port()
+}
