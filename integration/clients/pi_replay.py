@@ -89,6 +89,11 @@ def parse_oack(body):
 class Tftp:
     def __init__(self, server, port, bind, timeout):
         self.server, self.port, self.bind, self.timeout = server, port, bind, timeout
+        # Sockets of aborted probes stay open until the replay ends: the
+        # server (async-tftp) keeps resending its OACK for a while after our
+        # "Early terminate", and if the OS gave the same port to a later
+        # request, that stale OACK would be taken for the new file's reply.
+        self.lingering = []
 
     def _socket(self):
         # A new source port for every request, as the firmware does.
@@ -185,7 +190,10 @@ class Tftp:
                         entry["text"] = small.decode(errors="replace")
                     return entry
         finally:
-            s.close()
+            if entry.get("result") == "aborted":
+                self.lingering.append(s)
+            else:
+                s.close()
 
 
 def sequence(p):
