@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
-const TOOLS: &[&str] = &["ip", "python3", "nfs-cat"];
+const TOOLS: &[&str] = &["ip", "python3", "nfs-cat", "curl"];
 
 const PI_MAC: &str = "dc:a6:32:8b:07:c6";
 const PI_SERIAL: &str = "100000008b07bcc6";
@@ -170,6 +170,36 @@ fn check_pi_reply(reply: &Value, what: &str, server: &str, net: &str) {
 }
 
 /// One full replay: serve, DHCP, the firmware's TFTP requests, NFS root.
+/// Run the replay client in the lab's namespace; its JSON report.
+fn run_replay(lab: &NetLab, tftp_port: u16, prefixed: bool, pause: f64) -> Result<(Value, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/pi_replay.py");
+    let mut cmd = lab.client("python3");
+    cmd.arg(&script).args([
+        "--iface",
+        &lab.client_if,
+        "--tftp-port",
+        &tftp_port.to_string(),
+        "--prefix",
+        if prefixed { PI_PREFIX } else { "" },
+        "--pause-after-dhcp",
+        &pause.to_string(),
+    ]);
+    if !prefixed {
+        // The Pi 3 ROM of the seed: TFTP with the offered address, no REQUEST.
+        cmd.arg("--no-request");
+    }
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "pi_replay: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let r: Value = serde_json::from_str(&stdout).context("pi_replay output")?;
+    Ok((r, stdout))
+}
+
 fn replay(test: &str, prefixed: bool) -> Result<()> {
     if !common::require_root_and_tools(test, TOOLS) {
         return Ok(());
@@ -182,6 +212,7 @@ fn replay(test: &str, prefixed: bool) -> Result<()> {
     let lab = NetLab::new(false)?;
     lab.set_client_mac(PI_MAC)?;
     let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    let http_port = common::free_tcp_port();
     let net = format!("10.213.{}", lab.subnet);
     let server = lab.server_ip.to_string();
     let config = tmp.path().join("lazyboot.toml");
@@ -197,6 +228,9 @@ cache_dir = "{cache}"
 cache_size = "2G"
 tftp_port = {tftp_port}
 nfs_port = {nfs_port}
+http_port = {http_port}
+# The profile test below wants the cache to stay as the boots leave it.
+background_fill = false
 
 [dhcp]
 mode = "full"
@@ -228,30 +262,8 @@ root = "persistent"
     )?;
     let srv = Server::start(&config, tmp.path().join("serve.log"))?;
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/pi_replay.py");
-    let mut cmd = lab.client("python3");
-    cmd.arg(&script).args([
-        "--iface",
-        &lab.client_if,
-        "--tftp-port",
-        &tftp_port.to_string(),
-        "--prefix",
-        if prefixed { PI_PREFIX } else { "" },
-    ]);
-    if !prefixed {
-        // The Pi 3 ROM of the seed: TFTP with the offered address, no REQUEST.
-        cmd.arg("--no-request");
-    }
-    let out = cmd.output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "pi_replay: {}\n{stdout}\nserver log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            srv.log()
-        );
-    }
-    let r: Value = serde_json::from_str(&stdout).context("pi_replay output")?;
+    let (r, stdout) = run_replay(&lab, tftp_port, prefixed, 0.0)
+        .map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", srv.log()))?;
     eprintln!(
         "[{test}] replay of {} requests took {}s",
         r["log"].as_array().map_or(0, Vec::len),
@@ -398,7 +410,173 @@ root = "persistent"
     );
     assert_eq!(out.stdout, HOSTNAME);
     assert!(address.parse::<Ipv4Addr>().is_ok());
+    if !prefixed {
+        return Ok(());
+    }
+
+    // --- The boot's profile, then a second cold boot with its learned plan.
+    let api = format!("http://{server}:{http_port}/api/v1/nodes/cm4-1");
+    let said = curl(&lab, &format!("{api}/booted"))?;
+    assert_eq!(said["boot"], 1, "{said}");
+    let state = tmp.path().join("state");
+    // async-tftp reports a transfer whose client stopped early only when its
+    // resends run out (~11 s): wait until every request is in the profile.
+    let first = profile_settled(&state, "cm4-1", 1, log.len())?;
+    let p = &first["profile"];
+    assert_eq!(p["booted"]["how"]["by"], "api", "{p}");
+    assert_eq!(p["began_with"], "dhcp");
+    let dhcp = p["dhcp"][0]["messages"].as_array().context("dhcp")?;
+    assert_eq!(
+        dhcp[..4],
+        ["DISCOVER", "OFFER", "REQUEST", "ACK"].map(Value::from)
+    );
+    let tftp = p["tftp"].as_array().context("tftp")?;
+    assert_eq!(tftp.len(), log.len(), "one timeline entry per TFTP request");
+    let outcome = |file: &str, want: &str| {
+        tftp.iter()
+            .any(|t| t["file"] == file && t["outcome"] == want)
+    };
+    assert!(outcome("start4.elf", "probe") && outcome("start4.elf", "complete"));
+    assert!(outcome("recovery8.img", "failed"), "not found is recorded");
+    assert!(tftp
+        .iter()
+        .any(|t| t["file"] == "cmdline.txt" && t["generated"] == true));
+    assert_eq!(p["nfs_mounts"][0]["export"], "/nodes/cm4-1");
+    let hostname = p["nfs_files"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["path"] == "/etc/hostname"))
+        .context("/etc/hostname in the NFS files")?;
+    assert_eq!(hostname["ops"]["READ"], 1);
+    assert_eq!(hostname["bytes_read"], HOSTNAME.len());
+    // The first boot ever: the streaming index pass at server start left
+    // every chunk of these small layers in the cache.
+    let kernel = tftp
+        .iter()
+        .find(|t| t["file"] == "kernel8.img" && t["outcome"] == "complete")
+        .context("kernel8.img")?;
+    assert!(kernel["wait"]["cache_bytes"].as_u64() > Some(0), "{kernel}");
+    assert!(first["summary"]["cache_bytes"].as_u64() > Some(0));
+    let plans: Vec<_> = std::fs::read_dir(tmp.path().join("cache/index"))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("plan-"))
+        .collect();
+    assert_eq!(
+        plans.len(),
+        1,
+        "the first boot's reads became a prefetch plan"
+    );
+    let text = profile_cmd(&state, &["cm4-1", "--boot", "1"])?;
+    assert!(
+        text.contains("cm4-1") && text.contains("kernel8.img"),
+        "{text}"
+    );
+
+    // Same node, cold chunk cache (indexes and plan kept), new server: the
+    // plan is replayed at DISCOVER; the replay waits 3 s after DHCP, by
+    // which time the prefetch has fetched what the boot will read.
+    drop(srv);
+    std::fs::remove_dir_all(tmp.path().join("cache/chunks"))?;
+    let srv = Server::start(&config, tmp.path().join("serve2.log"))?;
+    let (again, _) = run_replay(&lab, tftp_port, prefixed, 3.0)
+        .map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", srv.log()))?;
+    assert_eq!(again["log"].as_array().map(Vec::len), Some(log.len()));
+    assert_eq!(curl(&lab, &format!("{api}/booted"))?["boot"], 2);
+    let second = profile_settled(&state, "cm4-1", 2, log.len())?;
+    let p2 = &second["profile"];
+    let prefetch = &p2["prefetch"];
+    assert!(
+        prefetch["end_ms"].is_number(),
+        "prefetch finished: {prefetch}"
+    );
+    assert!(prefetch["fetched_chunks"].as_u64() > Some(0), "{prefetch}");
+    assert!(p2["fetches"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f["by"] == "prefetch")));
+    let waited: u64 = p2["tftp"]
+        .as_array()
+        .context("tftp")?
+        .iter()
+        .map(|t| t["wait"]["fetched_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(waited, 0, "no TFTP transfer waited for the registry:\n{p2}");
+    let k2 = p2["tftp"]
+        .as_array()
+        .and_then(|t| {
+            t.iter()
+                .find(|t| t["file"] == "kernel8.img" && t["outcome"] == "complete")
+        })
+        .context("kernel8.img")?;
+    assert!(k2["wait"]["cache_bytes"].as_u64() > Some(0), "{k2}");
+    let compare = profile_cmd(&state, &["--compare", "cm4-1:1", "cm4-1:2"])?;
+    assert!(compare.contains("cm4-1") && compare.contains('1') && compare.contains('2'));
+    let trace: Value =
+        serde_json::from_str(&profile_cmd(&state, &["cm4-1", "--format", "trace"])?)?;
+    assert!(trace["traceEvents"]
+        .as_array()
+        .is_some_and(|e| !e.is_empty()));
+    let html = profile_cmd(&state, &["cm4-1", "--format", "html"])?;
+    assert!(html.contains("<svg") && html.contains("kernel8.img"));
+    // A node unknown to the API is a 404, a second "booted" a 409.
+    let status = |url: &str| -> Result<String> {
+        let out = lab
+            .client("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(status(&format!("{api}/booted"))?, "409");
+    assert_eq!(
+        status(&format!(
+            "http://{server}:{http_port}/api/v1/nodes/nope/booted"
+        ))?,
+        "404"
+    );
+    drop(srv);
     Ok(())
+}
+
+fn curl(lab: &NetLab, url: &str) -> Result<Value> {
+    let out = lab.client("curl").args(["-sf", url]).output()?;
+    if !out.status.success() {
+        bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn profile_cmd(state: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(BIN)
+        .args(["profile", "--state-dir"])
+        .arg(state)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "lazyboot profile {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Boot `boot` of `node` once it holds `transfers` TFTP entries (or after 40 s).
+fn profile_settled(state: &Path, node: &str, boot: u64, transfers: usize) -> Result<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let p = profile_json(state, node, boot)?;
+        let n = p["profile"]["tftp"].as_array().map_or(0, Vec::len);
+        if n >= transfers || std::time::Instant::now() > deadline {
+            return Ok(p);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+fn profile_json(state: &Path, node: &str, boot: u64) -> Result<Value> {
+    let text = profile_cmd(
+        state,
+        &[node, "--boot", &boot.to_string(), "--format", "json"],
+    )?;
+    Ok(serde_json::from_str(&text)?)
 }
 
 #[test]

@@ -237,6 +237,9 @@ cache_size = "2G"
 tftp_port = 69
 nfs_port = {nfs_port}
 
+[profile]
+booted_marker = "/etc/lazyboot-booted"
+
 [dhcp]
 mode = "full"
 pool_start = "{net}.100"
@@ -355,6 +358,59 @@ kernel_args = "console=ttyS0 panic=-1{}"
             "{name}: no MNT:\n{}",
             tail(&log, 40)
         );
+        check_profile(&work.join("state"), name)?;
     }
+    Ok(())
+}
+
+/// The node's boot profile tells the whole boot: our DHCP, the TFTP
+/// transfers, the NFS mount and reads, ended by the init's read of the
+/// marker file (for `pc`, across the server restart).
+fn check_profile(state: &Path, name: &str) -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_lazyboot"))
+        .args(["profile", "--format", "json", "--state-dir"])
+        .arg(state)
+        .arg(name)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{name}: lazyboot profile: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let p = &v["profile"];
+    assert_eq!(p["boot"], 1, "{name}: one boot recorded");
+    assert_eq!(
+        p["booted"]["how"]["by"], "marker",
+        "{name}: {}",
+        p["booted"]
+    );
+    assert_eq!(p["began_with"], "dhcp");
+    let acked = p["dhcp"]
+        .as_array()
+        .is_some_and(|d| d.iter().filter(|d| d["end_ms"].is_number()).count() >= 2);
+    assert!(acked, "{name}: firmware and initramfs DHCP: {}", p["dhcp"]);
+    let tftp = p["tftp"].as_array().context("tftp")?;
+    for want in ["boot.ipxe", "vmlinuz", "initrd.img"] {
+        assert!(
+            tftp.iter()
+                .any(|t| t["file"].as_str().is_some_and(|f| f.contains(want))
+                    && t["outcome"] == "complete"),
+            "{name}: TFTP {want}: {tftp:?}"
+        );
+    }
+    assert!(p["nfs_mounts"].as_array().is_some_and(|m| !m.is_empty()));
+    let files = p["nfs_files"].as_array().context("nfs_files")?;
+    assert!(
+        files
+            .iter()
+            .any(|f| f["path"] == "/sbin/init" && f["bytes_read"].as_u64() > Some(0)),
+        "{name}: /sbin/init read over NFS"
+    );
+    let s = &v["summary"];
+    let booted = p["booted"]["at_ms"].as_f64().unwrap_or(0.0);
+    assert!(booted > s["dhcp_ms"].as_f64().unwrap_or(f64::MAX), "{s}");
+    assert!(s["nfs_bytes"].as_u64() > Some(0) && s["tftp_bytes"].as_u64() > Some(1 << 20));
     Ok(())
 }

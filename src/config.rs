@@ -91,6 +91,14 @@ pub enum NodeKind {
 }
 
 impl NodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Raspberrypi => "raspberrypi",
+            NodeKind::Uboot => "uboot",
+            NodeKind::Ipxe => "ipxe",
+        }
+    }
+
     /// Where boot files live inside the image unless the node says otherwise.
     pub fn default_boot_dir(self) -> &'static str {
         match self {
@@ -180,6 +188,10 @@ pub struct ServerConfig {
     pub http_port: u16,
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Fetch every image completely in the background once it is open, so
+    /// that nodes stop depending on the registry (it yields to node reads).
+    #[serde(default = "default_true")]
+    pub background_fill: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -246,11 +258,55 @@ fn default_ephemeral() -> RootMode {
     RootMode::Ephemeral
 }
 
+fn default_quiet_secs() -> u64 {
+    10
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_prefetch_parallel() -> usize {
+    4
+}
+
+/// Boot profiles and learned prefetch (`[profile]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// A path in the image whose NFS read by a node means it has booted.
+    #[serde(default)]
+    pub booted_marker: Option<String>,
+    /// Seconds of NFS silence after the mount that mean a node has booted
+    /// (0: never decide by silence).
+    #[serde(default = "default_quiet_secs")]
+    pub quiet_secs: u64,
+    /// Replay an image's learned prefetch plan when a node starts booting it.
+    #[serde(default = "default_true")]
+    pub prefetch: bool,
+    /// Range requests a prefetch keeps in flight.
+    #[serde(default = "default_prefetch_parallel")]
+    pub prefetch_parallel: usize,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            booted_marker: None,
+            quiet_secs: default_quiet_secs(),
+            prefetch: true,
+            prefetch_parallel: default_prefetch_parallel(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub dhcp: DhcpConfig,
+    #[serde(default)]
+    pub profile: ProfileConfig,
     #[serde(default)]
     pub defaults: Option<DefaultsConfig>,
     #[serde(default)]

@@ -4,6 +4,7 @@
 //! wrap the [`view::ImageView`], which reads through the [`cache`], which fetches
 //! from a [`registry::Source`]. See ARCHITECTURE.md.
 
+pub mod api;
 pub mod cache;
 pub mod config;
 pub mod dhcp;
@@ -14,6 +15,8 @@ pub mod layer;
 pub mod nfs;
 pub mod nodes;
 pub mod platform;
+pub mod prefetch;
+pub mod profile;
 pub mod progress;
 pub mod reference;
 pub mod registry;

@@ -63,7 +63,14 @@ enum Cmd {
     /// Fetch the whole image into the cache.
     Pull { image: ImageRef },
     /// Build and cache the layer indexes.
-    Index { image: ImageRef },
+    Index {
+        image: ImageRef,
+        /// Also publish the indexes (and the prefetch plan, if one was
+        /// learned) to the registry as an OCI artifact referring to the image,
+        /// so other lazyboot servers start without a streaming pass.
+        #[arg(long)]
+        push: bool,
+    },
     /// Boot nodes: DHCP, TFTP and NFS from the images named in the config.
     Serve {
         #[arg(long, default_value = "/etc/lazyboot/lazyboot.toml")]
@@ -75,6 +82,37 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show a node's recorded boot: where the seconds went, registry vs cache bytes.
+    Profile {
+        /// The node whose boot to show (not with --compare).
+        #[arg(required_unless_present = "compare")]
+        node: Option<String>,
+        /// Boot number (default: the latest).
+        #[arg(long)]
+        boot: Option<u64>,
+        #[arg(long, value_enum, default_value_t = ProfileFormat::Text)]
+        format: ProfileFormat,
+        /// Two boots side by side, each NODE or NODE:BOOT (e.g. n1:1 n1:2).
+        #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["node", "boot"])]
+        compare: Option<Vec<String>>,
+        /// Where `lazyboot serve` keeps its state (default: from --config).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The serve configuration to read `server.state_dir` from.
+        #[arg(long, default_value = "/etc/lazyboot/lazyboot.toml")]
+        config: PathBuf,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ProfileFormat {
+    Text,
+    Json,
+    Html,
+    Trace,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -173,10 +211,107 @@ fn main() -> Result<()> {
             no_background_fill,
         } => mount(&rt, &cli.common, &image, &mountpoint, !no_background_fill),
         Cmd::Pull { image } => rt.block_on(pull(&cli.common, &image)),
-        Cmd::Index { image } => rt.block_on(index(&cli.common, &image)),
+        Cmd::Index { image, push } => rt.block_on(index(&cli.common, &image, push)),
         Cmd::Inspect { image, json } => rt.block_on(inspect(&cli.common, &image, json)),
         Cmd::Serve { config } => rt.block_on(serve(&config)),
+        Cmd::Profile {
+            node,
+            boot,
+            format,
+            compare,
+            state_dir,
+            config,
+            output,
+        } => profile(ProfileArgs {
+            node,
+            boot,
+            format,
+            compare,
+            state_dir,
+            config,
+            output,
+        }),
     }
+}
+
+struct ProfileArgs {
+    node: Option<String>,
+    boot: Option<u64>,
+    format: ProfileFormat,
+    compare: Option<Vec<String>>,
+    state_dir: Option<PathBuf>,
+    config: PathBuf,
+    output: Option<PathBuf>,
+}
+
+fn profile(a: ProfileArgs) -> Result<()> {
+    use lazyboot::profile::{html, report, ProfileStore};
+    let state_dir = match a.state_dir {
+        Some(d) => d,
+        None => {
+            Config::load(&a.config)
+                .with_context(|| {
+                    "reading the serve configuration for server.state_dir (or pass --state-dir)"
+                })?
+                .server
+                .state_dir
+        }
+    };
+    let store = ProfileStore::new(&state_dir);
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100usize)
+        .clamp(60, 240);
+    let text = if let Some(pair) = a.compare {
+        let load = |spec: &str| -> Result<lazyboot::profile::BootProfile> {
+            let (node, boot) = match spec.rsplit_once(':') {
+                Some((n, b)) => (
+                    n,
+                    Some(
+                        b.parse::<u64>()
+                            .with_context(|| format!("{spec:?}: boot must be a number"))?,
+                    ),
+                ),
+                None => (spec, None),
+            };
+            Ok(store.load(node, boot)?)
+        };
+        let (x, y) = (load(&pair[0])?, load(&pair[1])?);
+        match a.format {
+            ProfileFormat::Text => report::render_compare(&x, &y),
+            ProfileFormat::Json => serde_json::to_string_pretty(&serde_json::json!({
+                "a": { "profile": &x, "summary": x.summary() },
+                "b": { "profile": &y, "summary": y.summary() },
+            }))?,
+            other => bail!("--compare shows text or json, not {other:?}"),
+        }
+    } else {
+        let node = a.node.context("name a node (or use --compare A B)")?;
+        let p = store.load(&node, a.boot)?;
+        match a.format {
+            ProfileFormat::Text => report::render_text(&p, width),
+            ProfileFormat::Json => serde_json::to_string_pretty(
+                &serde_json::json!({ "profile": &p, "summary": p.summary() }),
+            )?,
+            ProfileFormat::Html => html::render_html(&p),
+            ProfileFormat::Trace => html::render_trace(&p),
+        }
+    };
+    match a.output {
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            if !text.ends_with('\n') {
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn mount(
@@ -265,9 +400,13 @@ async fn pull(common: &Common, image: &ImageRef) -> Result<()> {
     Ok(())
 }
 
-async fn index(common: &Common, image: &ImageRef) -> Result<()> {
+async fn index(common: &Common, image: &ImageRef, push: bool) -> Result<()> {
+    if push && matches!(image, ImageRef::Layout { .. }) {
+        bail!("--push publishes to a registry; {image} is an OCI layout on disk");
+    }
     let started = Instant::now();
-    let view = ImageView::open(image, &common.view(), &Progress::stderr())
+    let progress = Progress::stderr();
+    let view = ImageView::open(image, &common.view(), &progress)
         .await
         .with_context(|| format!("indexing {image}"))?;
     let entries: usize = view.layers.iter().map(|l| l.index.entries.len()).sum();
@@ -280,6 +419,34 @@ async fn index(common: &Common, image: &ImageRef) -> Result<()> {
         view.tree.len(),
         started.elapsed().as_secs_f64()
     );
+    if push {
+        let r = lazyboot::indexer::publish(&view.source, &view.image, &view.cache, &progress)
+            .await
+            .with_context(|| format!("publishing the indexes of {image}"))?;
+        let o = &r.outcome;
+        println!(
+            "{} {}@{}: {} layer index(es){}{}, found through {}{}",
+            if o.already_published {
+                "already published as"
+            } else {
+                "published"
+            },
+            view.source.location(),
+            o.artifact,
+            r.layer_indexes,
+            if r.plan { " and the prefetch plan" } else { "" },
+            match r.estargz_skipped {
+                0 => String::new(),
+                n => format!(" ({n} eStargz layer(s) need none)"),
+            },
+            o.via,
+            match &o.via {
+                lazyboot::registry::Via::FallbackTag(_) if o.fallback_updated => " (updated)",
+                lazyboot::registry::Via::FallbackTag(_) => " (already listed)",
+                lazyboot::registry::Via::ReferrersApi => "",
+            },
+        );
+    }
     Ok(())
 }
 
@@ -296,12 +463,16 @@ async fn serve(config_path: &std::path::Path) -> Result<()> {
 
     // Open every node's image now, so the first boot does not wait for it,
     // and let each fill the cache in the background.
+    let background_fill = cfg.server.background_fill;
     for node in ctx.inventory.all() {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             match ctx.images.view_for(&node).await {
                 Ok(view) => {
                     tracing::info!(node = %node.name, image = %node.image, "image ready");
+                    if !background_fill {
+                        return;
+                    }
                     if let Err(e) = view.fill_all(true, &Progress::hidden()).await {
                         tracing::warn!(image = %node.image, "background fill stopped: {e}");
                     }
@@ -330,14 +501,19 @@ async fn serve(config_path: &std::path::Path) -> Result<()> {
         let d = ctx.clone();
         tasks.spawn(async move { lazyboot::dhcp::run(d).await.context("DHCP server") });
     }
+    let a = ctx.clone();
+    tasks.spawn(async move { lazyboot::api::run(a).await.context("HTTP API") });
+    tokio::spawn(ctx.recorder.clone().run(std::time::Duration::from_secs(1)));
     println!(
-        "serving {} node(s): DHCP {:?} on {}, TFTP on {}:{}, NFS on {}",
+        "serving {} node(s): DHCP {:?} on {}, TFTP on {}:{}, NFS on {}, API on http://{}:{}",
         ctx.inventory.all().len(),
         cfg.dhcp.mode,
         cfg.server.interface,
         ctx.server_ip,
         cfg.server.tftp_port,
-        nfs_addr
+        nfs_addr,
+        ctx.server_ip,
+        cfg.server.http_port
     );
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;

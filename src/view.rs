@@ -12,6 +12,7 @@ use crate::indexer::{ensure_index, IndexError};
 use crate::layer::estargz;
 use crate::layer::index::{IndexDetail, LayerIndex, CHUNK_SIZE};
 use crate::layer::EntryKind;
+use crate::profile::trace;
 use crate::progress::Progress;
 use crate::reference::ImageRef;
 use crate::registry::{RegistryError, RegistryOptions, ResolvedImage, Source};
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Cached chunks (256 KiB each) a reader is kept ahead of, in the page cache.
 const READ_AHEAD_CHUNKS: u64 = 16;
@@ -103,6 +104,9 @@ impl ImageView {
         read_timeout: Duration,
         progress: &Progress,
     ) -> Result<Arc<ImageView>, ViewError> {
+        // Published indexes (`index --push`): pulled only when no layer is
+        // indexed here yet, so ensure_index below finds them; never fails.
+        crate::indexer::fetch_published(&source, &image, &cache).await;
         let mut tasks = Vec::new();
         for layer in &image.layers {
             let (source, cache, layer) = (source.clone(), cache.clone(), layer.clone());
@@ -206,6 +210,7 @@ impl ImageView {
     /// The chunks `ids` (sorted) of layer `li`, fetching what is missing.
     pub async fn chunks(&self, li: usize, ids: &[u64]) -> Result<Vec<Bytes>, ViewError> {
         let layer = &self.layers[li].index.digest;
+        trace::note_chunks(layer, ids);
         let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
         for _attempt in 0..4 {
             let mut missing = Vec::new();
@@ -216,7 +221,10 @@ impl ImageView {
                         id,
                     };
                     match self.cache.get(&key) {
-                        Some(b) => *slot = Some(b),
+                        Some(b) => {
+                            trace::note_hit(b.len() as u64);
+                            *slot = Some(b)
+                        }
                         None => missing.push(key),
                     }
                 }
@@ -225,6 +233,7 @@ impl ImageView {
                 return Ok(out.into_iter().map(|b| b.expect("filled")).collect());
             }
             let Claim { mine, waits } = self.cache.claim(&missing);
+            let waited = Instant::now();
             if let Some(guard) = mine {
                 let want: Vec<u64> = guard.keys.iter().map(|k| k.id).collect();
                 let got = self.fill(li, &want).await?;
@@ -238,6 +247,7 @@ impl ImageView {
                 drop(guard);
             }
             Claim::wait_others(waits).await;
+            trace::note_wait(waited.elapsed());
         }
         Err(ViewError::BadData {
             layer: layer.clone(),
@@ -251,13 +261,21 @@ impl ImageView {
         let index = self.layers[li].index.clone();
         let mut got = HashMap::new();
         for run in runs(ids) {
-            let produced = match &index.detail {
+            let started = Instant::now();
+            let (produced, compressed_bytes) = match &index.detail {
                 IndexDetail::Gzip(_) => self.fill_gzip(&index, run).await?,
                 IndexDetail::Tar { chunk_sha256 } => {
                     self.fill_tar(&index, chunk_sha256, run).await?
                 }
                 IndexDetail::Estargz(ez) => self.fill_estargz(&index, ez, run).await?,
             };
+            trace::note_fetch(trace::FetchNote {
+                layer: index.digest.clone(),
+                started,
+                duration: started.elapsed(),
+                compressed_bytes,
+                bytes: produced.iter().map(|(_, d)| d.len() as u64).sum(),
+            });
             for (id, data) in produced {
                 let key = ChunkKey {
                     layer: index.digest.clone(),
@@ -277,7 +295,7 @@ impl ImageView {
         &self,
         index: &Arc<LayerIndex>,
         run: std::ops::Range<u64>,
-    ) -> Result<Vec<(u64, Bytes)>, ViewError> {
+    ) -> Result<(Vec<(u64, Bytes)>, u64), ViewError> {
         let IndexDetail::Gzip(z) = &index.detail else {
             unreachable!()
         };
@@ -288,8 +306,9 @@ impl ImageView {
             .source
             .fetch_range(&index.digest, plan.compressed.clone())
             .await?;
+        let wire = compressed.len() as u64;
         let index = index.clone();
-        tokio::task::spawn_blocking(move || {
+        let out = tokio::task::spawn_blocking(move || {
             let IndexDetail::Gzip(z) = &index.detail else {
                 unreachable!()
             };
@@ -326,13 +345,14 @@ impl ImageView {
                 layer: index.digest.clone(),
                 msg: e.to_string(),
             })?;
-            Ok(out)
+            Ok::<_, ViewError>(out)
         })
         .await
         .map_err(|e| ViewError::BadData {
             layer: Digest::of_bytes(b""),
             msg: format!("decoder task failed: {e}"),
-        })?
+        })??;
+        Ok((out, wire))
     }
 
     async fn fill_tar(
@@ -340,7 +360,7 @@ impl ImageView {
         index: &LayerIndex,
         hashes: &[[u8; 32]],
         run: std::ops::Range<u64>,
-    ) -> Result<Vec<(u64, Bytes)>, ViewError> {
+    ) -> Result<(Vec<(u64, Bytes)>, u64), ViewError> {
         let end = (run.end * CHUNK_SIZE).min(index.uncompressed_size);
         let body = self
             .source
@@ -359,7 +379,7 @@ impl ImageView {
             }
             out.push((id, piece));
         }
-        Ok(out)
+        Ok((out, body.len() as u64))
     }
 
     async fn fill_estargz(
@@ -367,7 +387,7 @@ impl ImageView {
         index: &LayerIndex,
         ez: &estargz::EstargzIndex,
         run: std::ops::Range<u64>,
-    ) -> Result<Vec<(u64, Bytes)>, ViewError> {
+    ) -> Result<(Vec<(u64, Bytes)>, u64), ViewError> {
         let chunks = &ez.chunks[run.start as usize..run.end as usize];
         let base = chunks[0].comp_start;
         let body = self
@@ -383,7 +403,7 @@ impl ImageView {
             })?;
             out.push((id, Bytes::from(data)));
         }
-        Ok(out)
+        Ok((out, body.len() as u64))
     }
 
     /// Fetch every chunk of every layer that is not cached yet. `background`

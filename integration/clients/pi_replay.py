@@ -249,6 +249,8 @@ def main():
     ap.add_argument("--prefix", default="", help="serial directory, e.g. 8b07bcc6")
     ap.add_argument("--no-request", action="store_true")
     ap.add_argument("--timeout", type=float, default=3.0)
+    ap.add_argument("--pause-after-dhcp", type=float, default=0.0,
+                    help="seconds to wait between DHCP and TFTP (lets a prefetch finish)")
     a = ap.parse_args()
 
     offer, ack = dhcp(a.iface, a.no_request, a.timeout)
@@ -262,6 +264,7 @@ def main():
     result.update(address=address, server=server)
     subprocess.run(["ip", "addr", "flush", "dev", a.iface], check=True)
     subprocess.run(["ip", "addr", "add", f"{address}/24", "dev", a.iface], check=True)
+    time.sleep(a.pause_after_dhcp)
     tftp = Tftp(server, a.tftp_port, address, a.timeout / 3)
     prefix = a.prefix + "/" if a.prefix else ""
     started = time.monotonic()

@@ -226,7 +226,7 @@ impl Handler {
                 }
                 info!("DHCPOFFER {ip} to {} ({mac})", node.name);
                 let reply = self.reply(msg, facts, &node, MessageType::Offer, ip, true);
-                Some(self.out(msg, reply, MessageType::Offer, src, Port::Dhcp))
+                Some(self.out(&node.name, msg, reply, MessageType::Offer, src, Port::Dhcp))
             }
             MessageType::Request => {
                 let ciaddr = msg.ciaddr();
@@ -242,7 +242,7 @@ impl Handler {
                     leases.forget_offer(mac);
                     info!("DHCPNAK {ip} to {} ({mac}): not available to it", node.name);
                     let nak = build_nak(msg, server, "requested address not available");
-                    return Some(self.out(msg, nak, MessageType::Nak, src, Port::Dhcp));
+                    return Some(self.out(&node.name, msg, nak, MessageType::Nak, src, Port::Dhcp));
                 }
                 if let Err(e) = leases.bind(mac, ip, &node.name, lease_secs, now) {
                     // A lease that is not on disk would be forgotten by a
@@ -254,13 +254,13 @@ impl Handler {
                 self.ctx.inventory.learn_ip(mac, ip);
                 info!("DHCPACK {ip} to {} ({mac})", node.name);
                 let reply = self.reply(msg, facts, &node, MessageType::Ack, ip, true);
-                Some(self.out(msg, reply, MessageType::Ack, src, Port::Dhcp))
+                Some(self.out(&node.name, msg, reply, MessageType::Ack, src, Port::Dhcp))
             }
             MessageType::Inform => {
                 // RFC 2131 4.3.5: configuration without an address or lease.
                 let unspecified = Ipv4Addr::UNSPECIFIED;
                 let reply = self.reply(msg, facts, &node, MessageType::Ack, unspecified, false);
-                Some(self.out(msg, reply, MessageType::Ack, src, Port::Dhcp))
+                Some(self.out(&node.name, msg, reply, MessageType::Ack, src, Port::Dhcp))
             }
             MessageType::Release => {
                 let ip = msg.ciaddr();
@@ -333,7 +333,7 @@ impl Handler {
             node.name
         );
         let reply = self.reply(msg, facts, &node, reply_type, Ipv4Addr::UNSPECIFIED, false);
-        Some(self.out(msg, reply, reply_type, src, port))
+        Some(self.out(&node.name, msg, reply, reply_type, src, port))
     }
 
     /// An OFFER or ACK for `node`: boot options always, address options and
@@ -369,18 +369,36 @@ impl Handler {
 
     fn out(
         &self,
+        node: &str,
         req: &Message,
         reply: Message,
         t: MessageType,
         src: SocketAddrV4,
         port: Port,
     ) -> Outgoing {
+        let address = (!reply.yiaddr().is_unspecified()).then(|| reply.yiaddr().to_string());
+        let client = match req.opts().get(OptionCode::ClassIdentifier) {
+            Some(DhcpOption::ClassIdentifier(c)) => Some(String::from_utf8_lossy(c).into_owned()),
+            _ => None,
+        };
+        self.ctx.recorder.dhcp(
+            node,
+            &type_name(message_type(req)),
+            &type_name(t),
+            address,
+            client,
+        );
         Outgoing {
             bytes: encode(&reply),
             dest: destination(req, t, src, port),
             port,
         }
     }
+}
+
+/// "DISCOVER", "ACK", ... as in the RFC, for boot profiles.
+fn type_name(t: MessageType) -> String {
+    format!("{t:?}").to_ascii_uppercase()
 }
 
 fn server_identifier(msg: &Message) -> Option<Ipv4Addr> {

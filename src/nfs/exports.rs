@@ -13,10 +13,11 @@
 //!   Handle use alone (`get`) never wipes: a node still running across a
 //!   server restart keeps its files.
 
-use super::fs::{Exports, MountError};
+use super::fs::{Exports, MountError, Observed};
 use super::overlay::{node_state_dir, wipe_node_state, LowerNames, NodeOverlay};
 use crate::config::RootMode;
 use crate::nodes::Node;
+use crate::profile::recorder::NfsCall;
 use crate::serve::ServeContext;
 use crate::view::ImageView;
 use parking_lot::Mutex;
@@ -52,6 +53,8 @@ type SharedNames = (Arc<ImageView>, Arc<LowerNames>);
 pub struct NodeExports {
     ctx: Arc<ServeContext>,
     slots: Mutex<HashMap<String, SlotRef>>,
+    /// Node names by export id, for the overlays opened so far.
+    by_id: Mutex<HashMap<u32, (String, Arc<NodeOverlay>)>>,
     /// Per image view, by its address.
     names: Mutex<HashMap<usize, SharedNames>>,
 }
@@ -61,6 +64,7 @@ impl NodeExports {
         NodeExports {
             ctx,
             slots: Mutex::new(HashMap::new()),
+            by_id: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
         }
     }
@@ -136,7 +140,7 @@ impl NodeExports {
             }
             slot.reset_for = Some(generation);
         }
-        let view = self.ctx.images.view_for(node).await.map_err(|e| {
+        let view = self.ctx.view_for(node).await.map_err(|e| {
             tracing::warn!(node = %node.name, "cannot open image: {e}");
             MountError::Unavailable(e.to_string())
         })?;
@@ -178,6 +182,9 @@ impl NodeExports {
             })?;
         let overlay = Arc::new(overlay);
         slot.overlay = Some(overlay.clone());
+        self.by_id
+            .lock()
+            .insert(export_id(&node.name), (node.name.clone(), overlay.clone()));
         Ok(overlay)
     }
 }
@@ -220,6 +227,9 @@ impl Exports for NodeExports {
             .ok_or(MountError::NoEntry)?;
         self.check_client(&node, client)?;
         let fs = self.overlay_for(&node, true).await?;
+        self.ctx
+            .recorder
+            .nfs_mount(&node.name, trimmed, &client.to_string());
         Ok((export_id(&node.name), fs))
     }
 
@@ -233,6 +243,29 @@ impl Exports for NodeExports {
             .ok_or(MountError::NoEntry)?;
         self.check_client(&node, client)?;
         self.overlay_for(&node, false).await
+    }
+
+    fn observe(&self, _client: IpAddr, call: Observed) {
+        let Some((export, id)) = call.trace.file else {
+            return;
+        };
+        let Some((node, overlay)) = self.by_id.lock().get(&export).cloned() else {
+            return;
+        };
+        if !self.ctx.recorder.in_progress(&node) {
+            return;
+        }
+        let bytes_read = call.trace.bytes_out;
+        self.ctx.recorder.nfs_call(
+            &node,
+            NfsCall {
+                procedure: call.procedure,
+                path: overlay.path_hint(id),
+                started: call.started,
+                bytes_read,
+                trace: call.trace,
+            },
+        );
     }
 
     fn list(&self) -> Vec<String> {

@@ -258,4 +258,14 @@ pub trait Exports: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Arc<Self::Fs>, MountError>> + Send;
     /// Export paths for the MOUNT EXPORT procedure.
     fn list(&self) -> Vec<String>;
+    /// One NFS call from `client` has been answered (for boot profiles).
+    fn observe(&self, _client: IpAddr, _call: Observed) {}
+}
+
+/// What the protocol side saw of one NFS call.
+pub struct Observed {
+    pub procedure: &'static str,
+    pub started: std::time::Instant,
+    /// The read path's record: the object (export, file id) and bytes returned.
+    pub trace: crate::profile::trace::ReadTrace,
 }

@@ -668,6 +668,20 @@ impl NodeOverlay {
         &self.inner.view
     }
 
+    /// A path naming file `id`, for boot profiles: one image path for an
+    /// image file (hard links have several), "(upper)" for files the node
+    /// made itself.
+    pub fn path_hint(&self, id: FileId) -> String {
+        if id & UPPER_ID_BIT != 0 {
+            return "(upper)".into();
+        }
+        let tree = &self.inner.view.tree;
+        match self.inner.names.paths(tree, id).into_iter().next() {
+            Some(p) => format!("/{}", p.display()),
+            None => format!("(file {id})"),
+        }
+    }
+
     /// Stop serving: every later call fails with `Stale` (its state is about
     /// to be wiped, or another overlay took over the directory).
     pub fn retire(&self) {

@@ -29,11 +29,13 @@ use tokio::task::JoinSet;
 
 use super::access::{self, MAY_WRITE};
 use super::fs::{
-    Attr, Cred, Exports, FileId, FileKind, FsError, MountError, NodeFs, SetAttr, SetTime, Time,
+    Attr, Cred, Exports, FileId, FileKind, FsError, MountError, NodeFs, Observed, SetAttr, SetTime,
+    Time,
 };
 use super::handles::HandleKey;
 use super::rpc::{self, CallError, Outcome, AUTH_SYS, MAX_RECORD};
 use super::xdr::XdrIn;
+use crate::profile::trace::{self, traced, SharedTrace};
 
 pub const NFS_PROGRAM: u32 = 100_003;
 pub const MOUNT_PROGRAM: u32 = 100_005;
@@ -291,6 +293,32 @@ fn pad4(n: usize) -> usize {
     (n + 3) & !3
 }
 
+/// NFSv3 procedure names by number (RFC 1813), for boot profiles.
+const PROCEDURES: [&str; 22] = [
+    "NULL",
+    "GETATTR",
+    "SETATTR",
+    "LOOKUP",
+    "ACCESS",
+    "READLINK",
+    "READ",
+    "WRITE",
+    "CREATE",
+    "MKDIR",
+    "SYMLINK",
+    "MKNOD",
+    "REMOVE",
+    "RMDIR",
+    "RENAME",
+    "LINK",
+    "READDIR",
+    "READDIRPLUS",
+    "FSSTAT",
+    "FSINFO",
+    "PATHCONF",
+    "COMMIT",
+];
+
 impl<E: Exports> Server<E> {
     pub fn new(exports: Arc<E>, key: &[u8; 32]) -> Self {
         Server {
@@ -398,7 +426,24 @@ impl<E: Exports> Server<E> {
     async fn dispatch(&self, h: &Head, args: &[u8], ip: IpAddr) -> Vec<u8> {
         let mut out = rpc::reply_header(h.xid, Outcome::Success);
         let result = match (h.prog, h.vers) {
-            (NFS_PROGRAM, VERSION) => self.nfs(h, args, ip, &mut out).await,
+            (NFS_PROGRAM, VERSION) => {
+                let started = std::time::Instant::now();
+                let trace = SharedTrace::default();
+                let r = traced(trace.clone(), self.nfs(h, args, ip, &mut out)).await;
+                let trace = std::mem::take(&mut *trace.lock());
+                if trace.file.is_some() {
+                    let procedure = PROCEDURES.get(h.proc_ as usize).copied().unwrap_or("?");
+                    self.exports.observe(
+                        ip,
+                        Observed {
+                            procedure,
+                            started,
+                            trace,
+                        },
+                    );
+                }
+                r
+            }
             (MOUNT_PROGRAM, 3) => self.mount(h, args, ip, &mut out).await,
             (NFS_PROGRAM, _) | (MOUNT_PROGRAM, _) => Err(Outcome::ProgMismatch { low: 3, high: 3 }),
             _ => Err(Outcome::ProgUnavail),
@@ -683,7 +728,10 @@ impl<E: Exports> Server<E> {
             return Err(nfsstat3::NFS3ERR_BADHANDLE);
         };
         match self.exports.get(export, ip).await {
-            Ok(fs) => Ok(Obj { fs, export, id }),
+            Ok(fs) => {
+                trace::note_file(export, id);
+                Ok(Obj { fs, export, id })
+            }
             Err(MountError::NoEntry) => Err(nfsstat3::NFS3ERR_STALE),
             Err(MountError::Access) => {
                 tracing::info!("nfs: {ip} used a handle of export {export} it may not use");
@@ -826,6 +874,7 @@ impl<E: Exports> Server<E> {
         );
         let mut data: Vec<u8> = data.into();
         data.truncate(count as usize);
+        trace::note_bytes_out(data.len() as u64);
         Nfs3Result::Ok(READ3resok {
             file_attributes: post(obj.export, Some(&a)),
             count: data.len() as u32,

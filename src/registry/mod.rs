@@ -9,11 +9,17 @@
 mod auth;
 mod layout;
 mod manifest;
+mod referrers;
 mod remote;
 mod retry;
 
 #[cfg(test)]
 mod fake;
+
+pub use referrers::{
+    Published, PulledArtifact, PushOutcome, ReferrersError, Via, ARTIFACT_TYPE,
+    LAYER_INDEX_MEDIA_TYPE, PLAN_MEDIA_TYPE,
+};
 
 use crate::digest::Digest;
 use crate::platform::Platform;
@@ -268,6 +274,8 @@ struct SourceInner {
     /// Sizes from the manifest, to reject out-of-bounds ranges before asking
     /// and to notice streams that end early without an error.
     sizes: HashMap<Digest, u64>,
+    /// Named by tag rather than pinned by digest (see referrers.rs).
+    by_tag: bool,
 }
 
 enum Backend {
@@ -401,6 +409,7 @@ impl Source {
                 backend,
                 counters,
                 sizes,
+                by_tag: matches!(reference, ImageRef::Remote { digest: None, .. }),
             }),
         };
         Ok((source, resolved))

@@ -267,6 +267,120 @@ impl Remote {
         Ok(out.freeze())
     }
 
+    // ---- publishing lazyboot's indexes (see referrers.rs) ----
+
+    /// Asks for push rights once: oci-client keys its tokens by operation,
+    /// so the uploads below only carry credentials after this.
+    pub async fn authorize_push(&self) -> Result<(), RegistryError> {
+        let what = format!("authorising a push to {}", self.location);
+        let reference = self.endpoint().reference(None, None);
+        self.backoff
+            .run(&what, || async {
+                self.counters.request();
+                let fut =
+                    self.manifest_client
+                        .auth(&reference, &self.auth, RegistryOperation::Push);
+                self.with_timeout(&what, fut).await.map(|_| ())
+            })
+            .await
+    }
+
+    /// Uploads a blob unless the repository already has it; `true` if it
+    /// was uploaded. Through the authenticated client: push needs credentials.
+    pub async fn push_blob(
+        &self,
+        digest: &Digest,
+        data: Bytes,
+        what: &str,
+    ) -> Result<bool, RegistryError> {
+        let reference = self.endpoint().reference(None, None);
+        let exists = self
+            .backoff
+            .run(what, || async {
+                self.counters.request();
+                let fut = self
+                    .manifest_client
+                    .blob_exists(&reference, digest.as_str());
+                self.with_timeout(what, fut).await
+            })
+            .await?;
+        if exists {
+            return Ok(false);
+        }
+        // An upload may take longer than one request's timeout: allow 1 MiB/s.
+        let deadline = self.timeout + Duration::from_secs(data.len() as u64 >> 20);
+        self.backoff
+            .run(what, || async {
+                self.counters.request();
+                let fut = self
+                    .manifest_client
+                    .push_blob(&reference, data.clone(), digest.as_str());
+                match tokio::time::timeout(deadline, fut).await {
+                    Err(_) => Err(self.timeout_error(what)),
+                    Ok(r) => r.map(|_| ()).map_err(|e| self.map_error(e, what)),
+                }
+            })
+            .await?;
+        Ok(true)
+    }
+
+    /// PUTs a manifest under `tag`, or under its own digest when `tag` is None.
+    pub async fn push_manifest(
+        &self,
+        tag: Option<&str>,
+        digest: &Digest,
+        media_type: &'static str,
+        body: Bytes,
+    ) -> Result<(), RegistryError> {
+        let reference = match tag {
+            Some(t) => self.endpoint().reference(Some(t), None),
+            None => self.endpoint().reference(None, Some(digest)),
+        };
+        let what = match tag {
+            Some(t) => format!("pushing manifest {digest} as tag {t:?}"),
+            None => format!("pushing manifest {digest}"),
+        };
+        self.backoff
+            .run(&what, || async {
+                self.counters.request();
+                let fut = self.manifest_client.push_manifest_raw(
+                    &reference,
+                    body.clone(),
+                    media_type
+                        .parse()
+                        .expect("media type constants are valid header values"),
+                );
+                self.with_timeout(&what, fut).await.map(|_| ())
+            })
+            .await
+    }
+
+    /// The referrers of `subject` of one artifact type, as an image index:
+    /// from the referrers API, or (when that answers 404) from the
+    /// referrers tag schema, both done by oci-client.
+    pub async fn referrers(
+        &self,
+        subject: &Digest,
+        artifact_type: &str,
+    ) -> Result<oci_client::manifest::OciImageIndex, RegistryError> {
+        let reference = self.endpoint().reference(None, Some(subject));
+        let what = format!("referrers of {subject}");
+        self.backoff
+            .run(&what, || async {
+                self.counters.request();
+                let fut = self
+                    .manifest_client
+                    .pull_referrers(&reference, Some(artifact_type));
+                let index = self.with_timeout(&what, fut).await?;
+                // oci-client hands back the parsed index only; its encoded
+                // size is close enough to what crossed the wire.
+                self.counters
+                    .received(serde_json::to_vec(&index).map_or(0, |v| v.len()));
+                Ok(index)
+            })
+            .await
+    }
+
     /// One GET for the blob from `offset` (for `len` bytes, or to the end).
     async fn open_blob(
         &self,

@@ -60,7 +60,7 @@ use async_tftp::server::{Handler, TftpServerBuilder};
 use bootfs::{parse_request, select_node, BootDir, NoNode};
 use bytes::Bytes;
 use generated::Generated;
-use reader::{Label, TftpReader};
+use reader::{Label, Recording, TftpReader};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -285,7 +285,21 @@ impl Files {
                 return Err(not_found());
             }
         };
-        let view = self.view(&node).await?;
+        let record = |generated| {
+            Recording::new(
+                self.ctx.recorder.clone(),
+                node.kind.as_str(),
+                &node.image,
+                generated,
+            )
+        };
+        let view = match self.view(&node).await {
+            Ok(v) => v,
+            Err(e) => {
+                record(false).failed(&node.name, &path);
+                return Err(e);
+            }
+        };
         let label = Label {
             client,
             node: node.name.clone(),
@@ -299,9 +313,10 @@ impl Files {
                         node.name,
                         data.len()
                     );
-                    Ok(TftpReader::memory(label, Bytes::from(data)))
+                    Ok(TftpReader::memory(label, Bytes::from(data)).recorded(record(true)))
                 }
                 None => {
+                    record(true).failed(&node.name, &path);
                     tracing::warn!(
                         "TFTP: {client} ({}): cannot make {path}: no kernel in {} of {}",
                         node.name,
@@ -314,6 +329,7 @@ impl Files {
         }
         let found = BootDir::open(&view.tree, &node.boot_dir).and_then(|b| b.file(&path));
         let Some(f) = found else {
+            record(false).failed(&node.name, &path);
             tracing::debug!("TFTP: {client} ({}): {raw:?} not found", node.name);
             return Err(not_found());
         };
@@ -324,18 +340,12 @@ impl Files {
             node.boot_dir.trim_end_matches('/'),
             f.path
         );
-        Ok(TftpReader::image(
-            label,
-            view,
-            f.ino,
-            f.size,
-            self.rt.clone(),
-        ))
+        Ok(TftpReader::image(label, view, f.ino, f.size, self.rt.clone()).recorded(record(false)))
     }
 
     async fn view(&self, node: &Arc<Node>) -> Result<Arc<ImageView>, packet::Error> {
         let (ctx, n) = (self.ctx.clone(), node.clone());
-        let task = self.rt.spawn(async move { ctx.images.view_for(&n).await });
+        let task = self.rt.spawn(async move { ctx.view_for(&n).await });
         match tokio::time::timeout(VIEW_OPEN_WAIT, task).await {
             Ok(Ok(Ok(view))) => Ok(view),
             Ok(Ok(Err(e))) => {

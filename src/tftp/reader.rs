@@ -8,6 +8,8 @@
 //! so a transfer rarely waits for the registry. A client that only probes
 //! (tsize, then "Early terminate") costs one window.
 
+use crate::profile::recorder::{Recorder, TftpDone};
+use crate::profile::trace::{traced, SharedTrace};
 use crate::view::ImageView;
 use bytes::Bytes;
 use std::future::Future;
@@ -16,6 +18,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -38,6 +41,53 @@ pub struct TftpReader {
     source: Source,
     pos: u64,
     size: u64,
+    record: Option<Box<Recording>>,
+    /// Blocks handed to async-tftp, and when the last one was.
+    reads: u32,
+    last_read: Option<Instant>,
+}
+
+/// Where a node's transfer goes in its boot timeline when it ends.
+pub struct Recording {
+    pub recorder: Arc<Recorder>,
+    pub kind: &'static str,
+    pub image: String,
+    pub started: Instant,
+    pub generated: bool,
+    pub trace: SharedTrace,
+}
+
+impl Recording {
+    pub fn new(recorder: Arc<Recorder>, kind: &'static str, image: &str, generated: bool) -> Self {
+        Recording {
+            recorder,
+            kind,
+            image: image.to_string(),
+            started: Instant::now(),
+            generated,
+            trace: SharedTrace::default(),
+        }
+    }
+
+    /// Record a request that never became a transfer (not found, unreadable).
+    pub fn failed(self, node: &str, file: &str) {
+        self.recorder.tftp(
+            node,
+            self.kind,
+            &self.image,
+            TftpDone {
+                file: file.to_string(),
+                started: self.started,
+                ended: Instant::now(),
+                size: 0,
+                bytes: 0,
+                reads: 0,
+                generated: self.generated,
+                failed: true,
+                trace: Default::default(),
+            },
+        );
+    }
 }
 
 enum Source {
@@ -58,13 +108,17 @@ struct ImageSource {
     pending: Option<(u64, Fetch)>,
     /// The background fetch of the window after the current one.
     next: Option<(u64, Fetch)>,
+    trace: Option<SharedTrace>,
 }
 
 impl ImageSource {
     fn spawn(&self, offset: u64) -> Fetch {
         let (view, ino) = (self.view.clone(), self.ino);
-        self.rt
-            .spawn(async move { view.read(ino, offset, READ_AHEAD).await })
+        let read = async move { view.read(ino, offset, READ_AHEAD).await };
+        match self.trace.clone() {
+            Some(t) => self.rt.spawn(traced(t, read)),
+            None => self.rt.spawn(read),
+        }
     }
 }
 
@@ -75,7 +129,19 @@ impl TftpReader {
             size: data.len() as u64,
             source: Source::Memory(data),
             pos: 0,
+            record: None,
+            reads: 0,
+            last_read: None,
         }
+    }
+
+    /// Record this transfer in its node's boot timeline when it ends.
+    pub fn recorded(mut self, record: Recording) -> TftpReader {
+        if let Source::Image(src) = &mut self.source {
+            src.trace = Some(record.trace.clone());
+        }
+        self.record = Some(Box::new(record));
+        self
     }
 
     pub fn image(
@@ -96,9 +162,13 @@ impl TftpReader {
                 window_reads: 0,
                 pending: None,
                 next: None,
+                trace: None,
             })),
             pos: 0,
             size,
+            record: None,
+            reads: 0,
+            last_read: None,
         }
     }
 
@@ -182,7 +252,11 @@ impl futures_io::AsyncRead for TftpReader {
             Source::Image(src) => poll_image(src, this.pos, this.size, cx, buf),
         };
         match &r {
-            Poll::Ready(Ok(n)) => this.pos += *n as u64,
+            Poll::Ready(Ok(n)) => {
+                this.pos += *n as u64;
+                this.reads += 1;
+                this.last_read = Some(Instant::now());
+            }
             Poll::Ready(Err(e)) => tracing::warn!(
                 client = %this.label.client,
                 node = %this.label.node,
@@ -198,6 +272,29 @@ impl futures_io::AsyncRead for TftpReader {
 
 impl Drop for TftpReader {
     fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            // A read-ahead window still in flight is not part of what was sent.
+            let trace = std::mem::take(&mut *r.trace.lock());
+            r.recorder.tftp(
+                &self.label.node,
+                r.kind,
+                &r.image,
+                TftpDone {
+                    file: self.label.path.clone(),
+                    started: r.started,
+                    // async-tftp ignores a client's ERROR and keeps resending
+                    // until its retries run out, then drops the reader: the
+                    // client stopped at the last block it took.
+                    ended: self.last_read.unwrap_or(r.started),
+                    size: self.size,
+                    bytes: self.pos,
+                    reads: self.reads,
+                    generated: r.generated,
+                    failed: false,
+                    trace,
+                },
+            );
+        }
         // async-tftp drops the reader when a transfer ends for any reason;
         // it does not say whether the client took the last block. Probes
         // and early terminations are normal traffic: debug level.

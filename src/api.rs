@@ -1,0 +1,159 @@
+//! The HTTP API of `lazyboot serve` (on `server.address:server.http_port`):
+//!
+//! - `GET /api/v1/nodes`: the inventory, with each node's boot count.
+//! - `GET /api/v1/nodes/NAME`: one node and its latest boot's summary.
+//! - `GET|POST /api/v1/nodes/NAME/booted`: the node says it has booted
+//!   (ends its boot timeline; a node's init can call it with `wget -q -O-`).
+//! - `GET /api/v1/nodes/NAME/profiles`: its recorded boots.
+//! - `GET /api/v1/nodes/NAME/profiles/BOOT?format=json|text|html|trace`:
+//!   one boot's profile (`latest` for the newest).
+
+use crate::profile::{html, report, BootedBy, ProfileError};
+use crate::serve::ServeContext;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("HTTP API: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP API: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serve the API until an I/O error on the listening socket.
+pub async fn run(ctx: Arc<ServeContext>) -> Result<(), ApiError> {
+    let addr = SocketAddr::from((ctx.server_ip, ctx.config.server.http_port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })?;
+    tracing::info!("HTTP API on http://{addr}/api/v1/nodes");
+    axum::serve(listener, router(ctx))
+        .await
+        .map_err(ApiError::Serve)
+}
+
+pub fn router(ctx: Arc<ServeContext>) -> Router {
+    Router::new()
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/nodes/{name}", get(node))
+        .route("/api/v1/nodes/{name}/booted", get(booted).post(booted))
+        .route("/api/v1/nodes/{name}/profiles", get(profiles))
+        .route("/api/v1/nodes/{name}/profiles/{boot}", get(profile))
+        .with_state(ctx)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn nodes(State(ctx): State<Arc<ServeContext>>) -> Response {
+    let store = ctx.recorder.store();
+    let list: Vec<_> = ctx
+        .inventory
+        .all()
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.as_ref(),
+                "address": ctx.inventory.ip_of(&n.name).map(|a| a.to_string()),
+                "boots_recorded": store.boots(&n.name).len(),
+                "booting": ctx.recorder.in_progress(&n.name),
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+async fn node(State(ctx): State<Arc<ServeContext>>, Path(name): Path<String>) -> Response {
+    let Some(n) = ctx.inventory.by_name(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no node {name:?}"));
+    };
+    let latest = ctx.recorder.store().load(&name, None).ok();
+    Json(json!({
+        "node": n.as_ref(),
+        "address": ctx.inventory.ip_of(&name).map(|a| a.to_string()),
+        "booting": ctx.recorder.in_progress(&name),
+        "latest_boot": latest.as_ref().map(|p| json!({
+            "boot": p.boot,
+            "manifest": p.manifest,
+            "booted": p.booted,
+            "summary": p.summary(),
+        })),
+    }))
+    .into_response()
+}
+
+async fn booted(State(ctx): State<Arc<ServeContext>>, Path(name): Path<String>) -> Response {
+    if ctx.inventory.by_name(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no node {name:?}"));
+    }
+    match ctx.recorder.booted(&name, BootedBy::Api) {
+        Some(boot) => Json(json!({ "node": name, "boot": boot })).into_response(),
+        None => error(
+            StatusCode::CONFLICT,
+            format!("node {name:?} has no boot in progress"),
+        ),
+    }
+}
+
+async fn profiles(State(ctx): State<Arc<ServeContext>>, Path(name): Path<String>) -> Response {
+    if ctx.inventory.by_name(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no node {name:?}"));
+    }
+    Json(json!({ "node": name, "boots": ctx.recorder.store().boots(&name) })).into_response()
+}
+
+#[derive(Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+async fn profile(
+    State(ctx): State<Arc<ServeContext>>,
+    Path((name, boot)): Path<(String, String)>,
+    Query(q): Query<FormatQuery>,
+) -> Response {
+    let boot = match boot.as_str() {
+        "latest" => None,
+        n => match n.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => return error(StatusCode::BAD_REQUEST, format!("bad boot number {n:?}")),
+        },
+    };
+    let p = match ctx.recorder.store().load(&name, boot) {
+        Ok(p) => p,
+        Err(e @ (ProfileError::NoProfiles { .. } | ProfileError::NoSuchBoot { .. })) => {
+            return error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let (body, mime) = match q.format.as_deref().unwrap_or("json") {
+        "json" => (
+            serde_json::to_string_pretty(&json!({ "profile": &p, "summary": p.summary() }))
+                .unwrap_or_default(),
+            "application/json",
+        ),
+        "text" => (report::render_text(&p, 100), "text/plain; charset=utf-8"),
+        "html" => (html::render_html(&p), "text/html; charset=utf-8"),
+        "trace" => (html::render_trace(&p), "application/json"),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown format {other:?} (json, text, html, trace)"),
+            )
+        }
+    };
+    ([(header::CONTENT_TYPE, mime)], body).into_response()
+}
