@@ -83,28 +83,7 @@ enum Cmd {
         json: bool,
     },
     /// Show a node's recorded boot: where the seconds went, registry vs cache bytes.
-    Profile {
-        /// The node whose boot to show (not with --compare).
-        #[arg(required_unless_present = "compare")]
-        node: Option<String>,
-        /// Boot number (default: the latest).
-        #[arg(long)]
-        boot: Option<u64>,
-        #[arg(long, value_enum, default_value_t = ProfileFormat::Text)]
-        format: ProfileFormat,
-        /// Two boots side by side, each NODE or NODE:BOOT (e.g. n1:1 n1:2).
-        #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["node", "boot"])]
-        compare: Option<Vec<String>>,
-        /// Where `lazyboot serve` keeps its state (default: from --config).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// The serve configuration to read `server.state_dir` from.
-        #[arg(long, default_value = "/etc/lazyboot/lazyboot.toml")]
-        config: PathBuf,
-        /// Write to FILE instead of standard output.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-    },
+    Profile(ProfileArgs),
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -214,33 +193,31 @@ fn main() -> Result<()> {
         Cmd::Index { image, push } => rt.block_on(index(&cli.common, &image, push)),
         Cmd::Inspect { image, json } => rt.block_on(inspect(&cli.common, &image, json)),
         Cmd::Serve { config } => rt.block_on(serve(&config)),
-        Cmd::Profile {
-            node,
-            boot,
-            format,
-            compare,
-            state_dir,
-            config,
-            output,
-        } => profile(ProfileArgs {
-            node,
-            boot,
-            format,
-            compare,
-            state_dir,
-            config,
-            output,
-        }),
+        Cmd::Profile(args) => profile(args),
     }
 }
 
+#[derive(Args)]
 struct ProfileArgs {
+    /// The node whose boot to show (not with --compare).
+    #[arg(required_unless_present = "compare")]
     node: Option<String>,
+    /// Boot number (default: the latest).
+    #[arg(long)]
     boot: Option<u64>,
+    #[arg(long, value_enum, default_value_t = ProfileFormat::Text)]
     format: ProfileFormat,
+    /// Two boots side by side, each NODE or NODE:BOOT (e.g. n1:1 n1:2).
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["node", "boot"])]
     compare: Option<Vec<String>>,
+    /// Where `lazyboot serve` keeps its state (default: from --config).
+    #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The serve configuration to read `server.state_dir` from.
+    #[arg(long, default_value = "/etc/lazyboot/lazyboot.toml")]
     config: PathBuf,
+    /// Write to FILE instead of standard output.
+    #[arg(long, short)]
     output: Option<PathBuf>,
 }
 
