@@ -5,7 +5,9 @@
 //! `/sbin/init` (integration/fixtures/boot-image/rootfs-init) runs its checks
 //! and prints a marker. Two nodes boot one after the other: `pc` with an
 //! ephemeral root while the chunk cache is still empty (the server is
-//! restarted while it runs), then `pc-ro` with a read-only root.
+//! restarted while it runs), then `pc-ro` with a read-only root from the
+//! eStargz copy of the image (converted with ctr-remote; its blobs are new,
+//! so its cache is cold too and every file is read through the TOC).
 //!
 //! The image (integration/fixtures/build-boot-image.sh, Debian packages only)
 //! is built once and cached under `target/tmp/lazyboot-boot-image/<hash>`.
@@ -35,6 +37,8 @@ use common::Registry;
 
 const TOOLS: &[&str] = &[
     "ip",
+    "containerd",
+    "ctr-remote",
     "sysctl",
     "qemu-system-x86_64",
     "apt-get",
@@ -58,6 +62,8 @@ struct Node {
     /// Restart the server while the node waits for it (the image's init
     /// does so with `lazyboot.test=restart` on the kernel command line).
     restart: bool,
+    /// Boot the eStargz copy of the image.
+    estargz: bool,
 }
 
 const NODES: [Node; 2] = [
@@ -67,13 +73,15 @@ const NODES: [Node; 2] = [
         mac: "52:54:00:12:34:56",
         root: "ephemeral",
         restart: true,
+        estargz: false,
     },
-    // Then a read-only node of the same image, cache warm.
+    // Then a read-only node of the same image as eStargz, cache cold.
     Node {
         name: "pc-ro",
         mac: "52:54:00:12:34:57",
         root: "readonly",
         restart: false,
+        estargz: true,
     },
 ];
 
@@ -222,6 +230,25 @@ fn qemu_pxe_boots_from_lazyboot() -> Result<()> {
     let reg = Registry::start()?;
     common::push(&layout, TAG, &reg, "os/qemu-boot:1")?;
     let image = reg.reference("os/qemu-boot:1");
+    let converted = Instant::now();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/to-estargz.sh");
+    let esgz_image = reg.reference("os/qemu-boot:1-esgz");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(&image)
+        .arg(&esgz_image)
+        .output()?;
+    if !out.status.success() {
+        bail!("to-estargz.sh: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let manifest = reg.get_manifest("os/qemu-boot", "1-esgz")?;
+    assert!(
+        manifest
+            .to_string()
+            .contains("containerd.io/snapshot/stargz/toc.digest"),
+        "not converted: {manifest}"
+    );
+    eprintln!("[qemu] eStargz copy made in {:.1?}", converted.elapsed());
 
     let tap = Tap::new()?;
     let net = format!("10.217.{}", tap.subnet);
@@ -236,6 +263,9 @@ cache_dir = "{cache}"
 cache_size = "2G"
 tftp_port = 69
 nfs_port = {nfs_port}
+
+# pc-ro's eStargz image must still be cold when it boots.
+background_fill = false
 
 [profile]
 booted_marker = "/etc/lazyboot-booted"
@@ -258,12 +288,13 @@ router = "{server}"
 name = "{}"
 mac = "{}"
 kind = "ipxe"
-image = "{image}"
+image = "{}"
 root = "{}"
 kernel_args = "console=ttyS0 panic=-1{}"
 "#,
             n.name,
             n.mac,
+            if n.estargz { &esgz_image } else { &image },
             n.root,
             if n.restart {
                 " lazyboot.test=restart"
@@ -358,7 +389,7 @@ kernel_args = "console=ttyS0 panic=-1{}"
             "{name}: no MNT:\n{}",
             tail(&log, 40)
         );
-        check_profile(&work.join("state"), name)?;
+        check_profile(&work.join("state"), name, node.estargz)?;
     }
     Ok(())
 }
@@ -366,7 +397,9 @@ kernel_args = "console=ttyS0 panic=-1{}"
 /// The node's boot profile tells the whole boot: our DHCP, the TFTP
 /// transfers, the NFS mount and reads, ended by the init's read of the
 /// marker file (for `pc`, across the server restart).
-fn check_profile(state: &Path, name: &str) -> Result<()> {
+/// An eStargz node starts with nothing of its blobs cached (no streaming
+/// pass): its profile must show the registry fetches its reads waited on.
+fn check_profile(state: &Path, name: &str, estargz: bool) -> Result<()> {
     let out = Command::new(env!("CARGO_BIN_EXE_lazyboot"))
         .args(["profile", "--format", "json", "--state-dir"])
         .arg(state)
@@ -412,5 +445,21 @@ fn check_profile(state: &Path, name: &str) -> Result<()> {
     let booted = p["booted"]["at_ms"].as_f64().unwrap_or(0.0);
     assert!(booted > s["dhcp_ms"].as_f64().unwrap_or(f64::MAX), "{s}");
     assert!(s["nfs_bytes"].as_u64() > Some(0) && s["tftp_bytes"].as_u64() > Some(1 << 20));
+    if estargz {
+        assert!(s["registry_bytes"].as_u64() > Some(0), "{name}: {s}");
+        let waited = files
+            .iter()
+            .filter(|f| {
+                f["wait"]["fetches"]
+                    .as_array()
+                    .is_some_and(|x| !x.is_empty())
+            })
+            .count();
+        assert!(waited > 0, "{name}: no NFS file waited on a fetch");
+        eprintln!(
+            "[qemu] {name}: {} files, {waited} waited on the registry; {s}",
+            files.len()
+        );
+    }
     Ok(())
 }

@@ -186,7 +186,16 @@ impl ImageView {
                     })
                     .collect();
                 self.cache.advise_willneed(&advise);
-                let chunks = self.chunks(li, &ids).await?;
+                let (chunks, hits) = self.chunks_noting_hits(li, &ids).await?;
+                if trace::is_traced() {
+                    let from_cache = ids
+                        .iter()
+                        .zip(&hits)
+                        .filter(|(_, hit)| **hit)
+                        .map(|(id, _)| overlap(id * CHUNK_SIZE..(id + 1) * CHUNK_SIZE, start..stop))
+                        .sum();
+                    trace::note_hit(from_cache);
+                }
                 Ok(assemble(&chunks, first * CHUNK_SIZE, start, stop))
             }
             IndexDetail::Estargz(ez) => {
@@ -200,7 +209,16 @@ impl ImageView {
                 let lo = file_chunks.partition_point(|c| c.file_offset + c.size <= offset);
                 let hi = file_chunks.partition_point(|c| c.file_offset < end);
                 let ids: Vec<u64> = (first + lo..first + hi).map(|i| i as u64).collect();
-                let chunks = self.chunks(li, &ids).await?;
+                let (chunks, hits) = self.chunks_noting_hits(li, &ids).await?;
+                if trace::is_traced() {
+                    let from_cache = file_chunks[lo..hi]
+                        .iter()
+                        .zip(&hits)
+                        .filter(|(_, hit)| **hit)
+                        .map(|(c, _)| overlap(c.file_offset..c.file_offset + c.size, offset..end))
+                        .sum();
+                    trace::note_hit(from_cache);
+                }
                 let base = file_chunks.get(lo).map_or(0, |c| c.file_offset);
                 Ok(assemble(&chunks, base, offset, end))
             }
@@ -209,12 +227,23 @@ impl ImageView {
 
     /// The chunks `ids` (sorted) of layer `li`, fetching what is missing.
     pub async fn chunks(&self, li: usize, ids: &[u64]) -> Result<Vec<Bytes>, ViewError> {
+        Ok(self.chunks_noting_hits(li, ids).await?.0)
+    }
+
+    /// [`chunks`](Self::chunks), and which of them were in the cache already.
+    async fn chunks_noting_hits(
+        &self,
+        li: usize,
+        ids: &[u64],
+    ) -> Result<(Vec<Bytes>, Vec<bool>), ViewError> {
         let layer = &self.layers[li].index.digest;
         trace::note_chunks(layer, ids);
+        let mut hits = vec![false; ids.len()];
+        let mut first_round = true;
         let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
         for _attempt in 0..4 {
             let mut missing = Vec::new();
-            for (slot, &id) in out.iter_mut().zip(ids) {
+            for ((slot, &id), hit) in out.iter_mut().zip(ids).zip(hits.iter_mut()) {
                 if slot.is_none() {
                     let key = ChunkKey {
                         layer: layer.clone(),
@@ -222,15 +251,17 @@ impl ImageView {
                     };
                     match self.cache.get(&key) {
                         Some(b) => {
-                            trace::note_hit(b.len() as u64);
+                            *hit = first_round;
                             *slot = Some(b)
                         }
                         None => missing.push(key),
                     }
                 }
             }
+            first_round = false;
             if missing.is_empty() {
-                return Ok(out.into_iter().map(|b| b.expect("filled")).collect());
+                let chunks = out.into_iter().map(|b| b.expect("filled")).collect();
+                return Ok((chunks, hits));
             }
             let Claim { mine, waits } = self.cache.claim(&missing);
             let waited = Instant::now();
@@ -483,6 +514,11 @@ fn span_end(z: &crate::layer::zran::ZranIndex, start: u64, end: u64) -> u64 {
 }
 
 /// Split sorted ids into runs of consecutive values.
+/// Bytes two ranges share.
+fn overlap(a: std::ops::Range<u64>, b: std::ops::Range<u64>) -> u64 {
+    a.end.min(b.end).saturating_sub(a.start.max(b.start))
+}
+
 fn runs(ids: &[u64]) -> Vec<std::ops::Range<u64>> {
     let mut out: Vec<std::ops::Range<u64>> = Vec::new();
     for &id in ids {
@@ -520,6 +556,14 @@ fn assemble(chunks: &[Bytes], base: u64, start: u64, stop: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlap_of_ranges() {
+        assert_eq!(overlap(0..10, 5..20), 5);
+        assert_eq!(overlap(5..20, 0..10), 5);
+        assert_eq!(overlap(0..10, 10..20), 0);
+        assert_eq!(overlap(0..100, 20..30), 10);
+    }
 
     #[test]
     fn runs_group_adjacent_ids() {

@@ -109,9 +109,9 @@ pub struct Wait {
     /// Milliseconds spent waiting for registry fetches (its own or another
     /// request's in flight for the same chunk).
     pub registry_ms: f64,
-    /// Uncompressed bytes served from the chunk cache.
+    /// Bytes of the requests served from chunks already in the cache.
     pub cache_bytes: u64,
-    /// Uncompressed bytes that had to come from the registry first.
+    /// Uncompressed bytes (whole chunks) fetched from the registry for them.
     pub fetched_bytes: u64,
     /// Ids (`Fetch::id`) of the fetches waited on.
     pub fetches: Vec<u32>,
