@@ -435,6 +435,33 @@ pub fn uboot_script_image(script: &str, arch: Arch, timestamp: u32) -> Vec<u8> {
     uimage::script_image(script, arch, "lazyboot boot script", timestamp)
 }
 
+/// A boot script that waits `secs` and loads `path` again, for a node
+/// whose image is still being opened (None for files that are not scripts).
+/// The wait is visible on the node's console.
+pub fn retry_later(
+    what: Generated,
+    kind: NodeKind,
+    node: &str,
+    path: &str,
+    secs: u32,
+) -> Option<Vec<u8>> {
+    let say = format!("lazyboot: the image of {node} is still being opened; retrying in {secs} s");
+    match what {
+        Generated::Ipxe => Some(
+            format!("#!ipxe\necho {say}\nsleep {secs}\nchain --autofree {path}\n").into_bytes(),
+        ),
+        Generated::BootScript => {
+            let script = format!(
+                "echo \"{}\"\nsleep {secs}\nif tftpboot ${{scriptaddr}} {path}; then source ${{scriptaddr}}; fi\n",
+                uboot_quote(&say)
+            );
+            let arch = script_arch(kind, KernelArch::Unknown);
+            Some(uboot_script_image(&script, arch, 0))
+        }
+        Generated::Cmdline | Generated::Pxelinux => None,
+    }
+}
+
 /// A one-entry PXE menu (U-Boot `pxe`/`sysboot`, pxelinux): LABEL with
 /// KERNEL, INITRD, FDTDIR (when there are device trees) and APPEND.
 pub fn pxelinux_cfg(node: &str, files: &BootFiles, args: &str) -> Option<String> {
@@ -485,6 +512,35 @@ pub fn ipxe_script(node: &str, server: Ipv4Addr, files: &BootFiles, args: &str) 
 mod tests {
     use super::super::bootfs::tests::pi_tree;
     use super::*;
+
+    #[test]
+    fn retry_scripts_wait_and_load_the_same_file_again() {
+        let ipxe = retry_later(Generated::Ipxe, NodeKind::Ipxe, "pc", "boot.ipxe", 5).unwrap();
+        let text = String::from_utf8(ipxe).unwrap();
+        assert!(text.starts_with("#!ipxe\n"), "{text}");
+        assert!(text.contains("sleep 5\n") && text.contains("chain --autofree boot.ipxe\n"));
+        let img = retry_later(
+            Generated::BootScript,
+            NodeKind::Uboot,
+            "mars",
+            "boot.scr.uimg",
+            5,
+        )
+        .unwrap();
+        // A uImage (magic 0x27051956) whose script loads and sources the same file.
+        assert_eq!(img[..4], [0x27, 0x05, 0x19, 0x56]);
+        let body = String::from_utf8_lossy(&img);
+        assert!(body.contains("sleep 5"), "{body}");
+        assert!(body.contains("tftpboot ${scriptaddr} boot.scr.uimg; then source ${scriptaddr}"));
+        assert!(retry_later(
+            Generated::Cmdline,
+            NodeKind::Raspberrypi,
+            "pi",
+            "cmdline.txt",
+            5
+        )
+        .is_none());
+    }
     use crate::layer::{Entry, EntryKind};
     use crate::tree::Tree;
 

@@ -81,6 +81,8 @@ pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_SEND_RETRIES: u32 = 10;
 /// How long a request waits for its node's image view to open.
 pub const VIEW_OPEN_WAIT: Duration = Duration::from_secs(10);
+/// How long a wait-and-retry boot script sleeps before asking again.
+const RETRY_AFTER_SECS: u32 = 5;
 /// Where Debian's `ipxe` package puts its ROMs.
 pub const IPXE_ROM_DIR: &str = "/usr/lib/ipxe";
 /// iPXE builds served to every client, from [`IPXE_ROM_DIR`] when present.
@@ -293,19 +295,41 @@ impl Files {
                 generated,
             )
         };
-        let view = match self.view(&node).await {
-            Ok(v) => v,
-            Err(e) => {
-                record(false).failed(&node.name, &path);
-                return Err(e);
-            }
-        };
         let label = Label {
             client,
             node: node.name.clone(),
             path: path.clone(),
         };
-        if let Some(g) = generated::generated_for(node.kind, &node.mac.pxelinux_name(), &path) {
+        let generated = generated::generated_for(node.kind, &node.mac.pxelinux_name(), &path);
+        let view = match self.view(&node).await {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                // A first boot of a large image: the index pass can take
+                // minutes, and boot ROMs do not retry a failed TFTP load.
+                // Their boot scripts can: hand them one that waits and asks again.
+                if let Some(script) = generated.and_then(|g| {
+                    generated::retry_later(g, node.kind, &node.name, &path, RETRY_AFTER_SECS)
+                }) {
+                    tracing::info!(
+                        "TFTP: {client} ({}): {path}: image still opening, sent a wait-and-retry script",
+                        node.name
+                    );
+                    return Ok(
+                        TftpReader::memory(label, Bytes::from(script)).recorded(record(true))
+                    );
+                }
+                record(false).failed(&node.name, &path);
+                return Err(packet::Error::Msg(format!(
+                    "lazyboot: image of {} is loading, retry",
+                    node.name
+                )));
+            }
+            Err(e) => {
+                record(false).failed(&node.name, &path);
+                return Err(e);
+            }
+        };
+        if let Some(g) = generated {
             return match self.generate(&node, &view, g).await? {
                 Some(data) => {
                     tracing::debug!(
@@ -343,11 +367,12 @@ impl Files {
         Ok(TftpReader::image(label, view, f.ino, f.size, self.rt.clone()).recorded(record(false)))
     }
 
-    async fn view(&self, node: &Arc<Node>) -> Result<Arc<ImageView>, packet::Error> {
+    /// The node's image view; `None` while it is still being opened.
+    async fn view(&self, node: &Arc<Node>) -> Result<Option<Arc<ImageView>>, packet::Error> {
         let (ctx, n) = (self.ctx.clone(), node.clone());
         let task = self.rt.spawn(async move { ctx.view_for(&n).await });
         match tokio::time::timeout(VIEW_OPEN_WAIT, task).await {
-            Ok(Ok(Ok(view))) => Ok(view),
+            Ok(Ok(Ok(view))) => Ok(Some(view)),
             Ok(Ok(Err(e))) => {
                 tracing::warn!("TFTP: image of node {}: {e}", node.name);
                 Err(packet::Error::Msg(format!(
@@ -364,10 +389,7 @@ impl Files {
                     "TFTP: image of node {} is still being opened; the client must retry",
                     node.name
                 );
-                Err(packet::Error::Msg(format!(
-                    "lazyboot: image of {} is loading, retry",
-                    node.name
-                )))
+                Ok(None)
             }
         }
     }
