@@ -3,11 +3,13 @@
 //! `boot.ipxe`, our NFSv3), runs Debian's kernel and an initramfs that mounts
 //! the node's NFS root with the kernel's NFS client, and the image's
 //! `/sbin/init` (integration/fixtures/boot-image/rootfs-init) runs its checks
-//! and prints a marker. Two nodes boot one after the other: `pc` with an
-//! ephemeral root while the chunk cache is still empty (the server is
+//! and prints a marker. Two nodes boot one after the other: `pc` with a
+//! persistent root while the chunk cache is still empty (the server is
 //! restarted while it runs), then `pc-ro` with a read-only root from the
 //! eStargz copy of the image (converted with ctr-remote; its blobs are new,
 //! so its cache is cold too and every file is read through the TOC).
+//! Then the tag is moved to another image and `pc` boots again: the new
+//! image, with the upper its first boot wrote reset.
 //!
 //! The image (integration/fixtures/build-boot-image.sh, Debian packages only)
 //! is built once and cached under `target/tmp/lazyboot-boot-image/<hash>`.
@@ -71,7 +73,7 @@ const NODES: [Node; 2] = [
     Node {
         name: "pc",
         mac: "52:54:00:12:34:56",
-        root: "ephemeral",
+        root: "persistent",
         restart: true,
         estargz: false,
     },
@@ -332,6 +334,14 @@ kernel_args = "console=ttyS0 panic=-1{}"
         if !marker.trim_end().ends_with(&format!("{MARKER} {name}")) {
             failures.push(format!("{name}: wrong marker {marker:?}"));
         }
+        for want in [
+            "lazyboot-root: image boot\n",
+            "lazyboot-root: files from an earlier boot: no",
+        ] {
+            if !text.replace('\r', "").contains(want) {
+                failures.push(format!("{name}: no {want:?}"));
+            }
+        }
         let root = format!("lazyboot-root: / is {}:/nodes/{name} / nfs", tap.server_ip);
         if !text.contains(&root) {
             failures.push(format!("{name}: root is not our NFS export"));
@@ -354,6 +364,48 @@ kernel_args = "console=ttyS0 panic=-1{}"
                 failed.join("\n")
             ));
         }
+    }
+    // Swap: the tag `pc` boots now names another image (built as tag
+    // "boot-b"). `pc` boots again: the new image, from a fresh upper.
+    let layout_b = boot_image("amd64", "boot-b")?;
+    common::push(&layout_b, "boot-b", &reg, "os/qemu-boot:1")?;
+    let again = Node {
+        restart: false,
+        ..NODES[0]
+    };
+    match boot(&tap, &mut server, &again, &work.join("console-pc-swap.log")) {
+        Ok((text, _)) => {
+            for want in [
+                "lazyboot-root: image boot-b",
+                "lazyboot-root: files from an earlier boot: no",
+                &format!("{MARKER} pc"),
+            ] {
+                if !text.contains(want) {
+                    failures.push(format!("pc after the swap: no {want:?}"));
+                }
+            }
+        }
+        Err(e) => failures.push(format!("pc after the swap: {e:#}")),
+    }
+    let manifest = |boot: u64| -> Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_lazyboot"))
+            .args(["profile", "--format", "json", "--boot", &boot.to_string()])
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .arg("pc")
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+        Ok(v["profile"]["manifest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let (before, after) = (manifest(1)?, manifest(2)?);
+    if before.is_empty() || before == after {
+        failures.push(format!(
+            "pc's boot profiles name manifests {before:?} then {after:?}"
+        ));
     }
     if std::env::var_os("LAZYBOOT_QEMU_KEEP").is_some_and(|v| v == "1") {
         let kept = tmp.keep();
@@ -401,7 +453,7 @@ kernel_args = "console=ttyS0 panic=-1{}"
 /// pass): its profile must show the registry fetches its reads waited on.
 fn check_profile(state: &Path, name: &str, estargz: bool) -> Result<()> {
     let out = Command::new(env!("CARGO_BIN_EXE_lazyboot"))
-        .args(["profile", "--format", "json", "--state-dir"])
+        .args(["profile", "--boot", "1", "--format", "json", "--state-dir"])
         .arg(state)
         .arg(name)
         .output()?;
@@ -413,7 +465,7 @@ fn check_profile(state: &Path, name: &str, estargz: bool) -> Result<()> {
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let p = &v["profile"];
-    assert_eq!(p["boot"], 1, "{name}: one boot recorded");
+    assert_eq!(p["boot"], 1, "{name}: its first boot");
     assert_eq!(
         p["booted"]["how"]["by"], "marker",
         "{name}: {}",
