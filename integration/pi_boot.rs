@@ -465,7 +465,7 @@ root = "persistent"
         1,
         "the first boot's reads became a prefetch plan"
     );
-    let text = profile_cmd(&state, &["cm4-1", "--boot", "1"])?;
+    let text = common::lazyboot_profile(&state, &["cm4-1", "--boot", "1"])?;
     assert!(
         text.contains("cm4-1") && text.contains("kernel8.img"),
         "{text}"
@@ -507,14 +507,16 @@ root = "persistent"
         })
         .context("kernel8.img")?;
     assert!(k2["wait"]["cache_bytes"].as_u64() > Some(0), "{k2}");
-    let compare = profile_cmd(&state, &["--compare", "cm4-1:1", "cm4-1:2"])?;
+    let compare = common::lazyboot_profile(&state, &["--compare", "cm4-1:1", "cm4-1:2"])?;
     assert!(compare.contains("cm4-1") && compare.contains('1') && compare.contains('2'));
-    let trace: Value =
-        serde_json::from_str(&profile_cmd(&state, &["cm4-1", "--format", "trace"])?)?;
+    let trace: Value = serde_json::from_str(&common::lazyboot_profile(
+        &state,
+        &["cm4-1", "--format", "trace"],
+    )?)?;
     assert!(trace["traceEvents"]
         .as_array()
         .is_some_and(|e| !e.is_empty()));
-    let html = profile_cmd(&state, &["cm4-1", "--format", "html"])?;
+    let html = common::lazyboot_profile(&state, &["cm4-1", "--format", "html"])?;
     assert!(html.contains("<svg") && html.contains("kernel8.img"));
     // A node unknown to the API is a 404, a second "booted" a 409.
     let status = |url: &str| -> Result<String> {
@@ -543,40 +545,17 @@ fn curl(lab: &NetLab, url: &str) -> Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn profile_cmd(state: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(BIN)
-        .args(["profile", "--state-dir"])
-        .arg(state)
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "lazyboot profile {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Boot `boot` of `node` once it holds `transfers` TFTP entries (or after 40 s).
 fn profile_settled(state: &Path, node: &str, boot: u64, transfers: usize) -> Result<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     loop {
-        let p = profile_json(state, node, boot)?;
+        let p = common::profile_json(state, node, boot)?;
         let n = p["profile"]["tftp"].as_array().map_or(0, Vec::len);
         if n >= transfers || std::time::Instant::now() > deadline {
             return Ok(p);
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-}
-
-fn profile_json(state: &Path, node: &str, boot: u64) -> Result<Value> {
-    let text = profile_cmd(
-        state,
-        &[node, "--boot", &boot.to_string(), "--format", "json"],
-    )?;
-    Ok(serde_json::from_str(&text)?)
 }
 
 #[test]

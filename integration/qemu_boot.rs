@@ -387,15 +387,8 @@ kernel_args = "console=ttyS0 panic=-1{}"
         }
         Err(e) => failures.push(format!("pc after the swap: {e:#}")),
     }
-    let manifest = |boot: u64| -> Result<String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_lazyboot"))
-            .args(["profile", "--format", "json", "--boot", &boot.to_string()])
-            .arg("--state-dir")
-            .arg(work.join("state"))
-            .arg("pc")
-            .output()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let manifest = |boot| -> Result<String> {
+        let v = common::profile_json(&work.join("state"), "pc", boot)?;
         Ok(v["profile"]["manifest"]
             .as_str()
             .unwrap_or_default()
@@ -452,18 +445,7 @@ kernel_args = "console=ttyS0 panic=-1{}"
 /// An eStargz node starts with nothing of its blobs cached (no streaming
 /// pass): its profile must show the registry fetches its reads waited on.
 fn check_profile(state: &Path, name: &str, estargz: bool) -> Result<()> {
-    let out = Command::new(env!("CARGO_BIN_EXE_lazyboot"))
-        .args(["profile", "--boot", "1", "--format", "json", "--state-dir"])
-        .arg(state)
-        .arg(name)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "{name}: lazyboot profile: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let v = common::profile_json(state, name, 1)?;
     let p = &v["profile"];
     assert_eq!(p["boot"], 1, "{name}: its first boot");
     assert_eq!(

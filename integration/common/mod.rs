@@ -120,6 +120,23 @@ pub fn run(cmd: &mut Command) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// `lazyboot profile --state-dir STATE ARGS..`; its standard output.
+pub fn lazyboot_profile(state: &Path, args: &[&str]) -> Result<String> {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_lazyboot"))
+        .args(["profile", "--state-dir"])
+        .arg(state)
+        .args(args))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Boot `boot` of `node` as `lazyboot profile --format json` shows it
+/// (`{"profile": .., "summary": ..}`).
+pub fn profile_json(state: &Path, node: &str, boot: u64) -> Result<serde_json::Value> {
+    let boot = boot.to_string();
+    let text = lazyboot_profile(state, &[node, "--boot", &boot, "--format", "json"])?;
+    Ok(serde_json::from_str(&text)?)
+}
+
 /// Run a shell command line with `bash -c` (handy for one-off mutations).
 pub fn sh(script: &str) -> Result<Vec<u8>> {
     run(Command::new("bash")

@@ -246,11 +246,17 @@ impl Recorder {
         live.get(node).is_some_and(|l| !l.done())
     }
 
+    /// Called on every NFS call (through `ServeContext::view_for`): cheap
+    /// when nothing changes.
     pub fn set_manifest(&self, node: &str, manifest: &Digest) {
-        self.with_live(node, |l| {
-            l.profile.manifest = Some(manifest.to_string());
-            l.manifest = Some(manifest.clone());
-        });
+        let mut live = self.live.lock();
+        if let Some(l) = live.get_mut(node).filter(|l| !l.done()) {
+            if l.manifest.as_ref() != Some(manifest) {
+                l.profile.manifest = Some(manifest.to_string());
+                l.manifest = Some(manifest.clone());
+                l.dirty = true;
+            }
+        }
     }
 
     pub fn dhcp(
