@@ -153,8 +153,13 @@ pub struct PrefetchReport {
 /// skipped: a node's own read will retry and report them.
 pub async fn replay(view: Arc<ImageView>, plan: &PrefetchPlan, parallel: usize) -> PrefetchReport {
     let started = Instant::now();
-    let mut jobs = Vec::new();
     let mut cached = 0;
+    let mut fetched = 0;
+    // Missing chunks grouped by what one request fetches best (for gzip, one
+    // checkpoint's span: steps in one span would each decode it from its
+    // start), groups in order of first use.
+    let mut groups: Vec<(usize, u64, Vec<u64>)> = Vec::new();
+    let mut group_at: std::collections::HashMap<(usize, u64), usize> = Default::default();
     for step in &plan.steps {
         let Some(li) = view
             .layers
@@ -164,22 +169,35 @@ pub async fn replay(view: Arc<ImageView>, plan: &PrefetchPlan, parallel: usize) 
             continue;
         };
         let count = view.layers[li].index.chunk_count();
-        let ids: Vec<u64> = (step.start..step.end.min(count))
-            .filter(|&id| {
-                let hit = view.cache.contains(&crate::cache::ChunkKey {
-                    layer: view.layers[li].index.digest.clone(),
-                    id,
-                });
-                cached += hit as u64;
-                !hit
-            })
-            .collect();
-        if !ids.is_empty() {
-            jobs.push((li, ids));
+        for id in step.start..step.end.min(count) {
+            let key = crate::cache::ChunkKey {
+                layer: view.layers[li].index.digest.clone(),
+                id,
+            };
+            if view.cache.contains(&key) {
+                cached += 1;
+                continue;
+            }
+            fetched += 1;
+            let g = (li, view.fetch_group(li, id));
+            let i = *group_at.entry(g).or_insert_with(|| {
+                groups.push((li, g.1, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].2.push(id);
         }
     }
+    // One contiguous run per group: gaps would split it into requests that
+    // each decode from the checkpoint again.
+    let jobs: Vec<(usize, Vec<u64>)> = groups
+        .into_iter()
+        .map(|(li, _, ids)| {
+            let (lo, hi) = (ids.iter().min().copied(), ids.iter().max().copied());
+            let (lo, hi) = (lo.unwrap_or(0), hi.unwrap_or(0));
+            (li, (lo..=hi).collect())
+        })
+        .collect();
     let steps = jobs.len() as u64;
-    let fetched: u64 = jobs.iter().map(|(_, ids)| ids.len() as u64).sum();
     let results: Vec<bool> = futures_util::stream::iter(jobs)
         .map(|(li, ids)| {
             let view = view.clone();

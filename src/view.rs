@@ -225,6 +225,21 @@ impl ImageView {
         }
     }
 
+    /// Chunks of layer `li` in the same group are cheapest fetched by one
+    /// request: for gzip, the chunks decoded from one checkpoint (each
+    /// request starts decoding at the checkpoint before its first chunk).
+    pub fn fetch_group(&self, li: usize, id: u64) -> u64 {
+        match &self.layers[li].index.detail {
+            IndexDetail::Gzip(z) => {
+                let at = id * CHUNK_SIZE;
+                z.checkpoints
+                    .partition_point(|c| c.out_off <= at)
+                    .saturating_sub(1) as u64
+            }
+            IndexDetail::Tar { .. } | IndexDetail::Estargz(_) => id / READ_AHEAD_CHUNKS.max(1),
+        }
+    }
+
     /// The chunks `ids` (sorted) of layer `li`, fetching what is missing.
     pub async fn chunks(&self, li: usize, ids: &[u64]) -> Result<Vec<Bytes>, ViewError> {
         Ok(self.chunks_noting_hits(li, ids).await?.0)
