@@ -172,11 +172,7 @@ impl Recorder {
     /// Run `f` on `node`'s timeline if a boot is in progress.
     fn with_live(&self, node: &str, f: impl FnOnce(&mut Live)) -> bool {
         let mut live = self.live.lock();
-        if !live.contains_key(node) {
-            if let Some(l) = self.resume(node) {
-                live.insert(node.to_string(), l);
-            }
-        }
+        self.resume_into(&mut live, node);
         match live.get_mut(node) {
             Some(l) if !l.done() => {
                 f(l);
@@ -184,6 +180,16 @@ impl Recorder {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Put `node`'s resumable boot (see [`resume`](Self::resume)) into
+    /// `live` if it has no timeline there.
+    fn resume_into(&self, live: &mut HashMap<String, Live>, node: &str) {
+        if !live.contains_key(node) {
+            if let Some(l) = self.resume(node) {
+                live.insert(node.to_string(), l);
+            }
         }
     }
 
@@ -238,11 +244,7 @@ impl Recorder {
     /// Whether `node` has a boot in progress.
     pub fn in_progress(&self, node: &str) -> bool {
         let mut live = self.live.lock();
-        if !live.contains_key(node) {
-            if let Some(l) = self.resume(node) {
-                live.insert(node.to_string(), l);
-            }
-        }
+        self.resume_into(&mut live, node);
         live.get(node).is_some_and(|l| !l.done())
     }
 
