@@ -1,15 +1,22 @@
-//! Read-only FUSE front end over an [`ImageView`]. Images are immutable, so
-//! the kernel may cache attributes, entries, symlinks and pages for as long
-//! as it likes; that keeps warm reads at page-cache speed.
+//! Read-only FUSE front end over an [`ImageView`] (and, while the image's
+//! layers are still being indexed, over the provisional tree of an
+//! [`Opening`]). Images are immutable, so the kernel may cache attributes,
+//! entries, symlinks and pages for as long as it likes; that keeps warm
+//! reads at page-cache speed. Only what is known for sure is ever answered
+//! from the provisional tree, so those answers may be cached forever too.
 
 use crate::layer::EntryKind;
-use crate::tree::Inode;
-use crate::view::ImageView;
+use crate::progressive::{Found, Opening};
+use crate::tree::{Inode, ROOT_INO};
+use crate::view::{ImageView, ViewError};
+use bytes::Bytes;
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,18 +26,132 @@ use std::time::{Duration, UNIX_EPOCH};
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct LazyFs {
-    view: Arc<ImageView>,
+    opening: Arc<Opening>,
     rt: tokio::runtime::Handle,
+    prov: Arc<Mutex<ProvisionalIds>>,
+}
+
+/// Node ids handed out from the provisional tree, before the final view
+/// exists (its inode numbers are only known once every layer is indexed).
+/// The kernel may keep them forever, so they stay valid afterwards: each
+/// names a path, looked up again in the final tree.
+#[derive(Default)]
+struct ProvisionalIds {
+    paths: Vec<String>,
+    ids: HashMap<String, u64>,
+}
+
+/// Far above any final inode number (those count the image's files).
+const PROVISIONAL: u64 = 1 << 48;
+
+impl ProvisionalIds {
+    fn id(&mut self, path: &str) -> u64 {
+        if let Some(&id) = self.ids.get(path) {
+            return id;
+        }
+        let id = PROVISIONAL + self.paths.len() as u64;
+        self.paths.push(path.to_string());
+        self.ids.insert(path.to_string(), id);
+        id
+    }
+}
+
+/// Where a node id points now.
+enum Target {
+    Final(Arc<ImageView>, u64),
+    /// A path of the image still being indexed.
+    Provisional(String),
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+fn eio(what: &str, e: &ViewError) -> Errno {
+    tracing::error!("{what} failed: {e}");
+    Errno::EIO
 }
 
 impl LazyFs {
-    pub fn new(view: Arc<ImageView>, rt: tokio::runtime::Handle) -> Self {
-        LazyFs { view, rt }
+    /// The mount of an image being opened: served from the provisional tree
+    /// until the final view is there, from the final view afterwards.
+    pub fn new(opening: Arc<Opening>, rt: tokio::runtime::Handle) -> Self {
+        LazyFs {
+            opening,
+            rt,
+            prov: Arc::default(),
+        }
     }
 
-    fn node(&self, ino: INodeNo) -> Result<&Inode, Errno> {
-        self.view.inode(ino.0).ok_or(Errno::ENOENT)
+    fn target(&self, ino: INodeNo) -> Result<Target, Errno> {
+        let view = match self.opening.outcome() {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => return Err(eio("opening the image", &e)),
+            None => None,
+        };
+        if ino.0 >= PROVISIONAL {
+            let path = self
+                .prov
+                .lock()
+                .paths
+                .get((ino.0 - PROVISIONAL) as usize)
+                .cloned();
+            let path = path.ok_or(Errno::ENOENT)?;
+            return match view {
+                // Gone only if a tar named the path twice, differently.
+                Some(v) => match v.tree.resolve(&path).map(|n| n.ino) {
+                    Some(i) => Ok(Target::Final(v, i)),
+                    None => Err(Errno::ESTALE),
+                },
+                None => Ok(Target::Provisional(path)),
+            };
+        }
+        match view {
+            Some(v) => Ok(Target::Final(v, ino.0)),
+            None if ino.0 == ROOT_INO => Ok(Target::Provisional(String::new())),
+            None => Err(Errno::ENOENT),
+        }
     }
+
+    /// Answer from the final view when it is there; otherwise look `path`
+    /// up in the provisional tree (waiting as long as that takes) on the
+    /// runtime, without holding a FUSE thread, and answer from there.
+    fn provisional<F>(&self, path: String, answer: F)
+    where
+        F: FnOnce(Result<Answer, Errno>) + Send + 'static,
+    {
+        let opening = self.opening.clone();
+        let prov = self.prov.clone();
+        self.rt.spawn(async move {
+            let r = match opening.lookup(&path).await {
+                Ok(Found::Node(mut n)) => {
+                    n.ino = if path.is_empty() {
+                        ROOT_INO
+                    } else {
+                        prov.lock().id(&path)
+                    };
+                    Ok(Answer::Node(n))
+                }
+                Ok(Found::Final(v)) => match v.tree.resolve(&path).map(|n| n.ino) {
+                    Some(ino) => Ok(Answer::Final(v, ino)),
+                    None => Err(Errno::ENOENT),
+                },
+                Err(e) => Err(eio(&format!("looking up /{path}"), &e)),
+            };
+            answer(r)
+        });
+    }
+}
+
+/// What [`LazyFs::provisional`] found: a node known for sure (its `ino` the
+/// node id to give the kernel) or the final view's inode.
+enum Answer {
+    Node(Inode),
+    Final(Arc<ImageView>, u64),
 }
 
 fn file_type(kind: EntryKind) -> FileType {
@@ -80,6 +201,62 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
+fn getxattr_of(n: &Inode, name: &OsStr, size: u32, reply: ReplyXattr) {
+    match n.xattrs.iter().find(|(k, _)| OsStr::new(k) == name) {
+        Some((_, v)) => xattr_reply(reply, size, v),
+        None => reply.error(Errno::from_i32(libc::ENODATA)),
+    }
+}
+
+fn listxattr_of(n: &Inode, size: u32, reply: ReplyXattr) {
+    let mut list = Vec::new();
+    for (k, _) in &n.xattrs {
+        list.extend_from_slice(k.as_bytes());
+        list.push(0);
+    }
+    xattr_reply(reply, size, &list);
+}
+
+fn readlink_of(n: &Inode, reply: ReplyData) {
+    match n.symlink.as_deref() {
+        Some(target) => reply.data(target.as_bytes()),
+        None => reply.error(Errno::from_i32(libc::EINVAL)),
+    }
+}
+
+fn fill_dir(view: &ImageView, ino: u64, offset: u64, mut reply: ReplyDirectory) {
+    let Some(n) = view.inode(ino) else {
+        return reply.error(Errno::ENOENT);
+    };
+    // Offsets: 1 = after ".", 2 = after "..", 2 + i + 1 = after child i.
+    let dots = [(n.ino, "."), (n.parent, "..")];
+    let mut pos = offset;
+    while pos < 2 {
+        let (i, name) = dots[pos as usize];
+        pos += 1;
+        if reply.add(INodeNo(i), pos, FileType::Directory, name) {
+            return reply.ok();
+        }
+    }
+    for (i, (name, child)) in n.children.iter().enumerate().skip((pos - 2) as usize) {
+        let kind = view
+            .inode(*child)
+            .map_or(FileType::RegularFile, |c| file_type(c.kind));
+        if reply.add(INodeNo(*child), 2 + i as u64 + 1, kind, name) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
+/// The inode an [`Answer`] names.
+fn answered(a: &Answer) -> Option<&Inode> {
+    match a {
+        Answer::Node(n) => Some(n),
+        Answer::Final(v, ino) => v.inode(*ino),
+    }
+}
+
 impl Filesystem for LazyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Best effort: older kernels lack some of these and that is fine.
@@ -94,24 +271,55 @@ impl Filesystem for LazyFs {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        match self.view.tree.lookup(parent.0, name) {
-            Some(n) => reply.entry(&TTL, &attr(n), Generation(0)),
-            None => reply.error(Errno::ENOENT),
+        match self.target(parent) {
+            Err(e) => reply.error(e),
+            Ok(Target::Final(v, p)) => match v.tree.lookup(p, name) {
+                Some(n) => reply.entry(&TTL, &attr(n), Generation(0)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Ok(Target::Provisional(path)) => {
+                self.provisional(join(&path, name), move |r| match r {
+                    Ok(a) => match answered(&a) {
+                        Some(n) => reply.entry(&TTL, &attr(n), Generation(0)),
+                        None => reply.error(Errno::ENOENT),
+                    },
+                    Err(e) => reply.error(e),
+                })
+            }
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
-            Ok(n) => reply.attr(&TTL, &attr(n)),
+        match self.target(ino) {
             Err(e) => reply.error(e),
+            Ok(Target::Final(v, i)) => match v.inode(i) {
+                Some(n) => reply.attr(&TTL, &attr(n)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Ok(Target::Provisional(path)) => self.provisional(path, move |r| match r {
+                Ok(a) => match answered(&a) {
+                    Some(n) => reply.attr(&TTL, &attr(n)),
+                    None => reply.error(Errno::ENOENT),
+                },
+                Err(e) => reply.error(e),
+            }),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).map(|n| n.symlink.as_deref()) {
-            Ok(Some(target)) => reply.data(target.as_bytes()),
-            Ok(None) => reply.error(Errno::from_i32(libc::EINVAL)),
+        match self.target(ino) {
             Err(e) => reply.error(e),
+            Ok(Target::Final(v, i)) => match v.inode(i) {
+                Some(n) => readlink_of(n, reply),
+                None => reply.error(Errno::ENOENT),
+            },
+            Ok(Target::Provisional(path)) => self.provisional(path, move |r| match r {
+                Ok(a) => match answered(&a) {
+                    Some(n) => readlink_of(n, reply),
+                    None => reply.error(Errno::ENOENT),
+                },
+                Err(e) => reply.error(e),
+            }),
         }
     }
 
@@ -120,7 +328,7 @@ impl Filesystem for LazyFs {
         if acc != libc::O_RDONLY {
             return reply.error(Errno::from_i32(libc::EROFS));
         }
-        match self.node(ino) {
+        match self.target(ino) {
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
         }
@@ -137,20 +345,46 @@ impl Filesystem for LazyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.rt.block_on(self.view.read(ino.0, offset, size)) {
+        let answer = move |r: Result<Bytes, ViewError>, reply: ReplyData| match r {
             Ok(data) => reply.data(&data),
             Err(e) => {
                 tracing::error!(ino = ino.0, offset, size, "read failed: {e}");
                 reply.error(Errno::EIO);
             }
+        };
+        match self.target(ino) {
+            Err(e) => reply.error(e),
+            Ok(Target::Final(v, i)) => answer(self.rt.block_on(v.read(i, offset, size)), reply),
+            Ok(Target::Provisional(path)) => {
+                let opening = self.opening.clone();
+                self.rt.spawn(async move {
+                    let r = match opening.lookup(&path).await {
+                        Ok(Found::Node(n)) => opening.read(&n, offset, size).await,
+                        Ok(Found::Final(v)) => match v.tree.resolve(&path).map(|n| n.ino) {
+                            Some(i) => v.read(i, offset, size).await,
+                            None => Err(ViewError::NoInode(ino.0)),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    answer(r, reply)
+                });
+            }
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino) {
-            Ok(n) if n.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR),
-            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+        let opened = |n: Option<&Inode>, reply: ReplyOpen| match n {
+            Some(n) if n.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR),
+            Some(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+            None => reply.error(Errno::ENOENT),
+        };
+        match self.target(ino) {
             Err(e) => reply.error(e),
+            Ok(Target::Final(v, i)) => opened(v.inode(i), reply),
+            Ok(Target::Provisional(path)) => self.provisional(path, move |r| match r {
+                Ok(a) => opened(answered(&a), reply),
+                Err(e) => reply.error(e),
+            }),
         }
     }
 
@@ -160,67 +394,82 @@ impl Filesystem for LazyFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        // Offsets: 1 = after ".", 2 = after "..", 2 + i + 1 = after child i.
-        let dots = [(n.ino, "."), (n.parent, "..")];
-        let mut pos = offset;
-        while pos < 2 {
-            let (i, name) = dots[pos as usize];
-            pos += 1;
-            if reply.add(INodeNo(i), pos, FileType::Directory, name) {
-                return reply.ok();
+        match self.target(ino) {
+            Err(e) => reply.error(e),
+            Ok(Target::Final(v, i)) => fill_dir(&v, i, offset, reply),
+            // A listing is only complete once every layer is.
+            Ok(Target::Provisional(path)) => {
+                let opening = self.opening.clone();
+                self.rt.spawn(async move {
+                    match opening.finished().await {
+                        Ok(v) => match v.tree.resolve(&path).map(|n| n.ino) {
+                            Some(i) => fill_dir(&v, i, offset, reply),
+                            None => reply.error(Errno::ENOENT),
+                        },
+                        Err(e) => reply.error(eio("opening the image", &e)),
+                    }
+                });
             }
         }
-        for (i, (name, child)) in n.children.iter().enumerate().skip((pos - 2) as usize) {
-            let kind = self
-                .view
-                .inode(*child)
-                .map_or(FileType::RegularFile, |c| file_type(c.kind));
-            if reply.add(INodeNo(*child), 2 + i as u64 + 1, kind, name) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = self.view.tree.len() as u64;
-        let bytes: u64 = self
-            .view
-            .layers
-            .iter()
-            .map(|l| l.index.uncompressed_size)
-            .sum();
+        let (files, bytes) = match self.opening.outcome() {
+            Some(Ok(v)) => (
+                v.tree.len() as u64,
+                v.layers.iter().map(|l| l.index.uncompressed_size).sum(),
+            ),
+            // Still indexing: the compressed sizes are all there is to tell.
+            _ => (
+                0,
+                self.opening
+                    .image
+                    .layers
+                    .iter()
+                    .map(|l| l.size)
+                    .sum::<u64>(),
+            ),
+        };
         reply.statfs(bytes.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        match n.xattrs.iter().find(|(k, _)| OsStr::new(k) == name) {
-            Some((_, v)) => xattr_reply(reply, size, v),
-            None => reply.error(Errno::from_i32(libc::ENODATA)),
+        match self.target(ino) {
+            Err(e) => reply.error(e),
+            Ok(Target::Final(v, i)) => match v.inode(i) {
+                Some(n) => getxattr_of(n, name, size, reply),
+                None => reply.error(Errno::ENOENT),
+            },
+            Ok(Target::Provisional(path)) => {
+                let name = name.to_os_string();
+                self.provisional(path, move |r| match r {
+                    Ok(a) => match answered(&a) {
+                        Some(n) => getxattr_of(n, &name, size, reply),
+                        None => reply.error(Errno::ENOENT),
+                    },
+                    Err(e) => reply.error(e),
+                })
+            }
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        let mut list = Vec::new();
-        for (k, _) in &n.xattrs {
-            list.extend_from_slice(k.as_bytes());
-            list.push(0);
+        match self.target(ino) {
+            Err(e) => reply.error(e),
+            Ok(Target::Final(v, i)) => match v.inode(i) {
+                Some(n) => listxattr_of(n, size, reply),
+                None => reply.error(Errno::ENOENT),
+            },
+            Ok(Target::Provisional(path)) => self.provisional(path, move |r| match r {
+                Ok(a) => match answered(&a) {
+                    Some(n) => listxattr_of(n, size, reply),
+                    None => reply.error(Errno::ENOENT),
+                },
+                Err(e) => reply.error(e),
+            }),
         }
-        xattr_reply(reply, size, &list);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

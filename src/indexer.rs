@@ -27,10 +27,11 @@ use crate::registry::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,68 @@ pub enum IndexError {
     },
 }
 
+/// What a streaming pass has produced so far: the entries whose tar headers
+/// it has read and the decoded chunks it has staged (not yet checked against
+/// the layer digest). The provisional view ([`crate::progressive`]) serves
+/// from it while the pass runs.
+pub struct PassProgress {
+    pub entries: RwLock<Vec<Entry>>,
+    state: Mutex<PassState>,
+    /// Bumped on every change; shared by all layers of one image.
+    tick: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PassState {
+    /// Chunks `0..staged` are in `dir`, each a self-checking file.
+    pub staged: u64,
+    pub dir: Option<PathBuf>,
+    /// `None` while the pass runs (or before it starts); `Some(Ok)` once the
+    /// digest matched and the chunks moved into the cache.
+    pub outcome: Option<Result<(), String>>,
+}
+
+impl PassProgress {
+    pub fn new(tick: Arc<tokio::sync::watch::Sender<u64>>) -> Arc<Self> {
+        Arc::new(PassProgress {
+            entries: RwLock::new(Vec::new()),
+            state: Mutex::new(PassState::default()),
+            tick,
+        })
+    }
+
+    pub fn state(&self) -> PassState {
+        self.state.lock().clone()
+    }
+
+    fn bump(&self) {
+        self.tick.send_modify(|g| *g += 1);
+    }
+
+    fn started(&self, dir: PathBuf) {
+        self.state.lock().dir = Some(dir);
+        self.bump();
+    }
+
+    fn entry(&self, e: Entry) {
+        self.entries.write().push(e);
+        self.bump();
+    }
+
+    fn staged(&self, count: u64) {
+        self.state.lock().staged = count;
+        self.bump();
+    }
+
+    fn finish(&self, outcome: Result<(), String>) {
+        let mut st = self.state.lock();
+        st.staged = 0;
+        st.outcome = Some(outcome);
+        drop(st);
+        self.bump();
+    }
+}
+
 /// The index of `layer`, from the cache or built now. For an image named by
 /// tag, an index pulled by [`fetch_published`] counts as cached.
 pub async fn ensure_index(
@@ -73,7 +136,28 @@ pub async fn ensure_index(
     layer: &LayerDesc,
     bar: ProgressBar,
 ) -> Result<Arc<LayerIndex>, IndexError> {
-    ensure(source, cache, layer, bar, source.named_by_tag()).await
+    ensure(source, cache, layer, bar, source.named_by_tag(), None).await
+}
+
+/// [`ensure_index`], reporting a streaming pass's progress as it goes.
+pub async fn ensure_index_reporting(
+    source: &Source,
+    cache: &Arc<ChunkCache>,
+    layer: &LayerDesc,
+    bar: ProgressBar,
+    progress: Arc<PassProgress>,
+) -> Result<Arc<LayerIndex>, IndexError> {
+    let r = ensure(
+        source,
+        cache,
+        layer,
+        bar,
+        source.named_by_tag(),
+        Some(progress.clone()),
+    )
+    .await;
+    progress.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    r
 }
 
 /// Like [`ensure_index`], but never an index pulled from the registry:
@@ -84,7 +168,7 @@ pub async fn ensure_built_index(
     layer: &LayerDesc,
     bar: ProgressBar,
 ) -> Result<Arc<LayerIndex>, IndexError> {
-    ensure(source, cache, layer, bar, false).await
+    ensure(source, cache, layer, bar, false, None).await
 }
 
 async fn ensure(
@@ -93,6 +177,7 @@ async fn ensure(
     layer: &LayerDesc,
     bar: ProgressBar,
     published_ok: bool,
+    progress: Option<Arc<PassProgress>>,
 ) -> Result<Arc<LayerIndex>, IndexError> {
     let name = LayerIndex::cache_name(&layer.digest);
     if let Some(bytes) = cache.load_index(&name) {
@@ -120,7 +205,7 @@ async fn ensure(
             }
         }
     }
-    let idx = build_index(source, cache, layer, bar.clone()).await?;
+    let idx = build_index(source, cache, layer, bar.clone(), progress).await?;
     let encoded = idx.encode().map_err(|e| IndexError::Corrupt {
         layer: layer.digest.clone(),
         msg: e.to_string(),
@@ -524,6 +609,7 @@ async fn build_index(
     cache: &Arc<ChunkCache>,
     layer: &LayerDesc,
     bar: ProgressBar,
+    progress: Option<Arc<PassProgress>>,
 ) -> Result<LayerIndex, IndexError> {
     let mut format =
         format_from_media_type(&layer.media_type).map_err(|source| IndexError::Format {
@@ -556,13 +642,14 @@ async fn build_index(
     });
     let cache2 = cache.clone();
     let layer2 = layer.clone();
-    let result =
-        tokio::task::spawn_blocking(move || stream_pass(rx, &cache2, &layer2, format, bar))
-            .await
-            .map_err(|e| IndexError::Corrupt {
-                layer: layer.digest.clone(),
-                msg: format!("index pass panicked: {e}"),
-            })?;
+    let result = tokio::task::spawn_blocking(move || {
+        stream_pass(rx, &cache2, &layer2, format, bar, progress.as_deref())
+    })
+    .await
+    .map_err(|e| IndexError::Corrupt {
+        layer: layer.digest.clone(),
+        msg: format!("index pass panicked: {e}"),
+    })?;
     pump.abort();
     result
 }
@@ -611,6 +698,7 @@ fn stream_pass(
     layer: &LayerDesc,
     format: LayerFormat,
     bar: ProgressBar,
+    progress: Option<&PassProgress>,
 ) -> Result<LayerIndex, IndexError> {
     let digest = &layer.digest;
     let corrupt = |e: io::Error| IndexError::Corrupt {
@@ -631,7 +719,16 @@ fn stream_pass(
         layer: digest.clone(),
         source,
     })?;
+    if let Some(p) = progress {
+        p.started(staging.dir().to_path_buf());
+    }
     let mut entries: Vec<Entry> = Vec::new();
+    let mut found = |e: Entry| {
+        if let Some(p) = progress {
+            p.entry(e.clone());
+        }
+        entries.push(e);
+    };
     // A closure called at once, so `?` can collect every failure in one place.
     let outcome = (|| -> Result<(IndexDetail, u64), String> {
         let err = |e: &dyn std::fmt::Display| e.to_string();
@@ -639,9 +736,8 @@ fn stream_pass(
             LayerFormat::Gzip => {
                 let mut z = ZranReader::new(input);
                 let size = {
-                    let mut split = ChunkSplitter::new(&mut z, &mut staging, false);
-                    tar_entries::read_entries(&mut split, |e| entries.push(e))
-                        .map_err(|e| err(&e))?;
+                    let mut split = ChunkSplitter::new(&mut z, &mut staging, false, progress);
+                    tar_entries::read_entries(&mut split, &mut found).map_err(|e| err(&e))?;
                     split.finish().map_err(|e| err(&e))?
                 };
                 let zi = z.finish().map_err(|e| err(&e))?;
@@ -649,8 +745,8 @@ fn stream_pass(
             }
             LayerFormat::Tar => {
                 let mut input = input;
-                let mut split = ChunkSplitter::new(&mut input, &mut staging, true);
-                tar_entries::read_entries(&mut split, |e| entries.push(e)).map_err(|e| err(&e))?;
+                let mut split = ChunkSplitter::new(&mut input, &mut staging, true, progress);
+                tar_entries::read_entries(&mut split, &mut found).map_err(|e| err(&e))?;
                 let size = split.finish().map_err(|e| err(&e))?;
                 Ok((
                     IndexDetail::Tar {
@@ -771,6 +867,7 @@ struct ChunkSplitter<'a, 's, R: Read> {
     total: u64,
     hash_chunks: bool,
     hashes: Vec<[u8; 32]>,
+    progress: Option<&'a PassProgress>,
 }
 
 impl<'a, 's, R: Read> ChunkSplitter<'a, 's, R> {
@@ -778,6 +875,7 @@ impl<'a, 's, R: Read> ChunkSplitter<'a, 's, R> {
         inner: &'a mut R,
         staging: &'a mut crate::cache::Staging<'s>,
         hash_chunks: bool,
+        progress: Option<&'a PassProgress>,
     ) -> Self {
         ChunkSplitter {
             inner,
@@ -787,6 +885,7 @@ impl<'a, 's, R: Read> ChunkSplitter<'a, 's, R> {
             total: 0,
             hash_chunks,
             hashes: Vec::new(),
+            progress,
         }
     }
 
@@ -797,6 +896,9 @@ impl<'a, 's, R: Read> ChunkSplitter<'a, 's, R> {
         }
         self.staging.put(self.next_id, &data)?;
         self.next_id += 1;
+        if let Some(p) = self.progress {
+            p.staged(self.next_id);
+        }
         Ok(())
     }
 

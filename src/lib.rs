@@ -18,6 +18,7 @@ pub mod platform;
 pub mod prefetch;
 pub mod profile;
 pub mod progress;
+pub mod progressive;
 pub mod reference;
 pub mod registry;
 pub mod serve;

@@ -10,6 +10,7 @@ use lazyboot::layer::index::LayerIndex;
 use lazyboot::layer::{format_from_media_type, LayerFormat};
 use lazyboot::platform::Platform;
 use lazyboot::progress::Progress;
+use lazyboot::progressive::Opening;
 use lazyboot::reference::ImageRef;
 use lazyboot::registry::{RegistryOptions, Source};
 use lazyboot::serve::ServeContext;
@@ -59,6 +60,13 @@ enum Cmd {
         /// Do not fetch the rest of the image in the background.
         #[arg(long)]
         no_background_fill: bool,
+        /// Mount only once every layer is indexed and checked against its
+        /// digest. By default a layer that needs a streaming pass is served
+        /// while the pass runs: files the stream has passed are readable at
+        /// once, before the layer digest can be checked (a mismatch ends the
+        /// mount with an error; nothing unchecked is ever cached).
+        #[arg(long)]
+        verified_only: bool,
     },
     /// Fetch the whole image into the cache.
     Pull { image: ImageRef },
@@ -188,7 +196,15 @@ fn main() -> Result<()> {
             image,
             mountpoint,
             no_background_fill,
-        } => mount(&rt, &cli.common, &image, &mountpoint, !no_background_fill),
+            verified_only,
+        } => mount(
+            &rt,
+            &cli.common,
+            &image,
+            &mountpoint,
+            !no_background_fill,
+            verified_only,
+        ),
         Cmd::Pull { image } => rt.block_on(pull(&cli.common, &image)),
         Cmd::Index { image, push } => rt.block_on(index(&cli.common, &image, push)),
         Cmd::Inspect { image, json } => rt.block_on(inspect(&cli.common, &image, json)),
@@ -297,6 +313,7 @@ fn mount(
     image: &ImageRef,
     mountpoint: &std::path::Path,
     background_fill: bool,
+    verified_only: bool,
 ) -> Result<()> {
     if cleanup_stale_mount(mountpoint) {
         eprintln!("cleaned up a stale mount at {}", mountpoint.display());
@@ -305,49 +322,95 @@ fn mount(
         bail!("mount point {} is not a directory", mountpoint.display());
     }
     let started = Instant::now();
-    let view = rt
-        .block_on(ImageView::open(image, &common.view(), &Progress::stderr()))
+    let opts = common.view();
+    let opening = rt
+        .block_on(async {
+            let cache = Arc::new(ChunkCache::open(&opts.cache_dir, opts.cache_size)?);
+            let (source, resolved) = Source::open(image, &opts.registry).await?;
+            let opening = Opening::start(
+                resolved,
+                source,
+                cache,
+                opts.read_timeout,
+                &Progress::stderr(),
+            )
+            .await;
+            if verified_only {
+                opening.finished().await?;
+            } else {
+                opening.serveable().await?;
+            }
+            Ok::<_, lazyboot::view::ViewError>(opening)
+        })
         .with_context(|| format!("opening {image}"))?;
     // Opening the image took a while: a run killed meanwhile may have left
     // a dead mount here too.
     cleanup_stale_mount(mountpoint);
-    let fs = LazyFs::new(view.clone(), rt.handle().clone());
+    let fs = LazyFs::new(opening.clone(), rt.handle().clone());
     let session = fuser::spawn_mount(fs, mountpoint, &mount_config(&image.to_string()))
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     if let Err(e) = lazyboot::fuse::raise_readahead(mountpoint, lazyboot::fuse::READAHEAD_KB) {
         tracing::warn!("could not raise readahead (sequential reads will be slower): {e}");
     }
-    let stats = view.source.stats();
+    let what = match opening.outcome() {
+        Some(Ok(view)) => format!("{} inodes, {} layers", view.tree.len(), view.layers.len()),
+        _ => format!(
+            "{} layers, indexing (files are readable as the stream passes them)",
+            opening.image.layers.len()
+        ),
+    };
     println!(
-        "mounted {} ({}) at {}: {} inodes, {} layers, ready in {:.2}s, {} fetched",
+        "mounted {} ({}) at {}: {what}, ready in {:.2}s, {} fetched",
         image,
-        view.image.manifest_digest,
+        opening.image.manifest_digest,
         mountpoint.display(),
-        view.tree.len(),
-        view.layers.len(),
         started.elapsed().as_secs_f64(),
-        human(stats.bytes)
+        human(opening.source().stats().bytes)
     );
-    if background_fill {
-        let v = view.clone();
-        rt.spawn(async move {
-            match v.fill_all(true, &Progress::hidden()).await {
-                Ok(()) => tracing::info!("background fill complete: the image is fully cached"),
-                Err(e) => tracing::warn!("background fill stopped: {e}"),
-            }
-        });
-    }
-    rt.block_on(async {
+    let failed = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
+        let indexed = async {
+            let indexing = opening.outcome().is_none();
+            let view = opening.finished().await?;
+            if indexing {
+                eprintln!(
+                    "indexed {}: {} inodes, {:.1}s after start; every layer matched its digest",
+                    image,
+                    view.tree.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            if background_fill {
+                let v = view.clone();
+                tokio::spawn(async move {
+                    match v.fill_all(true, &Progress::hidden()).await {
+                        Ok(()) => {
+                            tracing::info!("background fill complete: the image is fully cached")
+                        }
+                        Err(e) => tracing::warn!("background fill stopped: {e}"),
+                    }
+                });
+            }
+            // Serve until a signal.
+            std::future::pending::<Result<(), lazyboot::view::ViewError>>().await
+        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => Ok(None),
+            _ = term.recv() => Ok(None),
+            r = indexed => Ok::<_, std::io::Error>(r.err()),
         }
-        Ok::<_, std::io::Error>(())
     })?;
+    if failed.is_some() {
+        // Requests waiting on the failed pass get their EIO first.
+        std::thread::sleep(Duration::from_millis(500));
+    }
     session.umount_and_join().context("unmounting")?;
-    let stats = view.source.stats();
+    if let Some(e) = failed {
+        return Err(e)
+            .with_context(|| format!("opening {image}; unmounted {}", mountpoint.display()));
+    }
+    let stats = opening.source().stats();
     eprintln!(
         "unmounted {}; {} fetched from the registry (stats: requests={} bytes={})",
         mountpoint.display(),

@@ -91,6 +91,10 @@ pub struct MergeWarning {
 #[derive(Debug)]
 pub struct Tree {
     inodes: Vec<Inode>,
+    /// Inodes no layer entry describes (a directory only implied by a path
+    /// under it, and the root unless a layer has a `./` entry): their
+    /// metadata is a default a lower layer may still override.
+    implied: Vec<bool>,
     pub warnings: Vec<MergeWarning>,
 }
 
@@ -104,6 +108,16 @@ impl Tree {
 
     pub fn root(&self) -> &Inode {
         &self.inodes[0]
+    }
+
+    /// Whether `ino`'s metadata is a default rather than a layer entry's.
+    pub fn is_implied(&self, ino: u64) -> bool {
+        ino == 0
+            || self
+                .implied
+                .get((ino - 1) as usize)
+                .copied()
+                .unwrap_or(true)
     }
 
     pub fn len(&self) -> usize {
@@ -204,7 +218,18 @@ impl Tree {
 
     /// Merge layer entry tables, lowest layer first.
     pub fn build(layers: &[&[Entry]]) -> Tree {
-        let mut b = Builder::new();
+        let mut b = Builder::new(false);
+        for (li, entries) in layers.iter().enumerate() {
+            b.apply_layer(li, entries);
+        }
+        b.finish()
+    }
+
+    /// Like [`build`](Self::build) for a provisional tree of incomplete
+    /// tables: problems are expected there (a hard link to a layer not yet
+    /// merged), so they are kept in `warnings` but not logged.
+    pub fn build_partial(layers: &[&[Entry]]) -> Tree {
+        let mut b = Builder::new(true);
         for (li, entries) in layers.iter().enumerate() {
             b.apply_layer(li, entries);
         }
@@ -217,11 +242,13 @@ struct Node {
     entry: Entry,
     data: Option<DataRef>,
     children: BTreeMap<String, usize>,
+    implied: bool,
 }
 
 struct Builder {
     nodes: Vec<Node>,
     warnings: Vec<MergeWarning>,
+    quiet: bool,
 }
 
 fn split_parent(path: &str) -> (&str, &str) {
@@ -232,7 +259,7 @@ fn split_parent(path: &str) -> (&str, &str) {
 }
 
 impl Builder {
-    fn new() -> Self {
+    fn new(quiet: bool) -> Self {
         let mut root = Entry::new(String::new(), EntryKind::Dir);
         root.mode = 0o755;
         Builder {
@@ -240,8 +267,10 @@ impl Builder {
                 entry: root,
                 data: None,
                 children: BTreeMap::new(),
+                implied: true,
             }],
             warnings: Vec::new(),
+            quiet,
         }
     }
 
@@ -251,7 +280,9 @@ impl Builder {
             path: path.to_string(),
             reason: reason.into(),
         };
-        tracing::warn!(layer = w.layer, path = %w.path, "{}", w.reason);
+        if !self.quiet {
+            tracing::warn!(layer = w.layer, path = %w.path, "{}", w.reason);
+        }
         self.warnings.push(w);
     }
 
@@ -283,6 +314,7 @@ impl Builder {
                     let mut e = Entry::new(walked.clone(), EntryKind::Dir);
                     e.mode = 0o755;
                     let id = self.push(e, None);
+                    self.nodes[id].implied = true;
                     self.set_child(cur, comp, id);
                     id
                 }
@@ -296,6 +328,7 @@ impl Builder {
             entry,
             data,
             children: BTreeMap::new(),
+            implied: false,
         });
         self.nodes.len() - 1
     }
@@ -329,6 +362,7 @@ impl Builder {
             if e.path.is_empty() {
                 // The layer's own root entry: its metadata applies to `/`.
                 if e.kind == EntryKind::Dir {
+                    self.nodes[0].implied = false;
                     let root = &mut self.nodes[0].entry;
                     root.mode = e.mode;
                     root.uid = e.uid;
@@ -346,6 +380,7 @@ impl Builder {
                         let kept = std::mem::take(&mut self.nodes[n].children);
                         self.nodes[n].entry = e.clone();
                         self.nodes[n].children = kept;
+                        self.nodes[n].implied = false;
                     }
                     _ => {
                         let id = self.push(e.clone(), None);
@@ -453,8 +488,15 @@ impl Builder {
                 inodes[(ino - 1) as usize].nlink = count.max(1);
             }
         }
+        let mut implied = vec![true; inodes.len()];
+        for (id, n) in self.nodes.iter().enumerate() {
+            if ino_of[id] != 0 {
+                implied[(ino_of[id] - 1) as usize] = n.implied;
+            }
+        }
         Tree {
             inodes,
+            implied,
             warnings: self.warnings,
         }
     }

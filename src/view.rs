@@ -8,7 +8,7 @@
 
 use crate::cache::{ChunkCache, ChunkKey, Claim};
 use crate::digest::Digest;
-use crate::indexer::{ensure_index, IndexError};
+use crate::indexer::IndexError;
 use crate::layer::estargz;
 use crate::layer::index::{IndexDetail, LayerIndex, CHUNK_SIZE};
 use crate::layer::EntryKind;
@@ -53,6 +53,9 @@ pub enum ViewError {
     BadData { layer: Digest, msg: String },
     #[error("read timed out after {0:?}")]
     Timeout(Duration),
+    /// Opening the image failed; every request waiting on it gets this.
+    #[error(transparent)]
+    Opening(Arc<ViewError>),
 }
 
 // Boxed: both are large, and errors travel through every read's Result.
@@ -104,29 +107,28 @@ impl ImageView {
         read_timeout: Duration,
         progress: &Progress,
     ) -> Result<Arc<ImageView>, ViewError> {
-        // Published indexes (`index --push`): pulled only when no layer is
-        // indexed here yet, so ensure_index below finds them; never fails.
-        crate::indexer::fetch_published(&source, &image, &cache).await;
-        let mut tasks = Vec::new();
-        for layer in &image.layers {
-            let (source, cache, layer) = (source.clone(), cache.clone(), layer.clone());
-            let bar = progress.bytes(format!("index {}", layer.digest.short()), layer.size);
-            tasks.push(tokio::spawn(async move {
-                ensure_index(&source, &cache, &layer, bar).await
-            }));
-        }
-        let mut layers = Vec::new();
-        for t in tasks {
-            let index = t.await.map_err(|e| ViewError::BadData {
-                layer: Digest::of_bytes(b""),
-                msg: format!("index task failed: {e}"),
-            })??;
-            layers.push(LayerView { index });
-        }
+        crate::progressive::Opening::start(image, source, cache, read_timeout, progress)
+            .await
+            .finished()
+            .await
+    }
+
+    /// The view of an image whose layer indexes are all there.
+    pub(crate) fn from_indexes(
+        image: ResolvedImage,
+        source: Source,
+        cache: Arc<ChunkCache>,
+        indexes: Vec<Arc<LayerIndex>>,
+        read_timeout: Duration,
+    ) -> Arc<ImageView> {
+        let layers: Vec<LayerView> = indexes
+            .into_iter()
+            .map(|index| LayerView { index })
+            .collect();
         let tables: Vec<&[crate::layer::Entry]> =
             layers.iter().map(|l| l.index.entries.as_slice()).collect();
         let tree = Tree::build(&tables);
-        Ok(Arc::new(ImageView {
+        Arc::new(ImageView {
             image,
             source,
             cache,
@@ -134,7 +136,7 @@ impl ImageView {
             tree,
             read_timeout,
             active_reads: AtomicUsize::new(0),
-        }))
+        })
     }
 
     pub fn inode(&self, ino: u64) -> Option<&Inode> {
@@ -164,6 +166,89 @@ impl ImageView {
         let li = data.layer as usize;
         let index = &self.layers[li].index;
         let entry = &index.entries[data.entry as usize];
+        self.read_path().read_entry(index, entry, offset, end).await
+    }
+
+    fn read_path(&self) -> ReadPath<'_> {
+        ReadPath {
+            source: &self.source,
+            cache: &self.cache,
+        }
+    }
+
+    /// Chunks of layer `li` in the same group are cheapest fetched by one
+    /// request: for gzip, the chunks decoded from one checkpoint (each
+    /// request starts decoding at the checkpoint before its first chunk).
+    pub fn fetch_group(&self, li: usize, id: u64) -> u64 {
+        match &self.layers[li].index.detail {
+            IndexDetail::Gzip(z) => {
+                let at = id * CHUNK_SIZE;
+                z.checkpoints
+                    .partition_point(|c| c.out_off <= at)
+                    .saturating_sub(1) as u64
+            }
+            IndexDetail::Tar { .. } | IndexDetail::Estargz(_) => id / READ_AHEAD_CHUNKS.max(1),
+        }
+    }
+
+    /// The chunks `ids` (sorted) of layer `li`, fetching what is missing.
+    pub async fn chunks(&self, li: usize, ids: &[u64]) -> Result<Vec<Bytes>, ViewError> {
+        let index = &self.layers[li].index;
+        Ok(self.read_path().chunks_noting_hits(index, ids).await?.0)
+    }
+
+    /// Fetch every chunk of every layer that is not cached yet. `background`
+    /// makes it yield to foreground reads (it pauses while any are running).
+    pub async fn fill_all(&self, background: bool, progress: &Progress) -> Result<(), ViewError> {
+        for (li, layer) in self.layers.iter().enumerate() {
+            let bar = progress.items(
+                format!("pull {}", layer.index.digest.short()),
+                layer.index.chunk_count(),
+                "chunks",
+            );
+            for run in fill_runs(&layer.index) {
+                if background {
+                    while self.active_reads.load(Ordering::SeqCst) > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let ids: Vec<u64> = run
+                    .clone()
+                    .filter(|&i| {
+                        !self.cache.contains(&ChunkKey {
+                            layer: layer.index.digest.clone(),
+                            id: i,
+                        })
+                    })
+                    .collect();
+                if !ids.is_empty() {
+                    self.chunks(li, &ids).await?;
+                }
+                bar.inc(run.end - run.start);
+            }
+            bar.finish();
+        }
+        Ok(())
+    }
+}
+
+/// The read path of one layer below the merged tree: cache lookups, range
+/// fetches and their verification. Shared by [`ImageView`] and the
+/// provisional view of an image still being indexed.
+pub(crate) struct ReadPath<'a> {
+    pub source: &'a Source,
+    pub cache: &'a Arc<ChunkCache>,
+}
+
+impl ReadPath<'_> {
+    /// Bytes [offset, end) of the regular file `entry` of the layer `index`.
+    pub(crate) async fn read_entry(
+        &self,
+        index: &Arc<LayerIndex>,
+        entry: &crate::layer::Entry,
+        offset: u64,
+        end: u64,
+    ) -> Result<Bytes, ViewError> {
         match &index.detail {
             IndexDetail::Gzip(_) | IndexDetail::Tar { .. } => {
                 let (start, stop) = (entry.data + offset, entry.data + end);
@@ -186,7 +271,7 @@ impl ImageView {
                     })
                     .collect();
                 self.cache.advise_willneed(&advise);
-                let (chunks, hits) = self.chunks_noting_hits(li, &ids).await?;
+                let (chunks, hits) = self.chunks_noting_hits(index, &ids).await?;
                 if trace::is_traced() {
                     let from_cache = ids
                         .iter()
@@ -209,7 +294,7 @@ impl ImageView {
                 let lo = file_chunks.partition_point(|c| c.file_offset + c.size <= offset);
                 let hi = file_chunks.partition_point(|c| c.file_offset < end);
                 let ids: Vec<u64> = (first + lo..first + hi).map(|i| i as u64).collect();
-                let (chunks, hits) = self.chunks_noting_hits(li, &ids).await?;
+                let (chunks, hits) = self.chunks_noting_hits(index, &ids).await?;
                 if trace::is_traced() {
                     let from_cache = file_chunks[lo..hi]
                         .iter()
@@ -225,33 +310,13 @@ impl ImageView {
         }
     }
 
-    /// Chunks of layer `li` in the same group are cheapest fetched by one
-    /// request: for gzip, the chunks decoded from one checkpoint (each
-    /// request starts decoding at the checkpoint before its first chunk).
-    pub fn fetch_group(&self, li: usize, id: u64) -> u64 {
-        match &self.layers[li].index.detail {
-            IndexDetail::Gzip(z) => {
-                let at = id * CHUNK_SIZE;
-                z.checkpoints
-                    .partition_point(|c| c.out_off <= at)
-                    .saturating_sub(1) as u64
-            }
-            IndexDetail::Tar { .. } | IndexDetail::Estargz(_) => id / READ_AHEAD_CHUNKS.max(1),
-        }
-    }
-
-    /// The chunks `ids` (sorted) of layer `li`, fetching what is missing.
-    pub async fn chunks(&self, li: usize, ids: &[u64]) -> Result<Vec<Bytes>, ViewError> {
-        Ok(self.chunks_noting_hits(li, ids).await?.0)
-    }
-
-    /// [`chunks`](Self::chunks), and which of them were in the cache already.
+    /// [`ImageView::chunks`], and which of them were in the cache already.
     async fn chunks_noting_hits(
         &self,
-        li: usize,
+        index: &Arc<LayerIndex>,
         ids: &[u64],
     ) -> Result<(Vec<Bytes>, Vec<bool>), ViewError> {
-        let layer = &self.layers[li].index.digest;
+        let layer = &index.digest;
         trace::note_chunks(layer, ids);
         let mut hits = vec![false; ids.len()];
         let mut first_round = true;
@@ -282,7 +347,7 @@ impl ImageView {
             let waited = Instant::now();
             if let Some(guard) = mine {
                 let want: Vec<u64> = guard.keys.iter().map(|k| k.id).collect();
-                let got = self.fill(li, &want).await?;
+                let got = self.fill(index, &want).await?;
                 for (slot, id) in out.iter_mut().zip(ids) {
                     if slot.is_none() {
                         if let Some(b) = got.get(id) {
@@ -303,17 +368,20 @@ impl ImageView {
 
     /// Fetch, verify and cache the chunks `ids` (sorted), one range request per
     /// run of adjacent ids. Returns at least the requested chunks.
-    async fn fill(&self, li: usize, ids: &[u64]) -> Result<HashMap<u64, Bytes>, ViewError> {
-        let index = self.layers[li].index.clone();
+    async fn fill(
+        &self,
+        index: &Arc<LayerIndex>,
+        ids: &[u64],
+    ) -> Result<HashMap<u64, Bytes>, ViewError> {
         let mut got = HashMap::new();
         for run in runs(ids) {
             let started = Instant::now();
             let (produced, compressed_bytes) = match &index.detail {
-                IndexDetail::Gzip(_) => self.fill_gzip(&index, run).await?,
+                IndexDetail::Gzip(_) => self.fill_gzip(index, run).await?,
                 IndexDetail::Tar { chunk_sha256 } => {
-                    self.fill_tar(&index, chunk_sha256, run).await?
+                    self.fill_tar(index, chunk_sha256, run).await?
                 }
-                IndexDetail::Estargz(ez) => self.fill_estargz(&index, ez, run).await?,
+                IndexDetail::Estargz(ez) => self.fill_estargz(index, ez, run).await?,
             };
             trace::note_fetch(trace::FetchNote {
                 layer: index.digest.clone(),
@@ -450,40 +518,6 @@ impl ImageView {
             out.push((id, Bytes::from(data)));
         }
         Ok((out, body.len() as u64))
-    }
-
-    /// Fetch every chunk of every layer that is not cached yet. `background`
-    /// makes it yield to foreground reads (it pauses while any are running).
-    pub async fn fill_all(&self, background: bool, progress: &Progress) -> Result<(), ViewError> {
-        for (li, layer) in self.layers.iter().enumerate() {
-            let bar = progress.items(
-                format!("pull {}", layer.index.digest.short()),
-                layer.index.chunk_count(),
-                "chunks",
-            );
-            for run in fill_runs(&layer.index) {
-                if background {
-                    while self.active_reads.load(Ordering::SeqCst) > 0 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                let ids: Vec<u64> = run
-                    .clone()
-                    .filter(|&i| {
-                        !self.cache.contains(&ChunkKey {
-                            layer: layer.index.digest.clone(),
-                            id: i,
-                        })
-                    })
-                    .collect();
-                if !ids.is_empty() {
-                    self.chunks(li, &ids).await?;
-                }
-                bar.inc(run.end - run.start);
-            }
-            bar.finish();
-        }
-        Ok(())
     }
 }
 

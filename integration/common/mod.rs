@@ -14,6 +14,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod fixture;
+pub mod gate;
 pub mod mount;
 pub mod netns;
 pub mod nfsrpc;

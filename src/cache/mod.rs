@@ -332,6 +332,13 @@ impl ChunkCache {
     }
 }
 
+/// Chunk `id` of a [`Staging`] area that may be in use by another task:
+/// `Ok(None)` if the file is damaged, `Err` (NotFound) once the area was
+/// committed or thrown away.
+pub fn read_staged(dir: &Path, id: u64) -> std::io::Result<Option<Vec<u8>>> {
+    file::read_checked(&dir.join(format!("{id:016x}")))
+}
+
 pub struct Staging<'a> {
     cache: &'a ChunkCache,
     layer: Digest,
@@ -341,6 +348,12 @@ pub struct Staging<'a> {
 }
 
 impl Staging<'_> {
+    /// Where staged chunk `id` is: `dir/{id:016x}`, a self-checking file
+    /// ([`file::read_checked`]).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn put(&mut self, id: u64, data: &[u8]) -> std::io::Result<()> {
         let path = self.dir.join(format!("{id:016x}"));
         file::write_atomic(&path.with_extension("part"), &path, data)?;

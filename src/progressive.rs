@@ -1,0 +1,382 @@
+//! An image while its layers are still being indexed: the streaming pass of
+//! a gzip or tar layer takes as long as downloading the whole blob, and a
+//! file the stream has already passed can be served before it ends.
+//!
+//! [`Opening`] starts every layer's index (cached, published, eStargz TOC or
+//! streaming pass) and, once all are there, the final [`ImageView`]. Until
+//! then it answers from a provisional tree, built now and then from what is
+//! known for sure:
+//!
+//! - Layers are complete from the top down to the topmost incomplete layer
+//!   `k`; the provisional tree merges layers `k..` only (layer `k` as far as
+//!   its pass has read). A lower layer can neither hide nor replace anything
+//!   of a higher one, so every entry found there is final, except a
+//!   directory only implied by a path (no entry yet says what its mode and
+//!   owner are: it waits). The root counts as known.
+//! - A name not found may still come (from the rest of layer `k` or from a
+//!   lower layer), and a directory's listing may still grow: negative
+//!   lookups and `readdir` wait for the final view.
+//! - A file of layer `k` is read from the pass's staged chunks once the pass
+//!   has decoded its bytes; a file of a complete layer through the normal
+//!   read path.
+//!
+//! Trust: staged chunks are not yet checked against the layer digest (that
+//! needs the whole blob). Serving them is what issue 2 asks for ("the image
+//! is usable before the layer has finished downloading"); the exposure ends
+//! with the pass: a mismatch makes every later request fail with EIO, and
+//! nothing of the layer reaches the cache. `lazyboot mount --verified-only`
+//! waits for the final view instead. Caveat: a tar that names one path twice
+//! serves the first copy until the pass reaches the second.
+
+use crate::cache::{read_staged, ChunkCache};
+use crate::indexer::{ensure_index_reporting, PassProgress};
+use crate::layer::index::{LayerIndex, CHUNK_SIZE};
+use crate::layer::EntryKind;
+use crate::progress::Progress;
+use crate::registry::{ResolvedImage, Source};
+use crate::tree::{DataRef, Inode, Tree};
+use crate::view::{ImageView, ReadPath, ViewError};
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Provisional trees are rebuilt at most this often (and never more often
+/// than every four build times), however fast the passes move.
+const MIN_REBUILD: Duration = Duration::from_millis(100);
+
+struct Slot {
+    progress: Arc<PassProgress>,
+    index: OnceLock<Arc<LayerIndex>>,
+}
+
+struct Snapshot {
+    generation: u64,
+    built: Instant,
+    cost: Duration,
+    /// Layer `base` of the image is layer 0 of `tree`.
+    base: usize,
+    tree: Tree,
+}
+
+/// What a provisional lookup found.
+pub enum Found {
+    /// Final metadata of the path; `data` names an image layer (not a tree
+    /// layer) and the entry in its table.
+    Node(Inode),
+    /// The final view is there: ask it.
+    Final(Arc<ImageView>),
+}
+
+pub struct Opening {
+    pub image: ResolvedImage,
+    source: Source,
+    cache: Arc<ChunkCache>,
+    slots: Vec<Slot>,
+    tick: Arc<watch::Sender<u64>>,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    outcome: OnceLock<Result<Arc<ImageView>, Arc<ViewError>>>,
+    read_timeout: Duration,
+}
+
+impl Opening {
+    /// Start indexing every layer of `image` (a progress bar each) and
+    /// building the final view; returns at once.
+    pub async fn start(
+        image: ResolvedImage,
+        source: Source,
+        cache: Arc<ChunkCache>,
+        read_timeout: Duration,
+        progress: &Progress,
+    ) -> Arc<Opening> {
+        // Published indexes (`index --push`): pulled only when no layer is
+        // indexed here yet, so the passes below find them; never fails.
+        crate::indexer::fetch_published(&source, &image, &cache).await;
+        let tick = Arc::new(watch::channel(0u64).0);
+        let slots = image
+            .layers
+            .iter()
+            .map(|_| Slot {
+                progress: PassProgress::new(tick.clone()),
+                index: OnceLock::new(),
+            })
+            .collect();
+        let opening = Arc::new(Opening {
+            image,
+            source,
+            cache,
+            slots,
+            tick,
+            snapshot: Mutex::new(None),
+            outcome: OnceLock::new(),
+            read_timeout,
+        });
+        let mut tasks = Vec::new();
+        for (li, layer) in opening.image.layers.iter().enumerate() {
+            let o = opening.clone();
+            let layer = layer.clone();
+            let bar = progress.bytes(format!("index {}", layer.digest.short()), layer.size);
+            tasks.push(tokio::spawn(async move {
+                let progress = o.slots[li].progress.clone();
+                let r = ensure_index_reporting(&o.source, &o.cache, &layer, bar, progress).await;
+                if let Ok(index) = &r {
+                    let _ = o.slots[li].index.set(index.clone());
+                    o.bump();
+                }
+                r
+            }));
+        }
+        let o = opening.clone();
+        tokio::spawn(async move {
+            let mut indexes = Vec::new();
+            let mut failed = None;
+            for t in tasks {
+                match t.await {
+                    Ok(Ok(index)) => indexes.push(index),
+                    Ok(Err(e)) => {
+                        failed = Some(ViewError::from(e));
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(ViewError::BadData {
+                            layer: crate::digest::Digest::of_bytes(b""),
+                            msg: format!("index task failed: {e}"),
+                        });
+                        break;
+                    }
+                }
+            }
+            let outcome = match failed {
+                Some(e) => Err(Arc::new(e)),
+                None => Ok(ImageView::from_indexes(
+                    o.image.clone(),
+                    o.source.clone(),
+                    o.cache.clone(),
+                    indexes,
+                    o.read_timeout,
+                )),
+            };
+            let _ = o.outcome.set(outcome);
+            *o.snapshot.lock() = None;
+            o.bump();
+        });
+        opening
+    }
+
+    fn bump(&self) {
+        self.tick.send_modify(|g| *g += 1);
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The final view, or why there will be none; `None` while indexing.
+    pub fn outcome(&self) -> Option<Result<Arc<ImageView>, ViewError>> {
+        self.outcome
+            .get()
+            .map(|r| r.clone().map_err(ViewError::Opening))
+    }
+
+    /// Wait for the final view.
+    pub async fn finished(&self) -> Result<Arc<ImageView>, ViewError> {
+        let mut rx = self.tick.subscribe();
+        loop {
+            if let Some(r) = self.outcome() {
+                return r;
+            }
+            // The sender lives as long as `self`.
+            let _ = rx.changed().await;
+        }
+    }
+
+    /// Wait until there is something to serve: the final view (or its
+    /// failure), or a streaming pass under way, so serving the provisional
+    /// tree is worth it. Indexes that are cached, published or eStargz come
+    /// quickly and are waited for; so are errors found before any pass
+    /// (a refused media type, a missing blob). Returns whether the final
+    /// view is there.
+    pub async fn serveable(&self) -> Result<bool, ViewError> {
+        let mut rx = self.tick.subscribe();
+        loop {
+            match self.outcome() {
+                Some(Ok(_)) => return Ok(true),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+            if self.slots.iter().any(|s| s.progress.state().dir.is_some()) {
+                return Ok(false);
+            }
+            let _ = rx.changed().await;
+        }
+    }
+
+    /// The provisional tree, rebuilt if the passes moved on and the last
+    /// build is old enough.
+    fn snapshot(&self) -> Arc<Snapshot> {
+        let generation = *self.tick.borrow();
+        let mut cur = self.snapshot.lock();
+        if let Some(s) = &*cur {
+            let fresh =
+                s.generation == generation || s.built.elapsed() < MIN_REBUILD.max(s.cost * 4);
+            if fresh {
+                return s.clone();
+            }
+        }
+        let started = Instant::now();
+        // Layers above `base` are complete; `base` itself may be half-read.
+        let base = self
+            .slots
+            .iter()
+            .rposition(|s| s.index.get().is_none())
+            .unwrap_or(0);
+        let guard = self.slots[base].progress.entries.read();
+        let mut tables: Vec<&[crate::layer::Entry]> = Vec::new();
+        match self.slots[base].index.get() {
+            Some(index) => tables.push(&index.entries),
+            None => tables.push(&guard),
+        }
+        for s in &self.slots[base + 1..] {
+            tables.push(&s.index.get().expect("complete above base").entries);
+        }
+        let tree = Tree::build_partial(&tables);
+        drop(guard);
+        let snap = Arc::new(Snapshot {
+            generation,
+            built: Instant::now(),
+            cost: started.elapsed(),
+            base,
+            tree,
+        });
+        *cur = Some(snap.clone());
+        snap
+    }
+
+    /// `path`'s final metadata from the provisional tree, if it is known
+    /// for sure yet.
+    fn known(&self, path: &str) -> Option<Inode> {
+        let snap = self.snapshot();
+        let mut cur = snap.tree.root();
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            let ino = cur.child(comp)?;
+            if snap.tree.is_implied(ino) {
+                return None;
+            }
+            cur = snap.tree.get(ino)?;
+        }
+        let mut node = cur.clone();
+        node.children = Vec::new();
+        node.data = node.data.map(|d| DataRef {
+            layer: d.layer + snap.base as u32,
+            entry: d.entry,
+        });
+        Some(node)
+    }
+
+    /// Wait until the passes move on; fails if the final view failed, or
+    /// nothing moved for the read timeout.
+    async fn wait_progress(&self, rx: &mut watch::Receiver<u64>) -> Result<(), ViewError> {
+        if let Some(Err(e)) = self.outcome() {
+            return Err(e);
+        }
+        match tokio::time::timeout(self.read_timeout, rx.changed()).await {
+            Ok(_) => {
+                // Let a few more changes pile up before the next rebuild.
+                tokio::time::sleep(MIN_REBUILD / 2).await;
+                Ok(())
+            }
+            Err(_) => Err(ViewError::Timeout(self.read_timeout)),
+        }
+    }
+
+    /// Look `path` up: its final metadata as soon as it is known, or the
+    /// final view once there is one (also the only way to learn that a name
+    /// does not exist).
+    pub async fn lookup(&self, path: &str) -> Result<Found, ViewError> {
+        let mut rx = self.tick.subscribe();
+        loop {
+            if let Some(r) = self.outcome() {
+                return r.map(Found::Final);
+            }
+            if let Some(node) = self.known(path) {
+                return Ok(Found::Node(node));
+            }
+            self.wait_progress(&mut rx).await?;
+        }
+    }
+
+    /// Read [offset, offset+len) of the file `node` (from [`lookup`](Self::lookup)).
+    pub async fn read(&self, node: &Inode, offset: u64, len: u32) -> Result<Bytes, ViewError> {
+        if node.kind != EntryKind::File {
+            return Err(ViewError::NotFile(node.ino));
+        }
+        let end = node.size.min(offset.saturating_add(len as u64));
+        let Some(data) = node.data.filter(|_| offset < end) else {
+            return Ok(Bytes::new());
+        };
+        let slot = &self.slots[data.layer as usize];
+        let mut rx = self.tick.subscribe();
+        loop {
+            if let Some(index) = slot.index.get() {
+                let entry = &index.entries[data.entry as usize];
+                let path = ReadPath {
+                    source: &self.source,
+                    cache: &self.cache,
+                };
+                return path.read_entry(index, entry, offset, end).await;
+            }
+            let state = slot.progress.state();
+            if let Some(Err(msg)) = &state.outcome {
+                return Err(ViewError::BadData {
+                    layer: self.image.layers[data.layer as usize].digest.clone(),
+                    msg: msg.clone(),
+                });
+            }
+            let start = slot.progress.entries.read()[data.entry as usize].data;
+            let (lo, hi) = (start + offset, start + end);
+            let (first, last) = (lo / CHUNK_SIZE, hi.div_ceil(CHUNK_SIZE));
+            if let (Some(dir), true) = (&state.dir, state.staged >= last) {
+                let dir = dir.clone();
+                let staged = tokio::task::spawn_blocking(move || {
+                    (first..last)
+                        .map(|id| read_staged(&dir, id))
+                        .collect::<std::io::Result<Vec<_>>>()
+                })
+                .await
+                .expect("reading staged chunks does not panic");
+                // Else committed (or thrown away) under us: look again.
+                if let Ok(chunks) = staged {
+                    return self.cut(&chunks, data.layer, first, lo, hi);
+                }
+            }
+            self.wait_progress(&mut rx).await?;
+        }
+    }
+
+    fn cut(
+        &self,
+        chunks: &[Option<Vec<u8>>],
+        layer: u32,
+        first: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Bytes, ViewError> {
+        let mut out = BytesMut::with_capacity((hi - lo) as usize);
+        for (i, c) in chunks.iter().enumerate() {
+            let Some(c) = c else {
+                return Err(ViewError::BadData {
+                    layer: self.image.layers[layer as usize].digest.clone(),
+                    msg: format!("staged chunk {} is damaged", first + i as u64),
+                });
+            };
+            let at = (first + i as u64) * CHUNK_SIZE;
+            let from = lo.max(at) - at;
+            let to = (hi.min(at + c.len() as u64)).saturating_sub(at);
+            if from < to {
+                out.extend_from_slice(&c[from as usize..to as usize]);
+            }
+        }
+        Ok(out.freeze())
+    }
+}
