@@ -151,6 +151,7 @@ fn build_image() -> Result<Image> {
     let layout = tmp.path().join("layout");
     let big = noise(BIG, 0x5eed);
     let base = tar_of(&[
+        Item::Dir("./", 0o751),
         Item::Dir("etc/", 0o755),
         Item::File("etc/early.txt", 0o644, b"read me while the pass runs\n"),
         Item::File("etc/gone.txt", 0o600, b"deleted by the top layer\n"),
@@ -251,6 +252,10 @@ fn files_the_pass_has_passed_are_served_before_it_ends() -> Result<()> {
     );
     let meta = std::fs::metadata(dir.join("big/blob.bin"))?;
     assert_eq!(meta.len(), BIG as u64);
+    // The root as the base layer's `./` entry describes it, not defaults.
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata(&dir)?;
+    assert_eq!((root.mode() & 0o7777, root.mtime()), (0o751, 1_700_000_000));
 
     // Not known yet, so not answered yet: the bytes past the hold point, a
     // name past it, a name the top layer whited out (the base has it, and

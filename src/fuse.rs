@@ -502,17 +502,28 @@ pub fn mount_config(fsname: &str) -> Config {
 pub const READAHEAD_KB: u32 = 4096;
 
 /// Raise the readahead of the FUSE mount at `mountpoint`. The INIT reply can
-/// only lower it, so this goes through the mount's bdi in sysfs. Best effort:
-/// returns the error for a log line.
+/// only lower it, so this goes through the mount's bdi in sysfs. The bdi is
+/// found in /proc/self/mountinfo, not by stat: a stat of the mount would
+/// wait for the root's metadata, which a provisional tree may not know yet.
+/// Best effort: returns the error for a log line.
 pub fn raise_readahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(mountpoint)?.dev();
-    let bdi = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    );
-    std::fs::write(bdi, kb.to_string())
+    let want = std::fs::canonicalize(mountpoint)?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // Fields: id parent major:minor root mountpoint ...; the last mount
+    // at a path is the one on top.
+    let dev = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = f.get(4)?.replace("\\040", " ");
+            (Path::new(&point) == want).then(|| f[2].to_string())
+        })
+        .next_back()
+        .ok_or_else(|| std::io::Error::other("mount not found in /proc/self/mountinfo"))?;
+    std::fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        kb.to_string(),
+    )
 }
 
 /// Detach mounts left behind by killed runs at `path`: a FUSE mount whose

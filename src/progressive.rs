@@ -12,7 +12,8 @@
 //!   its pass has read). A lower layer can neither hide nor replace anything
 //!   of a higher one, so every entry found there is final, except a
 //!   directory only implied by a path (no entry yet says what its mode and
-//!   owner are: it waits). The root counts as known.
+//!   owner are: it waits). So does the root, until a `./` entry of layer
+//!   `k` or above describes it (base layers usually begin with one).
 //! - A name not found may still come (from the rest of layer `k` or from a
 //!   lower layer), and a directory's listing may still grow: negative
 //!   lookups and `readdir` wait for the final view.
@@ -258,6 +259,9 @@ impl Opening {
     fn known(&self, path: &str) -> Option<Inode> {
         let snap = self.snapshot();
         let mut cur = snap.tree.root();
+        if path.is_empty() && snap.tree.is_implied(cur.ino) {
+            return None;
+        }
         for comp in path.split('/').filter(|c| !c.is_empty()) {
             let ino = cur.child(comp)?;
             if snap.tree.is_implied(ino) {
