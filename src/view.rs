@@ -25,8 +25,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Cached chunks (256 KiB each) a reader is kept ahead of, in the page cache.
-const READ_AHEAD_CHUNKS: u64 = 16;
+/// Cached chunks (256 KiB each) a reader is kept ahead of, in the page
+/// cache: 16 MiB of chunk files being read from disk while FUSE copies.
+const READ_AHEAD_CHUNKS: u64 = 64;
+
+/// Chunks of a tar or eStargz layer worth fetching by one request (4 MiB).
+const FETCH_GROUP_CHUNKS: u64 = 16;
 
 #[derive(Clone, Debug)]
 pub struct ViewOptions {
@@ -187,7 +191,7 @@ impl ImageView {
                     .partition_point(|c| c.out_off <= at)
                     .saturating_sub(1) as u64
             }
-            IndexDetail::Tar { .. } | IndexDetail::Estargz(_) => id / READ_AHEAD_CHUNKS.max(1),
+            IndexDetail::Tar { .. } | IndexDetail::Estargz(_) => id / FETCH_GROUP_CHUNKS,
         }
     }
 
@@ -271,6 +275,11 @@ impl ReadPath<'_> {
                     })
                     .collect();
                 self.cache.advise_willneed(&advise);
+                if let Some(data) = self.cached_range(index, first..last, start, stop) {
+                    trace::note_chunks(&index.digest, &ids);
+                    trace::note_hit(stop - start);
+                    return Ok(data);
+                }
                 let (chunks, hits) = self.chunks_noting_hits(index, &ids).await?;
                 if trace::is_traced() {
                     let from_cache = ids
@@ -308,6 +317,38 @@ impl ReadPath<'_> {
                 Ok(assemble(&chunks, base, offset, end))
             }
         }
+    }
+
+    /// Bytes [start, stop) of `index`'s uncompressed stream if every chunk
+    /// of `ids` is cached, read from the chunk files straight into one
+    /// buffer: the warm sequential read's path, one copy instead of three
+    /// (file to chunk, chunk without its header, chunks to the reply).
+    fn cached_range(
+        &self,
+        index: &LayerIndex,
+        ids: std::ops::Range<u64>,
+        start: u64,
+        stop: u64,
+    ) -> Option<Bytes> {
+        let mut buf = Vec::with_capacity(((ids.end - ids.start) * CHUNK_SIZE) as usize);
+        for id in ids.clone() {
+            let key = ChunkKey {
+                layer: index.digest.clone(),
+                id,
+            };
+            let before = buf.len();
+            if !self.cache.get_into(&key, &mut buf) {
+                return None;
+            }
+            // Only the layer's last chunk is short.
+            if id + 1 < ids.end && (buf.len() - before) as u64 != CHUNK_SIZE {
+                return None;
+            }
+        }
+        let base = ids.start * CHUNK_SIZE;
+        let hi = ((stop - base) as usize).min(buf.len());
+        let lo = ((start - base) as usize).min(hi);
+        Some(Bytes::from(buf).slice(lo..hi))
     }
 
     /// [`ImageView::chunks`], and which of them were in the cache already.

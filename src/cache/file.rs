@@ -23,6 +23,33 @@ pub fn write_atomic(tmp: &Path, dest: &Path, body: &[u8]) -> io::Result<u64> {
     Ok((HEADER + body.len()) as u64)
 }
 
+/// Append the body of the self-checking file at `path` to `out`:
+/// `Ok(true)` if intact, `Ok(false)` (and `out` unchanged) if damaged, `Err`
+/// if it cannot be read. The body goes straight into `out`, with no copy.
+pub fn read_checked_into(path: &Path, out: &mut Vec<u8>) -> io::Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut header = [0u8; HEADER];
+    let before = out.len();
+    let intact = match f.read_exact(&mut header) {
+        Ok(()) if &header[..4] == MAGIC => {
+            if let Err(e) = f.read_to_end(out) {
+                out.truncate(before);
+                return Err(e);
+            }
+            let want = u64::from_le_bytes(header[8..16].try_into().unwrap());
+            xxh3_64(&out[before..]) == want
+        }
+        Ok(()) => false,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
+        Err(e) => return Err(e),
+    };
+    if !intact {
+        out.truncate(before);
+    }
+    Ok(intact)
+}
+
 /// `Ok(Some(body))` if intact, `Ok(None)` if the file exists but is damaged,
 /// `Err` if it cannot be read at all (usually: it does not exist).
 pub fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {

@@ -192,6 +192,41 @@ impl ChunkCache {
         }
     }
 
+    /// Append the verified chunk `key` to `out`; `false` (and `out` as it
+    /// was) if it is not cached or failed its check. Unlike [`get`](Self::get)
+    /// the body is read straight into `out` and not kept in the hot set:
+    /// this is the bulk path of sequential reads.
+    pub fn get_into(&self, key: &ChunkKey, out: &mut Vec<u8>) -> bool {
+        if let Some(b) = self.hot.lock().get(key) {
+            out.extend_from_slice(b);
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if self.disk.lock().lru.get(key).is_none() {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let path = self.chunk_path(key);
+        match file::read_checked_into(&path, out) {
+            Ok(true) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(path = %path.display(), "cached chunk failed its checksum; discarding it");
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.forget(key);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(_) => {
+                self.forget(key);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
     /// Ask the kernel to start reading these chunk files into the page cache
     /// (a sequential reader will want them next). Readahead never crosses
     /// files, so without this every chunk file costs a synchronous disk read.
@@ -452,6 +487,38 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn get_into_appends_only_intact_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        c.put(&key(1), Bytes::from(vec![1u8; 1000])).unwrap();
+        c.put(&key(2), Bytes::from(vec![2u8; 500])).unwrap();
+        drop(c);
+        // Reopened: nothing in the hot set, both come from their files.
+        let c = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        let mut out = b"head".to_vec();
+        assert!(c.get_into(&key(1), &mut out));
+        assert!(c.get_into(&key(2), &mut out));
+        assert!(!c.get_into(&key(3), &mut out));
+        assert_eq!(out.len(), 4 + 1000 + 500);
+        assert!(out[4..1004].iter().all(|&b| b == 1) && out[1004..].iter().all(|&b| b == 2));
+        // A damaged file leaves `out` alone and is dropped from the cache.
+        let p = dir
+            .path()
+            .join("chunks")
+            .join(key(1).layer.hex())
+            .join(format!("{:016x}", 1));
+        let mut b = std::fs::read(&p).unwrap();
+        b[100] ^= 1;
+        std::fs::write(&p, b).unwrap();
+        let c = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        let mut out = b"head".to_vec();
+        assert!(!c.get_into(&key(1), &mut out));
+        assert_eq!(out, b"head");
+        assert_eq!(c.stats().corrupt_chunks, 1);
+        assert!(!c.contains(&key(1)));
     }
 
     #[test]
