@@ -16,7 +16,7 @@ use common::{compare_with, snapshot, CompareOptions, Registry};
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 const TOOLS: &[&str] = &["fusermount3"];
@@ -201,25 +201,69 @@ fn read_range(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> 
     Ok(buf)
 }
 
+/// The image pushed to a fresh registry as `repo:t` behind a [`Gate`] that
+/// holds the base layer's stream after half of it; `damage` flips bytes of
+/// the registry's copy three quarters in, past the hold point.
+struct Held {
+    img: Image,
+    _reg: Registry,
+    gate: Gate,
+    tmp: tempfile::TempDir,
+    reference: String,
+    base: String,
+}
+
+fn held(repo: &str, damage: bool) -> Result<Held> {
+    let img = build_image()?;
+    let reg = Registry::start()?;
+    common::push(&img.layout, "t", &reg, &format!("{repo}:t"))?;
+    let (base, size) = img.base.clone();
+    if damage {
+        let blob = reg.blob_path(&base);
+        let mut bad = std::fs::read(&blob)?;
+        let at = bad.len() * 3 / 4;
+        for b in &mut bad[at..at + 64] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&blob, &bad)?;
+    }
+    let gate = Gate::start(&reg.addr)?;
+    gate.hold(&base, size / 2);
+    let reference = gate.reference(&format!("{repo}:t"));
+    Ok(Held {
+        img,
+        _reg: reg,
+        gate,
+        tmp: tempfile::tempdir()?,
+        reference,
+        base,
+    })
+}
+
+impl Held {
+    fn cache(&self) -> PathBuf {
+        self.tmp.path().join("cache")
+    }
+
+    /// `lazyboot mount` of the image, as soon as it says it is mounted.
+    fn mount(&self, extra: &[&str]) -> Result<Mount> {
+        Mount::start(
+            &self.reference,
+            &self.cache(),
+            &self.tmp.path().join("mnt"),
+            extra,
+        )
+    }
+}
+
 #[test]
 fn files_the_pass_has_passed_are_served_before_it_ends() -> Result<()> {
     if !common::require_root_and_tools("files_the_pass_has_passed_are_served", TOOLS) {
         return Ok(());
     }
-    let img = build_image()?;
-    let reg = Registry::start()?;
-    common::push(&img.layout, "t", &reg, "prog/img:t")?;
-    let gate = Gate::start(&reg.addr)?;
-    let (base, size) = img.base.clone();
-    gate.hold(&base, size / 2);
-    let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    let m = Mount::start(
-        &gate.reference("prog/img:t"),
-        &cache,
-        &tmp.path().join("mnt"),
-        &["--no-background-fill", "--read-timeout", "120"],
-    )?;
+    let h = held("prog/img", false)?;
+    let (img, gate, base, cache) = (&h.img, &h.gate, &h.base, h.cache());
+    let m = h.mount(&["--no-background-fill", "--read-timeout", "120"])?;
     gate.wait_held(DONE)?;
     let dir = m.dir.clone();
 
@@ -319,7 +363,7 @@ fn files_the_pass_has_passed_are_served_before_it_ends() -> Result<()> {
         std::fs::read(dir.join("etc/early.txt"))?,
         b"read me while the pass runs\n"
     );
-    let want_dir = tmp.path().join("umoci");
+    let want_dir = h.tmp.path().join("umoci");
     let want = snapshot(&common::umoci_unpack(&img.layout, "t", &want_dir)?)?;
     let got = snapshot(&dir)?;
     let diffs = compare_with(
@@ -343,28 +387,9 @@ fn a_digest_mismatch_found_at_the_end_of_the_pass_ends_the_mount() -> Result<()>
     if !common::require_root_and_tools("a_digest_mismatch_ends_the_mount", TOOLS) {
         return Ok(());
     }
-    let img = build_image()?;
-    let reg = Registry::start()?;
-    common::push(&img.layout, "t", &reg, "prog/bad:t")?;
-    let (base, size) = img.base.clone();
-    // Damage the registry's copy of the base layer past the hold point.
-    let blob = reg.blob_path(&base);
-    let mut bad = std::fs::read(&blob)?;
-    let at = bad.len() * 3 / 4;
-    for b in &mut bad[at..at + 64] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(&blob, &bad)?;
-    let gate = Gate::start(&reg.addr)?;
-    gate.hold(&base, size / 2);
-    let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    let mut m = Mount::start(
-        &gate.reference("prog/bad:t"),
-        &cache,
-        &tmp.path().join("mnt"),
-        &["--no-background-fill", "--read-timeout", "120"],
-    )?;
+    let h = held("prog/bad", true)?;
+    let (gate, base, cache) = (&h.gate, &h.base, h.cache());
+    let mut m = h.mount(&["--no-background-fill", "--read-timeout", "120"])?;
     gate.wait_held(DONE)?;
     let dir = m.dir.clone();
     let tail = spawn({
@@ -415,26 +440,12 @@ fn verified_only_mounts_after_the_pass() -> Result<()> {
     if !common::require_root_and_tools("verified_only_mounts_after_the_pass", TOOLS) {
         return Ok(());
     }
-    let img = build_image()?;
-    let reg = Registry::start()?;
-    common::push(&img.layout, "t", &reg, "prog/v:t")?;
-    let gate = Gate::start(&reg.addr)?;
-    let (base, size) = img.base.clone();
-    gate.hold(&base, size / 2);
-    let tmp = tempfile::tempdir()?;
-    let (image, cache, mnt) = (
-        gate.reference("prog/v:t"),
-        tmp.path().join("cache"),
-        tmp.path().join("mnt"),
-    );
-    let mounting = spawn(move || {
-        Mount::start(
-            &image,
-            &cache,
-            &mnt,
-            &["--no-background-fill", "--verified-only"],
-        )
+    let h = Arc::new(held("prog/v", false)?);
+    let mounting = spawn({
+        let h = h.clone();
+        move || h.mount(&["--no-background-fill", "--verified-only"])
     });
+    let gate = &h.gate;
     gate.wait_held(DONE)?;
     assert!(
         mounting.within(PENDING).is_none(),

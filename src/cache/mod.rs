@@ -163,33 +163,13 @@ impl ChunkCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Some(b.clone());
         }
-        let known = self.disk.lock().lru.get(key).is_some();
-        if !known {
-            self.misses.fetch_add(1, Ordering::Relaxed);
+        let mut body = Vec::new();
+        if !self.read_file_into(key, &mut body) {
             return None;
         }
-        let path = self.chunk_path(key);
-        match file::read_checked(&path) {
-            Ok(Some(data)) => {
-                let data = Bytes::from(data);
-                self.hot.lock().put(key.clone(), data.clone());
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(data)
-            }
-            Ok(None) => {
-                tracing::warn!(path = %path.display(), "cached chunk failed its checksum; discarding it");
-                self.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.forget(key);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(_) => {
-                // Evicted or removed behind our back: a plain miss.
-                self.forget(key);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+        let data = Bytes::from(body);
+        self.hot.lock().put(key.clone(), data.clone());
+        Some(data)
     }
 
     /// Append the verified chunk `key` to `out`; `false` (and `out` as it
@@ -202,6 +182,12 @@ impl ChunkCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return true;
         }
+        self.read_file_into(key, out)
+    }
+
+    /// The chunk file of `key`, checked, appended to `out`; counts the hit
+    /// or miss, and drops a damaged or vanished file from the cache.
+    fn read_file_into(&self, key: &ChunkKey, out: &mut Vec<u8>) -> bool {
         if self.disk.lock().lru.get(key).is_none() {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -210,21 +196,18 @@ impl ChunkCache {
         match file::read_checked_into(&path, out) {
             Ok(true) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                true
+                return true;
             }
             Ok(false) => {
                 tracing::warn!(path = %path.display(), "cached chunk failed its checksum; discarding it");
                 self.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.forget(key);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                false
             }
-            Err(_) => {
-                self.forget(key);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+            // Evicted or removed behind our back: a plain miss.
+            Err(_) => {}
         }
+        self.forget(key);
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     /// Ask the kernel to start reading these chunk files into the page cache
