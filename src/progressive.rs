@@ -123,6 +123,8 @@ impl Opening {
                 let r = ensure_index_reporting(&o.source, &o.cache, &layer, bar, progress).await;
                 if let Ok(index) = &r {
                     let _ = o.slots[li].index.set(index.clone());
+                    // The index has them all now; keep one copy, not two.
+                    *o.slots[li].progress.entries.write() = Vec::new();
                     o.bump();
                 }
                 r
@@ -337,7 +339,17 @@ impl Opening {
                     msg: msg.clone(),
                 });
             }
-            let start = slot.progress.entries.read()[data.entry as usize].data;
+            // Gone once the index is there (the entries are dropped then).
+            let Some(start) = slot
+                .progress
+                .entries
+                .read()
+                .get(data.entry as usize)
+                .map(|e| e.data)
+            else {
+                self.wait_progress(&mut rx).await?;
+                continue;
+            };
             let (lo, hi) = (start + offset, start + end);
             let (first, last) = (lo / CHUNK_SIZE, hi.div_ceil(CHUNK_SIZE));
             if let (Some(dir), true) = (&state.dir, state.staged >= last) {

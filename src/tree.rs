@@ -532,6 +532,23 @@ mod tests {
     }
 
     #[test]
+    fn directories_no_entry_describes_are_marked_implied() {
+        // `p/q` only implied by its file; `d` described; the root has no `./`.
+        let l1 = vec![dir("d"), file("p/q/f", 0o644)];
+        let t = Tree::build_partial(&[&l1]);
+        let ino = |p: &str| t.resolve(p).unwrap().ino;
+        assert!(t.is_implied(ROOT_INO));
+        assert!(t.is_implied(ino("p")) && t.is_implied(ino("p/q")));
+        assert!(!t.is_implied(ino("d")) && !t.is_implied(ino("p/q/f")));
+        // An upper layer describing `p` (and `./`) makes them known.
+        let l2 = vec![dir(""), dir("p")];
+        let t = Tree::build_partial(&[&l1, &l2]);
+        assert!(!t.is_implied(ROOT_INO));
+        assert!(!t.is_implied(t.resolve("p").unwrap().ino));
+        assert!(t.is_implied(t.resolve("p/q").unwrap().ino));
+    }
+
+    #[test]
     fn whiteouts_hide_lower_layers_only() {
         let l1 = vec![
             dir("a"),
