@@ -460,3 +460,49 @@ fn verified_only_mounts_after_the_pass() -> Result<()> {
     m.stop()?;
     Ok(())
 }
+
+#[test]
+fn a_stalled_pass_gives_eio_within_the_read_timeout_then_recovers() -> Result<()> {
+    if !common::require_root_and_tools("a_stalled_pass_gives_eio", TOOLS) {
+        return Ok(());
+    }
+    let h = held("prog/stall", false)?;
+    let m = h.mount(&["--no-background-fill", "--read-timeout", "3"])?;
+    h.gate.wait_held(DONE)?;
+    let dir = m.dir.clone();
+    // The stream is held: for these requests nothing moves. Each must fail
+    // (EIO) after about the read timeout instead of hanging.
+    let waiting = spawn({
+        let d = dir.clone();
+        move || {
+            [
+                std::fs::read_dir(d.join("etc"))
+                    .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
+                    .map(|_| ()),
+                std::fs::metadata(d.join("zz-late.txt")).map(|_| ()),
+                read_range(&d.join("big/blob.bin"), (BIG - 4096) as u64, 4096).map(|_| ()),
+            ]
+        }
+    });
+    let results = waiting
+        .within(DONE)
+        .context("requests waiting on a stalled pass hung")?;
+    for r in &results {
+        let err = r.as_ref().expect_err("nothing can be answered yet");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    }
+    // The pass goes on once the stream does, and then all of it is served.
+    h.gate.release();
+    let late = spawn({
+        let d = dir.clone();
+        move || std::fs::read(d.join("zz-late.txt"))
+    });
+    assert_eq!(late.within(DONE).context("late")??, b"after the big file\n");
+    assert_eq!(
+        read_range(&dir.join("big/blob.bin"), 0, BIG)?,
+        h.img.big,
+        "the big file after the pass"
+    );
+    m.stop()?;
+    Ok(())
+}

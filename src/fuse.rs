@@ -403,7 +403,7 @@ impl Filesystem for LazyFs {
             Ok(Target::Provisional(path)) => {
                 let opening = self.opening.clone();
                 self.rt.spawn(async move {
-                    match opening.finished().await {
+                    match opening.final_view().await {
                         Ok(v) => match v.tree.resolve(&path).map(|n| n.ino) {
                             Some(i) => fill_dir(&v, i, offset, reply),
                             None => reply.error(Errno::ENOENT),

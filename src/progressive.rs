@@ -182,6 +182,20 @@ impl Opening {
             .map(|r| r.clone().map_err(ViewError::Opening))
     }
 
+    /// Wait for the final view on behalf of a client request: like
+    /// [`finished`](Self::finished), but fails with a timeout if the passes
+    /// make no progress for the read timeout (a hung registry), so a request
+    /// never waits forever.
+    pub async fn final_view(&self) -> Result<Arc<ImageView>, ViewError> {
+        let mut rx = self.tick.subscribe();
+        loop {
+            if let Some(r) = self.outcome() {
+                return r;
+            }
+            self.wait_progress(&mut rx).await?;
+        }
+    }
+
     /// Wait for the final view.
     pub async fn finished(&self) -> Result<Arc<ImageView>, ViewError> {
         let mut rx = self.tick.subscribe();
