@@ -7,7 +7,7 @@
 
 use crate::layer::EntryKind;
 use crate::progressive::{Found, Opening};
-use crate::tree::{Inode, ROOT_INO};
+use crate::tree::{DataRef, Inode, ROOT_INO};
 use crate::view::{ImageView, ViewError};
 use bytes::Bytes;
 use fuser::{
@@ -39,18 +39,30 @@ pub struct LazyFs {
 struct ProvisionalIds {
     paths: Vec<String>,
     ids: HashMap<String, u64>,
+    /// Regular files by the layer entry holding their data, which all hard
+    /// links to a file share: one id (one `st_ino`) for all its names.
+    files: HashMap<DataRef, u64>,
 }
 
 /// Far above any final inode number (those count the image's files).
 const PROVISIONAL: u64 = 1 << 48;
 
 impl ProvisionalIds {
-    fn id(&mut self, path: &str) -> u64 {
+    fn id(&mut self, path: &str, data: Option<DataRef>) -> u64 {
         if let Some(&id) = self.ids.get(path) {
             return id;
         }
-        let id = PROVISIONAL + self.paths.len() as u64;
-        self.paths.push(path.to_string());
+        let id = match data.and_then(|d| self.files.get(&d)) {
+            Some(&id) => id,
+            None => {
+                let id = PROVISIONAL + self.paths.len() as u64;
+                self.paths.push(path.to_string());
+                if let Some(d) = data {
+                    self.files.insert(d, id);
+                }
+                id
+            }
+        };
         self.ids.insert(path.to_string(), id);
         id
     }
@@ -132,7 +144,7 @@ impl LazyFs {
                     n.ino = if path.is_empty() {
                         ROOT_INO
                     } else {
-                        prov.lock().id(&path)
+                        prov.lock().id(&path, n.data)
                     };
                     Ok(Answer::Node(n))
                 }
