@@ -36,8 +36,8 @@ use crate::layer::EntryKind;
 use crate::progress::Progress;
 use crate::registry::{ResolvedImage, Source};
 use crate::tree::{DataRef, Inode, Tree};
-use crate::view::{ImageView, ReadPath, ViewError};
-use bytes::{Bytes, BytesMut};
+use crate::view::{assemble, ImageView, ReadPath, ViewError};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -187,24 +187,26 @@ impl Opening {
     /// make no progress for the read timeout (a hung registry), so a request
     /// never waits forever.
     pub async fn final_view(&self) -> Result<Arc<ImageView>, ViewError> {
-        let mut rx = self.tick.subscribe();
-        loop {
-            if let Some(r) = self.outcome() {
-                return r;
-            }
-            self.wait_progress(&mut rx).await?;
-        }
+        self.wait_final(true).await
     }
 
     /// Wait for the final view.
     pub async fn finished(&self) -> Result<Arc<ImageView>, ViewError> {
+        self.wait_final(false).await
+    }
+
+    async fn wait_final(&self, bounded: bool) -> Result<Arc<ImageView>, ViewError> {
         let mut rx = self.tick.subscribe();
         loop {
             if let Some(r) = self.outcome() {
                 return r;
             }
-            // The sender lives as long as `self`.
-            let _ = rx.changed().await;
+            if bounded {
+                self.wait_progress(&mut rx).await?;
+            } else {
+                // The sender lives as long as `self`.
+                let _ = rx.changed().await;
+            }
         }
     }
 
@@ -377,36 +379,33 @@ impl Opening {
                 .expect("reading staged chunks does not panic");
                 // Else committed (or thrown away) under us: look again.
                 if let Ok(chunks) = staged {
-                    return self.cut(&chunks, data.layer, first, lo, hi);
+                    return self.cut(chunks, data.layer, first, lo, hi);
                 }
             }
             self.wait_progress(&mut rx).await?;
         }
     }
 
+    /// The staged chunks `first..` (a damaged one is an error), cut to
+    /// [lo, hi) of the layer's stream.
     fn cut(
         &self,
-        chunks: &[Option<Vec<u8>>],
+        chunks: Vec<Option<Vec<u8>>>,
         layer: u32,
         first: u64,
         lo: u64,
         hi: u64,
     ) -> Result<Bytes, ViewError> {
-        let mut out = BytesMut::with_capacity((hi - lo) as usize);
-        for (i, c) in chunks.iter().enumerate() {
+        let mut whole = Vec::with_capacity(chunks.len());
+        for (i, c) in chunks.into_iter().enumerate() {
             let Some(c) = c else {
                 return Err(ViewError::BadData {
                     layer: self.image.layers[layer as usize].digest.clone(),
                     msg: format!("staged chunk {} is damaged", first + i as u64),
                 });
             };
-            let at = (first + i as u64) * CHUNK_SIZE;
-            let from = lo.max(at) - at;
-            let to = (hi.min(at + c.len() as u64)).saturating_sub(at);
-            if from < to {
-                out.extend_from_slice(&c[from as usize..to as usize]);
-            }
+            whole.push(Bytes::from(c));
         }
-        Ok(out.freeze())
+        Ok(assemble(&whole, first * CHUNK_SIZE, lo, hi))
     }
 }

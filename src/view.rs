@@ -622,7 +622,7 @@ fn runs(ids: &[u64]) -> Vec<std::ops::Range<u64>> {
 
 /// Concatenate consecutive chunks starting at address `base` and cut
 /// [start, stop) out of them.
-fn assemble(chunks: &[Bytes], base: u64, start: u64, stop: u64) -> Bytes {
+pub(crate) fn assemble(chunks: &[Bytes], base: u64, start: u64, stop: u64) -> Bytes {
     if chunks.len() == 1 {
         let c = &chunks[0];
         let lo = ((start - base) as usize).min(c.len());
