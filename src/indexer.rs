@@ -128,19 +128,11 @@ impl PassProgress {
     }
 }
 
-/// The index of `layer`, from the cache or built now. For an image named by
-/// tag, an index pulled by [`fetch_published`] counts as cached.
+/// The index of `layer`, from the cache or built now, reporting a streaming
+/// pass's progress to `progress` as it goes (and its end, either way). For
+/// an image named by tag, an index pulled by [`fetch_published`] counts as
+/// cached.
 pub async fn ensure_index(
-    source: &Source,
-    cache: &Arc<ChunkCache>,
-    layer: &LayerDesc,
-    bar: ProgressBar,
-) -> Result<Arc<LayerIndex>, IndexError> {
-    ensure(source, cache, layer, bar, source.named_by_tag(), None).await
-}
-
-/// [`ensure_index`], reporting a streaming pass's progress as it goes.
-pub async fn ensure_index_reporting(
     source: &Source,
     cache: &Arc<ChunkCache>,
     layer: &LayerDesc,

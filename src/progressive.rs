@@ -30,7 +30,7 @@
 //! serves the first copy until the pass reaches the second.
 
 use crate::cache::{read_staged, ChunkCache};
-use crate::indexer::{ensure_index_reporting, PassProgress};
+use crate::indexer::{ensure_index, PassProgress};
 use crate::layer::index::{LayerIndex, CHUNK_SIZE};
 use crate::layer::EntryKind;
 use crate::progress::Progress;
@@ -120,7 +120,7 @@ impl Opening {
             let bar = progress.bytes(format!("index {}", layer.digest.short()), layer.size);
             tasks.push(tokio::spawn(async move {
                 let progress = o.slots[li].progress.clone();
-                let r = ensure_index_reporting(&o.source, &o.cache, &layer, bar, progress).await;
+                let r = ensure_index(&o.source, &o.cache, &layer, bar, progress).await;
                 if let Ok(index) = &r {
                     let _ = o.slots[li].index.set(index.clone());
                     // The index has them all now; keep one copy, not two.
