@@ -498,7 +498,7 @@ impl Server {
             .unwrap();
         let port = listener.local_addr().unwrap().port();
         rt.spawn(async move {
-            if let Err(e) = lazyboot::nfs::serve(listener, exports, key).await {
+            if let Err(e) = lazyboot::nfs::serve(listener, None, exports, key).await {
                 panic!("serve: {e}");
             }
         });

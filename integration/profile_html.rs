@@ -185,6 +185,7 @@ fn profile() -> BootProfile {
             fetched_chunks: 120,
             learned_from: "boot 11".into(),
         }),
+        errors: Vec::new(),
     }
 }
 

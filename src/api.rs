@@ -39,6 +39,7 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), ApiError> {
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
     tracing::info!("HTTP API on http://{addr}/api/v1/nodes");
+    ctx.mark_bound("HTTP API");
     axum::serve(listener, router(ctx))
         .await
         .map_err(ApiError::Serve)
@@ -70,6 +71,7 @@ async fn nodes(State(ctx): State<Arc<ServeContext>>) -> Response {
                 "address": ctx.inventory.ip_of(&n.name).map(|a| a.to_string()),
                 "boots_recorded": store.boots(&n.name).len(),
                 "booting": ctx.recorder.in_progress(&n.name),
+                "failed": ctx.inventory.failure(&n.name),
             })
         })
         .collect();
@@ -85,6 +87,7 @@ async fn node(State(ctx): State<Arc<ServeContext>>, Path(name): Path<String>) ->
         "node": n.as_ref(),
         "address": ctx.inventory.ip_of(&name).map(|a| a.to_string()),
         "booting": ctx.recorder.in_progress(&name),
+        "failed": ctx.inventory.failure(&name),
         "latest_boot": latest.as_ref().map(|p| json!({
             "boot": p.boot,
             "manifest": p.manifest,

@@ -192,6 +192,15 @@ pub struct ServerConfig {
     /// that nodes stop depending on the registry (it yields to node reads).
     #[serde(default = "default_true")]
     pub background_fill: bool,
+    /// Answer the portmapper protocol on port 111 (TCP and UDP) for our
+    /// MOUNT and NFS programs: initramfs-tools' `nfsmount` needs it.
+    #[serde(default = "default_true")]
+    pub portmapper: bool,
+    /// After the first complete streaming pass of a layer, push its index
+    /// as the referrer artifact `lazyboot index --push` writes (needs push
+    /// rights), so other servers start lazily too.
+    #[serde(default)]
+    pub publish_indexes: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -233,6 +242,17 @@ pub struct NodeConfig {
     pub boot_dir: Option<String>,
     #[serde(default)]
     pub kernel_args: String,
+    /// The kernel to boot, a path inside the image (absolute, or relative
+    /// to the boot dir); found by discovery when not given.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// The initrd to boot with it, likewise.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Root arguments replacing the generated ones (placeholders `{server}`,
+    /// `{export}`, `{port}`).
+    #[serde(default)]
+    pub root_args: Option<String>,
 }
 
 fn default_root() -> RootMode {

@@ -34,19 +34,23 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Cache directory shared by every mount.
+    /// Cache directory shared by every mount (default /var/cache/lazyboot
+    /// as root; `serve`: server.cache_dir).
     #[arg(long, global = true, env = "LAZYBOOT_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
-    /// Cache size limit (e.g. 500M, 20G); cold chunks are evicted beyond it.
-    #[arg(long, global = true, default_value = "20G", value_parser = parse_size)]
-    cache_size: u64,
+    /// Cache size limit (e.g. 500M, 20G; default 20G, or `serve`'s
+    /// server.cache_size); cold chunks are evicted beyond it.
+    #[arg(long, global = true, value_parser = parse_size)]
+    cache_size: Option<u64>,
     /// Platform to pick from a multi-platform image (os/arch[/variant]); default: this host's.
     #[arg(long, global = true)]
     platform: Option<Platform>,
     /// Registry host[:port] to reach over plain HTTP (loopback registries always are).
     #[arg(long = "insecure-registry", global = true)]
     insecure_registries: Vec<String>,
-    /// Seconds before a read that cannot be satisfied fails with EIO.
+    /// Seconds before a read that cannot be satisfied fails with EIO (for
+    /// `serve`: before a node request waiting on the registry or a
+    /// streaming pass fails).
     #[arg(long, global = true, default_value_t = 60)]
     read_timeout: u64,
 }
@@ -55,7 +59,10 @@ struct Common {
 enum Cmd {
     /// Mount an image read-only at MOUNTPOINT and serve it until interrupted.
     Mount {
+        /// Image reference: registry/repo:tag, registry/repo@sha256:..., a
+        /// Docker Hub short name, or oci:DIR[:TAG].
         image: ImageRef,
+        /// Empty directory to mount the image on.
         mountpoint: PathBuf,
         /// Do not fetch the rest of the image in the background.
         #[arg(long)]
@@ -69,9 +76,13 @@ enum Cmd {
         verified_only: bool,
     },
     /// Fetch the whole image into the cache.
-    Pull { image: ImageRef },
+    Pull {
+        /// Image reference (as for `mount`).
+        image: ImageRef,
+    },
     /// Build and cache the layer indexes.
     Index {
+        /// Image reference (as for `mount`).
         image: ImageRef,
         /// Also publish the indexes (and the prefetch plan, if one was
         /// learned) to the registry as an OCI artifact referring to the image,
@@ -81,12 +92,16 @@ enum Cmd {
     },
     /// Boot nodes: DHCP, TFTP and NFS from the images named in the config.
     Serve {
+        /// The configuration file (TOML; see README's config reference).
         #[arg(long, default_value = "/etc/lazyboot/lazyboot.toml")]
         config: PathBuf,
     },
-    /// Show layers, formats, sizes, and index and cache state.
+    /// Show layers, formats, sizes, and index and cache state; exits
+    /// non-zero if a layer cannot be read.
     Inspect {
+        /// Image reference (as for `mount`).
         image: ImageRef,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -156,12 +171,15 @@ impl Common {
     fn view(&self) -> ViewOptions {
         ViewOptions {
             cache_dir: self.cache_dir(),
-            cache_size: self.cache_size,
+            cache_size: self.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
             registry: self.registry(),
             read_timeout: Duration::from_secs(self.read_timeout),
         }
     }
 }
+
+/// `--cache-size` when neither it nor a config file says.
+const DEFAULT_CACHE_SIZE: u64 = 20 << 30;
 
 fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -208,7 +226,7 @@ fn main() -> Result<()> {
         Cmd::Pull { image } => rt.block_on(pull(&cli.common, &image)),
         Cmd::Index { image, push } => rt.block_on(index(&cli.common, &image, push)),
         Cmd::Inspect { image, json } => rt.block_on(inspect(&cli.common, &image, json)),
-        Cmd::Serve { config } => rt.block_on(serve(&config)),
+        Cmd::Serve { config } => rt.block_on(serve(&cli.common, &config)),
         Cmd::Profile(args) => profile(args),
     }
 }
@@ -221,6 +239,8 @@ struct ProfileArgs {
     /// Boot number (default: the latest).
     #[arg(long)]
     boot: Option<u64>,
+    /// Output format: a text report, JSON, a self-contained HTML page, or
+    /// a Chrome trace.
     #[arg(long, value_enum, default_value_t = ProfileFormat::Text)]
     format: ProfileFormat,
     /// Two boots side by side, each NODE or NODE:BOOT (e.g. n1:1 n1:2).
@@ -490,19 +510,55 @@ async fn index(common: &Common, image: &ImageRef, push: bool) -> Result<()> {
     Ok(())
 }
 
-async fn serve(config_path: &std::path::Path) -> Result<()> {
-    let config = Config::load(config_path)?;
+async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
+    let mut config = Config::load(config_path)?;
+    // The global options override the file: one cache for every command.
+    if let Some(d) = &common.cache_dir {
+        config.server.cache_dir = d.clone();
+    }
     let state_dir = config.server.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
-    let cache_size = parse_size(&config.server.cache_size)
-        .map_err(|e| anyhow::anyhow!("{}: server.cache_size: {e}", config_path.display()))?;
-    let cache = Arc::new(ChunkCache::open(&config.server.cache_dir, cache_size)?);
-    let ctx = ServeContext::new(config, cache);
+    let cache_size = match common.cache_size {
+        Some(n) => n,
+        None => parse_size(&config.server.cache_size)
+            .map_err(|e| anyhow::anyhow!("{}: server.cache_size: {e}", config_path.display()))?,
+    };
+    let cache = Arc::new(
+        ChunkCache::open(&config.server.cache_dir, cache_size)
+            .with_context(|| format!("opening the cache {}", config.server.cache_dir.display()))?,
+    );
+    let opts = lazyboot::serve::ServeOptions {
+        platform: common.platform.clone(),
+        insecure_registries: common.insecure_registries.clone(),
+        read_timeout: Duration::from_secs(common.read_timeout),
+    };
+    let ctx = ServeContext::with_options(config, cache, opts);
     let cfg = &ctx.config;
 
+    // Bind what we bind here before anything starts, so a taken port is
+    // reported before any image is opened.
+    let key = lazyboot::nfs::load_or_create_key(&state_dir.join("nfs.key"))
+        .context("NFS file handle key")?;
+    let nfs_addr = std::net::SocketAddr::from((ctx.server_ip, cfg.server.nfs_port));
+    let listener = tokio::net::TcpListener::bind(nfs_addr)
+        .await
+        .with_context(|| format!("NFS: binding TCP {nfs_addr}"))?;
+    let nfs_udp = tokio::net::UdpSocket::bind(nfs_addr)
+        .await
+        .with_context(|| format!("NFS: binding UDP {nfs_addr}"))?;
+    let portmap = if cfg.server.portmapper {
+        let port = lazyboot::nfs::portmap::PORTMAP_PORT;
+        let (tcp, udp) = lazyboot::nfs::portmap::bind(ctx.server_ip, port).await?;
+        let table = lazyboot::nfs::portmap::Portmap::new(ctx.server_ip, port, cfg.server.nfs_port);
+        Some((table, tcp, udp))
+    } else {
+        None
+    };
+
     // Open every node's image now, so the first boot does not wait for it,
-    // and let each fill the cache in the background.
+    // and let each fill the cache in the background. A reference that
+    // cannot be resolved fails that node only.
     let background_fill = cfg.server.background_fill;
     for node in ctx.inventory.all() {
         let ctx = ctx.clone();
@@ -517,41 +573,58 @@ async fn serve(config_path: &std::path::Path) -> Result<()> {
                         tracing::warn!(image = %node.image, "background fill stopped: {e}");
                     }
                 }
-                Err(e) => tracing::error!(node = %node.name, "cannot open image: {e}"),
+                Err(e) => {
+                    ctx.inventory.set_failed(&node.name, e.to_string());
+                    tracing::error!(node = %node.name, "node failed: cannot open its image: {e}");
+                }
             }
         });
     }
 
-    let key = lazyboot::nfs::load_or_create_key(&state_dir.join("nfs.key"))
-        .context("NFS file handle key")?;
-    let nfs_addr = std::net::SocketAddr::from((ctx.server_ip, cfg.server.nfs_port));
-    let listener = tokio::net::TcpListener::bind(nfs_addr)
-        .await
-        .with_context(|| format!("NFS: binding {nfs_addr}"))?;
     let exports = Arc::new(lazyboot::nfs::exports::NodeExports::new(ctx.clone()));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut servers = 0;
     tasks.spawn(async move {
-        lazyboot::nfs::serve(listener, exports, key)
+        lazyboot::nfs::serve(listener, Some(nfs_udp), exports, key)
             .await
             .context("NFS server")
     });
+    if let Some((table, tcp, udp)) = portmap {
+        tasks.spawn(async move {
+            lazyboot::nfs::portmap::serve(table, tcp, udp)
+                .await
+                .context("portmapper")
+        });
+    }
     let t = ctx.clone();
     tasks.spawn(async move { lazyboot::tftp::run(t).await.context("TFTP server") });
+    servers += 1;
     if cfg.dhcp.mode != DhcpMode::Off {
         let d = ctx.clone();
         tasks.spawn(async move { lazyboot::dhcp::run(d).await.context("DHCP server") });
+        servers += 1;
     }
     let a = ctx.clone();
     tasks.spawn(async move { lazyboot::api::run(a).await.context("HTTP API") });
+    servers += 1;
     tokio::spawn(ctx.recorder.clone().run(std::time::Duration::from_secs(1)));
+    // "serving" (which scripts wait for) only once every socket is bound.
+    tokio::select! {
+        _ = ctx.wait_bound(servers) => {}
+        Some(done) = tasks.join_next() => {
+            done.context("server task panicked")??;
+            bail!("a server stopped while starting");
+        }
+    }
     println!(
-        "serving {} node(s): DHCP {:?} on {}, TFTP on {}:{}, NFS on {}, API on http://{}:{}",
+        "serving {} node(s): DHCP {:?} on {}, TFTP on {}:{}, NFS on {} (TCP and UDP), portmapper {}, API on http://{}:{}",
         ctx.inventory.all().len(),
         cfg.dhcp.mode,
         cfg.server.interface,
         ctx.server_ip,
         cfg.server.tftp_port,
         nfs_addr,
+        if cfg.server.portmapper { format!("on {}:111", ctx.server_ip) } else { "off".into() },
         ctx.server_ip,
         cfg.server.http_port
     );

@@ -26,6 +26,11 @@ pub struct Node {
     /// Absolute path inside the image where the boot files live.
     pub boot_dir: String,
     pub kernel_args: String,
+    /// Kernel and initrd chosen in the config (paths inside the image).
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    /// Root arguments replacing the generated ones.
+    pub root_args: Option<String>,
     /// False for nodes made on the fly from `[defaults]`.
     pub configured: bool,
 }
@@ -57,6 +62,8 @@ pub fn is_raspberry_pi_mac(mac: MacAddr) -> bool {
 struct Learned {
     ip_by_mac: HashMap<MacAddr, Ipv4Addr>,
     boots: HashMap<String, u64>,
+    /// Why a node cannot be served (its image reference does not resolve).
+    failed: HashMap<String, String>,
 }
 
 pub struct Inventory {
@@ -81,6 +88,9 @@ impl Inventory {
                     root: n.root,
                     boot_dir: n.boot_dir().to_string(),
                     kernel_args: n.kernel_args.clone(),
+                    kernel: n.kernel.clone(),
+                    initrd: n.initrd.clone(),
+                    root_args: n.root_args.clone(),
                     configured: true,
                 })
             })
@@ -140,6 +150,9 @@ impl Inventory {
             root: d.root,
             boot_dir: kind.default_boot_dir().to_string(),
             kernel_args: d.kernel_args.clone(),
+            kernel: None,
+            initrd: None,
+            root_args: None,
             configured: false,
         });
         let mut nodes = self.nodes.write();
@@ -187,6 +200,21 @@ impl Inventory {
         let n = l.boots.entry(name.to_string()).or_insert(0);
         *n += 1;
         *n
+    }
+
+    /// `name` cannot be served: its image failed to open.
+    pub fn set_failed(&self, name: &str, why: String) {
+        self.learned.write().failed.insert(name.to_string(), why);
+    }
+
+    /// `name` can be served again (its image opened).
+    pub fn clear_failed(&self, name: &str) {
+        self.learned.write().failed.remove(name);
+    }
+
+    /// Why `name` cannot be served, if it cannot.
+    pub fn failure(&self, name: &str) -> Option<String> {
+        self.learned.read().failed.get(name).cloned()
     }
 
     /// How many boots of `name` have begun (0: none seen yet).

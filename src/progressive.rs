@@ -61,6 +61,15 @@ struct Snapshot {
     tree: Tree,
 }
 
+/// A tree that is final for one directory (see [`Opening::settled_tree`]).
+pub enum Settled {
+    /// The final view is there.
+    Final(Arc<ImageView>),
+    /// Every layer is merged as far as it is known; data refs name image
+    /// layers, to be read through [`Opening::read`].
+    Partial(Arc<Tree>),
+}
+
 /// What a provisional lookup found.
 pub enum Found {
     /// Final metadata of the path; `data` names an image layer (not a tree
@@ -77,6 +86,8 @@ pub struct Opening {
     slots: Vec<Slot>,
     tick: Arc<watch::Sender<u64>>,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// The last [`Opening::settled_tree`]: (generation, directory, tree).
+    settled: Mutex<Option<(u64, String, Arc<Tree>)>>,
     outcome: OnceLock<Result<Arc<ImageView>, Arc<ViewError>>>,
     read_timeout: Duration,
 }
@@ -110,6 +121,7 @@ impl Opening {
             slots,
             tick,
             snapshot: Mutex::new(None),
+            settled: Mutex::new(None),
             outcome: OnceLock::new(),
             read_timeout,
         });
@@ -272,6 +284,71 @@ impl Opening {
         snap
     }
 
+    /// A tree of every layer as far as it is known, final for everything
+    /// under directory `dir` (relative, e.g. `boot`): either the final
+    /// view's, or a merge made once every layer still streaming has moved
+    /// past `dir`. Tar writers (docker, podman, buildah, tar, mmdebstrap)
+    /// walk a directory's subtree in one go, so once a pass has read an
+    /// entry under `dir` and then one outside it, the rest of that layer
+    /// adds nothing there. (Caveat, as for the provisional tree: a tar that
+    /// names `dir`'s paths again later is not seen until the pass ends.)
+    /// This is what lets boot files be served while the image streams:
+    /// the boot directory usually comes early and is small.
+    pub async fn settled_tree(&self, dir: &str) -> Result<Settled, ViewError> {
+        let mut rx = self.tick.subscribe();
+        loop {
+            if let Some(r) = self.outcome() {
+                return r.map(Settled::Final);
+            }
+            if let Some(tree) = self.try_settled(dir) {
+                return Ok(Settled::Partial(tree));
+            }
+            self.wait_progress(&mut rx).await?;
+        }
+    }
+
+    fn try_settled(&self, dir: &str) -> Option<Arc<Tree>> {
+        let dir = dir.trim_matches('/');
+        let generation = *self.tick.borrow();
+        if let Some((g, d, tree)) = &*self.settled.lock() {
+            if *g == generation && d == dir {
+                return Some(tree.clone());
+            }
+        }
+        let under = |p: &str| {
+            dir.is_empty()
+                || p == dir
+                || p.strip_prefix(dir)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        let mut guards = Vec::new();
+        for slot in &self.slots {
+            if slot.index.get().is_some() {
+                guards.push(None);
+                continue;
+            }
+            let entries = slot.progress.entries.read();
+            let first = entries.iter().position(|e| under(&e.path))?;
+            if entries[first..].iter().all(|e| under(&e.path)) || dir.is_empty() {
+                return None;
+            }
+            guards.push(Some(entries));
+        }
+        let tables: Vec<&[crate::layer::Entry]> = self
+            .slots
+            .iter()
+            .zip(&guards)
+            .map(|(slot, guard)| match guard {
+                Some(g) => g.as_slice(),
+                None => slot.index.get().expect("checked above").entries.as_slice(),
+            })
+            .collect();
+        let tree = Arc::new(Tree::build_partial(&tables));
+        drop(guards);
+        *self.settled.lock() = Some((generation, dir.to_string(), tree.clone()));
+        Some(tree)
+    }
+
     /// `path`'s final metadata from the provisional tree, if it is known
     /// for sure yet.
     fn known(&self, path: &str) -> Option<Inode> {
@@ -302,10 +379,14 @@ impl Opening {
         if let Some(Err(e)) = self.outcome() {
             return Err(e);
         }
+        let started = Instant::now();
         match tokio::time::timeout(self.read_timeout, rx.changed()).await {
             Ok(_) => {
                 // Let a few more changes pile up before the next rebuild.
                 tokio::time::sleep(MIN_REBUILD / 2).await;
+                // A request waiting on the stream waits on the registry:
+                // its profile says so.
+                crate::profile::trace::note_wait(started.elapsed());
                 Ok(())
             }
             Err(_) => Err(ViewError::Timeout(self.read_timeout)),

@@ -6,11 +6,13 @@ use crate::cache::ChunkCache;
 use crate::config::{Config, NodeKind};
 use crate::digest::Digest;
 use crate::nodes::{Inventory, Node};
+use crate::platform::Platform;
 use crate::prefetch::{self, PrefetchPlan};
 use crate::profile::recorder::{BootedRules, Recorder};
 use crate::profile::trace::{traced, SharedTrace};
 use crate::profile::ProfileStore;
 use crate::progress::Progress;
+use crate::progressive::Opening;
 use crate::reference::ImageRef;
 use crate::registry::{RegistryOptions, Source};
 use crate::view::{ImageView, ViewError};
@@ -27,12 +29,31 @@ pub struct ServeContext {
     pub server_ip: Ipv4Addr,
     pub state_dir: PathBuf,
     pub recorder: Arc<Recorder>,
+    /// Servers whose sockets are bound (see [`mark_bound`](Self::mark_bound)).
+    bound: parking_lot::Mutex<Vec<&'static str>>,
+    bound_changed: tokio::sync::Notify,
 }
 
 impl ServeContext {
     pub fn new(config: Config, cache: Arc<ChunkCache>) -> Arc<ServeContext> {
+        Self::with_options(config, cache, ServeOptions::default())
+    }
+
+    /// Like [`new`](Self::new), with the command line's global options.
+    pub fn with_options(
+        config: Config,
+        cache: Arc<ChunkCache>,
+        opts: ServeOptions,
+    ) -> Arc<ServeContext> {
         let inventory = Arc::new(Inventory::from_config(&config));
-        let images = Images::new(cache.clone(), config.server.insecure_registries.clone());
+        let mut insecure = config.server.insecure_registries.clone();
+        insecure.extend(opts.insecure_registries);
+        let images = Images::new(cache.clone(), insecure)
+            .with_platform(opts.platform)
+            .with_read_timeout(opts.read_timeout);
+        if config.server.publish_indexes {
+            images.on_open(Box::new(publish_when_indexed));
+        }
         let p = &config.profile;
         let rules = BootedRules {
             marker: p.booted_marker.clone(),
@@ -50,7 +71,27 @@ impl ServeContext {
             inventory,
             images,
             recorder,
+            bound: parking_lot::Mutex::new(Vec::new()),
+            bound_changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A server has bound its sockets: `serve` says "serving" only when
+    /// all of them have.
+    pub fn mark_bound(&self, what: &'static str) {
+        self.bound.lock().push(what);
+        self.bound_changed.notify_waiters();
+    }
+
+    /// Wait until `n` servers have called [`mark_bound`](Self::mark_bound).
+    pub async fn wait_bound(&self, n: usize) {
+        loop {
+            let notified = self.bound_changed.notified();
+            if self.bound.lock().len() >= n {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// A node's boot firmware asked for an address: a new boot begins. Count
@@ -76,10 +117,35 @@ impl ServeContext {
 
     /// The view of `node`'s image; its manifest goes into the node's timeline.
     pub async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
-        let view = self.images.view_for(node).await?;
+        let view = match self.images.view_for(node).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.inventory.set_failed(&node.name, e.to_string());
+                self.recorder.note_error(&node.name, &e.to_string());
+                return Err(e);
+            }
+        };
+        self.inventory.clear_failed(&node.name);
         self.recorder
             .set_manifest(&node.name, &view.image.manifest_digest);
         Ok(view)
+    }
+
+    /// `node`'s image as it is being opened (see [`Images::opening_for`]);
+    /// a failure is kept as the node's state and in its boot's profile.
+    pub async fn opening_for(&self, node: &Node) -> Result<Arc<Opening>, ImageOpenError> {
+        match self.images.opening_for(node).await {
+            Ok(o) => {
+                self.recorder
+                    .set_manifest(&node.name, &o.image.manifest_digest);
+                Ok(o)
+            }
+            Err(e) => {
+                self.inventory.set_failed(&node.name, e.to_string());
+                self.recorder.note_error(&node.name, &e.to_string());
+                Err(e)
+            }
+        }
     }
 
     /// Replay the learned prefetch plan of `node`'s image, unless prefetch
@@ -139,28 +205,103 @@ pub enum ImageOpenError {
     },
 }
 
-/// An image's view once opened; its lock is held while opening or re-resolving.
-type ViewSlot = Arc<tokio::sync::Mutex<Option<Arc<ImageView>>>>;
+/// `[server] publish_indexes`: once every layer of `opening` is indexed,
+/// push the indexes as the referrer artifact `lazyboot index --push`
+/// writes, so the next server (or this one with an empty cache) starts
+/// lazily. A failure (no push rights, an `oci:` layout) is logged.
+fn publish_when_indexed(opening: &Arc<Opening>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let opening = opening.clone();
+    rt.spawn(async move {
+        let Ok(view) = opening.finished().await else {
+            return;
+        };
+        let r =
+            crate::indexer::publish(&view.source, &view.image, &view.cache, &Progress::hidden())
+                .await;
+        match r {
+            Ok(r) => tracing::info!(
+                "published the indexes of {} as {} ({} layer index(es))",
+                view.image.manifest_digest,
+                r.outcome.artifact,
+                r.layer_indexes
+            ),
+            Err(e) => tracing::warn!(
+                "publishing the indexes of {}: {e}",
+                view.image.manifest_digest
+            ),
+        }
+    });
+}
 
-/// Image views by (reference, node kind): the kind picks the platform.
+/// What the command line adds to the configuration.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The platform of every node's image (else each node kind's default).
+    pub platform: Option<Platform>,
+    /// Registries reached over plain HTTP, besides the configured ones.
+    pub insecure_registries: Vec<String>,
+    /// How long a node request waits on the registry or a streaming pass
+    /// before it fails.
+    pub read_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            platform: None,
+            insecure_registries: Vec::new(),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An image being opened (or open); its lock is held while resolving.
+type ViewSlot = Arc<tokio::sync::Mutex<Option<Arc<Opening>>>>;
+
+/// Images by (reference, node kind): the kind picks the platform. Each is an
+/// [`Opening`] from the moment its reference resolves, so boot files can be
+/// served while a first streaming pass runs.
 pub struct Images {
     cache: Arc<ChunkCache>,
     insecure: Vec<String>,
+    platform: Option<Platform>,
+    read_timeout: Duration,
     /// One slot per key, each with its own lock, so opening (or re-resolving)
     /// one image never holds up readers of another.
     slots: parking_lot::Mutex<HashMap<(String, NodeKind), ViewSlot>>,
     /// Manifests whose prefetch plan is being replayed.
     prefetching: parking_lot::Mutex<HashSet<Digest>>,
+    /// Called with every new opening (publishing indexes once it is done).
+    on_open: parking_lot::Mutex<Option<OnOpen>>,
 }
+
+type OnOpen = Box<dyn Fn(&Arc<Opening>) + Send + Sync>;
 
 impl Images {
     pub fn new(cache: Arc<ChunkCache>, insecure: Vec<String>) -> Images {
         Images {
             cache,
             insecure,
+            platform: None,
+            read_timeout: Duration::from_secs(60),
             slots: parking_lot::Mutex::new(HashMap::new()),
             prefetching: parking_lot::Mutex::new(HashSet::new()),
+            on_open: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Open every image for `platform` instead of the node kind's default.
+    pub fn with_platform(mut self, platform: Option<Platform>) -> Images {
+        self.platform = platform;
+        self
+    }
+
+    pub fn with_read_timeout(mut self, read_timeout: Duration) -> Images {
+        self.read_timeout = read_timeout;
+        self
     }
 
     fn slot(&self, node: &Node) -> ViewSlot {
@@ -171,39 +312,79 @@ impl Images {
             .clone()
     }
 
-    /// The view of `node`'s image, opened (and its indexes built) on first use.
-    pub async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
+    /// `node`'s image: resolved, its indexes being built (or done). An
+    /// opening that failed is tried again.
+    pub async fn opening_for(&self, node: &Node) -> Result<Arc<Opening>, ImageOpenError> {
         let slot = self.slot(node);
         let mut slot = slot.lock().await;
-        if let Some(v) = slot.as_ref() {
-            return Ok(v.clone());
+        if let Some(o) = slot.as_ref() {
+            if !matches!(o.outcome(), Some(Err(_))) {
+                return Ok(o.clone());
+            }
         }
         let (source, resolved) = self.resolve(node).await?;
-        let view = self.open(node, source, resolved).await?;
-        *slot = Some(view.clone());
-        Ok(view)
+        let opening = self.start(source, resolved).await;
+        *slot = Some(opening.clone());
+        Ok(opening)
+    }
+
+    /// The view of `node`'s image, once every layer is indexed.
+    pub async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
+        let opening = self.opening_for(node).await?;
+        opening
+            .finished()
+            .await
+            .map_err(|source| ImageOpenError::View {
+                image: node.image.clone(),
+                source,
+            })
     }
 
     /// Resolve `node`'s reference again (a tag may have moved to another
-    /// manifest since) and switch to the new image if it did. Readers wait
-    /// for this, so a node that just started booting gets the new image.
-    /// Returns whether the image changed.
+    /// manifest since) and switch to the new image if it did; requests
+    /// made after this see the new image. Returns whether the image changed.
     pub async fn refresh(&self, node: &Node) -> Result<bool, ImageOpenError> {
         let slot = self.slot(node);
         let mut slot = slot.lock().await;
         let (source, resolved) = self.resolve(node).await?;
-        if let Some(v) = slot.as_ref() {
-            if v.image.manifest_digest == resolved.manifest_digest {
+        if let Some(o) = slot.as_ref() {
+            if o.image.manifest_digest == resolved.manifest_digest
+                && !matches!(o.outcome(), Some(Err(_)))
+            {
                 return Ok(false);
             }
         }
         let changed = slot.is_some();
-        let view = self.open(node, source, resolved).await?;
+        let opening = self.start(source, resolved).await;
         if changed {
-            tracing::info!(image = %node.image, manifest = %view.image.manifest_digest, "image reference now points to a new manifest");
+            tracing::info!(image = %node.image, manifest = %opening.image.manifest_digest, "image reference now points to a new manifest");
         }
-        *slot = Some(view);
+        *slot = Some(opening);
         Ok(changed)
+    }
+
+    /// Run `f` on every image opening from now on.
+    pub fn on_open(&self, f: OnOpen) {
+        *self.on_open.lock() = Some(f);
+    }
+
+    async fn start(
+        &self,
+        source: Source,
+        resolved: crate::registry::ResolvedImage,
+    ) -> Arc<Opening> {
+        let opening = Opening::start(
+            resolved,
+            source,
+            self.cache.clone(),
+            self.read_timeout,
+            &Progress::hidden(),
+        )
+        .await;
+        if let Some(f) = &*self.on_open.lock() {
+            f(&opening);
+        }
+        opening
     }
 
     async fn resolve(
@@ -223,7 +404,9 @@ impl Images {
             insecure_registries: self.insecure.clone(),
             ..RegistryOptions::default()
         };
-        if let Ok(p) = node.kind.default_platform().parse() {
+        if let Some(p) = &self.platform {
+            opts.platform = p.clone();
+        } else if let Ok(p) = node.kind.default_platform().parse() {
             opts.platform = p;
         }
         Source::open(&reference, &opts)
@@ -232,25 +415,5 @@ impl Images {
                 image: node.image.clone(),
                 source: e.into(),
             })
-    }
-
-    async fn open(
-        &self,
-        node: &Node,
-        source: Source,
-        resolved: crate::registry::ResolvedImage,
-    ) -> Result<Arc<ImageView>, ImageOpenError> {
-        ImageView::with_parts(
-            resolved,
-            source,
-            self.cache.clone(),
-            Duration::from_secs(60),
-            &Progress::hidden(),
-        )
-        .await
-        .map_err(|source| ImageOpenError::View {
-            image: node.image.clone(),
-            source,
-        })
     }
 }

@@ -13,6 +13,7 @@
 //!   [`netns::NetLab`] namespace from a chosen node address.
 #![allow(dead_code, unused_imports)]
 
+pub mod debian;
 pub mod fixture;
 pub mod gate;
 pub mod mount;

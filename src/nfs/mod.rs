@@ -1,4 +1,5 @@
-//! NFSv3 + MOUNT on one TCP port, serving each node's root file system.
+//! NFSv3 + MOUNT on one port (TCP and UDP), serving each node's root file
+//! system, and the portmapper that tells clients where they are.
 //!
 //! - [`fs`]: the seam ([`fs::NodeFs`], [`fs::Exports`]) between this protocol
 //!   code and the node overlay.
@@ -6,18 +7,22 @@
 //! - [`xdr`]: bounded decoding of call arguments into `nfs3_types` types.
 //! - [`handles`]: signed file handles and the server key.
 //! - [`access`]: permission checks from attributes and credentials.
-//! - [`server`]: the accept loop and the MOUNT and NFS procedures.
+//! - [`server`]: the MOUNT and NFS procedures.
+//! - [`transport`]: calls over TCP (record marking) and UDP (datagrams).
+//! - [`portmap`]: portmapper / rpcbind (program 100000, versions 2-4).
 
 pub mod access;
 pub mod exports;
 pub mod fs;
 pub mod handles;
 pub mod overlay;
+pub mod portmap;
 pub mod rpc;
 pub mod server;
 #[cfg(test)]
 pub mod testimage;
+pub mod transport;
 pub mod xdr;
 
 pub use handles::load_or_create_key;
-pub use server::{serve, NfsError};
+pub use transport::{serve, NfsError};

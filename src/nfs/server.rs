@@ -1,31 +1,18 @@
-//! MOUNT v3 and NFS v3 on one TCP port: the accept loop, one task per
-//! connection, and the procedures, written on `nfs3_types`' XDR types
-//! against [`Exports`] and [`NodeFs`].
-//!
-//! Per connection, records are read in order and each call runs in its own
-//! task (at most [`MAX_IN_FLIGHT`] at a time, so a slow lazy read does not
-//! hold up the calls behind it); replies go out as they complete, matched
-//! by xid as RPC allows. A framing violation (oversized record, close
-//! inside a record, a record that is not a call) drops the connection and
-//! aborts its calls; undecodable arguments get GARBAGE_ARGS.
+//! The MOUNT v3 and NFS v3 procedures, written on `nfs3_types`' XDR types
+//! against [`Exports`] and [`NodeFs`]. How calls arrive (TCP records, UDP
+//! datagrams) is `transport.rs`'s business; [`Server::dispatch`] turns one
+//! decoded call into one reply. Undecodable arguments get GARBAGE_ARGS.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
-use std::panic::AssertUnwindSafe;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::FutureExt;
 use nfs3_server::nfs3_types::mount::{
     dirpath, export_node, fhandle3, mountbody, mountres3, mountres3_ok, mountstat3, name,
     MNTPATHLEN,
 };
 use nfs3_server::nfs3_types::nfs3::*;
 use nfs3_server::nfs3_types::xdr_codec::{List, Opaque, Pack, Void};
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinSet;
 
 use super::access::{self, MAY_WRITE};
 use super::fs::{
@@ -33,7 +20,7 @@ use super::fs::{
     Time,
 };
 use super::handles::HandleKey;
-use super::rpc::{self, CallError, Outcome, AUTH_SYS, MAX_RECORD};
+use super::rpc::{self, Outcome, AUTH_SYS};
 use super::xdr::XdrIn;
 use crate::profile::trace::{self, traced, SharedTrace};
 
@@ -44,8 +31,9 @@ pub const MOUNT_PROGRAM: u32 = 100_005;
 pub const MAX_IO: u32 = 1024 * 1024;
 /// Preferred READDIR size (FSINFO dtpref).
 pub const DIR_PREF: u32 = 64 * 1024;
-/// Calls of one connection processed at the same time.
-pub const MAX_IN_FLIGHT: usize = 16;
+/// Largest READ, WRITE and READDIR over UDP (FSINFO rtmax/wtmax there): a
+/// reply must fit in one datagram (65,507 bytes) with its headers.
+pub const UDP_MAX_IO: u32 = 32 * 1024;
 const NAME_MAX: usize = 255;
 const PATH_MAX: usize = 4096;
 const MAX_FILE_SIZE: u64 = i64::MAX as u64;
@@ -61,45 +49,16 @@ pub enum NfsError {
     Accept(#[source] std::io::Error),
 }
 
-/// Serve MOUNT and NFS on `listener` until accepting fails for good (a
-/// transient error such as running out of file descriptors is logged and
-/// retried). File handles are signed with `key` (see
-/// [`super::load_or_create_key`]).
-pub async fn serve<E: Exports>(
-    listener: TcpListener,
-    exports: Arc<E>,
-    key: [u8; 32],
-) -> Result<(), NfsError> {
-    let server = Arc::new(Server::new(exports, &key));
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let server = server.clone();
-                tokio::spawn(async move { server.connection(stream, peer).await });
-            }
-            Err(e) if is_fatal_accept_error(&e) => return Err(NfsError::Accept(e)),
-            Err(e) => {
-                tracing::warn!("nfs: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-fn is_fatal_accept_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP | libc::EFAULT)
-    )
-}
-
 /// What one call needs from its header.
-struct Head {
-    xid: u32,
-    prog: u32,
-    vers: u32,
-    proc_: u32,
-    cred: Cred,
+pub(crate) struct Head {
+    pub(crate) xid: u32,
+    pub(crate) prog: u32,
+    pub(crate) vers: u32,
+    pub(crate) proc_: u32,
+    pub(crate) cred: Cred,
+    /// Arrived as a datagram: the reply must fit in one, so READ and
+    /// READDIR sizes are bounded by [`UDP_MAX_IO`].
+    pub(crate) udp: bool,
 }
 
 pub struct Server<E: Exports> {
@@ -330,100 +289,9 @@ impl<E: Exports> Server<E> {
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(60))
-            .with_interval(Duration::from_secs(10));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let ip = peer.ip().to_canonical();
-        tracing::debug!("nfs: connection from {peer}");
-
-        let (rd, mut wr) = stream.into_split();
-        let mut rd = BufReader::with_capacity(64 * 1024, rd);
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-        let writer = tokio::spawn(async move {
-            while let Some(buf) = rx.recv().await {
-                if wr.write_all(&buf).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let mut calls = JoinSet::new();
-        let clean = loop {
-            let permit = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore is never closed");
-            while calls.try_join_next().is_some() {}
-            let record = match rpc::read_record(&mut rd, MAX_RECORD).await {
-                Ok(Some(r)) => r,
-                Ok(None) => break true,
-                // Clients (libnfs, the kernel on reboot) often close with a
-                // reset: that is a normal end, not worth a warning.
-                Err(rpc::RecordError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    tracing::debug!("nfs: {peer} reset the connection");
-                    break true;
-                }
-                Err(e) => {
-                    tracing::warn!("nfs: dropping connection from {peer}: {e}");
-                    break false;
-                }
-            };
-            let (head, args_at) = match rpc::parse_call(&record) {
-                Ok(c) => (
-                    Head {
-                        xid: c.xid,
-                        prog: c.prog,
-                        vers: c.vers,
-                        proc_: c.proc_,
-                        cred: c.cred,
-                    },
-                    record.len() - c.args.len(),
-                ),
-                Err(CallError::Drop) => {
-                    tracing::warn!("nfs: dropping connection from {peer}: not an RPC call");
-                    break false;
-                }
-                Err(CallError::Reply(xid, outcome)) => {
-                    tracing::debug!("nfs: {peer} xid {xid}: {outcome:?}");
-                    let reply = rpc::finish_record(rpc::reply_header(xid, outcome));
-                    if tx.send(reply).await.is_err() {
-                        break false;
-                    }
-                    continue;
-                }
-            };
-            let server = self.clone();
-            let tx = tx.clone();
-            calls.spawn(async move {
-                let _permit = permit;
-                let xid = head.xid;
-                let reply = AssertUnwindSafe(server.dispatch(&head, &record[args_at..], ip))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
-                        tracing::error!("nfs: call from {ip} (xid {xid}) panicked");
-                        rpc::finish_record(rpc::reply_header(xid, Outcome::SystemErr))
-                    });
-                let _ = tx.send(reply).await;
-            });
-        };
-        drop(tx);
-        if clean {
-            while calls.join_next().await.is_some() {}
-            let _ = writer.await;
-        } else {
-            calls.abort_all();
-            writer.abort();
-        }
-        tracing::debug!("nfs: connection from {peer} closed");
-    }
-
-    /// Run one call; the complete reply record.
-    async fn dispatch(&self, h: &Head, args: &[u8], ip: IpAddr) -> Vec<u8> {
+    /// Run one call; the complete reply record (its first 4 bytes are the
+    /// record mark, which a datagram reply leaves out).
+    pub(crate) async fn dispatch(&self, h: &Head, args: &[u8], ip: IpAddr) -> Vec<u8> {
         let mut out = rpc::reply_header(h.xid, Outcome::Success);
         let result = match (h.prog, h.vers) {
             (NFS_PROGRAM, VERSION) => {
@@ -615,6 +483,7 @@ impl<E: Exports> Server<E> {
         let mut r = XdrIn::new(args);
         let g = |_| Outcome::GarbageArgs;
         let c = &h.cred;
+        let io = if h.udp { UDP_MAX_IO } else { MAX_IO };
         match h.proc_ {
             0 => {}
             1 => {
@@ -639,7 +508,7 @@ impl<E: Exports> Server<E> {
             }
             6 => {
                 let a = r.read_args().map_err(g)?;
-                put(out, &self.read(a, c, ip).await);
+                put(out, &self.read(a, c, ip, io).await);
             }
             7 => {
                 let a = r.write_args().map_err(g)?;
@@ -690,11 +559,11 @@ impl<E: Exports> Server<E> {
             }
             16 => {
                 let a = r.readdir_args().map_err(g)?;
-                put(out, &self.readdir(a, c, ip).await);
+                put(out, &self.readdir(a, c, ip, io).await);
             }
             17 => {
                 let a = r.readdirplus_args().map_err(g)?;
-                put(out, &self.readdirplus(a, c, ip).await);
+                put(out, &self.readdirplus(a, c, ip, io).await);
             }
             18 => {
                 let fh = r.fh().map_err(g)?;
@@ -702,7 +571,7 @@ impl<E: Exports> Server<E> {
             }
             19 => {
                 let fh = r.fh().map_err(g)?;
-                put(out, &self.fsinfo(&fh, ip).await);
+                put(out, &self.fsinfo(&fh, ip, io).await);
             }
             20 => {
                 let fh = r.fh().map_err(g)?;
@@ -853,7 +722,7 @@ impl<E: Exports> Server<E> {
         })
     }
 
-    async fn read(&self, args: READ3args, cred: &Cred, ip: IpAddr) -> READ3res<'static> {
+    async fn read(&self, args: READ3args, cred: &Cred, ip: IpAddr, io: u32) -> READ3res<'static> {
         let obj = tri!(self.resolve(&args.file, ip).await, Default::default());
         let a = tri!(Self::attr(&obj).await, Default::default());
         let fail = || READ3resfail {
@@ -867,7 +736,7 @@ impl<E: Exports> Server<E> {
         if !access::may_read_data(&a, cred) {
             return Nfs3Result::Err((nfsstat3::NFS3ERR_ACCES, fail()));
         }
-        let count = args.count.min(MAX_IO);
+        let count = args.count.min(io);
         let (data, eof) = tri!(
             obj.fs.read(obj.id, args.offset, count).await.map_err(stat),
             fail()
@@ -1364,7 +1233,13 @@ impl<E: Exports> Server<E> {
         Ok(())
     }
 
-    async fn readdir(&self, args: READDIR3args, cred: &Cred, ip: IpAddr) -> READDIR3res<'static> {
+    async fn readdir(
+        &self,
+        args: READDIR3args,
+        cred: &Cred,
+        ip: IpAddr,
+        io: u32,
+    ) -> READDIR3res<'static> {
         let dir = tri!(self.resolve(&args.dir, ip).await, Default::default());
         let da = tri!(Self::attr(&dir).await, Default::default());
         let e = dir.export;
@@ -1374,7 +1249,7 @@ impl<E: Exports> Server<E> {
         tri!(access::check_list(&da, cred).map_err(stat), fail());
         tri!(self.check_cookie(args.cookie, &args.cookieverf), fail());
         // status, attributes, verifier, end of list, eof.
-        let count = args.count.min(MAX_IO) as usize;
+        let count = args.count.min(io) as usize;
         let mut used = 4 + 88 + 8 + 4 + 4;
         let want = (count / 28 + 1).min(4096);
         let (entries, complete) = tri!(Self::listing(&dir, args.cookie, want).await, fail());
@@ -1411,6 +1286,7 @@ impl<E: Exports> Server<E> {
         args: READDIRPLUS3args,
         cred: &Cred,
         ip: IpAddr,
+        io: u32,
     ) -> READDIRPLUS3res<'static> {
         let dir = tri!(self.resolve(&args.dir, ip).await, Default::default());
         let da = tri!(Self::attr(&dir).await, Default::default());
@@ -1420,7 +1296,7 @@ impl<E: Exports> Server<E> {
         };
         tri!(access::check_list(&da, cred).map_err(stat), fail());
         tri!(self.check_cookie(args.cookie, &args.cookieverf), fail());
-        let maxcount = args.maxcount.min(MAX_IO) as usize;
+        let maxcount = args.maxcount.min(io) as usize;
         let dircount = match args.dircount {
             0 => usize::MAX,
             d => d as usize,
@@ -1488,16 +1364,16 @@ impl<E: Exports> Server<E> {
         })
     }
 
-    async fn fsinfo(&self, fh: &nfs_fh3, ip: IpAddr) -> FSINFO3res {
+    async fn fsinfo(&self, fh: &nfs_fh3, ip: IpAddr, io: u32) -> FSINFO3res {
         let obj = tri!(self.resolve(fh, ip).await, Default::default());
         let a = tri!(Self::attr(&obj).await, Default::default());
         Nfs3Result::Ok(FSINFO3resok {
             obj_attributes: post(obj.export, Some(&a)),
-            rtmax: MAX_IO,
-            rtpref: MAX_IO,
+            rtmax: io,
+            rtpref: io,
             rtmult: 4096,
-            wtmax: MAX_IO,
-            wtpref: MAX_IO,
+            wtmax: io,
+            wtpref: io,
             wtmult: 4096,
             dtpref: DIR_PREF,
             maxfilesize: MAX_FILE_SIZE,

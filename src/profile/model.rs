@@ -29,6 +29,16 @@ pub struct BootProfile {
     /// Registry range requests node requests waited on (and the prefetcher's).
     pub fetches: Vec<Fetch>,
     pub prefetch: Option<PrefetchRun>,
+    /// What went wrong serving the node (an image that does not open, a
+    /// boot file that cannot be made), as the log says it.
+    #[serde(default)]
+    pub errors: Vec<ProfileNote>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileNote {
+    pub at_ms: f64,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -248,6 +248,21 @@ impl Recorder {
         live.get(node).is_some_and(|l| !l.done())
     }
 
+    /// Something went wrong serving `node`: kept in its boot's profile
+    /// (the first few of a kind; a node that retries would repeat it).
+    pub fn note_error(&self, node: &str, message: &str) {
+        self.with_live(node, |l| {
+            let at_ms = l.ms(Instant::now());
+            let errors = &mut l.profile.errors;
+            if errors.len() < 32 && !errors.iter().any(|e| e.message == message) {
+                errors.push(ProfileNote {
+                    at_ms,
+                    message: message.to_string(),
+                });
+            }
+        });
+    }
+
     /// Called on every NFS call (through `ServeContext::view_for`): cheap
     /// when nothing changes.
     pub fn set_manifest(&self, node: &str, manifest: &Digest) {

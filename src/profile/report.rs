@@ -497,6 +497,14 @@ pub fn render_text(p: &BootProfile, width: usize) -> String {
         let _ = writeln!(out, "  began:    with {}", printable(&p.began_with));
     }
     let _ = writeln!(out, "  ended:    {}", printable(&ended(p)));
+    for e in &p.errors {
+        let _ = writeln!(
+            out,
+            "  error:    at {}: {}",
+            human_ms(e.at_ms),
+            printable(&e.message)
+        );
+    }
     out.push('\n');
 
     waterfall(&mut out, p, &items, width);
@@ -975,6 +983,7 @@ pub(crate) mod tests {
                 fetched_chunks: 40,
                 learned_from: "boot 2".into(),
             }),
+            errors: Vec::new(),
         }
     }
 

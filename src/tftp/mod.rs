@@ -53,14 +53,16 @@ pub mod reader;
 pub mod uimage;
 
 use crate::nodes::Node;
+use crate::progressive::{Found, Opening, Settled};
 use crate::serve::ServeContext;
+use crate::tree::Tree;
 use crate::view::ImageView;
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};
 use bootfs::{parse_request, select_node, BootDir, NoNode};
 use bytes::Bytes;
 use generated::Generated;
-use reader::{Label, Recording, TftpReader};
+use reader::{FileRef, Label, Recording, TftpReader};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -82,7 +84,7 @@ pub const MAX_SEND_RETRIES: u32 = 10;
 /// How long a request waits for its node's image view to open.
 pub const VIEW_OPEN_WAIT: Duration = Duration::from_secs(10);
 /// How long a wait-and-retry boot script sleeps before asking again.
-const RETRY_AFTER_SECS: u32 = 5;
+const RETRY_AFTER_SECS: u32 = 2;
 /// Where Debian's `ipxe` package puts its ROMs.
 pub const IPXE_ROM_DIR: &str = "/usr/lib/ipxe";
 /// iPXE builds served to every client, from [`IPXE_ROM_DIR`] when present.
@@ -118,6 +120,7 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
         std::net::UdpSocket::bind(addr).map_err(|source| TftpError::Bind { addr, source })?;
     let blksize = block_size_limit(&ctx.config.server.interface);
     warm_up(&ctx);
+    let ctx_bound = ctx.clone();
     let handler = LazyHandler::new(ctx, Handle::current(), PathBuf::from(IPXE_ROM_DIR));
     let server = TftpServerBuilder::with_handler(handler)
         .std_socket(socket)?
@@ -130,6 +133,7 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
     tracing::info!(
         "TFTP: serving on {addr} (blksize up to {blksize}, windowsize up to {WINDOW_SIZE_LIMIT})"
     );
+    ctx_bound.mark_bound("TFTP");
     // async-tftp's sockets live on async-io's reactor: polling them from a
     // tokio worker costs a thread hand-off for every block's ACK. Its own
     // thread runs them directly; file reads still go to the tokio runtime.
@@ -301,7 +305,7 @@ impl Files {
             path: path.clone(),
         };
         let generated = generated::generated_for(node.kind, &node.mac.pxelinux_name(), &path);
-        let view = match self.view(&node).await {
+        let img = match self.image(&node).await {
             Ok(Some(v)) => v,
             Ok(None) => {
                 // A first boot of a large image: the index pass can take
@@ -330,7 +334,28 @@ impl Files {
             }
         };
         if let Some(g) = generated {
-            return match self.generate(&node, &view, g).await? {
+            let made = match self.generate(&node, &img, g).await {
+                Ok(made) => made,
+                Err(Pending) => {
+                    let script =
+                        generated::retry_later(g, node.kind, &node.name, &path, RETRY_AFTER_SECS);
+                    if let Some(script) = script {
+                        tracing::info!(
+                            "TFTP: {client} ({}): {path}: boot files not streamed yet, sent a wait-and-retry script",
+                            node.name
+                        );
+                        return Ok(
+                            TftpReader::memory(label, Bytes::from(script)).recorded(record(true))
+                        );
+                    }
+                    record(true).failed(&node.name, &path);
+                    return Err(packet::Error::Msg(format!(
+                        "lazyboot: image of {} is loading, retry",
+                        node.name
+                    )));
+                }
+            };
+            return match made? {
                 Some(data) => {
                     tracing::debug!(
                         "TFTP: {client} ({}): {path} (generated, {} bytes)",
@@ -340,18 +365,23 @@ impl Files {
                     Ok(TftpReader::memory(label, Bytes::from(data)).recorded(record(true)))
                 }
                 None => {
+                    let why = match &node.kernel {
+                        Some(k) => format!(
+                            "kernel {k:?} (the node's `kernel`) is not in {}",
+                            node.image
+                        ),
+                        None => format!("no kernel found in {} of {}", node.boot_dir, node.image),
+                    };
+                    self.ctx
+                        .recorder
+                        .note_error(&node.name, &format!("cannot make {path}: {why}"));
                     record(true).failed(&node.name, &path);
-                    tracing::warn!(
-                        "TFTP: {client} ({}): cannot make {path}: no kernel in {} of {}",
-                        node.name,
-                        node.boot_dir,
-                        node.image
-                    );
-                    Err(not_found())
+                    tracing::error!("TFTP: {client} ({}): cannot make {path}: {why}", node.name);
+                    Err(packet::Error::Msg(format!("lazyboot: {why}")))
                 }
             };
         }
-        let found = BootDir::open(&view.tree, &node.boot_dir).and_then(|b| b.file(&path));
+        let found = BootDir::open(img.tree(), &node.boot_dir).and_then(|b| b.file(&path));
         let Some(f) = found else {
             record(false).failed(&node.name, &path);
             tracing::debug!("TFTP: {client} ({}): {raw:?} not found", node.name);
@@ -364,17 +394,37 @@ impl Files {
             node.boot_dir.trim_end_matches('/'),
             f.path
         );
-        Ok(TftpReader::image(label, view, f.ino, f.size, self.rt.clone()).recorded(record(false)))
+        let Some(file) = img.file(f.ino) else {
+            return Err(not_found());
+        };
+        Ok(TftpReader::image(label, file, f.size, self.rt.clone()).recorded(record(false)))
     }
 
     /// The node's image view; `None` while it is still being opened.
-    async fn view(&self, node: &Arc<Node>) -> Result<Option<Arc<ImageView>>, packet::Error> {
+    /// The node's image as far as its boot directory goes: the final view,
+    /// or (while a first streaming pass runs) a tree settled for the boot
+    /// directory. `None` if that takes longer than [`VIEW_OPEN_WAIT`]: the
+    /// client must retry.
+    async fn image(&self, node: &Arc<Node>) -> Result<Option<Img>, packet::Error> {
         let (ctx, n) = (self.ctx.clone(), node.clone());
-        let task = self.rt.spawn(async move { ctx.view_for(&n).await });
+        let task = self.rt.spawn(async move {
+            let opening = ctx.opening_for(&n).await?;
+            let settled = opening.settled_tree(&n.boot_dir).await.map_err(|source| {
+                crate::serve::ImageOpenError::View {
+                    image: n.image.clone(),
+                    source,
+                }
+            })?;
+            Ok::<_, crate::serve::ImageOpenError>(match settled {
+                Settled::Final(view) => Img::Final(view),
+                Settled::Partial(tree) => Img::Passing(opening, tree),
+            })
+        });
         match tokio::time::timeout(VIEW_OPEN_WAIT, task).await {
-            Ok(Ok(Ok(view))) => Ok(Some(view)),
+            Ok(Ok(Ok(img))) => Ok(Some(img)),
             Ok(Ok(Err(e))) => {
                 tracing::warn!("TFTP: image of node {}: {e}", node.name);
+                self.ctx.recorder.note_error(&node.name, &e.to_string());
                 Err(packet::Error::Msg(format!(
                     "lazyboot: image of {} unavailable",
                     node.name
@@ -386,7 +436,7 @@ impl Files {
             }
             Err(_) => {
                 tracing::info!(
-                    "TFTP: image of node {} is still being opened; the client must retry",
+                    "TFTP: the boot files of node {} have not streamed in yet; the client must retry",
                     node.name
                 );
                 Ok(None)
@@ -395,68 +445,166 @@ impl Files {
     }
 
     /// A generated file's bytes; `None` when it needs a kernel and the boot
-    /// directory has none.
+    /// directory has none. [`Pending`] when what it depends on has not
+    /// streamed in within [`VIEW_OPEN_WAIT`].
     async fn generate(
         &self,
         node: &Node,
-        view: &Arc<ImageView>,
+        img: &Img,
         what: Generated,
-    ) -> Result<Option<Vec<u8>>, packet::Error> {
+    ) -> Result<Result<Option<Vec<u8>>, packet::Error>, Pending> {
         let server = &self.ctx.config.server;
-        let nfs = generated::nfs_root_args(
+        let export = ServeContext::export_path(node);
+        let boot = BootDir::open(img.tree(), &node.boot_dir);
+        let flavour = if what == Generated::Cmdline || node.root_args.is_some() {
+            generated::Flavour::RaspberryPiOs
+        } else {
+            match tokio::time::timeout(VIEW_OPEN_WAIT, img.flavour()).await {
+                Ok(f) => f,
+                Err(_) => return Err(Pending),
+            }
+        };
+        let root = generated::root_args(
+            flavour,
             self.ctx.server_ip,
-            &ServeContext::export_path(node),
+            &export,
             server.nfs_port,
+            node.root_args.as_deref(),
         );
-        let boot = BootDir::open(&view.tree, &node.boot_dir);
         if what == Generated::Cmdline {
             let original = match boot.and_then(|b| b.file("cmdline.txt")) {
                 Some(f) => {
                     let len = f.size.min(MAX_CMDLINE as u64) as u32;
-                    let bytes = read(view, node, f.ino, len).await?;
-                    Some(String::from_utf8_lossy(&bytes).into_owned())
+                    match read(img, node, f.ino, len).await {
+                        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                        Err(e) => return Ok(Err(e)),
+                    }
                 }
                 None => None,
             };
-            let text = generated::rewrite_cmdline(original.as_deref(), &nfs, &node.kernel_args);
-            return Ok(Some(text.into_bytes()));
+            let text = generated::rewrite_cmdline(original.as_deref(), &root, &node.kernel_args);
+            return Ok(Ok(Some(text.into_bytes())));
         }
         let Some(boot) = boot else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
-        let files = generated::discover(&boot, node.kind);
+        let mut files = generated::discover(&boot, node.kind);
+        if let Some(k) = &node.kernel {
+            files.kernel = boot.file(k.trim_start_matches(&node.boot_dir).trim_start_matches('/'));
+        }
+        if let Some(i) = &node.initrd {
+            files.initrd = boot.file(i.trim_start_matches(&node.boot_dir).trim_start_matches('/'));
+        }
         let Some(kernel) = files.kernel.clone() else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
-        let args = generated::boot_args(&nfs, &node.kernel_args);
+        tracing::info!(
+            "TFTP: node {}: kernel {}, initrd {}, {} root arguments",
+            node.name,
+            kernel.path,
+            files.initrd.as_ref().map_or("none", |f| f.path.as_str()),
+            if node.root_args.is_some() {
+                "the node's own"
+            } else {
+                flavour.as_str()
+            }
+        );
+        let args = generated::boot_args(&root, &node.kernel_args);
         let text = match what {
             Generated::Cmdline => unreachable!("handled above"),
             Generated::BootScript => {
-                let head = read(view, node, kernel.ino, KERNEL_HEAD).await?;
+                let head = match read(img, node, kernel.ino, KERNEL_HEAD).await {
+                    Ok(h) => h,
+                    Err(e) => return Ok(Err(e)),
+                };
                 let arch = generated::kernel_arch(&head);
                 let compressed = generated::kernel_is_compressed(&head);
                 let script = generated::uboot_script(&node.name, &files, &args, arch, compressed);
                 // The kernel's mtime: the same image gives the same bytes.
                 let stamp = kernel.mtime.clamp(0, u32::MAX as i64) as u32;
-                return Ok(script.map(|s| {
+                return Ok(Ok(script.map(|s| {
                     generated::uboot_script_image(
                         &s,
                         generated::script_arch(node.kind, arch),
                         stamp,
                     )
-                }));
+                })));
             }
             Generated::Pxelinux => generated::pxelinux_cfg(&node.name, &files, &args),
             Generated::Ipxe => {
                 generated::ipxe_script(&node.name, self.ctx.server_ip, &files, &args)
             }
         };
-        Ok(text.map(String::into_bytes))
+        Ok(Ok(text.map(String::into_bytes)))
     }
 }
 
-async fn read(view: &ImageView, node: &Node, ino: u64, len: u32) -> Result<Bytes, packet::Error> {
-    view.read(ino, 0, len).await.map_err(|e| {
+/// What a generated file depends on has not streamed in yet.
+struct Pending;
+
+/// A node's image as TFTP sees it (see [`Files::image`]).
+enum Img {
+    Final(Arc<ImageView>),
+    /// A first streaming pass runs; the tree is final for the boot dir.
+    Passing(Arc<Opening>, Arc<Tree>),
+}
+
+impl Img {
+    fn tree(&self) -> &Tree {
+        match self {
+            Img::Final(v) => &v.tree,
+            Img::Passing(_, t) => t,
+        }
+    }
+
+    fn file(&self, ino: u64) -> Option<FileRef> {
+        match self {
+            Img::Final(view) => Some(FileRef::View {
+                view: view.clone(),
+                ino,
+            }),
+            Img::Passing(opening, tree) => Some(FileRef::Passing {
+                opening: opening.clone(),
+                node: Arc::new(tree.get(ino)?.clone()),
+            }),
+        }
+    }
+
+    /// The image's initramfs flavour. While the image streams, the first
+    /// marker the stream reaches decides (markers of two flavours in one
+    /// image are not expected); a marker that never comes is known absent
+    /// only at the end of the pass.
+    async fn flavour(&self) -> generated::Flavour {
+        let on = |tree: &Tree| generated::detect_flavour(|p| tree.resolve(p).is_some());
+        let opening = match self {
+            Img::Final(v) => return on(&v.tree),
+            Img::Passing(opening, _) => opening,
+        };
+        let mut lookups: futures_util::stream::FuturesUnordered<_> = generated::FLAVOUR_MARKERS
+            .iter()
+            .map(|(path, flavour)| async move {
+                match opening.lookup(path).await {
+                    Ok(Found::Node(_)) => Some(*flavour),
+                    Ok(Found::Final(view)) => Some(on(&view.tree)),
+                    Err(_) => None,
+                }
+            })
+            .collect();
+        use futures_util::StreamExt;
+        while let Some(found) = lookups.next().await {
+            if let Some(f) = found {
+                return f;
+            }
+        }
+        generated::Flavour::Kernel
+    }
+}
+
+async fn read(img: &Img, node: &Node, ino: u64, len: u32) -> Result<Bytes, packet::Error> {
+    let Some(file) = img.file(ino) else {
+        return Err(not_found());
+    };
+    file.read(0, len).await.map_err(|e| {
         tracing::warn!("TFTP: reading the image of node {}: {e}", node.name);
         packet::Error::Msg(format!(
             "lazyboot: reading the image of {} failed",

@@ -10,7 +10,9 @@
 
 use crate::profile::recorder::{Recorder, TftpDone};
 use crate::profile::trace::{traced, SharedTrace};
-use crate::view::ImageView;
+use crate::progressive::Opening;
+use crate::tree::Inode;
+use crate::view::{ImageView, ViewError};
 use bytes::Bytes;
 use std::future::Future;
 use std::io;
@@ -95,9 +97,32 @@ enum Source {
     Image(Box<ImageSource>),
 }
 
+/// A file of a node's image: in the final view, or found in a tree that is
+/// settled for the boot directory while the image still streams.
+#[derive(Clone)]
+pub enum FileRef {
+    View {
+        view: Arc<ImageView>,
+        ino: u64,
+    },
+    Passing {
+        opening: Arc<Opening>,
+        node: Arc<Inode>,
+    },
+}
+
+impl FileRef {
+    /// Up to `len` bytes at `offset`; short only at the end of the file.
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ViewError> {
+        match self {
+            FileRef::View { view, ino } => view.read(*ino, offset, len).await,
+            FileRef::Passing { opening, node } => opening.read(node, offset, len).await,
+        }
+    }
+}
+
 struct ImageSource {
-    view: Arc<ImageView>,
-    ino: u64,
+    file: FileRef,
     rt: Handle,
     /// The window being served and where it starts in the file.
     window: Bytes,
@@ -113,8 +138,8 @@ struct ImageSource {
 
 impl ImageSource {
     fn spawn(&self, offset: u64) -> Fetch {
-        let (view, ino) = (self.view.clone(), self.ino);
-        let read = async move { view.read(ino, offset, READ_AHEAD).await };
+        let file = self.file.clone();
+        let read = async move { file.read(offset, READ_AHEAD).await };
         match self.trace.clone() {
             Some(t) => self.rt.spawn(traced(t, read)),
             None => self.rt.spawn(read),
@@ -144,18 +169,11 @@ impl TftpReader {
         self
     }
 
-    pub fn image(
-        label: Label,
-        view: Arc<ImageView>,
-        ino: u64,
-        size: u64,
-        rt: Handle,
-    ) -> TftpReader {
+    pub fn image(label: Label, file: FileRef, size: u64, rt: Handle) -> TftpReader {
         TftpReader {
             label,
             source: Source::Image(Box::new(ImageSource {
-                view,
-                ino,
+                file,
                 rt,
                 window: Bytes::new(),
                 window_start: 0,

@@ -1,0 +1,250 @@
+//! How calls reach the MOUNT and NFS procedures: ONC RPC over TCP (record
+//! marking, one task per connection) and over UDP (one call per datagram),
+//! both feeding [`Server::dispatch`] on the same port number.
+//!
+//! TCP: records of a connection are read in order and each call runs in
+//! its own task (at most [`MAX_IN_FLIGHT`] at a time, so a slow lazy read
+//! does not hold up the calls behind it); replies go out as they complete,
+//! matched by xid as RPC allows. A framing violation (oversized record,
+//! close inside a record, a record that is not a call) drops the connection
+//! and aborts its calls.
+//!
+//! UDP: klibc `nfsmount` (Debian's and Ubuntu's initramfs), older kernels
+//! and U-Boot's `nfs` command speak MOUNT and NFS over UDP. Each datagram is
+//! one call and its reply one datagram, so READ and READDIR replies are
+//! bounded by [`UDP_MAX_IO`] (the rtmax FSINFO advertises there). A
+//! datagram that is not a call is dropped without an answer. Calls run
+//! concurrently, at most [`MAX_UDP_IN_FLIGHT`] at a time; past that the
+//! socket is not read, and the kernel drops what does not fit its buffer
+//! (clients retransmit).
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use super::fs::Exports;
+use super::rpc::{self, CallError, Outcome, MAX_RECORD};
+use super::server::{Head, Server};
+
+/// Calls of one TCP connection processed at the same time.
+pub const MAX_IN_FLIGHT: usize = 16;
+/// UDP calls processed at the same time (all clients together).
+pub const MAX_UDP_IN_FLIGHT: usize = 64;
+/// Largest datagram read: a WRITE of [`UDP_MAX_IO`] bytes with its headers
+/// fits; anything larger is truncated by the kernel and fails to decode.
+const MAX_DATAGRAM: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NfsError {
+    #[error("accepting NFS connections: {0}")]
+    Accept(#[source] std::io::Error),
+    #[error("receiving NFS datagrams: {0}")]
+    Receive(#[source] std::io::Error),
+}
+
+/// Serve MOUNT and NFS on `listener` (and on `udp`, the same port number
+/// over UDP, if given) until accepting fails for good (a transient error
+/// such as running out of file descriptors is logged and retried). File
+/// handles are signed with `key` (see [`super::load_or_create_key`]).
+pub async fn serve<E: Exports>(
+    listener: TcpListener,
+    udp: Option<UdpSocket>,
+    exports: Arc<E>,
+    key: [u8; 32],
+) -> Result<(), NfsError> {
+    let server = Arc::new(Server::new(exports, &key));
+    let datagrams = match udp {
+        Some(socket) => tokio::spawn(serve_udp(socket, server.clone())),
+        None => tokio::spawn(std::future::pending()),
+    };
+    tokio::select! {
+        r = serve_tcp(listener, server) => r,
+        r = datagrams => r.unwrap_or_else(|e| Err(NfsError::Receive(std::io::Error::other(e)))),
+    }
+}
+
+async fn serve_tcp<E: Exports>(
+    listener: TcpListener,
+    server: Arc<Server<E>>,
+) -> Result<(), NfsError> {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let server = server.clone();
+                tokio::spawn(async move { connection(server, stream, peer).await });
+            }
+            Err(e) if is_fatal_socket_error(&e) => return Err(NfsError::Accept(e)),
+            Err(e) => {
+                tracing::warn!("nfs: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+pub(crate) fn is_fatal_socket_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP | libc::EFAULT)
+    )
+}
+
+/// The header fields dispatch needs, or the reply to send instead.
+fn head(record: &[u8], udp: bool) -> Result<(Head, usize), CallError> {
+    let c = rpc::parse_call(record)?;
+    let args_at = record.len() - c.args.len();
+    Ok((
+        Head {
+            xid: c.xid,
+            prog: c.prog,
+            vers: c.vers,
+            proc_: c.proc_,
+            cred: c.cred,
+            udp,
+        },
+        args_at,
+    ))
+}
+
+/// Run one call, turning a panic into SYSTEM_ERR; the reply record.
+async fn run_call<E: Exports>(
+    server: &Server<E>,
+    head: &Head,
+    args: &[u8],
+    peer: SocketAddr,
+) -> Vec<u8> {
+    let ip = peer.ip().to_canonical();
+    AssertUnwindSafe(server.dispatch(head, args, ip))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("nfs: call from {ip} (xid {}) panicked", head.xid);
+            rpc::finish_record(rpc::reply_header(head.xid, Outcome::SystemErr))
+        })
+}
+
+async fn connection<E: Exports>(server: Arc<Server<E>>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    tracing::debug!("nfs: connection from {peer}");
+
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(buf) = rx.recv().await {
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut calls = JoinSet::new();
+    let clean = loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        while calls.try_join_next().is_some() {}
+        let record = match rpc::read_record(&mut rd, MAX_RECORD).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break true,
+            // Clients (libnfs, the kernel on reboot) often close with a
+            // reset: that is a normal end, not worth a warning.
+            Err(rpc::RecordError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                tracing::debug!("nfs: {peer} reset the connection");
+                break true;
+            }
+            Err(e) => {
+                tracing::warn!("nfs: dropping connection from {peer}: {e}");
+                break false;
+            }
+        };
+        let (head, args_at) = match head(&record, false) {
+            Ok(h) => h,
+            Err(CallError::Drop) => {
+                tracing::warn!("nfs: dropping connection from {peer}: not an RPC call");
+                break false;
+            }
+            Err(CallError::Reply(xid, outcome)) => {
+                tracing::debug!("nfs: {peer} xid {xid}: {outcome:?}");
+                let reply = rpc::finish_record(rpc::reply_header(xid, outcome));
+                if tx.send(reply).await.is_err() {
+                    break false;
+                }
+                continue;
+            }
+        };
+        let server = server.clone();
+        let tx = tx.clone();
+        calls.spawn(async move {
+            let _permit = permit;
+            let reply = run_call(&server, &head, &record[args_at..], peer).await;
+            let _ = tx.send(reply).await;
+        });
+    };
+    drop(tx);
+    if clean {
+        while calls.join_next().await.is_some() {}
+        let _ = writer.await;
+    } else {
+        calls.abort_all();
+        writer.abort();
+    }
+    tracing::debug!("nfs: connection from {peer} closed");
+}
+
+async fn serve_udp<E: Exports>(socket: UdpSocket, server: Arc<Server<E>>) -> Result<(), NfsError> {
+    let socket = Arc::new(socket);
+    let slots = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) if is_fatal_socket_error(&e) => return Err(NfsError::Receive(e)),
+            // ICMP errors of earlier replies surface here; nothing to do.
+            Err(e) => {
+                tracing::debug!("nfs: udp receive: {e}");
+                continue;
+            }
+        };
+        let datagram = buf[..n].to_vec();
+        let (head, args_at) = match head(&datagram, true) {
+            Ok(h) => h,
+            Err(CallError::Drop) => {
+                tracing::debug!("nfs: {peer}: datagram is not an RPC call");
+                continue;
+            }
+            Err(CallError::Reply(xid, outcome)) => {
+                let reply = rpc::reply_header(xid, outcome);
+                let _ = socket.send_to(&reply[4..], peer).await;
+                continue;
+            }
+        };
+        let (server, socket) = (server.clone(), socket.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let reply = run_call(&server, &head, &datagram[args_at..], peer).await;
+            // The record mark is TCP framing; a datagram is the message.
+            if let Err(e) = socket.send_to(&reply[4..], peer).await {
+                tracing::debug!("nfs: udp reply to {peer}: {e}");
+            }
+        });
+    }
+}
