@@ -350,8 +350,19 @@ fn zstd_layers_are_refused_with_the_media_type() -> Result<()> {
     let indexes = std::fs::read_dir(cache.join("index")).map_or(0, |d| d.count());
     assert_eq!(indexes, 0, "an index was cached for a zstd layer");
 
-    // inspect still works and names the media type per layer.
-    let v = inspect_json(&cache, &image)?;
+    // inspect still shows every layer and names the media type, but exits
+    // non-zero: the image cannot be read.
+    let (out, _) = lazyboot_bounded(&cache, &["inspect", "--json", &image], 60);
+    assert!(
+        !out.status.success(),
+        "inspect of an unreadable image succeeded"
+    );
+    assert!(
+        text(&out.stderr).contains("cannot be read"),
+        "{}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     for row in inspect_layers(&v)? {
         let format = row["format"].as_str().unwrap_or_default();
         assert!(

@@ -449,3 +449,259 @@ root = "persistent"
     );
     Ok(())
 }
+
+/// A config with one iPXE node `pc` on `image`, plus `extra` TOML.
+fn pc_config(
+    lab: &NetLab,
+    dir: &Path,
+    image: &str,
+    tftp_port: u16,
+    nfs_port: u16,
+    extra: &str,
+) -> Result<PathBuf> {
+    let config = dir.join("lazyboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+interface = "{host_if}"
+address = "{server}"
+state_dir = "{state}"
+cache_dir = "{cache}"
+tftp_port = {tftp_port}
+nfs_port = {nfs_port}
+
+[dhcp]
+mode = "off"
+
+[[nodes]]
+name = "pc"
+mac = "{IPXE_MAC}"
+kind = "ipxe"
+image = "{image}"
+ip = "{pc_ip}"
+root = "readonly"
+{extra}
+"#,
+            host_if = lab.host_if,
+            server = lab.server_ip,
+            state = dir.join("state").display(),
+            cache = dir.join("config-cache").display(),
+            pc_ip = lab.client_ip,
+        ),
+    )?;
+    Ok(config)
+}
+
+/// Start `serve` with extra global options; its first stdout line and the
+/// child (still running if it said "serving").
+fn start_serve(config: &Path, globals: &[&str]) -> Result<(String, Child)> {
+    let mut child = Command::new(BIN)
+        .args(globals)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    Ok((line, child))
+}
+
+#[test]
+fn portmapper_showmount_and_udp_mount_and_read() -> Result<()> {
+    let tools = &["ip", "rpcinfo", "showmount", "curl"];
+    if !common::require_root_and_tools("portmapper_showmount_and_udp_mount_and_read", tools) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    build_boot_image(tmp.path(), "udpnode")?;
+    let reg = Registry::start()?;
+    common::push(&tmp.path().join("layout"), "os", &reg, "os/netboot:1")?;
+    let image = reg.reference("os/netboot:1");
+    let lab = NetLab::new(true)?;
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    // A second node whose reference does not resolve: reported at start,
+    // the other node is served all the same.
+    let broken = format!(
+        "[[nodes]]\nname = \"broken\"\nmac = \"52:54:00:00:00:99\"\nkind = \"ipxe\"\nimage = \"{}\"\n",
+        reg.reference("os/missing:1")
+    );
+    let config = pc_config(&lab, tmp.path(), &image, tftp_port, nfs_port, &broken)?;
+    // A global option: --cache-dir replaces the config's cache_dir.
+    let cache = tmp.path().join("global-cache");
+    let (line, child) = start_serve(&config, &["--cache-dir", cache.to_str().unwrap()])?;
+    let _server = Server { child };
+    assert!(
+        line.starts_with("serving") && line.contains("portmapper on"),
+        "{line:?}"
+    );
+    let server = lab.server_ip.to_string();
+
+    // rpcinfo -p (portmapper v2 DUMP over TCP) lists the portmapper itself,
+    // MOUNT and NFS v3 on both transports.
+    let out = lab.client("rpcinfo").args(["-p", &server]).output()?;
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rpcinfo -p: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (prog, proto, port) in [
+        ("100000", "tcp", 111),
+        ("100000", "udp", 111),
+        ("100005", "tcp", nfs_port),
+        ("100005", "udp", nfs_port),
+        ("100003", "tcp", nfs_port),
+        ("100003", "udp", nfs_port),
+    ] {
+        let found = dump.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 4 && f[0] == prog && f[1] == "3" && f[2] == proto && f[3] == port.to_string()
+                || (prog == "100000"
+                    && f.len() >= 4
+                    && f[0] == prog
+                    && f[2] == proto
+                    && f[3] == "111")
+        });
+        assert!(
+            found,
+            "{prog} {proto} {port} missing from rpcinfo -p:\n{dump}"
+        );
+    }
+    // rpcbind v3/v4 lookups: a NULL call to MOUNT over UDP and NFS over TCP
+    // through GETADDR.
+    for (flag, prog) in [("-u", "100005"), ("-t", "100003")] {
+        let out = lab
+            .client("rpcinfo")
+            .args([flag, &server, prog, "3"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("ready and waiting"),
+            "rpcinfo {flag} {prog}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // showmount asks the portmapper for MOUNT, then EXPORT.
+    let out = lab.client("showmount").args(["-e", &server]).output()?;
+    let exports = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && exports.contains("/nodes/pc"),
+        "showmount -e: {exports} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // MOUNT and NFS over UDP from the node's address: MNT, LOOKUP, FSINFO
+    // (rtmax bounded for datagrams) and READs of a 4 MB file, each reply
+    // within one datagram, asking for more than fits.
+    let sock = common::nfsrpc::udp_in_netns(
+        &lab.ns,
+        lab.client_ip,
+        std::net::SocketAddr::from((lab.server_ip, nfs_port)),
+    )?;
+    let mut udp = common::nfsrpc::UdpClient::new(sock);
+    let root = udp.mnt("/nodes/pc")?;
+    let rtmax = udp.rtmax(&root)?;
+    assert!(rtmax <= 32 * 1024, "rtmax over UDP is {rtmax}");
+    let kernel = udp.walk(&root, "boot/vmlinuz-6.1.0-test")?;
+    let (data, largest) = udp.read_all(&kernel, 1 << 20)?;
+    assert_eq!(
+        data,
+        std::fs::read(tmp.path().join("bundle/rootfs/boot/vmlinuz-6.1.0-test"))?
+    );
+    assert!(
+        largest <= rtmax as usize,
+        "a READ reply carried {largest} bytes"
+    );
+
+    // A registration change from the network (SET, UNSET) is refused.
+    let mut pm = common::nfsrpc::UdpClient::new(common::nfsrpc::udp_in_netns(
+        &lab.ns,
+        lab.client_ip,
+        std::net::SocketAddr::from((lab.server_ip, 111)),
+    )?);
+    let mapping: Vec<u8> = [100_005u32, 3, 17, 9999]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect();
+    for proc_ in [1, 2] {
+        let r = pm.call(100_000, 2, proc_, &mapping)?;
+        assert_eq!(
+            (r.stat.as_str(), &r.body[..]),
+            ("SUCCESS", &[0u8, 0, 0, 0][..])
+        );
+    }
+    let out = lab.client("rpcinfo").args(["-p", &server]).output()?;
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("9999"));
+
+    // The global --cache-dir was used, the config's cache_dir was not.
+    assert!(
+        common::dir_size(&cache)? > 1_000_000,
+        "nothing cached in --cache-dir"
+    );
+    assert!(
+        !tmp.path().join("config-cache").exists(),
+        "config cache_dir was used"
+    );
+
+    // The node with a bad reference is marked failed; `pc` was served.
+    let nodes = common::curl_get(&format!("http://{server}:8080/api/v1/nodes/broken"), &[])?;
+    let v: serde_json::Value = serde_json::from_slice(&nodes)?;
+    let why = v["failed"].as_str().unwrap_or_default();
+    assert!(why.contains("os/missing"), "{v}");
+    Ok(())
+}
+
+#[test]
+fn a_taken_portmapper_port_is_explained_and_can_be_turned_off() -> Result<()> {
+    if !common::require_root_and_tools("a_taken_portmapper_port", &["ip"]) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let lab = NetLab::new(true)?;
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    // Someone (an rpcbind) holds port 111 on the server address.
+    let _holder = std::net::TcpListener::bind((lab.server_ip, 111))?;
+    let _holder_udp = std::net::UdpSocket::bind((lab.server_ip, 111))?;
+    let image = "oci:/nonexistent";
+    let config = pc_config(&lab, tmp.path(), image, tftp_port, nfs_port, "")?;
+    let (line, child) = start_serve(&config, &[])?;
+    let out = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!line.starts_with("serving"), "{line:?}");
+    assert!(!out.status.success());
+    assert!(
+        err.contains("port 111") && err.contains("rpcbind") && err.contains("portmapper = false"),
+        "{err}"
+    );
+    // With the portmapper off, serve starts (and says so).
+    let text = std::fs::read_to_string(&config)?.replace("[dhcp]", "portmapper = false\n\n[dhcp]");
+    std::fs::write(&config, text)?;
+    let (line, child) = start_serve(&config, &[])?;
+    let _server = Server { child };
+    assert!(
+        line.starts_with("serving") && line.contains("portmapper off"),
+        "{line:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn serve_rejects_a_bad_global_option_value() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = Command::new(BIN)
+        .args(["--cache-size", "lots", "serve", "--config"])
+        .arg(tmp.path().join("none.toml"))
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cache-size") && err.contains("lots"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -203,6 +203,11 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "lazyboot=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, and never with NO_COLOR.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -689,10 +694,25 @@ async fn inspect(common: &Common, image: &ImageRef, json: bool) -> Result<()> {
             cached_bytes,
         });
     }
+    let unreadable: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.format.starts_with("unsupported") || r.format.contains('?'))
+        .map(|(i, r)| format!("layer {} ({}): {}", i + 1, &r.digest, r.format))
+        .collect();
+    let verdict = || -> Result<()> {
+        if unreadable.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "{image} cannot be read by lazyboot:\n  {}",
+            unreadable.join("\n  ")
+        )
+    };
     if json {
         let out = serde_json::json!({ "image": resolved, "layers": rows });
         println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        return verdict();
     }
     println!("image     {}", resolved.reference);
     println!("manifest  {}", resolved.manifest_digest);
@@ -715,7 +735,7 @@ async fn inspect(common: &Common, image: &ImageRef, json: bool) -> Result<()> {
             human(r.cached_bytes)
         );
     }
-    Ok(())
+    verdict()
 }
 
 #[cfg(test)]

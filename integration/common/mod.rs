@@ -186,3 +186,21 @@ pub fn free_udp_port() -> u16 {
         .expect("binding a free UDP port")
         .port()
 }
+
+/// Bytes in the regular files under `dir` (0 if it does not exist).
+pub fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for e in entries {
+        let e = e?;
+        let meta = e.metadata()?;
+        if meta.is_dir() {
+            total += dir_size(&e.path())?;
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}

@@ -600,3 +600,144 @@ impl Client {
         Ok(())
     }
 }
+
+/// A UDP socket bound to `src` inside namespace `ns` (see [`tcp_in_netns`]),
+/// connected to `server`.
+pub fn udp_in_netns(ns: &str, src: Ipv4Addr, server: SocketAddr) -> Result<std::net::UdpSocket> {
+    let path = format!("/run/netns/{ns}");
+    let f = File::open(&path).with_context(|| format!("opening {path}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<std::net::UdpSocket> {
+                // SAFETY: as in tcp_in_netns, this thread only.
+                if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns {path}: {}", std::io::Error::last_os_error());
+                }
+                let sock = std::net::UdpSocket::bind(SocketAddr::from((src, 0)))
+                    .with_context(|| format!("binding UDP {src} in {ns}"))?;
+                sock.connect(server)?;
+                Ok(sock)
+            })
+            .join()
+            .expect("netns thread panicked")
+    })
+}
+
+/// MOUNT and NFS over UDP, as klibc `nfsmount` and U-Boot speak them: one
+/// call per datagram, retransmitted after a second without a reply.
+pub struct UdpClient {
+    pub s: std::net::UdpSocket,
+    xid: u32,
+}
+
+impl UdpClient {
+    pub fn new(s: std::net::UdpSocket) -> UdpClient {
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        UdpClient { s, xid: 0x5000 }
+    }
+
+    /// One call; the reply (of this xid), after up to 30 tries.
+    pub fn call(&mut self, prog: u32, vers: u32, proc_: u32, args: &[u8]) -> Result<Reply> {
+        self.xid += 1;
+        let msg = call_record(self.xid, prog, vers, proc_, ROOT, args);
+        let mut buf = vec![0u8; 70_000];
+        for _ in 0..30 {
+            self.s.send(&msg)?;
+            loop {
+                let n = match self.s.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        break
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mut r = &buf[..n];
+                let (msg, _) = rpc_msg::unpack(&mut r).context("reply header")?;
+                if msg.xid != self.xid {
+                    continue;
+                }
+                let msg_body::REPLY(body) = msg.body else {
+                    bail!("not a reply")
+                };
+                let stat = match body {
+                    reply_body::MSG_ACCEPTED(a) => format!("{:?}", a.reply_data),
+                    reply_body::MSG_DENIED(d) => format!("DENIED {d:?}"),
+                };
+                return Ok(Reply {
+                    stat,
+                    body: r.to_vec(),
+                });
+            }
+        }
+        bail!("no reply to xid {} over UDP", self.xid)
+    }
+
+    fn nfs<R: for<'a> Unpack>(&mut self, proc_: u32, args: &impl Pack) -> Result<R> {
+        let r = self.call(NFS, 3, proc_, &packed(args))?;
+        if r.stat != "SUCCESS" {
+            bail!("NFS proc {proc_}: {}", r.stat);
+        }
+        Ok(R::unpack(&mut &r.body[..])?.0)
+    }
+
+    pub fn mnt(&mut self, path: &str) -> Result<nfs_fh3> {
+        let r = self.call(
+            MOUNT,
+            3,
+            1,
+            &packed(&dirpath(Opaque::borrowed(path.as_bytes()))),
+        )?;
+        match mountres3::unpack(&mut &r.body[..])?.0 {
+            mountres3::Ok(ok) => Ok(fh(ok.fhandle.0.to_vec())),
+            mountres3::Err(e) => bail!("MNT {path}: {e}"),
+        }
+    }
+
+    pub fn walk(&mut self, root: &nfs_fh3, path: &str) -> Result<nfs_fh3> {
+        let mut fh = root.clone();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            let args = diropargs3 {
+                dir: fh.clone(),
+                name: name3(part.as_bytes()),
+            };
+            fh = match self.nfs::<LOOKUP3res>(3, &args)? {
+                Nfs3Result::Ok(ok) => ok.object,
+                Nfs3Result::Err((s, _)) => bail!("LOOKUP {part}: {s}"),
+            };
+        }
+        Ok(fh)
+    }
+
+    /// FSINFO's rtmax.
+    pub fn rtmax(&mut self, fh: &nfs_fh3) -> Result<u32> {
+        match self.nfs::<FSINFO3res>(19, fh)? {
+            Nfs3Result::Ok(ok) => Ok(ok.rtmax),
+            Nfs3Result::Err((s, _)) => bail!("FSINFO: {s}"),
+        }
+    }
+
+    /// The whole file in READs of `count` bytes; the largest reply seen.
+    pub fn read_all(&mut self, fh: &nfs_fh3, count: u32) -> Result<(Vec<u8>, usize)> {
+        let (mut out, mut largest) = (Vec::new(), 0);
+        loop {
+            let args = READ3args {
+                file: fh.clone(),
+                offset: out.len() as u64,
+                count,
+            };
+            match self.nfs::<READ3res>(6, &args)? {
+                Nfs3Result::Ok(ok) => {
+                    largest = largest.max(ok.data.0.len());
+                    out.extend_from_slice(&ok.data.0);
+                    if ok.eof || ok.data.0.is_empty() {
+                        return Ok((out, largest));
+                    }
+                }
+                Nfs3Result::Err((s, _)) => bail!("READ: {s}"),
+            }
+        }
+    }
+}
