@@ -186,6 +186,7 @@ fn profile() -> BootProfile {
             learned_from: "boot 11".into(),
         }),
         errors: Vec::new(),
+        registry: None,
     }
 }
 

@@ -128,6 +128,9 @@ impl ServeContext {
         self.inventory.clear_failed(&node.name);
         self.recorder
             .set_manifest(&node.name, &view.image.manifest_digest);
+        let source = view.source.clone();
+        self.recorder
+            .watch_registry(&node.name, Arc::new(move || source.stats()));
         Ok(view)
     }
 
@@ -138,6 +141,7 @@ impl ServeContext {
             Ok(o) => {
                 self.recorder
                     .set_manifest(&node.name, &o.image.manifest_digest);
+                self.watch_registry(node, &o);
                 Ok(o)
             }
             Err(e) => {
@@ -146,6 +150,13 @@ impl ServeContext {
                 Err(e)
             }
         }
+    }
+
+    /// Count the registry traffic of `node`'s image in its boot's profile.
+    fn watch_registry(&self, node: &Node, opening: &Arc<Opening>) {
+        let o = opening.clone();
+        self.recorder
+            .watch_registry(&node.name, Arc::new(move || o.source().stats()));
     }
 
     /// Replay the learned prefetch plan of `node`'s image, unless prefetch

@@ -13,7 +13,7 @@ use super::qemu::fixtures;
 
 /// Where the Debian images are cached unless `LAZYBOOT_DEBIAN_CACHE` says
 /// otherwise: outside `target/` because a build takes minutes and downloads
-/// ~250 MB of packages (kept in `debs/` next to the images).
+/// ~130 MB of packages (kept in `debs/` next to the images).
 pub const DEBIAN_CACHE: &str = "/var/cache/lazyboot-test/debian";
 
 pub fn debian_cache() -> PathBuf {
@@ -44,7 +44,7 @@ pub fn debian_key(flavour: &str) -> Result<String> {
 /// the `debs` dir is kept.
 ///
 /// Needs root, `mmdebstrap` (reaching deb.debian.org), `tar`, `gzip`,
-/// `sha256sum`, `umoci`; a build takes 2-3 minutes.
+/// `sha256sum`, `umoci`; a build takes 2-4 minutes.
 pub fn debian_image(flavour: &str) -> Result<PathBuf> {
     if !matches!(flavour, "initramfs-tools" | "dracut") {
         bail!("unknown Debian image flavour {flavour:?} (initramfs-tools | dracut)");
@@ -76,7 +76,7 @@ pub fn debian_image(flavour: &str) -> Result<PathBuf> {
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("flavour"), format!("{flavour}\n"))?;
     eprintln!(
-        "[debian image {flavour}] building {} (2-3 minutes)",
+        "[debian image {flavour}] building {} (2-4 minutes)",
         dir.display()
     );
     let started = Instant::now();

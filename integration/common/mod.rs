@@ -21,6 +21,7 @@ pub mod netns;
 pub mod nfsrpc;
 pub mod qemu;
 pub mod registry;
+pub mod shaped;
 pub mod snapshot;
 
 use std::path::Path;

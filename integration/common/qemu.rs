@@ -230,20 +230,29 @@ pub struct Server {
     child: Child,
     config: PathBuf,
     log: PathBuf,
+    globals: Vec<String>,
 }
 
 impl Server {
     pub fn start(config: &Path, log: &Path) -> Result<Server> {
+        Self::start_with(config, log, &[])
+    }
+
+    /// With global options before `serve` (`--insecure-registry H`, ...).
+    pub fn start_with(config: &Path, log: &Path, globals: &[&str]) -> Result<Server> {
+        let globals: Vec<String> = globals.iter().map(|s| s.to_string()).collect();
         Ok(Server {
-            child: Self::spawn(config, log)?,
+            child: Self::spawn(config, log, &globals)?,
             config: config.to_path_buf(),
             log: log.to_path_buf(),
+            globals,
         })
     }
 
-    fn spawn(config: &Path, log: &Path) -> Result<Child> {
+    fn spawn(config: &Path, log: &Path, globals: &[String]) -> Result<Child> {
         let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
         let mut child = Command::new(BIN)
+            .args(globals)
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "lazyboot=debug")
@@ -275,7 +284,7 @@ impl Server {
     /// cache; the log goes on in the same file.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
-        self.child = Self::spawn(&self.config, &self.log)?;
+        self.child = Self::spawn(&self.config, &self.log, &self.globals)?;
         Ok(())
     }
 
@@ -368,4 +377,75 @@ pub fn expected_checks(readonly: bool, restart: bool) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// An x86_64 guest that PXE-boots from the tap through QEMU's iPXE ROM
+/// (TCG), its serial console written to `console`.
+pub fn pxe_guest(tap: &Tap, mac: &str, memory_mb: u32, console: &Path) -> Result<Qemu> {
+    Ok(Qemu(
+        Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-smp", "1", "-m", &memory_mb.to_string()])
+            .args(["-nographic", "-no-reboot", "-boot", "n"])
+            .arg("-netdev")
+            .arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                tap.name
+            ))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+            .stdin(Stdio::null())
+            .stdout(File::create(console)?)
+            .stderr(File::create(console.with_extension("stderr"))?)
+            .spawn()?,
+    ))
+}
+
+/// Watch `console` until a line containing `marker` appears (returned with
+/// the whole console text), a `fatal` text appears, QEMU exits or
+/// `timeout` passes; `milestones` (name, console text) go into the timeline.
+pub fn wait_for_console(
+    qemu: &mut Qemu,
+    console: &Path,
+    marker: &str,
+    fatal: &[&str],
+    milestones: &[(&'static str, &str)],
+    timeout: Duration,
+    mut each: impl FnMut(f64, &str, &mut Timeline) -> Result<()>,
+) -> Result<(String, String, Timeline)> {
+    let started = Instant::now();
+    let mut timeline = Timeline::default();
+    loop {
+        let t = started.elapsed().as_secs_f64();
+        let text = String::from_utf8_lossy(&fs::read(console)?).into_owned();
+        for (name, needle) in milestones {
+            timeline.check(t, name, text.contains(needle));
+        }
+        each(t, &text, &mut timeline)?;
+        if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+            timeline.check(t, "marker", true);
+            return Ok((line.trim().to_string(), text, timeline));
+        }
+        if let Some(f) = fatal.iter().find(|f| text.contains(*f)) {
+            bail!(
+                "the guest failed ({f:?}) after {t:.0} s\n{}\n--- console (last 80 lines) ---\n{}",
+                timeline.show(),
+                tail(&text, 80)
+            );
+        }
+        if let Some(status) = qemu.0.try_wait()? {
+            bail!(
+                "QEMU exited ({status}) before {marker:?}\n{}\n--- console (last 80 lines) ---\n{}",
+                timeline.show(),
+                tail(&text, 80)
+            );
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "no {marker:?} after {timeout:?}\n{}\n--- console (last 80 lines) ---\n{}",
+                timeline.show(),
+                tail(&text, 80)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

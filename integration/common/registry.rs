@@ -20,6 +20,8 @@ pub struct Registry {
     pub addr: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Network namespace the registry runs in (see [`Registry::start_in_netns`]).
+    netns: Option<String>,
 }
 
 impl Registry {
@@ -35,6 +37,7 @@ impl Registry {
             addr: String::new(),
             dir,
             child: None,
+            netns: None,
         };
         // The free port is found by binding port 0 and closing it again, so
         // another process may grab it in between: retry with a new port.
@@ -52,6 +55,40 @@ impl Registry {
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow!("registry did not start")))
+    }
+
+    /// A registry inside network namespace `ns`, listening on `ip:5000`
+    /// (reached from the host through the namespace's link, e.g. a
+    /// shaped one: see [`super::shaped::ShapedRegistry`]).
+    pub fn start_in_netns(ns: &str, ip: std::net::Ipv4Addr) -> Result<Registry> {
+        let dir = tempfile::Builder::new()
+            .prefix("lazyboot-registry.")
+            .tempdir()
+            .context("creating registry temp dir")?;
+        fs::create_dir_all(dir.path().join("storage"))?;
+        let mut reg = Registry {
+            port: 5000,
+            addr: format!("{ip}:5000"),
+            dir,
+            child: None,
+            netns: Some(ns.to_string()),
+        };
+        reg.write_config()?;
+        reg.spawn_and_wait()?;
+        Ok(reg)
+    }
+
+    /// A registry that is not running (a value to replace later).
+    pub(crate) fn placeholder() -> Result<Registry> {
+        Ok(Registry {
+            port: 0,
+            addr: String::new(),
+            dir: tempfile::Builder::new()
+                .prefix("lazyboot-registry.")
+                .tempdir()?,
+            child: None,
+            netns: None,
+        })
     }
 
     /// `http://127.0.0.1:PORT`
@@ -186,7 +223,14 @@ impl Registry {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut cmd = Command::new("docker-registry");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "docker-registry"]);
+                c
+            }
+            None => Command::new("docker-registry"),
+        };
         cmd.arg("serve")
             .arg(self.config_path())
             .stdin(Stdio::null())

@@ -33,6 +33,18 @@ pub struct BootProfile {
     /// boot file that cannot be made), as the log says it.
     #[serde(default)]
     pub errors: Vec<ProfileNote>,
+    /// Everything the registry sent for the node's image from the node's
+    /// first request to the end of the boot: streaming passes included
+    /// (which `fetches` do not list), and whatever else read the image
+    /// meanwhile (other nodes, prefetch, background fill).
+    #[serde(default)]
+    pub registry: Option<RegistryTraffic>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryTraffic {
+    pub bytes: u64,
+    pub requests: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

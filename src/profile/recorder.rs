@@ -13,6 +13,7 @@ use super::ProfileStore;
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
 use crate::prefetch::PrefetchPlan;
+use crate::registry::FetchStats;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,10 +65,33 @@ struct Live {
     last_nfs: Option<Instant>,
     reads: Vec<(Digest, u64)>,
     manifest: Option<Digest>,
+    /// The node's image's registry counters, and their value when the
+    /// node first asked for it this boot.
+    traffic: Option<(RegistryProbe, FetchStats)>,
     dirty: bool,
 }
 
+/// Reads a source's registry counters (every request and byte: streaming
+/// passes, range fetches, prefetch, background fill).
+pub type RegistryProbe = Arc<dyn Fn() -> FetchStats + Send + Sync>;
+
 impl Live {
+    /// What the registry sent for the node's image since it first asked.
+    fn refresh_traffic(&mut self) {
+        let Some((probe, start)) = &self.traffic else {
+            return;
+        };
+        let now = probe();
+        let t = RegistryTraffic {
+            bytes: now.bytes.saturating_sub(start.bytes),
+            requests: now.requests.saturating_sub(start.requests),
+        };
+        if self.profile.registry.as_ref() != Some(&t) {
+            self.profile.registry = Some(t);
+            self.dirty = true;
+        }
+    }
+
     fn ms(&self, t: Instant) -> f64 {
         t.saturating_duration_since(self.t0).as_secs_f64() * 1000.0
     }
@@ -162,6 +186,7 @@ impl Recorder {
             last_nfs: None,
             reads: Vec::new(),
             manifest: None,
+            traffic: None,
             dirty: true,
         };
         self.save(&l);
@@ -237,6 +262,7 @@ impl Recorder {
             last_nfs: Some(Instant::now()),
             reads: Vec::new(),
             manifest,
+            traffic: None,
             dirty: true,
         })
     }
@@ -246,6 +272,20 @@ impl Recorder {
         let mut live = self.live.lock();
         self.resume_into(&mut live, node);
         live.get(node).is_some_and(|l| !l.done())
+    }
+
+    /// Count what the registry sends for `node`'s image from now on (the
+    /// first call of a boot sets the start; later ones are ignored).
+    pub fn watch_registry(&self, node: &str, probe: RegistryProbe) {
+        let mut live = self.live.lock();
+        self.resume_into(&mut live, node);
+        if let Some(l) = live
+            .get_mut(node)
+            .filter(|l| !l.done() && l.traffic.is_none())
+        {
+            let start = probe();
+            l.traffic = Some((probe, start));
+        }
     }
 
     /// Something went wrong serving `node`: kept in its boot's profile
@@ -469,6 +509,7 @@ impl Recorder {
             at_ms / 1000.0,
             how.describe()
         );
+        l.refresh_traffic();
         l.profile.booted = Some(Booted { at_ms, how });
         l.dirty = true;
         self.learn_plan(l);
@@ -522,6 +563,9 @@ impl Recorder {
             self.booted(&node, BootedBy::Quiet { quiet_secs });
         }
         let mut live = self.live.lock();
+        for l in live.values_mut().filter(|l| !l.done()) {
+            l.refresh_traffic();
+        }
         for l in live.values_mut().filter(|l| l.dirty) {
             l.dirty = false;
             self.save(l);

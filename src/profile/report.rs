@@ -549,6 +549,15 @@ pub fn render_text(p: &BootProfile, width: usize) -> String {
         "registry, downloaded",
         human_bytes(s.registry_compressed_bytes)
     );
+    if let Some(t) = &p.registry {
+        let _ = writeln!(
+            out,
+            "  {:<26} {:>10}  in {} requests (all the registry sent for the image during the boot: streaming passes, fetches, prefetch, background fill)",
+            "registry, all traffic",
+            human_bytes(t.bytes),
+            t.requests
+        );
+    }
     let _ = writeln!(
         out,
         "  {:<26} {:>10}",
@@ -984,6 +993,7 @@ pub(crate) mod tests {
                 learned_from: "boot 2".into(),
             }),
             errors: Vec::new(),
+            registry: None,
         }
     }
 

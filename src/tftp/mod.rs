@@ -258,6 +258,7 @@ fn not_found() -> packet::Error {
 
 impl Files {
     async fn open(&self, client: SocketAddr, raw: String) -> Result<TftpReader, packet::Error> {
+        let opened = std::time::Instant::now();
         let ip = match client.ip() {
             IpAddr::V4(v4) => v4,
             IpAddr::V6(v6) => v6.to_ipv4_mapped().ok_or_else(not_found)?,
@@ -318,9 +319,8 @@ impl Files {
                         "TFTP: {client} ({}): {path}: image still opening, sent a wait-and-retry script",
                         node.name
                     );
-                    return Ok(
-                        TftpReader::memory(label, Bytes::from(script)).recorded(record(true))
-                    );
+                    return Ok(TftpReader::memory(label, Bytes::from(script))
+                        .recorded(waited(record(true), opened)));
                 }
                 record(false).failed(&node.name, &path);
                 return Err(packet::Error::Msg(format!(
@@ -537,6 +537,16 @@ impl Files {
         };
         Ok(Ok(text.map(String::into_bytes)))
     }
+}
+
+/// A request answered with a wait-and-retry script waited for the image
+/// from `since`: its transfer in the profile starts there, and the time is
+/// counted as waiting on the registry (the stream had not brought the
+/// files yet), so the gap before the retry is explained.
+fn waited(mut record: Recording, since: std::time::Instant) -> Recording {
+    record.trace.lock().wait += since.elapsed();
+    record.started = since;
+    record
 }
 
 /// What a generated file depends on has not streamed in yet.
