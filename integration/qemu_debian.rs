@@ -43,14 +43,15 @@ const FATAL: &[&str] = &[
     "No bootable device",
     "nfsmount: bad option",
     "Gave up waiting for root",
-    "dracut-initqueue[", // followed by a timeout message only on failure
+    "Could not boot",
     "emergency mode",
 ];
 const MILESTONES: &[(&str, &str)] = &[
     ("iPXE", "iPXE"),
     ("kernel start", "Linux version"),
-    ("systemd starts", "systemd[1]"),
-    ("multi-user", "Reached target"),
+    ("initramfs userspace", "Run /init as init process"),
+    ("switch to the NFS root", "Switching root"),
+    ("multi-user", "Multi-User System"),
 ];
 
 fn runnable(name: &str) -> bool {
@@ -88,12 +89,14 @@ mac = "{MAC}"
 kind = "ipxe"
 image = "{image}"
 root = "ephemeral"
-kernel_args = "console=ttyS0"
+kernel_args = "console=ttyS0 {extra_args}"
 "#,
         tap_if = tap.name,
         server = tap.server_ip,
         state = work.join("state").display(),
         cache = work.join("cache").display(),
+        // For debugging a guest: e.g. `rd.debug` or `systemd.log_level=debug`.
+        extra_args = std::env::var("LAZYBOOT_DEBIAN_KERNEL_ARGS").unwrap_or_default(),
     )
 }
 
@@ -107,17 +110,26 @@ fn failed_units(marker: &str) -> Result<u32> {
         .context("failed= is not a number")
 }
 
-fn work_dir(name: &str) -> Result<tempfile::TempDir> {
+/// A work dir, removed on drop unless `LAZYBOOT_QEMU_KEEP` is set (then
+/// kept whatever happens, and named on stderr).
+struct Work {
+    path: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn work_dir(name: &str) -> Result<Work> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("lazyboot-{name}."))
         .tempdir()?;
-    Ok(dir)
-}
-
-fn keep(dir: tempfile::TempDir) {
     if std::env::var_os("LAZYBOOT_QEMU_KEEP").is_some() {
-        eprintln!("keeping {}", dir.keep().display());
+        let path = dir.keep();
+        eprintln!("keeping {}", path.display());
+        return Ok(Work { path, _dir: None });
     }
+    Ok(Work {
+        path: dir.path().to_path_buf(),
+        _dir: Some(dir),
+    })
 }
 
 /// The node's latest boot profile as JSON (`lazyboot profile`).
@@ -145,7 +157,7 @@ fn profile_text(work: &Path) -> String {
 fn boots_to_multi_user(flavour: &str) -> Result<()> {
     let layout = debian_image(flavour)?;
     let tmp = work_dir(&format!("debian-{flavour}"))?;
-    let work = tmp.path().to_path_buf();
+    let work = tmp.path.clone();
     let reg = Registry::start()?;
     common::push(&layout, flavour, &reg, &format!("os/debian:{flavour}"))?;
     let image = reg.reference(&format!("os/debian:{flavour}"));
@@ -180,7 +192,7 @@ fn boots_to_multi_user(flavour: &str) -> Result<()> {
     assert!(marker.contains(&format!("flavour={flavour}")), "{marker}");
     assert_eq!(failed_units(&marker)?, 0, "failed units: {marker}");
     drop(qemu);
-    keep(tmp);
+    drop(tmp);
     Ok(())
 }
 
@@ -215,7 +227,7 @@ fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
         .as_u64()
         .context("layer size")?;
     let tmp = work_dir("debian-cold")?;
-    let work = tmp.path().to_path_buf();
+    let work = tmp.path.clone();
     let reg = ShapedRegistry::start("100mbit")?;
     common::push(&layout, flavour, &reg.registry, "os/debian:cold")?;
     let image = reg.reference("os/debian:cold");
@@ -309,6 +321,6 @@ fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
         "{waited_ms} ms of wait in a {boot_secs:.0} s boot"
     );
     drop(qemu);
-    keep(tmp);
+    drop(tmp);
     Ok(())
 }

@@ -201,6 +201,12 @@ pub struct ServerConfig {
     /// rights), so other servers start lazily too.
     #[serde(default)]
     pub publish_indexes: bool,
+    /// Serve boot files only once every layer is checked against its
+    /// digest. By default, while a first streaming pass runs, files it has
+    /// passed (kernel, initrd) are served before the layer digest can be
+    /// checked, so nodes boot while the image downloads.
+    #[serde(default)]
+    pub verified_only: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -9,6 +9,7 @@
 use super::bootfs::{BootDir, FoundFile};
 use super::uimage::{self, Arch};
 use crate::config::NodeKind;
+use crate::tree::Tree;
 use std::cmp::Ordering;
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -310,6 +311,63 @@ pub fn discover(boot: &BootDir, kind: NodeKind) -> BootFiles {
     }
     out.fdt_dir = find_fdt_dir(boot, version.as_deref());
     out
+}
+
+/// Where a boot file outside the boot dir is named in a node's TFTP
+/// namespace: `@modules/VERSION/vmlinuz` is `/usr/lib/modules/VERSION/vmlinuz`
+/// of the image (Fedora, bootc-style images keep kernel and initramfs
+/// there). Only those two names are served from there.
+pub const MODULES_ALIAS: &str = "@modules/";
+const MODULES_DIR: &str = "usr/lib/modules";
+const MODULES_NAMES: [&str; 2] = ["vmlinuz", "initramfs.img"];
+
+/// The regular file `@modules/VERSION/NAME` stands for, if it is one of
+/// [`MODULES_NAMES`] and exists.
+pub fn modules_file(tree: &Tree, alias: &str) -> Option<FoundFile> {
+    let rest = alias.strip_prefix(MODULES_ALIAS)?;
+    let (version, name) = rest.split_once('/')?;
+    if version.is_empty() || version.starts_with('.') || !MODULES_NAMES.contains(&name) {
+        return None;
+    }
+    let node = tree.resolve(&format!("{MODULES_DIR}/{version}/{name}"))?;
+    (node.kind == crate::layer::EntryKind::File).then(|| FoundFile {
+        ino: node.ino,
+        size: node.size,
+        mtime: node.mtime,
+        path: alias.to_string(),
+    })
+}
+
+/// The newest `/usr/lib/modules/VERSION/vmlinuz` and its `initramfs.img`.
+pub fn discover_in_modules(tree: &Tree) -> Option<(FoundFile, Option<FoundFile>)> {
+    let dir = tree.resolve(MODULES_DIR).filter(|d| d.is_dir())?;
+    let mut versions: Vec<&str> = dir.children.iter().map(|(n, _)| n.as_str()).collect();
+    versions.sort_by(|a, b| version_cmp(b, a));
+    versions.into_iter().find_map(|v| {
+        let kernel = modules_file(tree, &format!("{MODULES_ALIAS}{v}/vmlinuz"))?;
+        let initrd = modules_file(tree, &format!("{MODULES_ALIAS}{v}/initramfs.img"));
+        Some((kernel, initrd))
+    })
+}
+
+/// A node's `kernel` / `initrd` setting (a path inside the image, absolute
+/// or relative to the boot dir) as a file it can be served as.
+pub fn configured_file(tree: &Tree, boot_dir: &str, path: &str) -> Option<FoundFile> {
+    let abs = path.trim_start_matches('/');
+    if let Some(rest) = abs
+        .strip_prefix(MODULES_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        return modules_file(tree, &format!("{MODULES_ALIAS}{rest}"));
+    }
+    let boot = BootDir::open(tree, boot_dir)?;
+    let dir = boot_dir.trim_matches('/');
+    let rel = if path.starts_with('/') {
+        abs.strip_prefix(dir)?.trim_start_matches('/')
+    } else {
+        path
+    };
+    boot.file(rel)
 }
 
 /// Whether directory `rel` holds a `.dtb` within `depth` levels.
@@ -794,6 +852,45 @@ mod tests {
         assert_eq!(f.kernel.unwrap().path, "vmlinuz-6.1.0-10-riscv64");
         assert_eq!(f.initrd.unwrap().path, "initrd.img-6.1.0-10-riscv64");
         assert_eq!(f.fdt_dir.as_deref(), Some("dtbs/6.1.0-10-riscv64"));
+    }
+
+    #[test]
+    fn kernels_in_usr_lib_modules_and_configured_paths() {
+        let entries = vec![
+            Entry::new("boot".into(), EntryKind::Dir),
+            file("boot/vmlinuz-6.1.0-9-amd64"),
+            file("usr/lib/modules/6.5.0-1.fc39/vmlinuz"),
+            file("usr/lib/modules/6.5.0-1.fc39/initramfs.img"),
+            file("usr/lib/modules/6.10.2-3.fc40/vmlinuz"),
+            file("usr/lib/modules/6.10.2-3.fc40/initramfs.img"),
+            file("usr/lib/modules/6.10.2-3.fc40/config"),
+            file("usr/lib/modules/6.11.0/modules.dep"),
+        ];
+        let t = Tree::build(&[&entries]);
+        let (k, i) = discover_in_modules(&t).unwrap();
+        assert_eq!(k.path, "@modules/6.10.2-3.fc40/vmlinuz");
+        assert_eq!(i.unwrap().path, "@modules/6.10.2-3.fc40/initramfs.img");
+        // Only the two boot files are served from there, nothing above.
+        assert!(modules_file(&t, "@modules/6.10.2-3.fc40/config").is_none());
+        assert!(modules_file(&t, "@modules/../../etc/vmlinuz").is_none());
+        assert!(modules_file(&t, "@modules/6.10.2-3.fc40/../6.5.0-1.fc39/vmlinuz").is_none());
+        // A configured kernel: relative to the boot dir, absolute in it, or
+        // in usr/lib/modules; anything else is not served.
+        let by = |p: &str| configured_file(&t, "/boot", p).map(|f| f.path);
+        assert_eq!(
+            by("vmlinuz-6.1.0-9-amd64").as_deref(),
+            Some("vmlinuz-6.1.0-9-amd64")
+        );
+        assert_eq!(
+            by("/boot/vmlinuz-6.1.0-9-amd64").as_deref(),
+            Some("vmlinuz-6.1.0-9-amd64")
+        );
+        assert_eq!(
+            by("/usr/lib/modules/6.5.0-1.fc39/vmlinuz").as_deref(),
+            Some("@modules/6.5.0-1.fc39/vmlinuz")
+        );
+        assert_eq!(by("/usr/lib/modules/6.10.2-3.fc40/config"), None);
+        assert_eq!(by("/etc/passwd"), None);
     }
 
     #[test]

@@ -381,7 +381,11 @@ impl Files {
                 }
             };
         }
-        let found = BootDir::open(img.tree(), &node.boot_dir).and_then(|b| b.file(&path));
+        let found = if path.starts_with(generated::MODULES_ALIAS) {
+            generated::modules_file(img.tree(), &path)
+        } else {
+            BootDir::open(img.tree(), &node.boot_dir).and_then(|b| b.file(&path))
+        };
         let Some(f) = found else {
             record(false).failed(&node.name, &path);
             tracing::debug!("TFTP: {client} ({}): {raw:?} not found", node.name);
@@ -485,15 +489,26 @@ impl Files {
             let text = generated::rewrite_cmdline(original.as_deref(), &root, &node.kernel_args);
             return Ok(Ok(Some(text.into_bytes())));
         }
-        let Some(boot) = boot else {
-            return Ok(Ok(None));
+        let mut files = match &boot {
+            Some(b) => generated::discover(b, node.kind),
+            None => generated::BootFiles::default(),
         };
-        let mut files = generated::discover(&boot, node.kind);
+        if files.kernel.is_none() {
+            if let Some((k, i)) = generated::discover_in_modules(img.tree()) {
+                files.kernel = Some(k);
+                files.initrd = i;
+            }
+        }
         if let Some(k) = &node.kernel {
-            files.kernel = boot.file(k.trim_start_matches(&node.boot_dir).trim_start_matches('/'));
+            files.kernel = generated::configured_file(img.tree(), &node.boot_dir, k);
         }
         if let Some(i) = &node.initrd {
-            files.initrd = boot.file(i.trim_start_matches(&node.boot_dir).trim_start_matches('/'));
+            files.initrd = generated::configured_file(img.tree(), &node.boot_dir, i);
+        }
+        if files.kernel.is_none() && matches!(img, Img::Passing(..)) {
+            // It may be in a part of the image that has not streamed in:
+            // only the end of the pass can tell it is missing.
+            return Err(Pending);
         }
         let Some(kernel) = files.kernel.clone() else {
             return Ok(Ok(None));
