@@ -494,17 +494,20 @@ root = "readonly"
     Ok(config)
 }
 
-/// Start `serve` with extra global options; its first stdout line and the
-/// child (still running if it said "serving").
+/// Start `serve` with extra global options, its log in `serve.log` next to
+/// the config; its first stdout line and the child (still running if it
+/// said "serving").
 fn start_serve(config: &Path, globals: &[&str]) -> Result<(String, Child)> {
+    let log = std::fs::File::create(config.with_file_name("serve.log"))?;
     let mut child = Command::new(BIN)
         .args(globals)
         .args(["serve", "--config"])
         .arg(config)
         .env("NO_COLOR", "1")
+        .env("RUST_LOG", "lazyboot=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(log)
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
@@ -669,11 +672,11 @@ fn a_taken_portmapper_port_is_explained_and_can_be_turned_off() -> Result<()> {
     let _holder_udp = std::net::UdpSocket::bind((lab.server_ip, 111))?;
     let image = "oci:/nonexistent";
     let config = pc_config(&lab, tmp.path(), image, tftp_port, nfs_port, "")?;
-    let (line, child) = start_serve(&config, &[])?;
-    let out = child.wait_with_output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (line, mut child) = start_serve(&config, &[])?;
+    let status = child.wait()?;
+    let err = std::fs::read_to_string(config.with_file_name("serve.log"))?;
     assert!(!line.starts_with("serving"), "{line:?}");
-    assert!(!out.status.success());
+    assert!(!status.success());
     assert!(
         err.contains("port 111") && err.contains("rpcbind") && err.contains("portmapper = false"),
         "{err}"
@@ -703,5 +706,70 @@ fn serve_rejects_a_bad_global_option_value() -> Result<()> {
         err.contains("--cache-size") && err.contains("lots"),
         "{err}"
     );
+    Ok(())
+}
+
+/// `sha256-HEX` of the manifest `repo:tag` points to: the referrers
+/// fallback tag an artifact about it is listed under.
+fn fallback_tag(reg: &Registry, repo: &str, tag: &str) -> Result<String> {
+    let raw = common::curl_get(
+        &format!("{}/v2/{repo}/manifests/{tag}", reg.url()),
+        &[
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ],
+    )?;
+    Ok(format!("sha256-{}", common::sha256_hex(&raw)))
+}
+
+fn has_tag(reg: &Registry, repo: &str, tag: &str) -> bool {
+    reg.get_manifest(repo, tag).is_ok()
+}
+
+#[test]
+fn publish_indexes_pushes_the_first_pass_index_only_when_asked() -> Result<()> {
+    if !common::require_root_and_tools("publish_indexes", &["ip", "curl"]) {
+        return Ok(());
+    }
+    let reg = Registry::start()?;
+    for (publish, repo) in [(false, "os/private"), (true, "os/shared")] {
+        let tmp = tempfile::tempdir()?;
+        build_boot_image(tmp.path(), "pub")?;
+        common::push(&tmp.path().join("layout"), "os", &reg, &format!("{repo}:1"))?;
+        let lab = NetLab::new(true)?;
+        let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+        let config = pc_config(
+            &lab,
+            tmp.path(),
+            &reg.reference(&format!("{repo}:1")),
+            tftp_port,
+            nfs_port,
+            "",
+        )?;
+        let text = std::fs::read_to_string(&config)?
+            .replace("[dhcp]", &format!("publish_indexes = {publish}\n\n[dhcp]"));
+        std::fs::write(&config, text)?;
+        let (line, child) = start_serve(&config, &[])?;
+        let _server = Server { child };
+        assert!(line.starts_with("serving"), "{line:?}");
+        let tag = fallback_tag(&reg, repo, "1")?;
+        // The image opens (one streaming pass per layer) right after start.
+        let wait = if publish { 60 } else { 10 };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+        while !has_tag(&reg, repo, &tag) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let log = std::fs::read_to_string(tmp.path().join("serve.log"))?;
+        assert_eq!(
+            has_tag(&reg, repo, &tag),
+            publish,
+            "publish_indexes = {publish}: referrers tag {tag} present?\n{log}"
+        );
+        if publish {
+            let index = reg.get_manifest(repo, &tag)?;
+            let listed = index["manifests"].as_array().map_or(0, |m| m.len());
+            assert!(listed >= 1, "the fallback index lists no artifact: {index}");
+        }
+    }
     Ok(())
 }

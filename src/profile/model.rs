@@ -43,8 +43,13 @@ pub struct BootProfile {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryTraffic {
+    /// Sent from the node's first request to the end of its boot.
     pub bytes: u64,
     pub requests: u64,
+    /// Sent for the image before the node first asked for it (the image is
+    /// opened, and its streaming pass starts, when `serve` starts).
+    #[serde(default)]
+    pub before_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -85,6 +85,7 @@ impl Live {
         let t = RegistryTraffic {
             bytes: now.bytes.saturating_sub(start.bytes),
             requests: now.requests.saturating_sub(start.requests),
+            before_bytes: start.bytes,
         };
         if self.profile.registry.as_ref() != Some(&t) {
             self.profile.registry = Some(t);
@@ -285,6 +286,7 @@ impl Recorder {
         {
             let start = probe();
             l.traffic = Some((probe, start));
+            l.refresh_traffic();
         }
     }
 

@@ -552,10 +552,11 @@ pub fn render_text(p: &BootProfile, width: usize) -> String {
     if let Some(t) = &p.registry {
         let _ = writeln!(
             out,
-            "  {:<26} {:>10}  in {} requests (all the registry sent for the image during the boot: streaming passes, fetches, prefetch, background fill)",
+            "  {:<26} {:>10}  in {} requests: all the registry sent for the image during the boot (streaming passes, fetches, prefetch, background fill), and {} before the node asked",
             "registry, all traffic",
             human_bytes(t.bytes),
-            t.requests
+            t.requests,
+            human_bytes(t.before_bytes)
         );
     }
     let _ = writeln!(

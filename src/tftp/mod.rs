@@ -292,12 +292,18 @@ impl Files {
                 return Err(not_found());
             }
         };
+        // Every transfer's timeline starts at the request, and the time
+        // spent before its first byte (the image still streaming in) is
+        // counted as waiting on the registry.
         let record = |generated| {
-            Recording::new(
-                self.ctx.recorder.clone(),
-                node.kind.as_str(),
-                &node.image,
-                generated,
+            waited(
+                Recording::new(
+                    self.ctx.recorder.clone(),
+                    node.kind.as_str(),
+                    &node.image,
+                    generated,
+                ),
+                opened,
             )
         };
         let label = Label {
@@ -319,8 +325,9 @@ impl Files {
                         "TFTP: {client} ({}): {path}: image still opening, sent a wait-and-retry script",
                         node.name
                     );
-                    return Ok(TftpReader::memory(label, Bytes::from(script))
-                        .recorded(waited(record(true), opened)));
+                    return Ok(
+                        TftpReader::memory(label, Bytes::from(script)).recorded(record(true))
+                    );
                 }
                 record(false).failed(&node.name, &path);
                 return Err(packet::Error::Msg(format!(
@@ -554,10 +561,10 @@ impl Files {
     }
 }
 
-/// A request answered with a wait-and-retry script waited for the image
-/// from `since`: its transfer in the profile starts there, and the time is
-/// counted as waiting on the registry (the stream had not brought the
-/// files yet), so the gap before the retry is explained.
+/// A request waited for the image from `since` (a first streaming pass
+/// had not brought its file yet, or a wait-and-retry script was all there
+/// was to send): its transfer in the profile starts there, and the time is
+/// counted as waiting on the registry, so no gap is left unexplained.
 fn waited(mut record: Recording, since: std::time::Instant) -> Recording {
     record.trace.lock().wait += since.elapsed();
     record.started = since;
