@@ -133,6 +133,7 @@ fn profile() -> BootProfile {
             at_ms: 8000.0,
             export: "/nodes/pc-7".into(),
             client: "10.0.0.42".into(),
+            wait_ms: 0.0,
         }],
         nfs_files: vec![
             nfs(

@@ -86,8 +86,9 @@ pub struct Opening {
     slots: Vec<Slot>,
     tick: Arc<watch::Sender<u64>>,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
-    /// The last [`Opening::settled_tree`]: (generation, directory, tree).
-    settled: Mutex<Option<(u64, String, Arc<Tree>)>>,
+    /// The last tree [`Opening::settled_tree`] made, and how many entries
+    /// (of all layers) it merged.
+    settled: Mutex<Option<(usize, Arc<Tree>)>>,
     outcome: OnceLock<Result<Arc<ImageView>, Arc<ViewError>>>,
     read_timeout: Duration,
 }
@@ -309,12 +310,6 @@ impl Opening {
 
     fn try_settled(&self, dir: &str) -> Option<Arc<Tree>> {
         let dir = dir.trim_matches('/');
-        let generation = *self.tick.borrow();
-        if let Some((g, d, tree)) = &*self.settled.lock() {
-            if *g == generation && d == dir {
-                return Some(tree.clone());
-            }
-        }
         let under = |p: &str| {
             dir.is_empty()
                 || p == dir
@@ -328,8 +323,7 @@ impl Opening {
                 continue;
             }
             let entries = slot.progress.entries.read();
-            let first = entries.iter().position(|e| under(&e.path))?;
-            if entries[first..].iter().all(|e| under(&e.path)) || dir.is_empty() {
+            if dir.is_empty() || !has_left(&entries, dir, under) {
                 return None;
             }
             guards.push(Some(entries));
@@ -343,9 +337,17 @@ impl Opening {
                 None => slot.index.get().expect("checked above").entries.as_slice(),
             })
             .collect();
+        // The merge of everything read so far does not depend on `dir`:
+        // one tree serves every directory until more entries come in.
+        let read: usize = tables.iter().map(|t| t.len()).sum();
+        if let Some((n, tree)) = &*self.settled.lock() {
+            if *n == read {
+                return Some(tree.clone());
+            }
+        }
         let tree = Arc::new(Tree::build_partial(&tables));
         drop(guards);
-        *self.settled.lock() = Some((generation, dir.to_string(), tree.clone()));
+        *self.settled.lock() = Some((read, tree.clone()));
         Some(tree)
     }
 
@@ -488,5 +490,73 @@ impl Opening {
             whole.push(Bytes::from(c));
         }
         Ok(assemble(&whole, first * CHUNK_SIZE, lo, hi))
+    }
+}
+
+/// Whether a pass that has read `entries` so far will add nothing more
+/// under `dir`: it went into `dir` and out again, or (for a layer with no
+/// entry under `dir`) it is written in walk order - as Go's
+/// `filepath.Walk` (docker, podman, buildah, umoci) and `tar --sort=name`
+/// write layers - and has gone past where `dir` would be.
+fn has_left(entries: &[crate::layer::Entry], dir: &str, under: impl Fn(&str) -> bool) -> bool {
+    if let Some(first) = entries.iter().position(|e| under(&e.path)) {
+        return !entries[first..].iter().all(|e| under(&e.path));
+    }
+    let in_walk_order = entries
+        .windows(2)
+        .all(|w| walk_cmp(&w[0].path, &w[1].path) != std::cmp::Ordering::Greater);
+    let past = entries
+        .last()
+        .is_some_and(|e| walk_cmp(&e.path, dir) == std::cmp::Ordering::Greater);
+    in_walk_order && past
+}
+
+/// The order a depth-first, name-sorted walk visits paths in: component by
+/// component (`a/b` before `a-c`, which a plain string sort would swap).
+fn walk_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |p: &'_ str| -> Vec<String> {
+        p.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect()
+    };
+    parts(a).cmp(&parts(b))
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use super::*;
+    use crate::layer::{Entry, EntryKind};
+
+    fn entries(paths: &[&str]) -> Vec<Entry> {
+        paths
+            .iter()
+            .map(|p| Entry::new(p.to_string(), EntryKind::File))
+            .collect()
+    }
+
+    fn left(paths: &[&str], dir: &str) -> bool {
+        let under = |p: &str| p == dir || p.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+        has_left(&entries(paths), dir, under)
+    }
+
+    #[test]
+    fn a_pass_leaves_a_directory_it_went_through() {
+        assert!(!left(&["bin", "boot", "boot/vmlinuz"], "boot"));
+        assert!(left(&["bin", "boot", "boot/vmlinuz", "dev"], "boot"));
+        // Unsorted, but it went in and out: tar writers emit a subtree in one go.
+        assert!(left(&["usr", "boot/vmlinuz", "etc"], "boot"));
+    }
+
+    #[test]
+    fn a_sorted_pass_without_the_directory_has_passed_it() {
+        assert!(left(&["app", "etc", "etc/app.conf"], "boot"));
+        assert!(!left(&["app", "at"], "boot"), "not past boot yet");
+        // Not in walk order: it may still come.
+        assert!(!left(&["etc", "app"], "boot"));
+        // Component order: boot-x sorts after boot/..., both after boot.
+        assert!(left(&["boot-x"], "boot"));
+        assert!(walk_cmp("a/b", "a-c").is_lt());
+        assert!(walk_cmp("./etc", "etc").is_eq());
     }
 }

@@ -128,8 +128,8 @@ lb_build_lazyboot() {
 		export PATH="$HOME/.cargo/bin:$PATH"
 	fi
 	command -v cargo >/dev/null || lb_die "cargo not found (install Rust with rustup, or set LAZYBOOT_BIN)"
-	lb_log "building lazyboot (cargo build --release)"
-	(cd "$LB_ROOT" && cargo build --release --quiet --bin lazyboot) || lb_die "cargo build --release failed"
+	lb_log "building lazyboot (cargo build --release; cargo's progress follows)"
+	(cd "$LB_ROOT" && cargo build --release --bin lazyboot) || lb_die "cargo build --release failed"
 	LB_BIN=$(cd "$LB_ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
 		jq -r .target_directory)/release/lazyboot
 	[ -x "$LB_BIN" ] || LB_BIN=$LB_ROOT/target/release/lazyboot
@@ -150,6 +150,67 @@ lb_build_boot_image() {
 		tail -n 30 "$out.build.log" >&2
 		lb_die "integration/fixtures/build-boot-image.sh failed (log above)"
 	}
+}
+
+# lb_add_filler LAYOUT TAG NAME HOST_BYTES DATA_MB [OPTION...]: layers the
+# boot never reads, added to LAYOUT:TAG under /usr/share/NAME-filler: with
+# HOST_BYTES > 0, one layer of copies of this machine's /usr/share and
+# /usr/lib files (sorted by path, up to HOST_BYTES); with DATA_MB > 0, one
+# layer of DATA_MB MiB of random data (incompressible) in 16 MiB files.
+# Options, for the last layer added:
+#   tree         the image's /etc/lazyboot-tree (the tree walk of the
+#                --checks boot, build-boot-image.sh) gets the new paths
+lb_add_filler() {
+	local layout=$1 tag=$2 name=$3 host_bytes=$4 data_mb=$5
+	shift 5
+	local bundle list dest i n left opt tree=0
+	for opt in "$@"; do
+		case "$opt" in
+		tree) tree=1 ;;
+		*) lb_die "lb_add_filler: unknown option $opt" ;;
+		esac
+	done
+	bundle=$(mktemp -d "${TMPDIR:-/tmp}/lazyboot-filler.XXXXXX")
+	rmdir "$bundle"
+	list=$bundle.list
+	lb_on_exit "rm -rf '$bundle' '$list' '$bundle.before' '$bundle.tree'"
+	umoci unpack --image "$layout:$tag" "$bundle" >/dev/null || lb_die "umoci unpack $layout:$tag failed"
+	[ $tree = 0 ] || (cd "$bundle/rootfs" && find . | LC_ALL=C sort) >"$bundle.before"
+	if [ "$host_bytes" -gt 0 ]; then
+		dest=$bundle/rootfs/usr/share/$name-filler/host
+		mkdir -p "$dest"
+		find /usr/share /usr/lib -xdev -type f -size -64M -printf '%s\t%p\n' 2>/dev/null |
+			grep -v -e "/$name-filler/" | LC_ALL=C sort -t$'\t' -k2 |
+			awk -F'\t' -v budget="$host_bytes" '!full && sum + $1 <= budget { sum += $1; print $2; next } { full = 1 }' >"$list"
+		tar -C / -cf - --no-recursion -T <(sed 's|^/||' "$list") 2>/dev/null | tar -C "$dest" -xf -
+		[ "$data_mb" -gt 0 ] || lb_filler_last "$bundle" $tree
+		umoci repack --refresh-bundle --history.created_by "$name filler: host files" \
+			--image "$layout:$tag" "$bundle" >/dev/null || lb_die "umoci repack (host files) failed"
+	fi
+	if [ "$data_mb" -gt 0 ]; then
+		dest=$bundle/rootfs/usr/share/$name-filler/data
+		mkdir -p "$dest"
+		n=$(((data_mb + 15) / 16))
+		for i in $(seq -w 1 "$n"); do
+			left=$((data_mb - (10#$i - 1) * 16))
+			head -c $(((left < 16 ? left : 16) << 20)) /dev/urandom >"$dest/blob-$i.bin"
+		done
+		lb_filler_last "$bundle" $tree
+		umoci repack --refresh-bundle --history.created_by "$name filler: data" \
+			--image "$layout:$tag" "$bundle" >/dev/null || lb_die "umoci repack (data) failed"
+	fi
+	umoci gc --layout "$layout"
+	rm -rf "$bundle" "$list" "$bundle.before"
+}
+# lb_filler_last BUNDLE TREE(0|1): the options of lb_add_filler.
+lb_filler_last() {
+	local b=$1 r=$1/rootfs tree=$2
+	[ "$tree" = 1 ] && [ -f "$r/etc/lazyboot-tree" ] || return 0
+	{
+		cat "$r/etc/lazyboot-tree"
+		(cd "$r" && find . | LC_ALL=C sort) | LC_ALL=C comm -13 "$b.before" - | sed 's|^\.||'
+	} | LC_ALL=C sort -u >"$b.tree"
+	mv "$b.tree" "$r/etc/lazyboot-tree"
 }
 
 # --- network ---------------------------------------------------------------
@@ -230,6 +291,30 @@ EOF
 	lb_die "docker-registry did not come up on $addr in $ns"
 }
 
+# lb_shaped_registry NSN NSR RATE DIR: a namespace NSR (made here, removed on
+# exit) with a registry behind a link NSN cannot outrun: veth vnode
+# 10.231.2.1/24 in NSN, vreg 10.231.2.2/24 in NSR, docker-registry in NSR
+# on 0.0.0.0:5000 (storage in DIR). Push over NSR's loopback
+# (127.0.0.1:5000), then call lb_shape_registry: from then on what the
+# registry sends to NSN (10.231.2.2:5000) goes through `tc qdisc tbf rate
+# RATE` on vreg; `lb_link_bytes NSR vreg tx` counts it.
+lb_shaped_registry() {
+	local nsn=$1 nsr=$2 rate=$3 dir=$4
+	lb_netns "$nsr"
+	ip -n "$nsn" link add vnode type veth peer name vreg netns "$nsr"
+	ip -n "$nsn" addr add 10.231.2.1/24 dev vnode
+	ip -n "$nsr" addr add 10.231.2.2/24 dev vreg
+	ip -n "$nsn" link set vnode up
+	ip -n "$nsr" link set vreg up
+	lb_start_registry "$nsr" 0.0.0.0:5000 "$dir"
+	LB_SHAPED_NS=$nsr LB_SHAPED_RATE=$rate
+}
+# lb_shape_registry: the tbf of lb_shaped_registry (once the pushes are done).
+lb_shape_registry() {
+	ip netns exec "$LB_SHAPED_NS" tc qdisc add dev vreg root tbf rate "$LB_SHAPED_RATE" burst 256kb latency 100ms ||
+		lb_die "tc qdisc tbf on vreg failed"
+}
+
 # lb_push NS LAYOUT TAG REF: skopeo copy, blobs and digests unchanged.
 lb_push() {
 	ip netns exec "$1" skopeo --insecure-policy copy --quiet --preserve-digests \
@@ -241,12 +326,14 @@ lb_push() {
 lb_json() { jq -r "$2" "$1"; }
 
 # --- lazyboot serve --------------------------------------------------------
-# lb_start_serve NS CONFIG LOG: `lazyboot serve` inside NS; waits for its
-# "serving" line. Sets LB_SERVE_PID.
+# lb_start_serve NS CONFIG LOG [GLOBAL_OPTION...]: `lazyboot [GLOBAL_OPTION...]
+# serve` inside NS (debug log in LOG); waits for its "serving" line. Sets
+# LB_SERVE_PID.
 lb_start_serve() {
 	local ns=$1 config=$2 log=$3 i
+	shift 3
 	ip netns exec "$ns" env RUST_LOG=lazyboot=debug NO_COLOR=1 \
-		"$LB_BIN" serve --config "$config" >"$log.out" 2>"$log" </dev/null &
+		"$LB_BIN" "$@" serve --config "$config" >"$log.out" 2>"$log" </dev/null &
 	LB_SERVE_PID=$!
 	for i in $(seq 300); do
 		grep -q '^serving' "$log.out" 2>/dev/null && return 0

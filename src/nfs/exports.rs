@@ -226,10 +226,11 @@ impl Exports for NodeExports {
             .by_name(name)
             .ok_or(MountError::NoEntry)?;
         self.check_client(&node, client)?;
+        let asked = std::time::Instant::now();
         let fs = self.overlay_for(&node, true).await?;
         self.ctx
             .recorder
-            .nfs_mount(&node.name, trimmed, &client.to_string());
+            .nfs_mount(&node.name, trimmed, &client.to_string(), asked);
         Ok((export_id(&node.name), fs))
     }
 

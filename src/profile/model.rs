@@ -159,9 +159,13 @@ impl Wait {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NfsMount {
+    /// When the MNT request came.
     pub at_ms: f64,
     pub export: String,
     pub client: String,
+    /// How long the MNT waited for the image (a first streaming pass).
+    #[serde(default)]
+    pub wait_ms: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -266,6 +270,9 @@ impl BootProfile {
         }
         for f in &self.nfs_files {
             wait.add(&f.wait);
+        }
+        for m in &self.nfs_mounts {
+            wait.registry_ms += m.wait_ms;
         }
         Summary {
             total_ms,

@@ -415,14 +415,17 @@ impl Recorder {
         }
     }
 
-    pub fn nfs_mount(&self, node: &str, export: &str, client: &str) {
+    /// A MNT of `export` that came at `asked` and was answered now (it
+    /// may have waited for the image).
+    pub fn nfs_mount(&self, node: &str, export: &str, client: &str, asked: Instant) {
         self.with_live(node, |l| {
-            let at_ms = l.ms(Instant::now());
+            let at_ms = l.ms(asked);
             l.last_nfs = Some(Instant::now());
             l.profile.nfs_mounts.push(NfsMount {
                 at_ms,
                 export: export.into(),
                 client: client.into(),
+                wait_ms: asked.elapsed().as_secs_f64() * 1000.0,
             });
         });
     }
@@ -671,7 +674,7 @@ mod tests {
             },
         };
         r.tftp("n1", "ipxe", "reg/os:1", full);
-        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5");
+        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5", Instant::now());
         let t = ReadTrace {
             chunks: vec![(layer.clone(), 9)],
             cache_bytes: 100,
@@ -730,7 +733,7 @@ mod tests {
         // The next boot is number 2 and does not replace the plan.
         r.begin("n1", "ipxe", "reg/os:1", "dhcp");
         r.set_manifest("n1", &manifest);
-        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5");
+        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5", Instant::now());
         let t = ReadTrace {
             chunks: vec![(layer.clone(), 50)],
             ..Default::default()
@@ -747,7 +750,7 @@ mod tests {
         r.begin("n1", "ipxe", "img", "dhcp");
         r.tick();
         assert!(r.in_progress("n1"), "no mount yet: not quiet");
-        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5");
+        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5", Instant::now());
         r.nfs_call("n1", call("GETATTR", "/", ReadTrace::default()));
         std::thread::sleep(Duration::from_millis(120));
         r.tick();
@@ -766,7 +769,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = recorder(dir.path(), None);
         r.begin("n1", "ipxe", "img", "dhcp");
-        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5");
+        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5", Instant::now());
         r.nfs_call("n1", call("READ", "/bin/sh", ReadTrace::default()));
         r.tick();
         drop(r);

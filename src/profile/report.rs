@@ -127,13 +127,17 @@ pub(crate) fn timeline(p: &BootProfile) -> Vec<Item<'_>> {
         });
     }
     for m in &p.nfs_mounts {
+        let mut detail = format!("from {}", m.client);
+        if m.wait_ms >= 1.0 {
+            let _ = write!(detail, ", waited {} for the image", human_ms(m.wait_ms));
+        }
         items.push(Item {
             kind: ItemKind::Mount,
             start_ms: m.at_ms,
-            end_ms: m.at_ms,
-            instant: true,
+            end_ms: m.at_ms + m.wait_ms,
+            instant: m.wait_ms < 1.0,
             name: m.export.clone(),
-            detail: format!("from {}", m.client),
+            detail,
             wait: None,
         });
     }
@@ -951,6 +955,7 @@ pub(crate) mod tests {
                 at_ms: 4000.0,
                 export: "/nodes/cm4-1".into(),
                 client: "192.168.150.101".into(),
+                wait_ms: 0.0,
             }],
             nfs_files: vec![
                 nfs("/", 4000.0, 4010.0, 0, Wait::default(), &[("GETATTR", 2)]),

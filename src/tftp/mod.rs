@@ -53,7 +53,7 @@ pub mod reader;
 pub mod uimage;
 
 use crate::nodes::Node;
-use crate::progressive::{Found, Opening, Settled};
+use crate::progressive::{Opening, Settled};
 use crate::serve::ServeContext;
 use crate::tree::Tree;
 use crate::view::ImageView;
@@ -602,33 +602,23 @@ impl Img {
         }
     }
 
-    /// The image's initramfs flavour. While the image streams, the first
-    /// marker the stream reaches decides (markers of two flavours in one
-    /// image are not expected); a marker that never comes is known absent
-    /// only at the end of the pass.
+    /// The image's initramfs flavour. While the image streams, it is told
+    /// by the markers under `etc/` once every pass has left `etc` (small,
+    /// and early in a sorted root): the ones under `usr/` come too late.
     async fn flavour(&self) -> generated::Flavour {
-        let on = |tree: &Tree| generated::detect_flavour(|p| tree.resolve(p).is_some());
-        let opening = match self {
-            Img::Final(v) => return on(&v.tree),
-            Img::Passing(opening, _) => opening,
-        };
-        let mut lookups: futures_util::stream::FuturesUnordered<_> = generated::FLAVOUR_MARKERS
-            .iter()
-            .map(|(path, flavour)| async move {
-                match opening.lookup(path).await {
-                    Ok(Found::Node(_)) => Some(*flavour),
-                    Ok(Found::Final(view)) => Some(on(&view.tree)),
-                    Err(_) => None,
-                }
+        let on = |tree: &Tree, only_etc: bool| {
+            generated::detect_flavour(|p| {
+                (!only_etc || p.starts_with("etc/")) && tree.resolve(p).is_some()
             })
-            .collect();
-        use futures_util::StreamExt;
-        while let Some(found) = lookups.next().await {
-            if let Some(f) = found {
-                return f;
-            }
+        };
+        match self {
+            Img::Final(v) => on(&v.tree, false),
+            Img::Passing(opening, _) => match opening.settled_tree("etc").await {
+                Ok(Settled::Final(view)) => on(&view.tree, false),
+                Ok(Settled::Partial(tree)) => on(&tree, true),
+                Err(_) => generated::Flavour::Kernel,
+            },
         }
-        generated::Flavour::Kernel
     }
 }
 
