@@ -59,7 +59,7 @@ fn runnable(name: &str) -> bool {
 }
 
 /// The server config for one `ipxe` node `deb` booting `image`.
-fn config(tap: &Tap, work: &Path, image: &str, nfs_port: u16, extra_server: &str) -> String {
+fn config(tap: &Tap, work: &Path, image: &str, nfs_port: u16) -> String {
     let net = format!("10.217.{}", tap.subnet);
     format!(
         r#"
@@ -71,7 +71,6 @@ cache_dir = "{cache}"
 cache_size = "4G"
 tftp_port = 69
 nfs_port = {nfs_port}
-{extra_server}
 
 [profile]
 booted_marker = "/etc/lazyboot-booted"
@@ -153,6 +152,16 @@ fn profile_text(work: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A tap with router adverts, and the config of node `deb` booting `image`
+/// written into `work`; returns them with the config's path.
+fn lab(work: &Path, image: &str) -> Result<(Tap, RouterAdverts, std::path::PathBuf)> {
+    let tap = Tap::new()?;
+    let ra = RouterAdverts::start(&tap.name)?;
+    let cfg = work.join("lazyboot.toml");
+    std::fs::write(&cfg, config(&tap, work, image, nfs_port(tap.server_ip)))?;
+    Ok((tap, ra, cfg))
+}
+
 /// Boot the stock image of `flavour` from a local registry.
 fn boots_to_multi_user(flavour: &str) -> Result<()> {
     let layout = debian_image(flavour)?;
@@ -161,13 +170,7 @@ fn boots_to_multi_user(flavour: &str) -> Result<()> {
     let reg = Registry::start()?;
     common::push(&layout, flavour, &reg, &format!("os/debian:{flavour}"))?;
     let image = reg.reference(&format!("os/debian:{flavour}"));
-    let tap = Tap::new()?;
-    let _ra = RouterAdverts::start(&tap.name)?;
-    let cfg = work.join("lazyboot.toml");
-    std::fs::write(
-        &cfg,
-        config(&tap, &work, &image, nfs_port(tap.server_ip), ""),
-    )?;
+    let (tap, _ra, cfg) = lab(&work, &image)?;
     let server = Server::start(&cfg, &work.join("serve.log"))?;
     let console = work.join("console.log");
     let mut qemu = pxe_guest(&tap, MAC, 1024, &console)?;
@@ -231,13 +234,7 @@ fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
     let reg = ShapedRegistry::start("100mbit")?;
     common::push(&layout, flavour, &reg.registry, "os/debian:cold")?;
     let image = reg.reference("os/debian:cold");
-    let tap = Tap::new()?;
-    let _ra = RouterAdverts::start(&tap.name)?;
-    let cfg = work.join("lazyboot.toml");
-    std::fs::write(
-        &cfg,
-        config(&tap, &work, &image, nfs_port(tap.server_ip), ""),
-    )?;
+    let (tap, _ra, cfg) = lab(&work, &image)?;
     // The registry is not on loopback: plain HTTP must be allowed.
     let insecure = reg.registry.addr.clone();
     let server = Server::start_with(

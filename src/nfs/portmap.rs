@@ -144,14 +144,20 @@ impl Portmap {
         };
         let mut out = rpc::reply_header(c.xid, Outcome::Success);
         let transport = if udp { IPPROTO_UDP } else { IPPROTO_TCP };
-        let result = if c.prog != PORTMAP_PROGRAM {
-            Err(Outcome::ProgUnavail)
-        } else {
-            match c.vers {
-                2 => self.v2(c.proc_, c.args, &mut out, peer),
-                3 | 4 => self.v3(c.vers, c.proc_, c.args, transport, &mut out, peer),
-                _ => Err(Outcome::ProgMismatch { low: 2, high: 4 }),
+        let result = match (c.prog, c.vers, c.proc_) {
+            (PORTMAP_PROGRAM, 2..=4, 0) => Ok(()),
+            // SET and UNSET in every version: only our own programs are listed.
+            (PORTMAP_PROGRAM, 2..=4, 1 | 2) => {
+                tracing::info!("portmapper: refused a registration change from {peer}");
+                put_u32(&mut out, 0);
+                Ok(())
             }
+            (PORTMAP_PROGRAM, 2, _) => self.v2(c.proc_, c.args, &mut out, peer),
+            (PORTMAP_PROGRAM, 3 | 4, _) => {
+                self.v3(c.vers, c.proc_, c.args, transport, &mut out, peer)
+            }
+            (PORTMAP_PROGRAM, _, _) => Err(Outcome::ProgMismatch { low: 2, high: 4 }),
+            _ => Err(Outcome::ProgUnavail),
         };
         Some(match result {
             Ok(()) => rpc::finish_record(out),
@@ -169,12 +175,6 @@ impl Portmap {
         let mut r = XdrIn::new(args);
         let g = |_| Outcome::GarbageArgs;
         match proc_ {
-            0 => {}
-            // SET, UNSET: only our own programs are listed.
-            1 | 2 => {
-                tracing::info!("portmapper: refused a registration change from {peer}");
-                put_u32(out, 0);
-            }
             3 => {
                 let (prog, vers, proto) = (
                     r.u32().map_err(g)?,
@@ -212,11 +212,6 @@ impl Portmap {
         let mut r = XdrIn::new(args);
         let g = |_| Outcome::GarbageArgs;
         match proc_ {
-            0 => {}
-            1 | 2 => {
-                tracing::info!("portmapper: refused a registration change from {peer}");
-                put_u32(out, 0);
-            }
             // GETADDR, and v4's GETVERSADDR (the version must match).
             3 | 9 if proc_ == 3 || vers == 4 => {
                 let (prog, v) = (r.u32().map_err(g)?, r.u32().map_err(g)?);
