@@ -773,3 +773,54 @@ fn publish_indexes_pushes_the_first_pass_index_only_when_asked() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn an_image_without_a_kernel_is_a_clear_error_in_the_log_and_the_profile() -> Result<()> {
+    if !common::require_root_and_tools("an_image_without_a_kernel", &["ip", "curl", "umoci"]) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let layout = tmp.path().join("layout");
+    sh(&format!(
+        "umoci init --layout {l} && umoci new --image {l}:os && umoci unpack --image {l}:os {b} \
+         && mkdir -p {b}/rootfs/boot {b}/rootfs/etc && echo nokernel > {b}/rootfs/etc/hostname \
+         && umoci repack --image {l}:os {b}",
+        l = layout.display(),
+        b = tmp.path().join("bundle").display()
+    ))?;
+    let reg = Registry::start()?;
+    common::push(&layout, "os", &reg, "os/nokernel:1")?;
+    let lab = NetLab::new(true)?;
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    let config = pc_config(
+        &lab,
+        tmp.path(),
+        &reg.reference("os/nokernel:1"),
+        tftp_port,
+        nfs_port,
+        "",
+    )?;
+    let (line, child) = start_serve(&config, &[])?;
+    let _server = Server { child };
+    assert!(line.starts_with("serving"), "{line:?}");
+    let err = tftp_get(&lab, tftp_port, "boot.ipxe")
+        .unwrap_err()
+        .to_string();
+    let log = std::fs::read_to_string(tmp.path().join("serve.log"))?;
+    assert!(
+        log.contains("cannot make boot.ipxe: no kernel found in /boot"),
+        "{err}\n{log}"
+    );
+    // Profiles are written out every second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = Command::new(BIN)
+        .args(["profile", "pc", "--state-dir"])
+        .arg(tmp.path().join("state"))
+        .output()?;
+    let profile = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        profile.contains("error:") && profile.contains("no kernel found"),
+        "{profile}"
+    );
+    Ok(())
+}

@@ -42,7 +42,8 @@ struct Common {
     /// server.cache_size); cold chunks are evicted beyond it.
     #[arg(long, global = true, value_parser = parse_size)]
     cache_size: Option<u64>,
-    /// Platform to pick from a multi-platform image (os/arch[/variant]); default: this host's.
+    /// Platform to pick from a multi-platform image (os/arch[/variant]);
+    /// default: this host's (`serve`: each node kind's).
     #[arg(long, global = true)]
     platform: Option<Platform>,
     /// Registry host[:port] to reach over plain HTTP (loopback registries always are).

@@ -379,10 +379,12 @@ impl Files {
                         ),
                         None => format!("no kernel found in {} of {}", node.boot_dir, node.image),
                     };
+                    // The failed transfer begins the node's timeline if
+                    // nothing did yet; the error goes into it.
+                    record(true).failed(&node.name, &path);
                     self.ctx
                         .recorder
                         .note_error(&node.name, &format!("cannot make {path}: {why}"));
-                    record(true).failed(&node.name, &path);
                     tracing::error!("TFTP: {client} ({}): cannot make {path}: {why}", node.name);
                     Err(packet::Error::Msg(format!("lazyboot: {why}")))
                 }
