@@ -824,3 +824,143 @@ fn an_image_without_a_kernel_is_a_clear_error_in_the_log_and_the_profile() -> Re
     );
     Ok(())
 }
+
+#[test]
+fn portmapper_register_mode_registers_with_the_hosts_rpcbind_and_unregisters() -> Result<()> {
+    let tools = &["ip", "rpcbind", "rpcinfo", "mount"];
+    if !common::require_root_and_tools("portmapper_register_mode", tools) {
+        return Ok(());
+    }
+    // A namespace of its own (network and, through `ip netns exec`, mounts:
+    // a private /run for rpcbind's socket and state), with rpcbind in it.
+    let n = std::process::id() % 200 + 20;
+    let ns = format!("lbrpc{n}");
+    let addr = format!("10.214.{n}.1");
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    sh(&format!(
+        "ip netns add {ns} && ip -n {ns} link set lo up && ip -n {ns} link add d0 type veth peer name d1 \
+         && ip -n {ns} addr add {addr}/24 dev d0 && ip -n {ns} link set d0 up && ip -n {ns} link set d1 up"
+    ))?;
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "pids", &self.0])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").arg(pid).output();
+                    }
+                });
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let _ns = Ns(ns.clone());
+    let mut rpcbind = Command::new("ip")
+        .args(["netns", "exec", &ns, "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /run && exec rpcbind -f")
+        .stdin(Stdio::null())
+        .spawn()?;
+    let rpcinfo = |host: &str| -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "rpcinfo", "-p", host])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !rpcinfo("127.0.0.1")?.contains("portmapper") {
+        if std::time::Instant::now() > deadline {
+            let _ = rpcbind.kill();
+            bail!("rpcbind did not come up in {ns}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let tmp = tempfile::tempdir()?;
+    let nfs_port = 3049;
+    let config = tmp.path().join("lazyboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+interface = "d0"
+address = "{addr}"
+state_dir = "{state}"
+cache_dir = "{cache}"
+nfs_port = {nfs_port}
+portmapper = "register"
+
+[dhcp]
+mode = "off"
+
+[[nodes]]
+name = "pc"
+mac = "{IPXE_MAC}"
+kind = "ipxe"
+image = "oci:/nonexistent"
+"#,
+            state = tmp.path().join("state").display(),
+            cache = tmp.path().join("cache").display(),
+        ),
+    )?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns, BIN, "serve", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(tmp.path().join("serve.log"))?)
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    let log = || std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
+    assert!(
+        line.starts_with("serving") && line.contains("registered with the host's rpcbind"),
+        "{line:?}\n{}",
+        log()
+    );
+    // MOUNT and NFS v3 are listed by the host's rpcbind, on both transports,
+    // at lazyboot's port; clients asking it on the served address find them.
+    let listed = rpcinfo(&addr)?;
+    for (prog, proto) in [
+        ("100005", "tcp"),
+        ("100005", "udp"),
+        ("100003", "tcp"),
+        ("100003", "udp"),
+    ] {
+        assert!(
+            listed.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 4
+                    && f[0] == prog
+                    && f[1] == "3"
+                    && f[2] == proto
+                    && f[3] == nfs_port.to_string()
+            }),
+            "{prog} {proto} not registered:\n{listed}"
+        );
+    }
+    // A NULL call to MOUNT through rpcbind's answer reaches lazyboot.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns, "rpcinfo", "-u", &addr, "100005", "3"])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ready and waiting"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Stopping lazyboot takes its programs out again.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    let after = rpcinfo("127.0.0.1")?;
+    assert!(
+        !after.contains("100005") && !after.contains("100003") && after.contains("portmapper"),
+        "still registered after serve stopped:\n{after}\n{}",
+        log()
+    );
+    let _ = rpcbind.kill();
+    let _ = rpcbind.wait();
+    Ok(())
+}

@@ -128,6 +128,36 @@ pub enum RootMode {
     Readonly,
 }
 
+/// `[server] portmapper`: `true`, `false` or `"register"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PortmapperMode {
+    /// Answer the portmapper protocol on port 111 ourselves.
+    #[default]
+    Own,
+    Off,
+    /// Register our programs with the host's rpcbind (on 127.0.0.1:111).
+    Register,
+}
+
+impl<'de> Deserialize<'de> for PortmapperMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(PortmapperMode::Own),
+            Raw::Bool(false) => Ok(PortmapperMode::Off),
+            Raw::Text(t) if t == "register" => Ok(PortmapperMode::Register),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "portmapper is true, false or \"register\", not {t:?}"
+            ))),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DhcpMode {
@@ -192,10 +222,12 @@ pub struct ServerConfig {
     /// that nodes stop depending on the registry (it yields to node reads).
     #[serde(default = "default_true")]
     pub background_fill: bool,
-    /// Answer the portmapper protocol on port 111 (TCP and UDP) for our
-    /// MOUNT and NFS programs: initramfs-tools' `nfsmount` needs it.
-    #[serde(default = "default_true")]
-    pub portmapper: bool,
+    /// How clients find our MOUNT and NFS programs (initramfs-tools'
+    /// `nfsmount` asks a portmapper): answer on port 111 ourselves
+    /// (`true`), not at all (`false`), or register them with the rpcbind
+    /// already running on this host (`"register"`).
+    #[serde(default)]
+    pub portmapper: PortmapperMode,
     /// After the first complete streaming pass of a layer, push its index
     /// as the referrer artifact `lazyboot index --push` writes (needs push
     /// rights), so other servers start lazily too.
@@ -567,6 +599,23 @@ boot_dir = "/boot/efi"
 
     fn err(text: &str) -> String {
         Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn portmapper_modes() {
+        let with = |v: &str| {
+            let text = GOOD.replacen("[server]", &format!("[server]\nportmapper = {v}"), 1);
+            Config::parse(&text, "t.toml").map(|c| c.server.portmapper)
+        };
+        assert_eq!(
+            Config::parse(GOOD, "t.toml").unwrap().server.portmapper,
+            PortmapperMode::Own
+        );
+        assert_eq!(with("true").unwrap(), PortmapperMode::Own);
+        assert_eq!(with("false").unwrap(), PortmapperMode::Off);
+        assert_eq!(with("\"register\"").unwrap(), PortmapperMode::Register);
+        let e = with("\"rpcbind\"").unwrap_err().to_string();
+        assert!(e.contains("register") && e.contains("rpcbind"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lazyboot::cache::ChunkCache;
-use lazyboot::config::{Config, DhcpMode};
+use lazyboot::config::{Config, DhcpMode, PortmapperMode};
 use lazyboot::fuse::{cleanup_stale_mount, mount_config, LazyFs};
 use lazyboot::indexer::probe_estargz;
 use lazyboot::layer::index::LayerIndex;
@@ -553,13 +553,26 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
     let nfs_udp = tokio::net::UdpSocket::bind(nfs_addr)
         .await
         .with_context(|| format!("NFS: binding UDP {nfs_addr}"))?;
-    let portmap = if cfg.server.portmapper {
-        let port = lazyboot::nfs::portmap::PORTMAP_PORT;
-        let (tcp, udp) = lazyboot::nfs::portmap::bind(ctx.server_ip, port).await?;
-        let table = lazyboot::nfs::portmap::Portmap::new(ctx.server_ip, port, cfg.server.nfs_port);
-        Some((table, tcp, udp))
-    } else {
-        None
+    let mut registration = None;
+    let portmap = match cfg.server.portmapper {
+        PortmapperMode::Own => {
+            let port = lazyboot::nfs::portmap::PORTMAP_PORT;
+            let (tcp, udp) = lazyboot::nfs::portmap::bind(ctx.server_ip, port).await?;
+            let table =
+                lazyboot::nfs::portmap::Portmap::new(ctx.server_ip, port, cfg.server.nfs_port);
+            Some((table, tcp, udp))
+        }
+        PortmapperMode::Register => {
+            let port = cfg.server.nfs_port;
+            registration = Some(
+                tokio::task::spawn_blocking(move || {
+                    lazyboot::nfs::portmap::Registration::new(port)
+                })
+                .await??,
+            );
+            None
+        }
+        PortmapperMode::Off => None,
     };
 
     // Open every node's image now, so the first boot does not wait for it,
@@ -630,7 +643,11 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
         ctx.server_ip,
         cfg.server.tftp_port,
         nfs_addr,
-        if cfg.server.portmapper { format!("on {}:111", ctx.server_ip) } else { "off".into() },
+        match cfg.server.portmapper {
+            PortmapperMode::Own => format!("on {}:111", ctx.server_ip),
+            PortmapperMode::Register => "registered with the host's rpcbind".into(),
+            PortmapperMode::Off => "off".into(),
+        },
         ctx.server_ip,
         cfg.server.http_port
     );
@@ -645,6 +662,8 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
         }
     }
     eprintln!("stopping");
+    // Unregistered from the host's rpcbind here, before the process ends.
+    drop(registration);
     Ok(())
 }
 

@@ -44,11 +44,12 @@ const IDLE: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum PortmapError {
     #[error(
-        "portmapper: port {port} on {addr} is already in use (is rpcbind running?). Either stop \
-         it (`systemctl disable --now rpcbind.socket rpcbind.service`) so lazyboot can answer \
-         on port 111, or set `[server] portmapper = false`; then clients that need a \
-         portmapper (Debian's and Ubuntu's initramfs-tools, showmount, rpcinfo) cannot find \
-         lazyboot's MOUNT service, and only clients given `port=` and `mountport=` can mount"
+        "portmapper: port {port} on {addr} is already in use (is rpcbind running?). Either \
+         set `[server] portmapper = \"register\"` to register lazyboot's MOUNT and NFS with \
+         that rpcbind, or stop it (`systemctl disable --now rpcbind.socket rpcbind.service`) \
+         so lazyboot can answer on port 111 itself. (`portmapper = false` runs without one: \
+         then clients that need a portmapper, such as Debian's and Ubuntu's initramfs-tools, \
+         cannot find MOUNT.)"
     )]
     InUse { addr: Ipv4Addr, port: u16 },
     #[error("portmapper: binding {addr}:{port}: {source}")]
@@ -60,6 +61,8 @@ pub enum PortmapError {
     },
     #[error("portmapper: {0}")]
     Io(#[source] std::io::Error),
+    #[error("portmapper = \"register\": {0}")]
+    Refused(String),
 }
 
 /// One registered service: what DUMP lists and GETPORT/GETADDR find.
@@ -270,6 +273,137 @@ fn put_string(out: &mut Vec<u8>, s: &str) {
     put_u32(out, s.len() as u32);
     out.extend_from_slice(s.as_bytes());
     out.resize(out.len() + (4 - s.len() % 4) % 4, 0);
+}
+
+/// Our programs registered with the rpcbind of this host (portmapper
+/// "register" mode); unregistered when dropped.
+pub struct Registration {
+    mappings: Vec<Mapping>,
+}
+
+impl Registration {
+    /// Register MOUNT and NFS v3 on `nfs_port` (TCP and UDP) with the
+    /// portmapper at 127.0.0.1:111. rpcbind takes SET only from a loopback
+    /// address and a privileged port, so this needs root. A registration
+    /// left by an earlier run is replaced.
+    pub fn new(nfs_port: u16) -> Result<Registration, PortmapError> {
+        let table = Portmap::new(Ipv4Addr::LOCALHOST, PORTMAP_PORT, nfs_port);
+        let mappings: Vec<Mapping> = table
+            .mappings
+            .into_iter()
+            .filter(|m| m.prog != PORTMAP_PROGRAM)
+            .collect();
+        for m in &mappings {
+            // UNSET drops every protocol of (prog, vers): done once per pair
+            // is enough, twice is harmless.
+            pmap_call(2, m)?;
+        }
+        for m in &mappings {
+            if !pmap_call(1, m)? {
+                return Err(PortmapError::Refused(format!(
+                    "the host's rpcbind refused to register program {} version {} ({}) on port {}",
+                    m.prog,
+                    m.vers,
+                    m.netid(),
+                    m.port
+                )));
+            }
+        }
+        tracing::info!(
+            "portmapper: MOUNT and NFS v3 on port {nfs_port} registered with the host's rpcbind"
+        );
+        Ok(Registration { mappings })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for m in &self.mappings {
+            if let Err(e) = pmap_call(2, m) {
+                tracing::warn!("portmapper: unregistering from the host's rpcbind: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// A portmap v2 SET (1) or UNSET (2) of `m` to 127.0.0.1:111 from a
+/// privileged port; its boolean answer.
+fn pmap_call(proc_: u32, m: &Mapping) -> Result<bool, PortmapError> {
+    let sock = privileged_udp().map_err(PortmapError::Io)?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(PortmapError::Io)?;
+    let xid: u32 = rand::random();
+    let mut msg = Vec::new();
+    // xid, CALL, RPC 2, program, version, procedure, AUTH_NONE twice.
+    for v in [xid, 0, 2, PORTMAP_PROGRAM, 2, proc_, 0, 0, 0, 0] {
+        put_u32(&mut msg, v);
+    }
+    for v in [m.prog, m.vers, m.proto, m.port as u32] {
+        put_u32(&mut msg, v);
+    }
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, PORTMAP_PORT));
+    let mut buf = [0u8; 512];
+    for _ in 0..3 {
+        sock.send_to(&msg, to).map_err(PortmapError::Io)?;
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(PortmapError::Io(e)),
+        };
+        return parse_bool_reply(&buf[..n], xid);
+    }
+    Err(PortmapError::Refused(
+        "no answer from a portmapper on 127.0.0.1:111 (is rpcbind running?)".into(),
+    ))
+}
+
+/// The boolean result of an accepted reply to `xid`.
+fn parse_bool_reply(reply: &[u8], xid: u32) -> Result<bool, PortmapError> {
+    let mut r = XdrIn::new(reply);
+    let mut next = || r.u32().map_err(|_| bad_reply());
+    if next()? != xid || next()? != 1 {
+        return Err(bad_reply());
+    }
+    if next()? != 0 {
+        return Err(PortmapError::Refused(
+            "the host's rpcbind denied the call (MSG_DENIED)".into(),
+        ));
+    }
+    let _verf_flavor = next()?;
+    let verf_len = next()?;
+    for _ in 0..verf_len.div_ceil(4) {
+        next()?;
+    }
+    match next()? {
+        0 => Ok(next()? == 1),
+        stat => Err(PortmapError::Refused(format!(
+            "the host's rpcbind answered accept_stat {stat}"
+        ))),
+    }
+}
+
+fn bad_reply() -> PortmapError {
+    PortmapError::Refused("the host's rpcbind sent a reply that does not decode".into())
+}
+
+/// A UDP socket on 127.0.0.1 with a port below 1024.
+fn privileged_udp() -> std::io::Result<std::net::UdpSocket> {
+    let mut last = None;
+    for port in (600..1024).rev() {
+        match std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free privileged port")))
 }
 
 /// Bind the portmapper's TCP and UDP sockets at `addr:port`; a port already
@@ -498,6 +632,24 @@ mod tests {
 
     fn b_dump(pm: &Portmap) -> Vec<u8> {
         body(&pm.call(&call(2, 4, &[]), true, peer()).unwrap()).1
+    }
+
+    #[test]
+    fn replies_to_our_own_registrations_decode() {
+        let mut ok = Vec::new();
+        // xid, REPLY, MSG_ACCEPTED, verifier (AUTH_NONE, 4 bytes), SUCCESS, TRUE.
+        for v in [7u32, 1, 0, 0, 4, 0xdead, 0, 1] {
+            put_u32(&mut ok, v);
+        }
+        assert!(parse_bool_reply(&ok, 7).unwrap());
+        assert!(parse_bool_reply(&ok, 8).is_err(), "another xid");
+        let mut denied = Vec::new();
+        for v in [7u32, 1, 1, 1] {
+            put_u32(&mut denied, v);
+        }
+        let e = parse_bool_reply(&denied, 7).unwrap_err().to_string();
+        assert!(e.contains("denied"), "{e}");
+        assert!(parse_bool_reply(&ok[..10], 7).is_err(), "truncated");
     }
 
     #[test]
