@@ -964,3 +964,47 @@ image = "oci:/nonexistent"
     let _ = rpcbind.wait();
     Ok(())
 }
+
+#[test]
+fn serve_resolves_images_for_the_global_platform() -> Result<()> {
+    if !common::require_root_and_tools(
+        "serve_resolves_images_for_the_global_platform",
+        &["ip", "curl"],
+    ) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    build_boot_image(tmp.path(), "plat")?;
+    let reg = Registry::start()?;
+    common::push(&tmp.path().join("layout"), "os", &reg, "os/plat:1")?;
+    let lab = NetLab::new(true)?;
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    let config = pc_config(
+        &lab,
+        tmp.path(),
+        &reg.reference("os/plat:1"),
+        tftp_port,
+        nfs_port,
+        "",
+    )?;
+    // The image is single-platform amd64: asked for s390x, serve resolves
+    // it for s390x and says that it does not match (a single-platform
+    // image is still served: its config may not say its platform right).
+    let (line, child) = start_serve(&config, &["--platform", "linux/s390x"])?;
+    let _server = Server { child };
+    assert!(line.starts_with("serving"), "{line:?}");
+    let log_path = tmp.path().join("serve.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&log_path)?;
+        if log.contains("does not match the requested platform") {
+            assert!(log.contains("wanted=linux/s390x"), "{log}");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the image was not resolved for linux/s390x:\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(())
+}
