@@ -8,7 +8,7 @@ use crate::digest::Digest;
 use crate::nodes::{Inventory, Node};
 use crate::platform::Platform;
 use crate::prefetch::{self, PrefetchPlan};
-use crate::profile::recorder::{BootedRules, Recorder};
+use crate::profile::recorder::{BootedRules, Recorder, RegistryProbe};
 use crate::profile::trace::{traced, SharedTrace};
 use crate::profile::ProfileStore;
 use crate::progress::Progress;
@@ -128,9 +128,11 @@ impl ServeContext {
         self.inventory.clear_failed(&node.name);
         self.recorder
             .set_manifest(&node.name, &view.image.manifest_digest);
-        let source = view.source.clone();
         self.recorder
-            .watch_registry(&node.name, Arc::new(move || source.stats()));
+            .watch_registry(&node.name, || -> RegistryProbe {
+                let source = view.source.clone();
+                Arc::new(move || source.stats())
+            });
         Ok(view)
     }
 
@@ -154,9 +156,11 @@ impl ServeContext {
 
     /// Count the registry traffic of `node`'s image in its boot's profile.
     fn watch_registry(&self, node: &Node, opening: &Arc<Opening>) {
-        let o = opening.clone();
         self.recorder
-            .watch_registry(&node.name, Arc::new(move || o.source().stats()));
+            .watch_registry(&node.name, || -> RegistryProbe {
+                let o = opening.clone();
+                Arc::new(move || o.source().stats())
+            });
     }
 
     /// Replay the learned prefetch plan of `node`'s image, unless prefetch
