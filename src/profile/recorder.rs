@@ -277,13 +277,15 @@ impl Recorder {
 
     /// Count what the registry sends for `node`'s image from now on (the
     /// first call of a boot sets the start; later ones are ignored).
-    pub fn watch_registry(&self, node: &str, probe: RegistryProbe) {
+    /// `probe` is made only when needed: this runs on every NFS call.
+    pub fn watch_registry(&self, node: &str, probe: impl FnOnce() -> RegistryProbe) {
         let mut live = self.live.lock();
         self.resume_into(&mut live, node);
         if let Some(l) = live
             .get_mut(node)
             .filter(|l| !l.done() && l.traffic.is_none())
         {
+            let probe = probe();
             let start = probe();
             l.traffic = Some((probe, start));
             l.refresh_traffic();
