@@ -34,10 +34,12 @@
 //! - It ignores an RRQ from an address and port that already has a transfer
 //!   (plain retransmissions of the RRQ are thus deduplicated).
 //! - It holds one lock around the handler while a request is opened, so
-//!   opens are serialised: opening must be quick. Image views are opened
-//!   ahead of time at start (warm-up), and a request waits at most
-//!   [`VIEW_OPEN_WAIT`] for a view still being indexed before it is told to
-//!   retry with an error.
+//!   opens are serialised: opening must be quick. Images are opened ahead
+//!   of time at start (warm-up). While a first streaming pass runs, a
+//!   request is answered from a tree settled for the node's boot dir
+//!   (`Opening::settled_tree`) as soon as every pass has left that dir; it
+//!   waits at most [`VIEW_OPEN_WAIT`] for that, then a boot script gets a
+//!   wait-and-retry script and any other file an error to retry on.
 //! - Malformed requests (truncated, no NUL, unknown opcode or mode) are
 //!   dropped without an answer; options with invalid values (blksize
 //!   outside 8..=65464, timeout 0 or over 255, windowsize 0) are ignored,
