@@ -152,6 +152,55 @@ lb_build_boot_image() {
 	}
 }
 
+# lb_debian_image FLAVOUR LOG: the Debian 12 root of integration/fixtures/
+# build-debian-image.sh (FLAVOUR: initramfs-tools | dracut) as an OCI layout
+# (tag FLAVOUR), from the cache the QEMU tests use (integration/common/
+# debian.rs): LAZYBOOT_DEBIAN_CACHE or /var/cache/lazyboot-test/debian,
+# KEY/layout with KEY = the first 16 hex digits of sha256(FLAVOUR, NUL, the
+# script), KEY/complete marking a finished build. Built there when missing
+# (2-4 minutes, mmdebstrap and deb.debian.org; output in LOG) the way the
+# tests do: older builds of FLAVOUR and unfinished ones removed, debs/ kept.
+# Sets LB_DEBIAN_LAYOUT and keeps the tests' lock (flock on BASE/lock) until
+# lb_debian_done (or exit), so no test replaces the layout while it is read.
+lb_debian_image() {
+	local flavour=$1 log=$2 script=$LB_ROOT/integration/fixtures/build-debian-image.sh
+	local base=${LAZYBOOT_DEBIAN_CACHE:-/var/cache/lazyboot-test/debian} key dir d
+	key=$({ printf '%s\0' "$flavour"; cat "$script"; } | sha256sum | cut -c1-16)
+	dir=$base/$key
+	mkdir -p "$base"
+	exec {LB_DEBIAN_LOCK}>"$base/lock"
+	if ! flock -n "$LB_DEBIAN_LOCK"; then
+		lb_log "waiting for $base/lock (a test is building or reading a Debian image)"
+		flock "$LB_DEBIAN_LOCK"
+	fi
+	if [ -e "$dir/complete" ]; then
+		lb_log "Debian image ($flavour): reusing $dir"
+	else
+		for d in "$base"/*/; do
+			d=${d%/}
+			[ "${d##*/}" != debs ] || continue
+			if [ "$(cat "$d/flavour" 2>/dev/null)" = "$flavour" ] || [ ! -e "$d/complete" ]; then
+				rm -rf --one-file-system "$d"
+			fi
+		done
+		command -v mmdebstrap >/dev/null || lb_install_packages mmdebstrap
+		mkdir -p "$dir"
+		echo "$flavour" >"$dir/flavour"
+		lb_log "Debian image ($flavour): building $dir (2-4 minutes; log $log)"
+		DEB_CACHE=$base/debs bash "$script" "$dir" "$flavour" >"$log" 2>&1 </dev/null || {
+			tail -n 30 "$log" >&2
+			lb_die "integration/fixtures/build-debian-image.sh $dir $flavour failed (log above)"
+		}
+		echo ok >"$dir/complete"
+	fi
+	# shellcheck disable=SC2034 # used by scripts/bench-boot
+	LB_DEBIAN_LAYOUT=$dir/layout
+}
+lb_debian_done() {
+	[ -z "${LB_DEBIAN_LOCK:-}" ] || exec {LB_DEBIAN_LOCK}>&-
+	LB_DEBIAN_LOCK=
+}
+
 # lb_add_filler LAYOUT TAG NAME HOST_BYTES DATA_MB [OPTION...]: layers the
 # boot never reads, added to LAYOUT:TAG under /usr/share/NAME-filler: with
 # HOST_BYTES > 0, one layer of copies of this machine's /usr/share and
@@ -353,12 +402,13 @@ lb_stop_serve() {
 # shows on its serial console. SHOW: all | milestones | none. RESULT gets
 # JSON: "seconds" from QEMU's start to the marker, and the milestones. More
 # options (--attempts N, --counter NS/IFACE/tx) go to `netboot.py boot`.
+# LB_QEMU_MEM (MiB, default 512) and LB_BOOT_TIMEOUT (s, default 300).
 lb_boot() {
 	local ns=$1 mac=$2 console=$3 marker=$4 show=$5 result=$6
 	shift 6
 	lb_wait_for python3 "$LB_HELPER" boot --console "$console" --marker "$marker" \
 		--timeout "${LB_BOOT_TIMEOUT:-300}" --show "$show" --result "$result" "$@" -- \
-		ip netns exec "$ns" qemu-system-x86_64 -accel tcg -m 512 -smp 1 \
+		ip netns exec "$ns" qemu-system-x86_64 -accel tcg -m "${LB_QEMU_MEM:-512}" -smp 1 \
 		-nographic -no-reboot -boot n \
 		-netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
 		-device "virtio-net-pci,netdev=n0,mac=$mac"
