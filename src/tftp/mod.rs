@@ -4,6 +4,8 @@
 //!
 //! - `bootfs`: who is asking (Pi serial/MAC prefix, client address) and how
 //!   a path maps into the node's boot directory without ever leaving it.
+//! - `flavour`: the image's initramfs flavour and the root arguments it
+//!   accepts.
 //! - `generated`: `cmdline.txt`, `boot.scr.uimg`, `pxelinux.cfg/*`,
 //!   `boot.ipxe`, and kernel/initrd/device-tree discovery.
 //! - `uimage`: the legacy U-Boot image encoder for the boot script.
@@ -50,6 +52,7 @@
 //!   early terminations) stays at debug level.
 
 pub mod bootfs;
+pub mod flavour;
 pub mod generated;
 pub mod reader;
 pub mod uimage;
@@ -472,14 +475,14 @@ impl Files {
         let export = ServeContext::export_path(node);
         let boot = BootDir::open(img.tree(), &node.boot_dir);
         let flavour = if what == Generated::Cmdline || node.root_args.is_some() {
-            generated::Flavour::RaspberryPiOs
+            flavour::Flavour::RaspberryPiOs
         } else {
             match tokio::time::timeout(VIEW_OPEN_WAIT, img.flavour()).await {
                 Ok(f) => f,
                 Err(_) => return Err(Pending),
             }
         };
-        let root = generated::root_args(
+        let root = flavour::root_args(
             flavour,
             self.ctx.server_ip,
             &export,
@@ -609,9 +612,9 @@ impl Img {
     /// The image's initramfs flavour. While the image streams, it is told
     /// by the markers under `etc/` once every pass has left `etc` (small,
     /// and early in a sorted root): the ones under `usr/` come too late.
-    async fn flavour(&self) -> generated::Flavour {
+    async fn flavour(&self) -> flavour::Flavour {
         let on = |tree: &Tree, only_etc: bool| {
-            generated::detect_flavour(|p| {
+            flavour::detect_flavour(|p| {
                 (!only_etc || p.starts_with("etc/")) && tree.resolve(p).is_some()
             })
         };
@@ -620,7 +623,7 @@ impl Img {
             Img::Passing(opening, _) => match opening.settled_tree("etc").await {
                 Ok(Settled::Final(view)) => on(&view.tree, false),
                 Ok(Settled::Partial(tree)) => on(&tree, true),
-                Err(_) => generated::Flavour::Kernel,
+                Err(_) => flavour::Flavour::Kernel,
             },
         }
     }
