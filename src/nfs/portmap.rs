@@ -574,35 +574,31 @@ mod tests {
     #[test]
     fn getaddr_and_getversaddr() {
         let pm = pm();
-        let mut args: Vec<u8> = [MOUNT_PROGRAM, 3]
-            .iter()
-            .flat_map(|v| v.to_be_bytes())
-            .collect();
-        args.extend(xdr_string("tcp"));
-        args.extend(xdr_string(""));
-        args.extend(xdr_string(""));
-        let (stat, b) = body(&pm.call(&call(4, 3, &args), false, peer()).unwrap());
+        // An rpcb: program, version, netid, address and owner (both unused).
+        let rpcb = |prog: u32, vers: u32, netid: &str| {
+            let mut args: Vec<u8> = [prog, vers].iter().flat_map(|v| v.to_be_bytes()).collect();
+            for s in [netid, "", ""] {
+                args.extend(xdr_string(s));
+            }
+            args
+        };
+        let (stat, b) = body(
+            &pm.call(&call(4, 3, &rpcb(MOUNT_PROGRAM, 3, "tcp")), false, peer())
+                .unwrap(),
+        );
         assert_eq!(stat, 0);
         assert_eq!(b, xdr_string("10.0.0.1.8.1"));
         // v4 GETVERSADDR wants the exact version.
-        let mut args: Vec<u8> = [MOUNT_PROGRAM, 1]
-            .iter()
-            .flat_map(|v| v.to_be_bytes())
-            .collect();
-        args.extend(xdr_string("udp"));
-        args.extend(xdr_string(""));
-        args.extend(xdr_string(""));
-        let (_, b) = body(&pm.call(&call(4, 9, &args), true, peer()).unwrap());
+        let (_, b) = body(
+            &pm.call(&call(4, 9, &rpcb(MOUNT_PROGRAM, 1, "udp")), true, peer())
+                .unwrap(),
+        );
         assert_eq!(b, xdr_string(""));
         // An unknown netid finds nothing.
-        let mut args: Vec<u8> = [NFS_PROGRAM, 3]
-            .iter()
-            .flat_map(|v| v.to_be_bytes())
-            .collect();
-        args.extend(xdr_string("tcp6"));
-        args.extend(xdr_string(""));
-        args.extend(xdr_string(""));
-        let (_, b) = body(&pm.call(&call(3, 3, &args), true, peer()).unwrap());
+        let (_, b) = body(
+            &pm.call(&call(3, 3, &rpcb(NFS_PROGRAM, 3, "tcp6")), true, peer())
+                .unwrap(),
+        );
         assert_eq!(b, xdr_string(""));
     }
 
