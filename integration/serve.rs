@@ -1008,3 +1008,59 @@ fn serve_resolves_images_for_the_global_platform() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn read_timeout_bounds_a_boot_request_waiting_on_a_stalled_stream() -> Result<()> {
+    if !common::require_root_and_tools("read_timeout_bounds_a_boot_request", &["ip", "curl"]) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    build_boot_image(tmp.path(), "stall")?;
+    let reg = Registry::start()?;
+    common::push(&tmp.path().join("layout"), "os", &reg, "os/stall:1")?;
+    let manifest = common::layout_manifest(&tmp.path().join("layout"), "os")?;
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .context("layer digest")?
+        .to_string();
+    // The registry's stream of the layer stops after its first KiB: the
+    // first pass never reaches /boot.
+    let gate = common::gate::Gate::start(&reg.addr)?;
+    gate.hold(&layer, 1024);
+    let lab = NetLab::new(true)?;
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    let config = pc_config(
+        &lab,
+        tmp.path(),
+        &gate.reference("os/stall:1"),
+        tftp_port,
+        nfs_port,
+        "",
+    )?;
+    let (line, child) = start_serve(&config, &["--read-timeout", "3"])?;
+    let _server = Server { child };
+    assert!(line.starts_with("serving"), "{line:?}");
+    gate.wait_held(std::time::Duration::from_secs(30))?;
+    // With the default 60 s the request would get a wait-and-retry script
+    // after 10 s; with --read-timeout 3 it fails after ~3 s, and says why.
+    let asked = std::time::Instant::now();
+    let err = tftp_get(&lab, tftp_port, "boot.ipxe")
+        .expect_err("boot.ipxe served from a stalled stream")
+        .to_string();
+    let took = asked.elapsed();
+    let log = std::fs::read_to_string(tmp.path().join("serve.log"))?;
+    assert!(
+        took < std::time::Duration::from_secs(9),
+        "took {took:?}: the read timeout was not applied ({err})\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("image of node pc") && l.contains("timed out after 3s")),
+        "{err}\n{log}"
+    );
+    // Once the stream moves again, the same request is answered.
+    gate.release();
+    let script = String::from_utf8(tftp_get(&lab, tftp_port, "boot.ipxe")?)?;
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    Ok(())
+}
