@@ -1064,3 +1064,79 @@ fn read_timeout_bounds_a_boot_request_waiting_on_a_stalled_stream() -> Result<()
     assert!(script.starts_with("#!ipxe"), "{script}");
     Ok(())
 }
+
+/// An image whose /boot (kernel, initrd) comes early in its one layer and
+/// 16 MiB of incompressible data late (/usr/big.bin); the layer's blob digest.
+fn early_boot_image(dir: &Path, reg: &Registry, repo_tag: &str) -> Result<String> {
+    let layout = dir.join("layout");
+    sh(&format!(
+        "umoci init --layout {l} && umoci new --image {l}:os && umoci unpack --image {l}:os {b} \
+         && r={b}/rootfs && mkdir -p $r/boot $r/etc $r/usr \
+         && head -c 200000 /dev/urandom > $r/boot/vmlinuz-6.1.0-test \
+         && head -c 100000 /dev/urandom > $r/boot/initrd.img-6.1.0-test \
+         && echo early > $r/etc/hostname && head -c 16777216 /dev/urandom > $r/usr/big.bin \
+         && umoci repack --image {l}:os {b}",
+        l = layout.display(),
+        b = dir.join("bundle").display()
+    ))?;
+    common::push(&layout, "os", reg, repo_tag)?;
+    let manifest = common::layout_manifest(&layout, "os")?;
+    Ok(manifest["layers"][0]["digest"]
+        .as_str()
+        .context("layer digest")?
+        .to_string())
+}
+
+#[test]
+fn boot_files_are_served_while_the_image_streams_unless_verified_only() -> Result<()> {
+    if !common::require_root_and_tools("boot_files_while_streaming", &["ip", "curl", "umoci"]) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let reg = Registry::start()?;
+    let layer = early_boot_image(tmp.path(), &reg, "os/early:1")?;
+    // The stream of the layer stops halfway through /usr/big.bin, long after
+    // /boot and /etc: the boot dir is settled, the layer is not verified.
+    let gate = common::gate::Gate::start(&reg.addr)?;
+    gate.hold(&layer, 8 << 20);
+    let lab = NetLab::new(true)?;
+    let kernel = std::fs::read(tmp.path().join("bundle/rootfs/boot/vmlinuz-6.1.0-test"))?;
+    for verified_only in [false, true] {
+        let run = tempfile::tempdir()?;
+        let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+        let config = pc_config(
+            &lab,
+            run.path(),
+            &gate.reference("os/early:1"),
+            tftp_port,
+            nfs_port,
+            "",
+        )?;
+        let text = std::fs::read_to_string(&config)?.replace(
+            "[dhcp]",
+            &format!("verified_only = {verified_only}\n\n[dhcp]"),
+        );
+        std::fs::write(&config, text)?;
+        let (line, child) = start_serve(&config, &[])?;
+        let server = Server { child };
+        assert!(line.starts_with("serving"), "{line:?}");
+        gate.wait_held(std::time::Duration::from_secs(30))?;
+        let script = String::from_utf8(tftp_get(&lab, tftp_port, "boot.ipxe")?)?;
+        if verified_only {
+            // Nothing unverified goes out: the node is told to wait.
+            assert!(
+                script.contains("sleep") && script.contains("chain --autofree boot.ipxe"),
+                "{script}"
+            );
+        } else {
+            assert!(
+                script.contains("kernel") && script.contains("vmlinuz-6.1.0-test"),
+                "{script}"
+            );
+            assert_eq!(tftp_get(&lab, tftp_port, "vmlinuz-6.1.0-test")?, kernel);
+        }
+        drop(server);
+    }
+    gate.release();
+    Ok(())
+}

@@ -418,20 +418,22 @@ impl Files {
         Ok(TftpReader::image(label, file, f.size, self.rt.clone()).recorded(record(false)))
     }
 
-    /// The node's image view; `None` while it is still being opened.
     /// The node's image as far as its boot directory goes: the final view,
-    /// or (while a first streaming pass runs) a tree settled for the boot
-    /// directory. `None` if that takes longer than [`VIEW_OPEN_WAIT`]: the
+    /// or (while a first streaming pass runs, unless `verified_only`) a tree
+    /// settled for the boot directory. `None` if that takes longer than [`VIEW_OPEN_WAIT`]: the
     /// client must retry.
     async fn image(&self, node: &Arc<Node>) -> Result<Option<Img>, packet::Error> {
         let (ctx, n) = (self.ctx.clone(), node.clone());
         let task = self.rt.spawn(async move {
             let opening = ctx.opening_for(&n).await?;
-            let settled = opening.settled_tree(&n.boot_dir).await.map_err(|source| {
-                crate::serve::ImageOpenError::View {
-                    image: n.image.clone(),
-                    source,
-                }
+            let settled = if ctx.config.server.verified_only {
+                opening.final_view().await.map(Settled::Final)
+            } else {
+                opening.settled_tree(&n.boot_dir).await
+            };
+            let settled = settled.map_err(|source| crate::serve::ImageOpenError::View {
+                image: n.image.clone(),
+                source,
             })?;
             Ok::<_, crate::serve::ImageOpenError>(match settled {
                 Settled::Final(view) => Img::Final(view),
