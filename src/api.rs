@@ -39,7 +39,7 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), ApiError> {
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
     tracing::info!("HTTP API on http://{addr}/api/v1/nodes");
-    ctx.mark_bound("HTTP API");
+    ctx.mark_bound();
     axum::serve(listener, router(ctx))
         .await
         .map_err(ApiError::Serve)

@@ -582,7 +582,7 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
     for node in ctx.inventory.all() {
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            match ctx.images.view_for(&node).await {
+            match ctx.view_for(&node).await {
                 Ok(view) => {
                     tracing::info!(node = %node.name, image = %node.image, "image ready");
                     if !background_fill {
@@ -593,8 +593,7 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
                     }
                 }
                 Err(e) => {
-                    ctx.inventory.set_failed(&node.name, e.to_string());
-                    tracing::error!(node = %node.name, "node failed: cannot open its image: {e}");
+                    tracing::error!(node = %node.name, "node failed: cannot open its image: {e}")
                 }
             }
         });

@@ -207,9 +207,12 @@ impl Inventory {
         self.learned.write().failed.insert(name.to_string(), why);
     }
 
-    /// `name` can be served again (its image opened).
+    /// `name` can be served again (its image opened). Called on every NFS
+    /// call: the write lock is taken only when there is something to clear.
     pub fn clear_failed(&self, name: &str) {
-        self.learned.write().failed.remove(name);
+        if self.learned.read().failed.contains_key(name) {
+            self.learned.write().failed.remove(name);
+        }
     }
 
     /// Why `name` cannot be served, if it cannot.

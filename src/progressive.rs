@@ -310,12 +310,6 @@ impl Opening {
 
     fn try_settled(&self, dir: &str) -> Option<Arc<Tree>> {
         let dir = dir.trim_matches('/');
-        let under = |p: &str| {
-            dir.is_empty()
-                || p == dir
-                || p.strip_prefix(dir)
-                    .is_some_and(|rest| rest.starts_with('/'))
-        };
         let mut guards = Vec::new();
         for slot in &self.slots {
             if slot.index.get().is_some() {
@@ -323,7 +317,7 @@ impl Opening {
                 continue;
             }
             let entries = slot.progress.entries.read();
-            if dir.is_empty() || !has_left(&entries, dir, under) {
+            if dir.is_empty() || !has_left(&entries, dir) {
                 return None;
             }
             guards.push(Some(entries));
@@ -498,29 +492,31 @@ impl Opening {
 /// entry under `dir`) it is written in walk order - as Go's
 /// `filepath.Walk` (docker, podman, buildah, umoci) and `tar --sort=name`
 /// write layers - and has gone past where `dir` would be.
-fn has_left(entries: &[crate::layer::Entry], dir: &str, under: impl Fn(&str) -> bool) -> bool {
-    if let Some(first) = entries.iter().position(|e| under(&e.path)) {
-        return !entries[first..].iter().all(|e| under(&e.path));
+fn has_left(entries: &[crate::layer::Entry], dir: &str) -> bool {
+    let under = |e: &crate::layer::Entry| is_under(&e.path, dir);
+    if let Some(first) = entries.iter().position(under) {
+        return !entries[first..].iter().all(under);
     }
     let in_walk_order = entries
         .windows(2)
-        .all(|w| walk_cmp(&w[0].path, &w[1].path) != std::cmp::Ordering::Greater);
+        .all(|w| walk_cmp(&w[0].path, &w[1].path).is_le());
     let past = entries
         .last()
-        .is_some_and(|e| walk_cmp(&e.path, dir) == std::cmp::Ordering::Greater);
+        .is_some_and(|e| walk_cmp(&e.path, dir).is_gt());
     in_walk_order && past
+}
+
+/// `path` is `dir` or below it.
+fn is_under(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The order a depth-first, name-sorted walk visits paths in: component by
 /// component (`a/b` before `a-c`, which a plain string sort would swap).
 fn walk_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let parts = |p: &'_ str| -> Vec<String> {
-        p.split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .map(str::to_string)
-            .collect()
-    };
-    parts(a).cmp(&parts(b))
+    let parts = |p| str::split(p, '/').filter(|c: &&str| !c.is_empty() && *c != ".");
+    parts(a).cmp(parts(b))
 }
 
 #[cfg(test)]
@@ -536,8 +532,7 @@ mod settle_tests {
     }
 
     fn left(paths: &[&str], dir: &str) -> bool {
-        let under = |p: &str| p == dir || p.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
-        has_left(&entries(paths), dir, under)
+        has_left(&entries(paths), dir)
     }
 
     #[test]

@@ -29,8 +29,9 @@ pub struct ServeContext {
     pub server_ip: Ipv4Addr,
     pub state_dir: PathBuf,
     pub recorder: Arc<Recorder>,
-    /// Servers whose sockets are bound (see [`mark_bound`](Self::mark_bound)).
-    bound: parking_lot::Mutex<Vec<&'static str>>,
+    /// How many servers have bound their sockets (see
+    /// [`mark_bound`](Self::mark_bound)).
+    bound: std::sync::atomic::AtomicUsize,
     bound_changed: tokio::sync::Notify,
 }
 
@@ -50,10 +51,8 @@ impl ServeContext {
         insecure.extend(opts.insecure_registries);
         let images = Images::new(cache.clone(), insecure)
             .with_platform(opts.platform)
-            .with_read_timeout(opts.read_timeout);
-        if config.server.publish_indexes {
-            images.on_open(Box::new(publish_when_indexed));
-        }
+            .with_read_timeout(opts.read_timeout)
+            .with_publish_indexes(config.server.publish_indexes);
         let p = &config.profile;
         let rules = BootedRules {
             marker: p.booted_marker.clone(),
@@ -71,15 +70,15 @@ impl ServeContext {
             inventory,
             images,
             recorder,
-            bound: parking_lot::Mutex::new(Vec::new()),
+            bound: std::sync::atomic::AtomicUsize::new(0),
             bound_changed: tokio::sync::Notify::new(),
         })
     }
 
     /// A server has bound its sockets: `serve` says "serving" only when
     /// all of them have.
-    pub fn mark_bound(&self, what: &'static str) {
-        self.bound.lock().push(what);
+    pub fn mark_bound(&self) {
+        self.bound.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.bound_changed.notify_waiters();
     }
 
@@ -87,7 +86,7 @@ impl ServeContext {
     pub async fn wait_bound(&self, n: usize) {
         loop {
             let notified = self.bound_changed.notified();
-            if self.bound.lock().len() >= n {
+            if self.bound.load(std::sync::atomic::Ordering::SeqCst) >= n {
                 return;
             }
             notified.await;
@@ -115,43 +114,41 @@ impl ServeContext {
         generation
     }
 
-    /// The view of `node`'s image; its manifest goes into the node's timeline.
+    /// The view of `node`'s image, once every layer is indexed (see
+    /// [`opening_for`](Self::opening_for)).
     pub async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
-        let view = match self.images.view_for(node).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.inventory.set_failed(&node.name, e.to_string());
-                self.recorder.note_error(&node.name, &e.to_string());
-                return Err(e);
-            }
-        };
-        self.inventory.clear_failed(&node.name);
-        self.recorder
-            .set_manifest(&node.name, &view.image.manifest_digest);
-        self.recorder
-            .watch_registry(&node.name, || -> RegistryProbe {
-                let source = view.source.clone();
-                Arc::new(move || source.stats())
-            });
-        Ok(view)
+        let opening = self.opening_for(node).await?;
+        opening.finished().await.map_err(|source| {
+            self.failed(
+                node,
+                ImageOpenError::View {
+                    image: node.image.clone(),
+                    source,
+                },
+            )
+        })
     }
 
     /// `node`'s image as it is being opened (see [`Images::opening_for`]);
-    /// a failure is kept as the node's state and in its boot's profile.
+    /// its manifest and registry traffic go into the node's timeline, and a
+    /// failure is kept as the node's state and in its boot's profile.
     pub async fn opening_for(&self, node: &Node) -> Result<Arc<Opening>, ImageOpenError> {
-        match self.images.opening_for(node).await {
-            Ok(o) => {
-                self.recorder
-                    .set_manifest(&node.name, &o.image.manifest_digest);
-                self.watch_registry(node, &o);
-                Ok(o)
-            }
-            Err(e) => {
-                self.inventory.set_failed(&node.name, e.to_string());
-                self.recorder.note_error(&node.name, &e.to_string());
-                Err(e)
-            }
-        }
+        let opening = self
+            .images
+            .opening_for(node)
+            .await
+            .map_err(|e| self.failed(node, e))?;
+        self.inventory.clear_failed(&node.name);
+        self.recorder
+            .set_manifest(&node.name, &opening.image.manifest_digest);
+        self.watch_registry(node, &opening);
+        Ok(opening)
+    }
+
+    fn failed(&self, node: &Node, e: ImageOpenError) -> ImageOpenError {
+        self.inventory.set_failed(&node.name, e.to_string());
+        self.recorder.note_error(&node.name, &e.to_string());
+        e
     }
 
     /// Count the registry traffic of `node`'s image in its boot's profile.
@@ -289,11 +286,9 @@ pub struct Images {
     slots: parking_lot::Mutex<HashMap<(String, NodeKind), ViewSlot>>,
     /// Manifests whose prefetch plan is being replayed.
     prefetching: parking_lot::Mutex<HashSet<Digest>>,
-    /// Called with every new opening (publishing indexes once it is done).
-    on_open: parking_lot::Mutex<Option<OnOpen>>,
+    /// Push every image's indexes once its streaming passes are done.
+    publish_indexes: bool,
 }
-
-type OnOpen = Box<dyn Fn(&Arc<Opening>) + Send + Sync>;
 
 impl Images {
     pub fn new(cache: Arc<ChunkCache>, insecure: Vec<String>) -> Images {
@@ -304,7 +299,7 @@ impl Images {
             read_timeout: Duration::from_secs(60),
             slots: parking_lot::Mutex::new(HashMap::new()),
             prefetching: parking_lot::Mutex::new(HashSet::new()),
-            on_open: parking_lot::Mutex::new(None),
+            publish_indexes: false,
         }
     }
 
@@ -316,6 +311,12 @@ impl Images {
 
     pub fn with_read_timeout(mut self, read_timeout: Duration) -> Images {
         self.read_timeout = read_timeout;
+        self
+    }
+
+    /// `[server] publish_indexes` (see [`publish_when_indexed`]).
+    pub fn with_publish_indexes(mut self, publish: bool) -> Images {
+        self.publish_indexes = publish;
         self
     }
 
@@ -378,11 +379,6 @@ impl Images {
         Ok(changed)
     }
 
-    /// Run `f` on every image opening from now on.
-    pub fn on_open(&self, f: OnOpen) {
-        *self.on_open.lock() = Some(f);
-    }
-
     async fn start(
         &self,
         source: Source,
@@ -396,8 +392,8 @@ impl Images {
             &Progress::hidden(),
         )
         .await;
-        if let Some(f) = &*self.on_open.lock() {
-            f(&opening);
+        if self.publish_indexes {
+            publish_when_indexed(&opening);
         }
         opening
     }

@@ -483,7 +483,7 @@ pub async fn serve(ctx: Arc<ServeContext>) -> Result<(), DhcpError> {
     let mode = ctx.config.dhcp.mode;
     if mode == DhcpMode::Off {
         info!("DHCP is off (dhcp.mode = \"off\")");
-        ctx.mark_bound("DHCP");
+        ctx.mark_bound();
         return std::future::pending().await;
     }
     let iface = ctx.config.server.interface.clone();
@@ -499,7 +499,7 @@ pub async fn serve(ctx: Arc<ServeContext>) -> Result<(), DhcpError> {
         if pxe.is_some() { " and 4011" } else { "" },
         ctx.server_ip
     );
-    ctx.mark_bound("DHCP");
+    ctx.mark_bound();
     // Big enough for any UDP datagram, so oversized ones are seen whole
     // (and dropped) instead of arriving truncated and looking valid.
     let mut buf_dhcp = vec![0u8; 65536];

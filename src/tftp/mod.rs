@@ -138,7 +138,7 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
     tracing::info!(
         "TFTP: serving on {addr} (blksize up to {blksize}, windowsize up to {WINDOW_SIZE_LIMIT})"
     );
-    ctx_bound.mark_bound("TFTP");
+    ctx_bound.mark_bound();
     // async-tftp's sockets live on async-io's reactor: polling them from a
     // tokio worker costs a thread hand-off for every block's ACK. Its own
     // thread runs them directly; file reads still go to the tokio runtime.
@@ -346,9 +346,8 @@ impl Files {
             }
         };
         if let Some(g) = generated {
-            let made = match self.generate(&node, &img, g).await {
-                Ok(made) => made,
-                Err(Pending) => {
+            return match self.generate(&node, &img, g).await? {
+                Made::Pending => {
                     let script =
                         generated::retry_later(g, node.kind, &node.name, &path, RETRY_AFTER_SECS);
                     if let Some(script) = script {
@@ -361,14 +360,12 @@ impl Files {
                         );
                     }
                     record(true).failed(&node.name, &path);
-                    return Err(packet::Error::Msg(format!(
+                    Err(packet::Error::Msg(format!(
                         "lazyboot: image of {} is loading, retry",
                         node.name
-                    )));
+                    )))
                 }
-            };
-            return match made? {
-                Some(data) => {
+                Made::Bytes(data) => {
                     tracing::debug!(
                         "TFTP: {client} ({}): {path} (generated, {} bytes)",
                         node.name,
@@ -376,7 +373,7 @@ impl Files {
                     );
                     Ok(TftpReader::memory(label, Bytes::from(data)).recorded(record(true)))
                 }
-                None => {
+                Made::NoKernel => {
                     let why = match &node.kernel {
                         Some(k) => format!(
                             "kernel {k:?} (the node's `kernel`) is not in {}",
@@ -464,15 +461,13 @@ impl Files {
         }
     }
 
-    /// A generated file's bytes; `None` when it needs a kernel and the boot
-    /// directory has none. [`Pending`] when what it depends on has not
-    /// streamed in within [`VIEW_OPEN_WAIT`].
+    /// A generated file, or why there is none yet or at all.
     async fn generate(
         &self,
         node: &Node,
         img: &Img,
         what: Generated,
-    ) -> Result<Result<Option<Vec<u8>>, packet::Error>, Pending> {
+    ) -> Result<Made, packet::Error> {
         let server = &self.ctx.config.server;
         let export = ServeContext::export_path(node);
         let boot = BootDir::open(img.tree(), &node.boot_dir);
@@ -481,7 +476,7 @@ impl Files {
         } else {
             match tokio::time::timeout(VIEW_OPEN_WAIT, img.flavour()).await {
                 Ok(f) => f,
-                Err(_) => return Err(Pending),
+                Err(_) => return Ok(Made::Pending),
             }
         };
         let root = flavour::root_args(
@@ -495,15 +490,13 @@ impl Files {
             let original = match boot.and_then(|b| b.file("cmdline.txt")) {
                 Some(f) => {
                     let len = f.size.min(MAX_CMDLINE as u64) as u32;
-                    match read(img, node, f.ino, len).await {
-                        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-                        Err(e) => return Ok(Err(e)),
-                    }
+                    let bytes = read(img, node, f.ino, len).await?;
+                    Some(String::from_utf8_lossy(&bytes).into_owned())
                 }
                 None => None,
             };
             let text = generated::rewrite_cmdline(original.as_deref(), &root, &node.kernel_args);
-            return Ok(Ok(Some(text.into_bytes())));
+            return Ok(Made::Bytes(text.into_bytes()));
         }
         let mut files = match &boot {
             Some(b) => generated::discover(b, node.kind),
@@ -524,10 +517,10 @@ impl Files {
         if files.kernel.is_none() && matches!(img, Img::Passing(..)) {
             // It may be in a part of the image that has not streamed in:
             // only the end of the pass can tell it is missing.
-            return Err(Pending);
+            return Ok(Made::Pending);
         }
         let Some(kernel) = files.kernel.clone() else {
-            return Ok(Ok(None));
+            return Ok(Made::NoKernel);
         };
         tracing::info!(
             "TFTP: node {}: kernel {}, initrd {}, {} root arguments",
@@ -544,29 +537,23 @@ impl Files {
         let text = match what {
             Generated::Cmdline => unreachable!("handled above"),
             Generated::BootScript => {
-                let head = match read(img, node, kernel.ino, KERNEL_HEAD).await {
-                    Ok(h) => h,
-                    Err(e) => return Ok(Err(e)),
-                };
+                let head = read(img, node, kernel.ino, KERNEL_HEAD).await?;
                 let arch = generated::kernel_arch(&head);
                 let compressed = generated::kernel_is_compressed(&head);
                 let script = generated::uboot_script(&node.name, &files, &args, arch, compressed);
                 // The kernel's mtime: the same image gives the same bytes.
                 let stamp = kernel.mtime.clamp(0, u32::MAX as i64) as u32;
-                return Ok(Ok(script.map(|s| {
-                    generated::uboot_script_image(
-                        &s,
-                        generated::script_arch(node.kind, arch),
-                        stamp,
-                    )
-                })));
+                let arch = generated::script_arch(node.kind, arch);
+                return Ok(script.map_or(Made::NoKernel, |s| {
+                    Made::Bytes(generated::uboot_script_image(&s, arch, stamp))
+                }));
             }
             Generated::Pxelinux => generated::pxelinux_cfg(&node.name, &files, &args),
             Generated::Ipxe => {
                 generated::ipxe_script(&node.name, self.ctx.server_ip, &files, &args)
             }
         };
-        Ok(Ok(text.map(String::into_bytes)))
+        Ok(text.map_or(Made::NoKernel, |t| Made::Bytes(t.into_bytes())))
     }
 }
 
@@ -580,8 +567,14 @@ fn waited(mut record: Recording, since: std::time::Instant) -> Recording {
     record
 }
 
-/// What a generated file depends on has not streamed in yet.
-struct Pending;
+/// What [`Files::generate`] made.
+enum Made {
+    Bytes(Vec<u8>),
+    /// The file needs a kernel and the image has none (that TFTP may serve).
+    NoKernel,
+    /// What it depends on has not streamed in within [`VIEW_OPEN_WAIT`].
+    Pending,
+}
 
 /// A node's image as TFTP sees it (see [`Files::image`]).
 enum Img {
