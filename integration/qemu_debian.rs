@@ -27,7 +27,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::debian::debian_image;
-use common::qemu::{nfs_port, pxe_guest, wait_for_console, RouterAdverts, Server, Tap, Timeline};
+use common::qemu::{
+    nfs_port, pxe_guest, wait_for_console, Qemu, RouterAdverts, Server, Tap, Timeline,
+};
 use common::shaped::ShapedRegistry;
 use common::Registry;
 
@@ -162,6 +164,32 @@ fn lab(work: &Path, image: &str) -> Result<(Tap, RouterAdverts, std::path::PathB
     Ok((tap, ra, cfg))
 }
 
+/// PXE-boot node `deb` in QEMU until its marker line; `each` runs on every
+/// look at the console (seconds since QEMU started, the timeline). The
+/// guest (still running: it reads the boot marker file right after its
+/// marker line), the marker line and the timeline; on failure, the server
+/// log's tail too.
+fn boot(
+    tap: &Tap,
+    server: &Server,
+    work: &Path,
+    mut each: impl FnMut(f64, &mut Timeline) -> Result<()>,
+) -> Result<(Qemu, String, Timeline)> {
+    let console = work.join("console.log");
+    let mut qemu = pxe_guest(tap, MAC, 1024, &console)?;
+    let (marker, _, timeline) = wait_for_console(
+        &mut qemu,
+        &console,
+        MARKER,
+        FATAL,
+        MILESTONES,
+        BOOT_TIMEOUT,
+        |t, _, timeline| each(t, timeline),
+    )
+    .with_context(|| format!("server log:\n{}", common::qemu::tail(&server.log(), 60)))?;
+    Ok((qemu, marker, timeline))
+}
+
 /// Boot the stock image of `flavour` from a local registry.
 fn boots_to_multi_user(flavour: &str) -> Result<()> {
     let layout = debian_image(flavour)?;
@@ -172,18 +200,7 @@ fn boots_to_multi_user(flavour: &str) -> Result<()> {
     let image = reg.reference(&format!("os/debian:{flavour}"));
     let (tap, _ra, cfg) = lab(&work, &image)?;
     let server = Server::start(&cfg, &work.join("serve.log"))?;
-    let console = work.join("console.log");
-    let mut qemu = pxe_guest(&tap, MAC, 1024, &console)?;
-    let (marker, _, timeline) = wait_for_console(
-        &mut qemu,
-        &console,
-        MARKER,
-        FATAL,
-        MILESTONES,
-        BOOT_TIMEOUT,
-        |_, _, _| Ok(()),
-    )
-    .with_context(|| format!("server log:\n{}", common::qemu::tail(&server.log(), 60)))?;
+    let (qemu, marker, timeline) = boot(&tap, &server, &work, |_, _| Ok(()))?;
     eprintln!("Debian ({flavour}) boot:\n{}\n{marker}", timeline.show());
     let log = server.log();
     // The root arguments were made for this flavour.
@@ -237,38 +254,29 @@ fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
     let (tap, _ra, cfg) = lab(&work, &image)?;
     // The registry is not on loopback: plain HTTP must be allowed.
     let insecure = reg.registry.addr.clone();
+    // The server opens the image (and starts streaming it) as it starts:
+    // count the link from before.
+    let sent_at_start = reg.sent_bytes()?;
     let server = Server::start_with(
         &cfg,
         &work.join("serve.log"),
         &["--insecure-registry", &insecure],
     )?;
-    let sent_at_start = reg.sent_bytes()?;
-    let console = work.join("console.log");
     let started = Instant::now();
-    let mut qemu = pxe_guest(&tap, MAC, 1024, &console)?;
     let mut kernel_at: Option<(f64, u64)> = None;
-    let (marker, _, timeline) = wait_for_console(
-        &mut qemu,
-        &console,
-        MARKER,
-        FATAL,
-        MILESTONES,
-        BOOT_TIMEOUT,
-        |t, _, timeline: &mut Timeline| {
-            if kernel_at.is_none()
-                && server
-                    .log()
-                    .lines()
-                    .any(|l| l.contains("vmlinuz-") && l.contains("read to the end"))
-            {
-                let sent = reg.sent_bytes()? - sent_at_start;
-                kernel_at = Some((t, sent));
-                timeline.check(t, "kernel sent (server)", true);
-            }
-            Ok(())
-        },
-    )
-    .with_context(|| format!("server log:\n{}", common::qemu::tail(&server.log(), 60)))?;
+    let (qemu, marker, timeline) = boot(&tap, &server, &work, |t, timeline| {
+        if kernel_at.is_none()
+            && server
+                .log()
+                .lines()
+                .any(|l| l.contains("vmlinuz-") && l.contains("read to the end"))
+        {
+            let sent = reg.sent_bytes()? - sent_at_start;
+            kernel_at = Some((t, sent));
+            timeline.check(t, "kernel sent (server)", true);
+        }
+        Ok(())
+    })?;
     let boot_secs = started.elapsed().as_secs_f64();
     // The boot marker file is read right after the marker line: let the
     // profile see it and the recorder save.
