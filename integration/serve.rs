@@ -20,18 +20,27 @@ const PI_SERIAL: &str = "10000000a1b2c3d4";
 const UBOOT_MAC: &str = "6c:cf:39:00:00:01";
 const IPXE_MAC: &str = "52:54:00:12:34:56";
 
+/// A one-layer image `dir/layout:os`: `fill` is shell run with `$r` set to
+/// the root file system (`dir/bundle/rootfs`, kept for comparisons).
+fn one_layer_image(dir: &Path, fill: &str) -> Result<()> {
+    sh(&format!(
+        "umoci init --layout {l} && umoci new --image {l}:os && umoci unpack --image {l}:os {b}
+r={b}/rootfs
+{fill}
+umoci repack --image {l}:os {b}",
+        l = dir.join("layout").display(),
+        b = dir.join("bundle").display(),
+    ))
+    .map(|_| ())
+}
+
 /// A small image laid out like a netbootable OS: Pi firmware files, a kernel
 /// and initrd under /boot, and a root file system.
 fn build_boot_image(dir: &Path, hostname: &str) -> Result<()> {
-    let layout = dir.join("layout");
-    let bundle = dir.join("bundle");
-    sh(&format!(
-        r#"
-umoci init --layout {l}
-umoci new --image {l}:os
-umoci unpack --image {l}:os {b}
-r={b}/rootfs
-mkdir -p $r/boot/firmware/overlays $r/etc $r/bin $r/home/user
+    one_layer_image(
+        dir,
+        &format!(
+            r#"mkdir -p $r/boot/firmware/overlays $r/etc $r/bin $r/home/user
 echo 'arm_64bit=1' > $r/boot/firmware/config.txt
 echo 'console=serial0,115200 console=tty1 root=PARTUUID=1234-02 rootfstype=ext4 fsck.repair=yes rootwait' > $r/boot/firmware/cmdline.txt
 head -c 300000 /dev/urandom > $r/boot/firmware/start4.elf
@@ -44,13 +53,9 @@ ln -s vmlinuz-6.1.0-test $r/boot/vmlinuz
 ln -s initrd.img-6.1.0-test $r/boot/initrd.img
 echo {hostname} > $r/etc/hostname
 printf '#!/bin/sh\necho hi\n' > $r/bin/hello && chmod 0755 $r/bin/hello
-chown 1000:1000 $r/home/user
-umoci repack --image {l}:os {b}
-"#,
-        l = layout.display(),
-        b = bundle.display(),
-    ))?;
-    Ok(())
+chown 1000:1000 $r/home/user"#
+        ),
+    )
 }
 
 struct Server {
@@ -781,13 +786,10 @@ fn an_image_without_a_kernel_is_a_clear_error_in_the_log_and_the_profile() -> Re
     }
     let tmp = tempfile::tempdir()?;
     let layout = tmp.path().join("layout");
-    sh(&format!(
-        "umoci init --layout {l} && umoci new --image {l}:os && umoci unpack --image {l}:os {b} \
-         && mkdir -p {b}/rootfs/boot {b}/rootfs/etc && echo nokernel > {b}/rootfs/etc/hostname \
-         && umoci repack --image {l}:os {b}",
-        l = layout.display(),
-        b = tmp.path().join("bundle").display()
-    ))?;
+    one_layer_image(
+        tmp.path(),
+        "mkdir -p $r/boot $r/etc && echo nokernel > $r/etc/hostname",
+    )?;
     let reg = Registry::start()?;
     common::push(&layout, "os", &reg, "os/nokernel:1")?;
     let lab = NetLab::new(true)?;
@@ -1069,16 +1071,13 @@ fn read_timeout_bounds_a_boot_request_waiting_on_a_stalled_stream() -> Result<()
 /// 16 MiB of incompressible data late (/usr/big.bin); the layer's blob digest.
 fn early_boot_image(dir: &Path, reg: &Registry, repo_tag: &str) -> Result<String> {
     let layout = dir.join("layout");
-    sh(&format!(
-        "umoci init --layout {l} && umoci new --image {l}:os && umoci unpack --image {l}:os {b} \
-         && r={b}/rootfs && mkdir -p $r/boot $r/etc $r/usr \
+    one_layer_image(
+        dir,
+        "mkdir -p $r/boot $r/etc $r/usr \
          && head -c 200000 /dev/urandom > $r/boot/vmlinuz-6.1.0-test \
          && head -c 100000 /dev/urandom > $r/boot/initrd.img-6.1.0-test \
-         && echo early > $r/etc/hostname && head -c 16777216 /dev/urandom > $r/usr/big.bin \
-         && umoci repack --image {l}:os {b}",
-        l = layout.display(),
-        b = dir.join("bundle").display()
-    ))?;
+         && echo early > $r/etc/hostname && head -c 16777216 /dev/urandom > $r/usr/big.bin",
+    )?;
     common::push(&layout, "os", reg, repo_tag)?;
     let manifest = common::layout_manifest(&layout, "os")?;
     Ok(manifest["layers"][0]["digest"]
