@@ -455,13 +455,14 @@ root = "persistent"
     Ok(())
 }
 
-/// A config with one iPXE node `pc` on `image`, plus `extra` TOML.
+/// A config with one iPXE node `pc` on `image`, plus `server_extra` TOML
+/// in `[server]` and `extra` TOML after the node.
 fn pc_config(
     lab: &NetLab,
     dir: &Path,
     image: &str,
-    tftp_port: u16,
-    nfs_port: u16,
+    (tftp_port, nfs_port): (u16, u16),
+    server_extra: &str,
     extra: &str,
 ) -> Result<PathBuf> {
     let config = dir.join("lazyboot.toml");
@@ -476,6 +477,7 @@ state_dir = "{state}"
 cache_dir = "{cache}"
 tftp_port = {tftp_port}
 nfs_port = {nfs_port}
+{server_extra}
 
 [dhcp]
 mode = "off"
@@ -497,6 +499,38 @@ root = "readonly"
         ),
     )?;
     Ok(config)
+}
+
+/// A running `serve` of [`pc_config`]'s one node, and its TFTP port.
+struct PcServer {
+    tftp_port: u16,
+    _server: Server,
+}
+
+/// Write [`pc_config`] (free ports) into `dir` and start `serve` on it with
+/// `globals`; it must say "serving".
+fn serve_pc(
+    lab: &NetLab,
+    dir: &Path,
+    image: &str,
+    server_extra: &str,
+    extra: &str,
+    globals: &[&str],
+) -> Result<PcServer> {
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    let config = pc_config(lab, dir, image, (tftp_port, nfs_port), server_extra, extra)?;
+    let (line, child) = start_serve(&config, globals)?;
+    let server = Server { child };
+    if !line.starts_with("serving") {
+        bail!(
+            "serve did not start: {line:?}\n{}",
+            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+        );
+    }
+    Ok(PcServer {
+        tftp_port,
+        _server: server,
+    })
 }
 
 /// Start `serve` with extra global options, its log in `serve.log` next to
@@ -531,14 +565,14 @@ fn portmapper_showmount_and_udp_mount_and_read() -> Result<()> {
     common::push(&tmp.path().join("layout"), "os", &reg, "os/netboot:1")?;
     let image = reg.reference("os/netboot:1");
     let lab = NetLab::new(true)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
     // A second node whose reference does not resolve: reported at start,
     // the other node is served all the same.
     let broken = format!(
         "[[nodes]]\nname = \"broken\"\nmac = \"52:54:00:00:00:99\"\nkind = \"ipxe\"\nimage = \"{}\"\n",
         reg.reference("os/missing:1")
     );
-    let config = pc_config(&lab, tmp.path(), &image, tftp_port, nfs_port, &broken)?;
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    let config = pc_config(&lab, tmp.path(), &image, (tftp_port, nfs_port), "", &broken)?;
     // A global option: --cache-dir replaces the config's cache_dir.
     let cache = tmp.path().join("global-cache");
     let (line, child) = start_serve(&config, &["--cache-dir", cache.to_str().unwrap()])?;
@@ -676,7 +710,7 @@ fn a_taken_portmapper_port_is_explained_and_can_be_turned_off() -> Result<()> {
     let _holder = std::net::TcpListener::bind((lab.server_ip, 111))?;
     let _holder_udp = std::net::UdpSocket::bind((lab.server_ip, 111))?;
     let image = "oci:/nonexistent";
-    let config = pc_config(&lab, tmp.path(), image, tftp_port, nfs_port, "")?;
+    let config = pc_config(&lab, tmp.path(), image, (tftp_port, nfs_port), "", "")?;
     let (line, mut child) = start_serve(&config, &[])?;
     let status = child.wait()?;
     let err = std::fs::read_to_string(config.with_file_name("serve.log"))?;
@@ -687,8 +721,14 @@ fn a_taken_portmapper_port_is_explained_and_can_be_turned_off() -> Result<()> {
         "{err}"
     );
     // With the portmapper off, serve starts (and says so).
-    let text = std::fs::read_to_string(&config)?.replace("[dhcp]", "portmapper = false\n\n[dhcp]");
-    std::fs::write(&config, text)?;
+    let config = pc_config(
+        &lab,
+        tmp.path(),
+        image,
+        (tftp_port, nfs_port),
+        "portmapper = false",
+        "",
+    )?;
     let (line, child) = start_serve(&config, &[])?;
     let _server = Server { child };
     assert!(
@@ -742,21 +782,14 @@ fn publish_indexes_pushes_the_first_pass_index_only_when_asked() -> Result<()> {
         build_boot_image(tmp.path(), "pub")?;
         common::push(&tmp.path().join("layout"), "os", &reg, &format!("{repo}:1"))?;
         let lab = NetLab::new(true)?;
-        let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-        let config = pc_config(
+        let _server = serve_pc(
             &lab,
             tmp.path(),
             &reg.reference(&format!("{repo}:1")),
-            tftp_port,
-            nfs_port,
+            &format!("publish_indexes = {publish}"),
             "",
+            &[],
         )?;
-        let text = std::fs::read_to_string(&config)?
-            .replace("[dhcp]", &format!("publish_indexes = {publish}\n\n[dhcp]"));
-        std::fs::write(&config, text)?;
-        let (line, child) = start_serve(&config, &[])?;
-        let _server = Server { child };
-        assert!(line.starts_with("serving"), "{line:?}");
         let tag = fallback_tag(&reg, repo, "1")?;
         // The image opens (one streaming pass per layer) right after start.
         let wait = if publish { 60 } else { 10 };
@@ -793,19 +826,15 @@ fn an_image_without_a_kernel_is_a_clear_error_in_the_log_and_the_profile() -> Re
     let reg = Registry::start()?;
     common::push(&layout, "os", &reg, "os/nokernel:1")?;
     let lab = NetLab::new(true)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    let config = pc_config(
+    let pc = serve_pc(
         &lab,
         tmp.path(),
         &reg.reference("os/nokernel:1"),
-        tftp_port,
-        nfs_port,
         "",
+        "",
+        &[],
     )?;
-    let (line, child) = start_serve(&config, &[])?;
-    let _server = Server { child };
-    assert!(line.starts_with("serving"), "{line:?}");
-    let err = tftp_get(&lab, tftp_port, "boot.ipxe")
+    let err = tftp_get(&lab, pc.tftp_port, "boot.ipxe")
         .unwrap_err()
         .to_string();
     let log = std::fs::read_to_string(tmp.path().join("serve.log"))?;
@@ -980,21 +1009,18 @@ fn serve_resolves_images_for_the_global_platform() -> Result<()> {
     let reg = Registry::start()?;
     common::push(&tmp.path().join("layout"), "os", &reg, "os/plat:1")?;
     let lab = NetLab::new(true)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    let config = pc_config(
-        &lab,
-        tmp.path(),
-        &reg.reference("os/plat:1"),
-        tftp_port,
-        nfs_port,
-        "",
-    )?;
     // The image is single-platform amd64: asked for s390x, serve resolves
     // it for s390x and says that it does not match (a single-platform
     // image is still served: its config may not say its platform right).
-    let (line, child) = start_serve(&config, &["--platform", "linux/s390x"])?;
-    let _server = Server { child };
-    assert!(line.starts_with("serving"), "{line:?}");
+    let globals = ["--platform", "linux/s390x"];
+    let _pc = serve_pc(
+        &lab,
+        tmp.path(),
+        &reg.reference("os/plat:1"),
+        "",
+        "",
+        &globals,
+    )?;
     let log_path = tmp.path().join("serve.log");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -1030,18 +1056,16 @@ fn read_timeout_bounds_a_boot_request_waiting_on_a_stalled_stream() -> Result<()
     let gate = common::gate::Gate::start(&reg.addr)?;
     gate.hold(&layer, 1024);
     let lab = NetLab::new(true)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    let config = pc_config(
+    let globals = ["--read-timeout", "3"];
+    let pc = serve_pc(
         &lab,
         tmp.path(),
         &gate.reference("os/stall:1"),
-        tftp_port,
-        nfs_port,
         "",
+        "",
+        &globals,
     )?;
-    let (line, child) = start_serve(&config, &["--read-timeout", "3"])?;
-    let _server = Server { child };
-    assert!(line.starts_with("serving"), "{line:?}");
+    let tftp_port = pc.tftp_port;
     gate.wait_held(std::time::Duration::from_secs(30))?;
     // With the default 60 s the request would get a wait-and-retry script
     // after 10 s; with --read-timeout 3 it fails after ~3 s, and says why.
@@ -1102,23 +1126,15 @@ fn boot_files_are_served_while_the_image_streams_unless_verified_only() -> Resul
     let kernel = std::fs::read(tmp.path().join("bundle/rootfs/boot/vmlinuz-6.1.0-test"))?;
     for verified_only in [false, true] {
         let run = tempfile::tempdir()?;
-        let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-        let config = pc_config(
+        let pc = serve_pc(
             &lab,
             run.path(),
             &gate.reference("os/early:1"),
-            tftp_port,
-            nfs_port,
+            &format!("verified_only = {verified_only}"),
             "",
+            &[],
         )?;
-        let text = std::fs::read_to_string(&config)?.replace(
-            "[dhcp]",
-            &format!("verified_only = {verified_only}\n\n[dhcp]"),
-        );
-        std::fs::write(&config, text)?;
-        let (line, child) = start_serve(&config, &[])?;
-        let server = Server { child };
-        assert!(line.starts_with("serving"), "{line:?}");
+        let tftp_port = pc.tftp_port;
         gate.wait_held(std::time::Duration::from_secs(30))?;
         let script = String::from_utf8(tftp_get(&lab, tftp_port, "boot.ipxe")?)?;
         if verified_only {
@@ -1134,7 +1150,7 @@ fn boot_files_are_served_while_the_image_streams_unless_verified_only() -> Resul
             );
             assert_eq!(tftp_get(&lab, tftp_port, "vmlinuz-6.1.0-test")?, kernel);
         }
-        drop(server);
+        drop(pc);
     }
     gate.release();
     Ok(())
