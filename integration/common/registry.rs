@@ -27,18 +27,7 @@ pub struct Registry {
 impl Registry {
     /// Start a registry on a free port and wait until `/v2/` answers.
     pub fn start() -> Result<Registry> {
-        let dir = tempfile::Builder::new()
-            .prefix("lazyboot-registry.")
-            .tempdir()
-            .context("creating registry temp dir")?;
-        fs::create_dir_all(dir.path().join("storage"))?;
-        let mut reg = Registry {
-            port: 0,
-            addr: String::new(),
-            dir,
-            child: None,
-            netns: None,
-        };
+        let mut reg = Registry::stopped(None)?;
         // The free port is found by binding port 0 and closing it again, so
         // another process may grab it in between: retry with a new port.
         let mut last_err = None;
@@ -61,33 +50,27 @@ impl Registry {
     /// (reached from the host through the namespace's link, e.g. a
     /// shaped one: see [`super::shaped::ShapedRegistry`]).
     pub fn start_in_netns(ns: &str, ip: std::net::Ipv4Addr) -> Result<Registry> {
-        let dir = tempfile::Builder::new()
-            .prefix("lazyboot-registry.")
-            .tempdir()
-            .context("creating registry temp dir")?;
-        fs::create_dir_all(dir.path().join("storage"))?;
-        let mut reg = Registry {
-            port: 5000,
-            addr: format!("{ip}:5000"),
-            dir,
-            child: None,
-            netns: Some(ns.to_string()),
-        };
+        let mut reg = Registry::stopped(Some(ns.to_string()))?;
+        reg.port = 5000;
+        reg.addr = format!("{ip}:5000");
         reg.write_config()?;
         reg.spawn_and_wait()?;
         Ok(reg)
     }
 
-    /// A registry that is not running (a value to replace later).
-    pub(crate) fn placeholder() -> Result<Registry> {
+    /// Empty storage in a temporary directory, no address, not running.
+    fn stopped(netns: Option<String>) -> Result<Registry> {
+        let dir = tempfile::Builder::new()
+            .prefix("lazyboot-registry.")
+            .tempdir()
+            .context("creating registry temp dir")?;
+        fs::create_dir_all(dir.path().join("storage"))?;
         Ok(Registry {
             port: 0,
             addr: String::new(),
-            dir: tempfile::Builder::new()
-                .prefix("lazyboot-registry.")
-                .tempdir()?,
+            dir,
             child: None,
-            netns: None,
+            netns,
         })
     }
 

@@ -12,12 +12,26 @@ use anyhow::{bail, Context, Result};
 use super::{qemu::subnet_in_use, run, Registry};
 
 pub struct ShapedRegistry {
+    // Dropped first: the registry stops before its namespace goes.
     pub registry: Registry,
+    link: Link,
+}
+
+/// The namespace and veth pair of the link; removed on drop, also when
+/// setting them up failed half way.
+struct Link {
     ns: String,
     host_if: String,
     ns_if: String,
-    /// The host's address on the link (the registry is at `.2`).
-    pub host_ip: Ipv4Addr,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
 }
 
 impl ShapedRegistry {
@@ -31,51 +45,38 @@ impl ShapedRegistry {
             if subnet_in_use(host_ip)? {
                 continue;
             }
-            let (ns, host_if, ns_if) =
-                (format!("lbreg{n}"), format!("lbrh{n}"), format!("lbrn{n}"));
-            if Command::new("ip")
-                .args(["netns", "add", &ns])
+            let link = Link {
+                ns: format!("lbreg{n}"),
+                host_if: format!("lbrh{n}"),
+                ns_if: format!("lbrn{n}"),
+            };
+            if !Command::new("ip")
+                .args(["netns", "add", &link.ns])
                 .output()?
                 .status
                 .success()
             {
-                let mut me = ShapedRegistry::link(ns, host_if, ns_if, host_ip, rate)?;
-                me.registry = Registry::start_in_netns(&me.ns, Ipv4Addr::new(10, 219, n, 2))?;
-                return Ok(me);
+                // Someone else's: not ours to delete.
+                std::mem::forget(link);
+                continue;
             }
-        }
-        bail!("no free 10.219.N.0/24 for a shaped registry link")
-    }
-
-    fn link(
-        ns: String,
-        host_if: String,
-        ns_if: String,
-        host_ip: Ipv4Addr,
-        rate: &str,
-    ) -> Result<ShapedRegistry> {
-        let [a, b, c, _] = host_ip.octets();
-        let script = format!(
-            "set -e
+            let Link { ns, host_if, ns_if } = &link;
+            run(Command::new("sh").arg("-c").arg(format!(
+                "set -e
 ip link add {host_if} type veth peer name {ns_if}
 ip link set {ns_if} netns {ns}
 ip addr add {host_ip}/24 dev {host_if}
 ip link set {host_if} up
-ip -n {ns} addr add {a}.{b}.{c}.2/24 dev {ns_if}
+ip -n {ns} addr add 10.219.{n}.2/24 dev {ns_if}
 ip -n {ns} link set {ns_if} up
 ip -n {ns} link set lo up
 ip netns exec {ns} tc qdisc add dev {ns_if} root tbf rate {rate} burst 256kb latency 100ms"
-        );
-        // Built before it can fail, so Drop cleans up whatever was made.
-        let me = ShapedRegistry {
-            registry: Registry::placeholder()?,
-            ns,
-            host_if,
-            ns_if,
-            host_ip,
-        };
-        run(Command::new("sh").arg("-c").arg(&script)).context("setting up the shaped link")?;
-        Ok(me)
+            )))
+            .context("setting up the shaped link")?;
+            let registry = Registry::start_in_netns(ns, Ipv4Addr::new(10, 219, n, 2))?;
+            return Ok(ShapedRegistry { registry, link });
+        }
+        bail!("no free 10.219.N.0/24 for a shaped registry link")
     }
 
     /// Bytes the registry has sent over the link (the tbf qdisc's count:
@@ -84,13 +85,13 @@ ip netns exec {ns} tc qdisc add dev {ns_if} root tbf rate {rate} burst 256kb lat
         let out = run(Command::new("ip").args([
             "netns",
             "exec",
-            &self.ns,
+            &self.link.ns,
             "tc",
             "-s",
             "qdisc",
             "show",
             "dev",
-            &self.ns_if,
+            &self.link.ns_if,
         ]))?;
         let text = String::from_utf8_lossy(&out);
         let sent = text
@@ -104,15 +105,5 @@ ip netns exec {ns} tc qdisc add dev {ns_if} root tbf rate {rate} burst 256kb lat
     /// `10.219.N.2:5000/REPO:TAG`
     pub fn reference(&self, repo_tag: &str) -> String {
         self.registry.reference(repo_tag)
-    }
-}
-
-impl Drop for ShapedRegistry {
-    fn drop(&mut self) {
-        self.registry.stop();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
 }
