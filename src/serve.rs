@@ -8,7 +8,7 @@ use crate::digest::Digest;
 use crate::nodes::{Inventory, Node};
 use crate::platform::Platform;
 use crate::prefetch::{self, PrefetchPlan};
-use crate::profile::recorder::{BootedRules, Recorder, RegistryProbe};
+use crate::profile::recorder::{BootedRules, Recorder};
 use crate::profile::trace::{traced, SharedTrace};
 use crate::profile::ProfileStore;
 use crate::progress::Progress;
@@ -140,8 +140,10 @@ impl ServeContext {
             .map_err(|e| self.failed(node, e))?;
         self.inventory.clear_failed(&node.name);
         self.recorder
-            .set_manifest(&node.name, &opening.image.manifest_digest);
-        self.watch_registry(node, &opening);
+            .image_in_use(&node.name, &opening.image.manifest_digest, || {
+                let o = opening.clone();
+                Arc::new(move || o.source().stats())
+            });
         Ok(opening)
     }
 
@@ -149,15 +151,6 @@ impl ServeContext {
         self.inventory.set_failed(&node.name, e.to_string());
         self.recorder.note_error(&node.name, &e.to_string());
         e
-    }
-
-    /// Count the registry traffic of `node`'s image in its boot's profile.
-    fn watch_registry(&self, node: &Node, opening: &Arc<Opening>) {
-        self.recorder
-            .watch_registry(&node.name, || -> RegistryProbe {
-                let o = opening.clone();
-                Arc::new(move || o.source().stats())
-            });
     }
 
     /// Replay the learned prefetch plan of `node`'s image, unless prefetch

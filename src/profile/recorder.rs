@@ -275,23 +275,6 @@ impl Recorder {
         live.get(node).is_some_and(|l| !l.done())
     }
 
-    /// Count what the registry sends for `node`'s image from now on (the
-    /// first call of a boot sets the start; later ones are ignored).
-    /// `probe` is made only when needed: this runs on every NFS call.
-    pub fn watch_registry(&self, node: &str, probe: impl FnOnce() -> RegistryProbe) {
-        let mut live = self.live.lock();
-        self.resume_into(&mut live, node);
-        if let Some(l) = live
-            .get_mut(node)
-            .filter(|l| !l.done() && l.traffic.is_none())
-        {
-            let probe = probe();
-            let start = probe();
-            l.traffic = Some((probe, start));
-            l.refresh_traffic();
-        }
-    }
-
     /// Something went wrong serving `node`: kept in its boot's profile
     /// (the first few of a kind; a node that retries would repeat it).
     pub fn note_error(&self, node: &str, message: &str) {
@@ -307,16 +290,31 @@ impl Recorder {
         });
     }
 
-    /// Called on every NFS call (through `ServeContext::view_for`): cheap
-    /// when nothing changes.
-    pub fn set_manifest(&self, node: &str, manifest: &Digest) {
+    /// `node` is being served the image `manifest`: it goes into the
+    /// boot's timeline, and what the registry sends for the image counts
+    /// from the first call of a boot (`probe`, which reads the image's
+    /// registry counters, is made only then). Called on every NFS call:
+    /// one lock, and nothing else when nothing changes.
+    pub fn image_in_use(
+        &self,
+        node: &str,
+        manifest: &Digest,
+        probe: impl FnOnce() -> RegistryProbe,
+    ) {
         let mut live = self.live.lock();
-        if let Some(l) = live.get_mut(node).filter(|l| !l.done()) {
-            if l.manifest.as_ref() != Some(manifest) {
-                l.profile.manifest = Some(manifest.to_string());
-                l.manifest = Some(manifest.clone());
-                l.dirty = true;
-            }
+        let Some(l) = live.get_mut(node).filter(|l| !l.done()) else {
+            return;
+        };
+        if l.manifest.as_ref() != Some(manifest) {
+            l.profile.manifest = Some(manifest.to_string());
+            l.manifest = Some(manifest.clone());
+            l.dirty = true;
+        }
+        if l.traffic.is_none() {
+            let probe = probe();
+            let start = probe();
+            l.traffic = Some((probe, start));
+            l.refresh_traffic();
         }
     }
 
@@ -623,7 +621,7 @@ mod tests {
         let manifest = Digest::of_bytes(b"manifest");
         let layer = Digest::of_bytes(b"layer");
         r.begin("n1", "ipxe", "reg/os:1", "dhcp");
-        r.set_manifest("n1", &manifest);
+        r.image_in_use("n1", &manifest, || Arc::new(FetchStats::default));
         r.dhcp("n1", "DISCOVER", "OFFER", Some("10.0.0.5".into()), None);
         r.dhcp("n1", "REQUEST", "ACK", Some("10.0.0.5".into()), None);
         let probe = TftpDone {
@@ -734,7 +732,7 @@ mod tests {
 
         // The next boot is number 2 and does not replace the plan.
         r.begin("n1", "ipxe", "reg/os:1", "dhcp");
-        r.set_manifest("n1", &manifest);
+        r.image_in_use("n1", &manifest, || Arc::new(FetchStats::default));
         r.nfs_mount("n1", "/nodes/n1", "10.0.0.5", Instant::now());
         let t = ReadTrace {
             chunks: vec![(layer.clone(), 50)],
