@@ -16,7 +16,6 @@ use lazyboot::layer::zran::BLOCK_SIZE;
 use lazyboot::progress::Progress;
 use lazyboot::reference::ImageRef;
 use lazyboot::registry::{RegistryOptions, Source};
-use lazyboot::view::ImageView;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,24 +38,31 @@ async fn run(image: &str) -> anyhow::Result<()> {
     let (source, resolved) = Source::open(&reference, &opts).await?;
     let cache = Arc::new(ChunkCache::open(warm.path(), 1 << 40)?);
     let t = Instant::now();
-    let view = ImageView::with_parts(
+    let view = lazyboot::image::open_resolved(
         resolved.clone(),
         source.clone(),
-        cache,
+        cache.clone(),
         Duration::from_secs(60),
         &Progress::hidden(),
     )
     .await?;
     let index_time = t.elapsed();
+    // The index the view was built from, as the pass stored it.
+    let stored = |digest: &lazyboot::digest::Digest| -> anyhow::Result<Vec<u8>> {
+        cache
+            .load_index(&LayerIndex::cache_name(digest))
+            .ok_or_else(|| anyhow::anyhow!("the pass stored no index"))
+    };
 
     let file = view
-        .tree
+        .tree()
         .iter()
         .filter(|i| i.data.is_some())
         .max_by_key(|i| i.size)
         .expect("a file");
     let data = file.data.unwrap();
-    let layer = &view.layers[data.layer as usize].index;
+    let digest = &resolved.layers[data.layer as usize].digest;
+    let layer = &LayerIndex::decode(&stored(digest)?, digest)?;
     let IndexDetail::Gzip(z) = &layer.detail else {
         anyhow::bail!("the largest file is not in a gzip layer");
     };
@@ -97,10 +103,10 @@ async fn run(image: &str) -> anyhow::Result<()> {
         // Cold cache, warm index: a fresh cache holding only the index.
         let cold = tempfile::tempdir()?;
         let cache = Arc::new(ChunkCache::open(cold.path(), 1 << 40)?);
-        for l in &view.layers {
-            cache.store_index(&LayerIndex::cache_name(&l.index.digest), &l.index.encode()?)?;
+        for l in &resolved.layers {
+            cache.store_index(&LayerIndex::cache_name(&l.digest), &stored(&l.digest)?)?;
         }
-        let v = ImageView::with_parts(
+        let v = lazyboot::image::open_resolved(
             resolved.clone(),
             source.clone(),
             cache,

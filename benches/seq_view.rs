@@ -12,10 +12,10 @@
 //! cache, so only the CPU path is left). Prints `bench-result KEY=VALUE`
 //! lines for `scripts/bench`. Without both variables it explains and exits.
 
+use lazyboot::image::ViewOptions;
 use lazyboot::progress::Progress;
 use lazyboot::reference::ImageRef;
 use lazyboot::registry::RegistryOptions;
-use lazyboot::view::{ImageView, ViewOptions};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -44,14 +44,14 @@ async fn run(image: &str, cache_dir: PathBuf) -> anyhow::Result<()> {
         registry: RegistryOptions::default(),
         read_timeout: Duration::from_secs(60),
     };
-    let view = ImageView::open(&reference, &opts, &Progress::hidden()).await?;
+    let view = lazyboot::image::open(&reference, &opts, &Progress::hidden()).await?;
     let file = view
-        .tree
+        .tree()
         .iter()
         .filter(|i| i.data.is_some())
         .max_by_key(|i| i.size)
         .expect("a file");
-    let before = view.source.stats();
+    let before = view.fetch_stats();
     let mut results = Vec::new();
     for pass in ["cold_page_cache", "warm_page_cache"] {
         let t = Instant::now();
@@ -69,7 +69,7 @@ async fn run(image: &str, cache_dir: PathBuf) -> anyhow::Result<()> {
         );
         results.push((pass, mibs));
     }
-    let fetched = view.source.stats().bytes - before.bytes;
+    let fetched = view.fetch_stats().bytes - before.bytes;
     if fetched > 0 {
         println!("warning: the cache was not warm: {fetched} bytes fetched from the registry");
     }

@@ -11,13 +11,13 @@ use common::mount::lazyboot;
 use common::{paths, shared_fixture, Registry};
 use lazyboot::cache::ChunkCache;
 use lazyboot::digest::Digest;
-use lazyboot::indexer::published_cache_name;
+use lazyboot::image::prefetch::PrefetchPlan;
+use lazyboot::image::published_cache_name;
+use lazyboot::image::{ImageView, ViewOptions};
 use lazyboot::layer::index::{LayerIndex, INDEX_VERSION};
-use lazyboot::prefetch::PrefetchPlan;
 use lazyboot::progress::Progress;
 use lazyboot::reference::ImageRef;
 use lazyboot::registry::{Published, RegistryOptions, Source, ARTIFACT_TYPE};
-use lazyboot::view::{ImageView, ViewOptions};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -132,7 +132,7 @@ fn view_options(cache: &Path) -> ViewOptions {
 }
 
 async fn read_all(view: &ImageView, path: &str) -> Result<Vec<u8>> {
-    let ino = view.tree.resolve(path).context(path.to_string())?;
+    let ino = view.tree().resolve(path).context(path.to_string())?;
     let (ino, size) = (ino.ino, ino.size);
     let mut out = Vec::new();
     while (out.len() as u64) < size {
@@ -159,7 +159,10 @@ async fn assert_reads_right(view: &ImageView) -> Result<()> {
         assert_eq!(read_all(view, p).await?, want, "{p}");
     }
     // A slice deep inside the large file: one span, not the whole layer.
-    let large = view.tree.resolve(paths::LARGE_FILE).context("large file")?;
+    let large = view
+        .tree()
+        .resolve(paths::LARGE_FILE)
+        .context("large file")?;
     let (ino, size) = (large.ino, large.size);
     let at = size / 2 + 12_345;
     let got = view.read(ino, at, 200_000).await?;
@@ -311,9 +314,9 @@ async fn pushed_indexes_let_a_cold_server_skip_the_streaming_pass() -> Result<()
     // artifact (about 1% of the data), reads fetch spans, and the bytes
     // are the image's.
     let reference: ImageRef = p.image.parse()?;
-    let view = ImageView::open(&reference, &view_options(&c), &Progress::hidden()).await?;
+    let view = lazyboot::image::open(&reference, &view_options(&c), &Progress::hidden()).await?;
     let total = p.total_layer_bytes();
-    let opened = view.source.stats();
+    let opened = view.fetch_stats();
     eprintln!("open: {opened:?} of {total} layer bytes");
     assert!(
         opened.bytes * 20 < total,
@@ -321,7 +324,7 @@ async fn pushed_indexes_let_a_cold_server_skip_the_streaming_pass() -> Result<()
     );
     assert_eq!(chunk_files(&c), 0);
     assert_reads_right(&view).await?;
-    let after = view.source.stats();
+    let after = view.fetch_stats();
     eprintln!("after reads: {after:?}");
     assert!(
         after.bytes * 2 < total,
@@ -354,9 +357,9 @@ async fn assert_refused_and_streamed(p: &Pushed, expect: &str) -> Result<()> {
     assert!(chunk_files(&b) > 0, "the layers were streamed");
     let c = tmp.path().join("c");
     let reference: ImageRef = p.image.parse()?;
-    let view = ImageView::open(&reference, &view_options(&c), &Progress::hidden()).await?;
+    let view = lazyboot::image::open(&reference, &view_options(&c), &Progress::hidden()).await?;
     assert!(
-        view.source.stats().bytes >= p.total_layer_bytes(),
+        view.fetch_stats().bytes >= p.total_layer_bytes(),
         "streamed every layer"
     );
     assert_reads_right(&view).await

@@ -6,10 +6,10 @@ mod common;
 use anyhow::Result;
 use common::{shared_fixture, Registry};
 use lazyboot::cache::ChunkCache;
+use lazyboot::image::ImageView;
 use lazyboot::progress::Progress;
 use lazyboot::reference::ImageRef;
 use lazyboot::registry::{RegistryOptions, Source};
-use lazyboot::view::ImageView;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ async fn cold_view(image: &str, cache_dir: &Path) -> Result<Arc<ImageView>> {
     {
         let (source, resolved) = Source::open(&reference, &opts).await?;
         let cache = Arc::new(ChunkCache::open(cache_dir, 1 << 40)?);
-        ImageView::with_parts(
+        lazyboot::image::open_resolved(
             resolved,
             source,
             cache,
@@ -33,7 +33,7 @@ async fn cold_view(image: &str, cache_dir: &Path) -> Result<Arc<ImageView>> {
     std::fs::remove_dir_all(cache_dir.join("chunks"))?;
     let (source, resolved) = Source::open(&reference, &opts).await?;
     let cache = Arc::new(ChunkCache::open(cache_dir, 1 << 40)?);
-    Ok(ImageView::with_parts(
+    Ok(lazyboot::image::open_resolved(
         resolved,
         source,
         cache,
@@ -45,7 +45,7 @@ async fn cold_view(image: &str, cache_dir: &Path) -> Result<Arc<ImageView>> {
 
 fn largest_file(view: &ImageView) -> (u64, u64) {
     let f = view
-        .tree
+        .tree()
         .iter()
         .filter(|i| i.data.is_some())
         .max_by_key(|i| i.size)
@@ -65,7 +65,7 @@ async fn concurrent_reads_of_one_chunk_fetch_it_once() -> Result<()> {
     let view = cold_view(&reg.reference("view/single:t"), tmp.path()).await?;
     let (ino, size) = largest_file(&view);
     let offset = size / 2;
-    let before = view.source.stats();
+    let before = view.fetch_stats();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let v = view.clone();
@@ -75,7 +75,7 @@ async fn concurrent_reads_of_one_chunk_fetch_it_once() -> Result<()> {
     for t in tasks {
         results.push(t.await??);
     }
-    let after = view.source.stats();
+    let after = view.fetch_stats();
     assert!(results.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(results[0].len(), 4096);
     assert_eq!(
@@ -98,10 +98,10 @@ async fn a_read_over_many_missing_chunks_is_one_range_request() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let view = cold_view(&reg.reference("view/coalesce:t"), tmp.path()).await?;
     let (ino, size) = largest_file(&view);
-    let before = view.source.stats();
+    let before = view.fetch_stats();
     // 3 MiB spans a dozen 256 KiB chunks.
     let got = view.read(ino, size / 3, 3 << 20).await?;
-    let after = view.source.stats();
+    let after = view.fetch_stats();
     assert_eq!(got.len(), 3 << 20);
     assert_eq!(after.requests - before.requests, 1);
     let want = std::fs::read(fx.rootfs.join("data/large.bin"))?;
@@ -128,7 +128,7 @@ async fn background_fill_makes_the_view_independent_of_the_registry() -> Result<
     view.fill_all(true, &Progress::hidden()).await?;
     reg.stop();
     let mut checked = 0;
-    for inode in view.tree.iter().filter(|i| i.data.is_some()) {
+    for inode in view.tree().iter().filter(|i| i.data.is_some()) {
         let got = view.read(inode.ino, 0, inode.size as u32).await?;
         assert_eq!(got.len() as u64, inode.size);
         checked += 1;

@@ -5,10 +5,10 @@
 //! reads at page-cache speed. Only what is known for sure is ever answered
 //! from the provisional tree, so those answers may be cached forever too.
 
+use crate::image::tree::{DataRef, Inode, ROOT_INO};
+use crate::image::{Found, Opening};
+use crate::image::{ImageView, ViewError};
 use crate::layer::EntryKind;
-use crate::progressive::{Found, Opening};
-use crate::tree::{DataRef, Inode, ROOT_INO};
-use crate::view::{ImageView, ViewError};
 use bytes::Bytes;
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -115,7 +115,7 @@ impl LazyFs {
             let path = path.ok_or(Errno::ENOENT)?;
             return match view {
                 // Gone only if a tar named the path twice, differently.
-                Some(v) => match v.tree.resolve(&path).map(|n| n.ino) {
+                Some(v) => match v.tree().resolve(&path).map(|n| n.ino) {
                     Some(i) => Ok(Target::Final(v, i)),
                     None => Err(Errno::ESTALE),
                 },
@@ -148,7 +148,7 @@ impl LazyFs {
                     };
                     Ok(Answer::Node(n))
                 }
-                Ok(Found::Final(v)) => match v.tree.resolve(&path).map(|n| n.ino) {
+                Ok(Found::Final(v)) => match v.tree().resolve(&path).map(|n| n.ino) {
                     Some(ino) => Ok(Answer::Final(v, ino)),
                     None => Err(Errno::ENOENT),
                 },
@@ -285,7 +285,7 @@ impl Filesystem for LazyFs {
         };
         match self.target(parent) {
             Err(e) => reply.error(e),
-            Ok(Target::Final(v, p)) => match v.tree.lookup(p, name) {
+            Ok(Target::Final(v, p)) => match v.tree().lookup(p, name) {
                 Some(n) => reply.entry(&TTL, &attr(n), Generation(0)),
                 None => reply.error(Errno::ENOENT),
             },
@@ -372,7 +372,7 @@ impl Filesystem for LazyFs {
                 self.rt.spawn(async move {
                     let r = match opening.lookup(&path).await {
                         Ok(Found::Node(n)) => opening.read(&n, offset, size).await,
-                        Ok(Found::Final(v)) => match v.tree.resolve(&path).map(|n| n.ino) {
+                        Ok(Found::Final(v)) => match v.tree().resolve(&path).map(|n| n.ino) {
                             Some(i) => v.read(i, offset, size).await,
                             None => Err(ViewError::NoInode(ino.0)),
                         },
@@ -416,7 +416,7 @@ impl Filesystem for LazyFs {
                 let opening = self.opening.clone();
                 self.rt.spawn(async move {
                     match opening.final_view().await {
-                        Ok(v) => match v.tree.resolve(&path).map(|n| n.ino) {
+                        Ok(v) => match v.tree().resolve(&path).map(|n| n.ino) {
                             Some(i) => fill_dir(&v, i, offset, reply),
                             None => reply.error(Errno::ENOENT),
                         },
@@ -429,10 +429,10 @@ impl Filesystem for LazyFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let (files, bytes) = match self.opening.outcome() {
-            Some(Ok(v)) => (
-                v.tree.len() as u64,
-                v.layers.iter().map(|l| l.index.uncompressed_size).sum(),
-            ),
+            Some(Ok(v)) => {
+                let stats = v.stats();
+                (stats.inodes as u64, stats.uncompressed)
+            }
             // Still indexing: the compressed sizes are all there is to tell.
             _ => (
                 0,

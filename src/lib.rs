@@ -1,8 +1,8 @@
 //! lazyboot: network-boot machines straight from an OCI image reference.
 //!
-//! Dependencies point one way: protocol front ends (`fuse`, later `tftp`, `nfs`)
-//! wrap the [`view::ImageView`], which reads through the [`cache`], which fetches
-//! from a [`registry::Source`]. See ARCHITECTURE.md.
+//! Dependencies point one way: protocol front ends (`fuse`, `tftp`, `nfs`)
+//! wrap the [`image::ImageView`], which reads through the [`cache`], which
+//! fetches from a [`registry::Source`]. See ARCHITECTURE.md.
 
 pub mod api;
 pub mod cache;
@@ -10,18 +10,14 @@ pub mod config;
 pub mod dhcp;
 pub mod digest;
 pub mod fuse;
-pub mod indexer;
+pub mod image;
 pub mod layer;
 pub mod nfs;
 pub mod nodes;
 pub mod platform;
-pub mod prefetch;
 pub mod profile;
 pub mod progress;
-pub mod progressive;
 pub mod reference;
 pub mod registry;
 pub mod serve;
 pub mod tftp;
-pub mod tree;
-pub mod view;

@@ -5,16 +5,15 @@ use clap::{Args, Parser, Subcommand};
 use lazyboot::cache::ChunkCache;
 use lazyboot::config::{Config, DhcpMode, PortmapperMode};
 use lazyboot::fuse::{cleanup_stale_mount, mount_config, LazyFs};
-use lazyboot::indexer::probe_estargz;
+use lazyboot::image::Opening;
+use lazyboot::image::ViewOptions;
+use lazyboot::image::{probe_format, IndexError};
 use lazyboot::layer::index::LayerIndex;
-use lazyboot::layer::{format_from_media_type, LayerFormat};
 use lazyboot::platform::Platform;
 use lazyboot::progress::Progress;
-use lazyboot::progressive::Opening;
 use lazyboot::reference::ImageRef;
 use lazyboot::registry::{RegistryOptions, Source};
 use lazyboot::serve::ServeContext;
-use lazyboot::view::{ImageView, ViewOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -366,7 +365,7 @@ fn mount(
             } else {
                 opening.serveable().await?;
             }
-            Ok::<_, lazyboot::view::ViewError>(opening)
+            Ok::<_, lazyboot::image::ViewError>(opening)
         })
         .with_context(|| format!("opening {image}"))?;
     // Opening the image took a while: a run killed meanwhile may have left
@@ -379,7 +378,10 @@ fn mount(
         tracing::warn!("could not raise readahead (sequential reads will be slower): {e}");
     }
     let what = match opening.outcome() {
-        Some(Ok(view)) => format!("{} inodes, {} layers", view.tree.len(), view.layers.len()),
+        Some(Ok(view)) => {
+            let stats = view.stats();
+            format!("{} inodes, {} layers", stats.inodes, stats.layers)
+        }
         _ => format!(
             "{} layers, indexing (files are readable as the stream passes them)",
             opening.image.layers.len()
@@ -403,7 +405,7 @@ fn mount(
                 eprintln!(
                     "indexed {}: {} inodes, {:.1}s after start; every layer matched its digest",
                     image,
-                    view.tree.len(),
+                    view.stats().inodes,
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -419,7 +421,7 @@ fn mount(
                 });
             }
             // Serve until a signal.
-            std::future::pending::<Result<(), lazyboot::view::ViewError>>().await
+            std::future::pending::<Result<(), lazyboot::image::ViewError>>().await
         };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => Ok(None),
@@ -450,15 +452,15 @@ fn mount(
 async fn pull(common: &Common, image: &ImageRef) -> Result<()> {
     let started = Instant::now();
     let progress = Progress::stderr();
-    let view = ImageView::open(image, &common.view(), &progress)
+    let view = lazyboot::image::open(image, &common.view(), &progress)
         .await
         .with_context(|| format!("opening {image}"))?;
     view.fill_all(false, &progress).await.context("pulling")?;
-    let stats = view.source.stats();
+    let stats = view.fetch_stats();
     println!(
         "pulled {} ({}) in {:.1}s: {} fetched in {} requests",
         image,
-        view.image.manifest_digest,
+        view.manifest_digest(),
         started.elapsed().as_secs_f64(),
         human(stats.bytes),
         stats.requests
@@ -472,21 +474,21 @@ async fn index(common: &Common, image: &ImageRef, push: bool) -> Result<()> {
     }
     let started = Instant::now();
     let progress = Progress::stderr();
-    let view = ImageView::open(image, &common.view(), &progress)
+    let view = lazyboot::image::open(image, &common.view(), &progress)
         .await
         .with_context(|| format!("indexing {image}"))?;
-    let entries: usize = view.layers.iter().map(|l| l.index.entries.len()).sum();
+    let stats = view.stats();
     println!(
         "indexed {} ({}): {} layers, {} entries, {} inodes in {:.1}s",
         image,
-        view.image.manifest_digest,
-        view.layers.len(),
-        entries,
-        view.tree.len(),
+        view.manifest_digest(),
+        stats.layers,
+        stats.entries,
+        stats.inodes,
         started.elapsed().as_secs_f64()
     );
     if push {
-        let r = lazyboot::indexer::publish(&view.source, &view.image, &view.cache, &progress)
+        let r = lazyboot::image::publish(&view, &progress)
             .await
             .with_context(|| format!("publishing the indexes of {image}"))?;
         let o = &r.outcome;
@@ -497,7 +499,7 @@ async fn index(common: &Common, image: &ImageRef, push: bool) -> Result<()> {
             } else {
                 "published"
             },
-            view.source.location(),
+            view.location(),
             o.artifact,
             r.layer_indexes,
             if r.plan { " and the prefetch plan" } else { "" },
@@ -690,15 +692,13 @@ async fn inspect(common: &Common, image: &ImageRef, json: bool) -> Result<()> {
         let idx = cache
             .load_index(&LayerIndex::cache_name(&l.digest))
             .and_then(|b| LayerIndex::decode(&b, &l.digest).ok());
-        let format = match (&idx, format_from_media_type(&l.media_type)) {
-            (Some(i), _) => i.format.to_string(),
-            (None, Ok(LayerFormat::Gzip)) => match probe_estargz(&source, l).await {
-                Ok(Some(_)) => "estargz".into(),
-                Ok(None) => "gzip".into(),
-                Err(e) => format!("gzip? ({e})"),
+        let format = match &idx {
+            Some(i) => i.format.to_string(),
+            None => match probe_format(&source, l).await {
+                Ok(f) => f.to_string(),
+                Err(e @ IndexError::Format { .. }) => format!("unsupported: {e}"),
+                Err(e) => format!("unknown? ({e})"),
             },
-            (None, Ok(f)) => f.to_string(),
-            (None, Err(e)) => format!("unsupported: {e}"),
         };
         let (cached_chunks, cached_bytes) = cache.layer_usage(&l.digest);
         rows.push(LayerRow {

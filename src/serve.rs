@@ -5,17 +5,17 @@
 use crate::cache::ChunkCache;
 use crate::config::{Config, NodeKind};
 use crate::digest::Digest;
+use crate::image::prefetch::{self, PrefetchPlan};
+use crate::image::trace::{traced, SharedTrace};
+use crate::image::Opening;
+use crate::image::{ImageView, ViewError};
 use crate::nodes::{Inventory, Node};
 use crate::platform::Platform;
-use crate::prefetch::{self, PrefetchPlan};
 use crate::profile::recorder::{BootedRules, Recorder};
-use crate::profile::trace::{traced, SharedTrace};
 use crate::profile::ProfileStore;
 use crate::progress::Progress;
-use crate::progressive::Opening;
 use crate::reference::ImageRef;
 use crate::registry::{RegistryOptions, Source};
-use crate::view::{ImageView, ViewError};
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -166,8 +166,8 @@ impl ServeContext {
                 return;
             }
         };
-        let manifest = view.image.manifest_digest.clone();
-        let Some(plan) = PrefetchPlan::load(&view.cache, &manifest) else {
+        let manifest = view.manifest_digest().clone();
+        let Some(plan) = PrefetchPlan::load(view.cache(), &manifest) else {
             return;
         };
         if !self.images.prefetching.lock().insert(manifest.clone()) {
@@ -223,20 +223,15 @@ fn publish_when_indexed(opening: &Arc<Opening>) {
         let Ok(view) = opening.finished().await else {
             return;
         };
-        let r =
-            crate::indexer::publish(&view.source, &view.image, &view.cache, &Progress::hidden())
-                .await;
+        let r = crate::image::publish(&view, &Progress::hidden()).await;
         match r {
             Ok(r) => tracing::info!(
                 "published the indexes of {} as {} ({} layer index(es))",
-                view.image.manifest_digest,
+                view.manifest_digest(),
                 r.outcome.artifact,
                 r.layer_indexes
             ),
-            Err(e) => tracing::warn!(
-                "publishing the indexes of {}: {e}",
-                view.image.manifest_digest
-            ),
+            Err(e) => tracing::warn!("publishing the indexes of {}: {e}", view.manifest_digest()),
         }
     });
 }

@@ -3,13 +3,15 @@
 //! digest; once present, lookups and readdir need no network at all.
 
 use super::estargz::EstargzIndex;
+use super::format::Codec;
+use super::tar::TarChunks;
 use super::zran::ZranIndex;
 use super::{Entry, LayerFormat};
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 
 /// Bump when the serialized layout changes: old indexes are then rebuilt.
-pub const INDEX_VERSION: u32 = 1;
+pub const INDEX_VERSION: u32 = 2;
 
 /// Uncompressed bytes per cached chunk for gzip and tar layers. Small enough
 /// that a cold read of a small file fetches little, large enough to keep the
@@ -19,12 +21,20 @@ pub const CHUNK_SIZE: u64 = 256 << 10;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum IndexDetail {
     Gzip(ZranIndex),
-    /// sha256 of every CHUNK_SIZE piece of the blob, taken during the
-    /// digest-verified pass, so each range fetch can be checked on its own.
-    Tar {
-        chunk_sha256: Vec<[u8; 32]>,
-    },
+    Tar(TarChunks),
     Estargz(EstargzIndex),
+}
+
+impl IndexDetail {
+    /// The format's read side: the one place that asks which format a
+    /// layer has.
+    pub(crate) fn codec(&self) -> &dyn Codec {
+        match self {
+            IndexDetail::Gzip(z) => z,
+            IndexDetail::Tar(t) => t,
+            IndexDetail::Estargz(e) => e,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,9 +91,11 @@ impl LayerIndex {
 
     /// Number of cache chunks the layer's data spans (its "address space").
     pub fn chunk_count(&self) -> u64 {
-        match &self.detail {
-            IndexDetail::Estargz(e) => e.chunks.len() as u64,
-            _ => self.uncompressed_size.div_ceil(CHUNK_SIZE),
-        }
+        self.detail.codec().chunk_count()
+    }
+
+    /// The layer format's read side.
+    pub(crate) fn codec(&self) -> &dyn Codec {
+        self.detail.codec()
     }
 }

@@ -8,7 +8,11 @@
 //! Everything here is pure: no network and no cache. The view drives fetching.
 
 pub mod estargz;
+mod estargz_layout;
+pub(crate) mod format;
+mod gzip;
 pub mod index;
+mod tar;
 pub mod tar_entries;
 pub mod zran;
 

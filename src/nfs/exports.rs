@@ -16,10 +16,10 @@
 use super::fs::{Exports, MountError, Observed};
 use super::overlay::{node_state_dir, wipe_node_state, LowerNames, NodeOverlay};
 use crate::config::RootMode;
+use crate::image::ImageView;
 use crate::nodes::Node;
 use crate::profile::recorder::NfsCall;
 use crate::serve::ServeContext;
-use crate::view::ImageView;
 use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -90,7 +90,7 @@ impl NodeExports {
         if let Some((_, n)) = self.names.lock().get(&key) {
             return n.clone();
         }
-        let names = Arc::new(LowerNames::new(&view.tree));
+        let names = Arc::new(LowerNames::new(view.tree()));
         self.names
             .lock()
             .entry(key)
@@ -147,7 +147,7 @@ impl NodeExports {
         if let Some(o) = &slot.overlay {
             // A node that is running keeps the image it booted; a new mount
             // (a new boot) after its image reference moved gets the new image.
-            let moved = o.view().image.manifest_digest != view.image.manifest_digest;
+            let moved = o.view().manifest_digest() != view.manifest_digest();
             if !(at_mount && moved) {
                 return Ok(o.clone());
             }
@@ -161,7 +161,7 @@ impl NodeExports {
                 .await
                 .unwrap_or_default();
             let recorded = recorded.trim();
-            if !recorded.is_empty() && recorded != view.image.manifest_digest.as_str() {
+            if !recorded.is_empty() && recorded != view.manifest_digest().as_str() {
                 let d = dir.clone();
                 tokio::task::spawn_blocking(move || wipe_node_state(&d))
                     .await
@@ -169,7 +169,7 @@ impl NodeExports {
                     .map_err(|e| {
                         MountError::Unavailable(format!("resetting {}: {e}", dir.display()))
                     })?;
-                tracing::info!(node = %node.name, manifest = %view.image.manifest_digest, "new image: root reset");
+                tracing::info!(node = %node.name, manifest = %view.manifest_digest(), "new image: root reset");
             }
         }
         let names = self.lower_names(&view);

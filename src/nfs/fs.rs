@@ -267,5 +267,5 @@ pub struct Observed {
     pub procedure: &'static str,
     pub started: std::time::Instant,
     /// The read path's record: the object (export, file id) and bytes returned.
-    pub trace: crate::profile::trace::ReadTrace,
+    pub trace: crate::image::trace::ReadTrace,
 }

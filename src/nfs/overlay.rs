@@ -79,9 +79,9 @@
 use super::fs::{
     Attr, Cred, DirEntry, FileId, FileKind, FsError, FsStat, NodeFs, SetAttr, SetTime, Time,
 };
+use crate::image::tree::{Inode, Tree, ROOT_INO};
+use crate::image::ImageView;
 use crate::layer::EntryKind;
-use crate::tree::{Inode, Tree, ROOT_INO};
-use crate::view::ImageView;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -639,7 +639,7 @@ impl NodeOverlay {
         dir: &Path,
         read_only: bool,
     ) -> io::Result<NodeOverlay> {
-        let names = Arc::new(LowerNames::new(&view.tree));
+        let names = Arc::new(LowerNames::new(view.tree()));
         Self::open_with(view, names, dir, read_only).await
     }
 
@@ -675,7 +675,7 @@ impl NodeOverlay {
         if id & UPPER_ID_BIT != 0 {
             return "(upper)".into();
         }
-        let tree = &self.inner.view.tree;
+        let tree = &self.inner.view.tree();
         match self.inner.names.paths(tree, id).into_iter().next() {
             Some(p) => format!("/{}", p.display()),
             None => format!("(file {id})"),
@@ -706,12 +706,12 @@ impl Inner {
             }
             let tmp = work.join("new-upper");
             fs::create_dir(&tmp)?;
-            apply_lower_meta(&tmp, view.tree.root())?;
+            apply_lower_meta(&tmp, view.tree().root())?;
             fs::rename(&tmp, &upper)?;
         }
         // Index numbers only mean something for the image they were made for.
         let image_file = dir.join("index.image");
-        let image_id = view.image.manifest_digest.as_str().to_string();
+        let image_id = view.manifest_digest().as_str().to_string();
         let recorded = fs::read_to_string(&image_file).unwrap_or_default();
         if recorded.trim() != image_id {
             reset_dir(&index)?;
@@ -733,7 +733,7 @@ impl Inner {
                 .and_then(|s| s.parse::<u64>().ok());
             let m = lstat(&path)?;
             let valid = lower
-                .and_then(|l| view.tree.get(l))
+                .and_then(|l| view.tree().get(l))
                 .is_some_and(|i| !i.is_dir())
                 && !m.is_dir()
                 && state.links.contains_key(&m.ino());
@@ -769,7 +769,7 @@ impl Inner {
     }
 
     fn tree(&self) -> &Tree {
-        &self.view.tree
+        self.view.tree()
     }
 
     fn tmp_path(&self) -> PathBuf {
@@ -2331,7 +2331,7 @@ mod tests {
     async fn lower_entries_match_the_image() {
         let env = Env::new().await;
         let fs = &env.fs;
-        let tree = &env.view.tree;
+        let tree = env.view.tree();
         assert_eq!(
             list(fs, "").await,
             strs(&["bin", "dev", "etc", "home", "opt", "run", "var"])

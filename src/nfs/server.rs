@@ -22,7 +22,7 @@ use super::fs::{
 use super::handles::HandleKey;
 use super::rpc::{self, Outcome, AUTH_SYS};
 use super::xdr::XdrIn;
-use crate::profile::trace::{self, traced, SharedTrace};
+use crate::image::trace::{self, traced, SharedTrace};
 
 pub const NFS_PROGRAM: u32 = 100_003;
 pub const MOUNT_PROGRAM: u32 = 100_005;

@@ -8,9 +8,9 @@
 //! let view = img.view().await;
 //! ```
 
+use crate::image::{ImageView, ViewOptions};
 use crate::progress::Progress;
 use crate::registry::RegistryOptions;
-use crate::view::{ImageView, ViewOptions};
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -234,7 +234,7 @@ pub async fn open_view(reference: &str, cache_dir: &Path) -> Arc<ImageView> {
         read_timeout: Duration::from_secs(30),
     };
     let reference = reference.parse().expect("reference");
-    ImageView::open(&reference, &opts, &Progress::hidden())
+    crate::image::open(&reference, &opts, &Progress::hidden())
         .await
         .expect("open view")
 }

@@ -3,8 +3,6 @@
 //! registry fetches and who waited on them) and rendered by `lazyboot profile`.
 //!
 //! - [`model`]: the stored form of one boot.
-//! - [`trace`]: a task-local record of what one node request did on the
-//!   image read path (cache hits, fetches waited on, chunks touched).
 //! - [`recorder`]: the live timelines of `lazyboot serve`, fed by DHCP, TFTP
 //!   and NFS, written to `state_dir/profiles/NODE/BOOT.json`.
 //! - [`report`], [`html`]: text, JSON, HTML and Chrome-trace renderings.
@@ -13,7 +11,6 @@ pub mod html;
 pub mod model;
 pub mod recorder;
 pub mod report;
-pub mod trace;
 
 pub use model::*;
 

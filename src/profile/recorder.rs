@@ -8,11 +8,11 @@
 //! if the image has none yet.
 
 use super::model::*;
-use super::trace::{FetchNote, ReadTrace};
 use super::ProfileStore;
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
-use crate::prefetch::PrefetchPlan;
+use crate::image::prefetch::PrefetchPlan;
+use crate::image::trace::{FetchNote, ReadTrace};
 use crate::registry::FetchStats;
 use parking_lot::Mutex;
 use std::collections::HashMap;

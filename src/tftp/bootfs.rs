@@ -27,9 +27,9 @@
 //!    found".
 
 use crate::config::MacAddr;
+use crate::image::tree::{Inode, Tree, ROOT_INO};
 use crate::layer::EntryKind;
 use crate::nodes::{Inventory, Node};
-use crate::tree::{Inode, Tree, ROOT_INO};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 

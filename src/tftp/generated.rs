@@ -9,7 +9,7 @@
 use super::bootfs::{BootDir, FoundFile};
 use super::uimage::{self, Arch};
 use crate::config::NodeKind;
-use crate::tree::Tree;
+use crate::image::tree::Tree;
 use std::cmp::Ordering;
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -590,8 +590,8 @@ mod tests {
         )
         .is_none());
     }
+    use crate::image::tree::Tree;
     use crate::layer::{Entry, EntryKind};
-    use crate::tree::Tree;
 
     const NFS: &str = "root=/dev/nfs nfsroot=10.0.0.1:/nodes/pi1,vers=3,tcp,port=2049,mountport=2049,nolock rw ip=dhcp";
 

@@ -57,11 +57,11 @@ pub mod generated;
 pub mod reader;
 pub mod uimage;
 
+use crate::image::tree::Tree;
+use crate::image::ImageView;
+use crate::image::{Opening, Settled};
 use crate::nodes::Node;
-use crate::progressive::{Opening, Settled};
 use crate::serve::ServeContext;
-use crate::tree::Tree;
-use crate::view::ImageView;
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};
 use bootfs::{parse_request, select_node, BootDir, NoNode};
@@ -586,7 +586,7 @@ enum Img {
 impl Img {
     fn tree(&self) -> &Tree {
         match self {
-            Img::Final(v) => &v.tree,
+            Img::Final(v) => v.tree(),
             Img::Passing(_, t) => t,
         }
     }
@@ -614,9 +614,9 @@ impl Img {
             })
         };
         match self {
-            Img::Final(v) => on(&v.tree, false),
+            Img::Final(v) => on(v.tree(), false),
             Img::Passing(opening, _) => match opening.settled_tree("etc").await {
-                Ok(Settled::Final(view)) => on(&view.tree, false),
+                Ok(Settled::Final(view)) => on(view.tree(), false),
                 Ok(Settled::Partial(tree)) => on(&tree, true),
                 Err(_) => flavour::Flavour::Kernel,
             },

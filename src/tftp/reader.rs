@@ -8,11 +8,11 @@
 //! so a transfer rarely waits for the registry. A client that only probes
 //! (tsize, then "Early terminate") costs one window.
 
+use crate::image::trace::{traced, SharedTrace};
+use crate::image::tree::Inode;
+use crate::image::Opening;
+use crate::image::{ImageView, ViewError};
 use crate::profile::recorder::{Recorder, TftpDone};
-use crate::profile::trace::{traced, SharedTrace};
-use crate::progressive::Opening;
-use crate::tree::Inode;
-use crate::view::{ImageView, ViewError};
 use bytes::Bytes;
 use std::future::Future;
 use std::io;
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 /// the cache, so one read is one chunk when aligned).
 pub const READ_AHEAD: u32 = 256 * 1024;
 
-type Fetch = JoinHandle<Result<Bytes, crate::view::ViewError>>;
+type Fetch = JoinHandle<Result<Bytes, crate::image::ViewError>>;
 
 /// Names a transfer in log lines.
 #[derive(Clone, Debug)]

@@ -22,26 +22,33 @@
 //!   read path.
 //!
 //! Trust: staged chunks are not yet checked against the layer digest (that
-//! needs the whole blob). Serving them is what issue 2 asks for ("the image
-//! is usable before the layer has finished downloading"); the exposure ends
+//! needs the whole blob). Serving them is what makes an image usable before
+//! its layers have finished downloading; the exposure ends
 //! with the pass: a mismatch makes every later request fail with EIO, and
 //! nothing of the layer reaches the cache. `lazyboot mount --verified-only`
 //! waits for the final view instead. Caveat: a tar that names one path twice
 //! serves the first copy until the pass reaches the second.
 
+use super::build::{ensure_index, PassProgress};
+use super::error::ViewError;
+use super::read::{assemble, ReadPath};
+use super::tree::{DataRef, Inode, Tree};
+use super::view::ImageView;
 use crate::cache::{read_staged, ChunkCache};
-use crate::indexer::{ensure_index, PassProgress};
-use crate::layer::index::{LayerIndex, CHUNK_SIZE};
+use crate::layer::format::{ChunkMap, StreamMap};
+use crate::layer::index::LayerIndex;
 use crate::layer::EntryKind;
 use crate::progress::Progress;
 use crate::registry::{ResolvedImage, Source};
-use crate::tree::{DataRef, Inode, Tree};
-use crate::view::{assemble, ImageView, ReadPath, ViewError};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// The chunks a streaming pass stages: every format read in one pass is
+/// cut into chunks of its uncompressed stream (its size is not known yet).
+const PASS_MAP: StreamMap = StreamMap { size: u64::MAX };
 
 /// Provisional trees are rebuilt at most this often (and never more often
 /// than every four build times), however fast the passes move.
@@ -105,7 +112,7 @@ impl Opening {
     ) -> Arc<Opening> {
         // Published indexes (`index --push`): pulled only when no layer is
         // indexed here yet, so the passes below find them; never fails.
-        crate::indexer::fetch_published(&source, &image, &cache).await;
+        super::published::fetch_published(&source, &image, &cache).await;
         let tick = Arc::new(watch::channel(0u64).0);
         let slots = image
             .layers
@@ -382,7 +389,7 @@ impl Opening {
                 tokio::time::sleep(MIN_REBUILD / 2).await;
                 // A request waiting on the stream waits on the registry:
                 // its profile says so.
-                crate::profile::trace::note_wait(started.elapsed());
+                crate::image::trace::note_wait(started.elapsed());
                 Ok(())
             }
             Err(_) => Err(ViewError::Timeout(self.read_timeout)),
@@ -433,18 +440,18 @@ impl Opening {
                 });
             }
             // Gone once the index is there (the entries are dropped then).
-            let Some(start) = slot
+            let Some(span) = slot
                 .progress
                 .entries
                 .read()
                 .get(data.entry as usize)
-                .map(|e| e.data)
+                .map(|e| PASS_MAP.file_span(e, offset, end))
             else {
                 self.wait_progress(&mut rx).await?;
                 continue;
             };
-            let (lo, hi) = (start + offset, start + end);
-            let (first, last) = (lo / CHUNK_SIZE, hi.div_ceil(CHUNK_SIZE));
+            let (first, last) = (span.ids.start, span.ids.end);
+            let (lo, hi) = (span.bytes.start, span.bytes.end);
             if let (Some(dir), true) = (&state.dir, state.staged >= last) {
                 let dir = dir.clone();
                 let staged = tokio::task::spawn_blocking(move || {
@@ -483,7 +490,7 @@ impl Opening {
             };
             whole.push(Bytes::from(c));
         }
-        Ok(assemble(&whole, first * CHUNK_SIZE, lo, hi))
+        Ok(assemble(&whole, PASS_MAP.chunk_range(first).start, lo, hi))
     }
 }
 

@@ -6,9 +6,9 @@
 //! index area (checksummed, written atomically, like the layer indexes), so
 //! `lazyboot index --push` can publish it beside the indexes.
 
+use super::view::ImageView;
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
-use crate::view::ImageView;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -161,20 +161,19 @@ pub async fn replay(view: Arc<ImageView>, plan: &PrefetchPlan, parallel: usize) 
     let mut groups: Vec<(usize, u64, Vec<u64>)> = Vec::new();
     let mut group_at: std::collections::HashMap<(usize, u64), usize> = Default::default();
     for step in &plan.steps {
-        let Some(li) = view
-            .layers
-            .iter()
-            .position(|l| l.index.digest.to_string() == step.layer)
+        let Some(li) = Digest::parse(&step.layer)
+            .ok()
+            .and_then(|d| view.layer_of(&d))
         else {
             continue;
         };
-        let count = view.layers[li].index.chunk_count();
-        for id in step.start..step.end.min(count) {
+        let layer = view.layer(li);
+        for id in step.start..step.end.min(layer.chunk_count()) {
             let key = crate::cache::ChunkKey {
-                layer: view.layers[li].index.digest.clone(),
+                layer: layer.digest.clone(),
                 id,
             };
-            if view.cache.contains(&key) {
+            if view.cache().contains(&key) {
                 cached += 1;
                 continue;
             }

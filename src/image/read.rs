@@ -1,0 +1,295 @@
+//! The read path of one layer below the merged tree: a file's byte range
+//! becomes a run of chunk ids (the layer format's [`ChunkMap`]), which come
+//! from the cache or, on a miss, from one range request per run of missing
+//! chunks, decoded and verified by the format's [`Codec`] before they are
+//! stored or returned. Nothing here knows which format a layer has.
+
+use super::error::ViewError;
+use super::trace;
+use crate::cache::{ChunkCache, ChunkKey, Claim};
+use crate::digest::Digest;
+use crate::layer::format::{runs, Span};
+use crate::layer::index::LayerIndex;
+use crate::layer::Entry;
+use crate::registry::Source;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Cached chunks a reader is kept ahead of, in the page cache: with 256 KiB
+/// chunks, 16 MiB of chunk files being read from disk while FUSE copies.
+const READ_AHEAD_CHUNKS: u64 = 64;
+
+/// How often a read looks for chunks again after another reader's fetch,
+/// before concluding the cache cannot hold them.
+const ATTEMPTS: usize = 4;
+
+/// Reads of one image's layers: shared by the final view and the
+/// provisional view of an image still being indexed.
+pub(crate) struct ReadPath<'a> {
+    pub source: &'a Source,
+    pub cache: &'a Arc<ChunkCache>,
+}
+
+impl ReadPath<'_> {
+    /// Bytes [offset, end) of the regular file `entry` of the layer `index`.
+    pub(crate) async fn read_entry(
+        &self,
+        index: &Arc<LayerIndex>,
+        entry: &Entry,
+        offset: u64,
+        end: u64,
+    ) -> Result<Bytes, ViewError> {
+        let map = index.codec();
+        let span = map.file_span(entry, offset, end);
+        self.advise_ahead(index, &span, offset);
+        let ids: Vec<u64> = span.ids.clone().collect();
+        if let Some(data) = self.cached_range(index, &span) {
+            trace::note_chunks(&index.digest, &ids);
+            trace::note_hit(span.bytes.end - span.bytes.start);
+            return Ok(data);
+        }
+        let (chunks, hits) = self.chunks_noting_hits(index, &ids).await?;
+        if trace::is_traced() {
+            let from_cache = ids
+                .iter()
+                .zip(&hits)
+                .filter(|(_, hit)| **hit)
+                .map(|(&id, _)| overlap(map.chunk_range(id), span.bytes.clone()))
+                .sum();
+            trace::note_hit(from_cache);
+        }
+        let base = map.chunk_range(span.ids.start).start;
+        Ok(assemble(&chunks, base, span.bytes.start, span.bytes.end))
+    }
+
+    /// Keep a window of [`READ_AHEAD_CHUNKS`] ahead of a reader: each read
+    /// advises as many new chunks as it consumed.
+    fn advise_ahead(&self, index: &LayerIndex, span: &Span, offset: u64) {
+        let last = span.ids.end;
+        let ahead = (last + READ_AHEAD_CHUNKS).min(span.file_end);
+        let from = if offset == 0 {
+            last
+        } else {
+            let read = span.ids.end - span.ids.start;
+            ahead.saturating_sub(read).max(last)
+        };
+        let advise: Vec<ChunkKey> = (from..ahead)
+            .map(|id| ChunkKey {
+                layer: index.digest.clone(),
+                id,
+            })
+            .collect();
+        self.cache.advise_willneed(&advise);
+    }
+
+    /// The span's bytes if every chunk of it is cached, read from the chunk
+    /// files straight into one buffer: the warm sequential read's path, one
+    /// copy instead of three (file to chunk, chunk without its header,
+    /// chunks to the reply).
+    fn cached_range(&self, index: &LayerIndex, span: &Span) -> Option<Bytes> {
+        let map = index.codec();
+        let base = map.chunk_range(span.ids.start).start;
+        let want = map
+            .chunk_range(span.ids.end.max(1) - 1)
+            .end
+            .saturating_sub(base);
+        let mut buf = Vec::with_capacity(want as usize);
+        for id in span.ids.clone() {
+            let key = ChunkKey {
+                layer: index.digest.clone(),
+                id,
+            };
+            let before = buf.len();
+            if !self.cache.get_into(&key, &mut buf) {
+                return None;
+            }
+            let r = map.chunk_range(id);
+            if (buf.len() - before) as u64 != r.end - r.start {
+                return None;
+            }
+        }
+        let hi = ((span.bytes.end - base) as usize).min(buf.len());
+        let lo = ((span.bytes.start - base) as usize).min(hi);
+        Some(Bytes::from(buf).slice(lo..hi))
+    }
+
+    /// The chunks `ids` (sorted) of layer `index`, fetching what is missing,
+    /// and which of them were in the cache already.
+    pub(crate) async fn chunks_noting_hits(
+        &self,
+        index: &Arc<LayerIndex>,
+        ids: &[u64],
+    ) -> Result<(Vec<Bytes>, Vec<bool>), ViewError> {
+        let layer = &index.digest;
+        trace::note_chunks(layer, ids);
+        let mut hits = vec![false; ids.len()];
+        let mut first_round = true;
+        let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
+        for _attempt in 0..ATTEMPTS {
+            let mut missing = Vec::new();
+            for ((slot, &id), hit) in out.iter_mut().zip(ids).zip(hits.iter_mut()) {
+                if slot.is_none() {
+                    let key = ChunkKey {
+                        layer: layer.clone(),
+                        id,
+                    };
+                    match self.cache.get(&key) {
+                        Some(b) => {
+                            *hit = first_round;
+                            *slot = Some(b)
+                        }
+                        None => missing.push(key),
+                    }
+                }
+            }
+            first_round = false;
+            if missing.is_empty() {
+                let chunks = out.into_iter().map(|b| b.expect("filled")).collect();
+                return Ok((chunks, hits));
+            }
+            let Claim { mine, waits } = self.cache.claim(&missing);
+            let waited = Instant::now();
+            if let Some(guard) = mine {
+                let want: Vec<u64> = guard.keys.iter().map(|k| k.id).collect();
+                let got = self.fill(index, &want).await?;
+                for (slot, id) in out.iter_mut().zip(ids) {
+                    if slot.is_none() {
+                        if let Some(b) = got.get(id) {
+                            *slot = Some(b.clone());
+                        }
+                    }
+                }
+                drop(guard);
+            }
+            Claim::wait_others(waits).await;
+            trace::note_wait(waited.elapsed());
+        }
+        Err(ViewError::BadData {
+            layer: layer.clone(),
+            msg: "chunks kept disappearing from the cache (is --cache-size too small?)".into(),
+        })
+    }
+
+    /// Fetch, verify and cache the chunks `ids` (sorted), one range request
+    /// per run of adjacent ids. Returns at least the requested chunks.
+    async fn fill(
+        &self,
+        index: &Arc<LayerIndex>,
+        ids: &[u64],
+    ) -> Result<HashMap<u64, Bytes>, ViewError> {
+        let mut got = HashMap::new();
+        for run in runs(ids) {
+            let started = Instant::now();
+            let (produced, compressed_bytes) = self.fetch_run(index, run).await?;
+            trace::note_fetch(trace::FetchNote {
+                layer: index.digest.clone(),
+                started,
+                duration: started.elapsed(),
+                compressed_bytes,
+                bytes: produced.iter().map(|(_, d)| d.len() as u64).sum(),
+            });
+            for (id, data) in produced {
+                let key = ChunkKey {
+                    layer: index.digest.clone(),
+                    id,
+                };
+                if let Err(e) = self.cache.put(&key, data.clone()) {
+                    // Serving the verified bytes still works; only caching failed.
+                    tracing::warn!("could not cache chunk: {e}");
+                }
+                got.insert(id, data);
+            }
+        }
+        Ok(got)
+    }
+
+    /// One range request for the chunks `run`, decoded and verified.
+    async fn fetch_run(
+        &self,
+        index: &Arc<LayerIndex>,
+        run: Range<u64>,
+    ) -> Result<(Vec<(u64, Bytes)>, u64), ViewError> {
+        let fetch = index.codec().plan(run);
+        let blob = self
+            .source
+            .fetch_range(&index.digest, fetch.blob.clone())
+            .await?;
+        let wire = blob.len() as u64;
+        let bad = |layer: &Digest, msg: String| ViewError::BadData {
+            layer: layer.clone(),
+            msg,
+        };
+        let produced = if index.codec().cpu_heavy() {
+            let owned = index.clone();
+            tokio::task::spawn_blocking(move || {
+                owned
+                    .codec()
+                    .decode(&fetch, &blob)
+                    .map_err(|msg| bad(&owned.digest, msg))
+            })
+            .await
+            .map_err(|e| bad(&index.digest, format!("decoder task failed: {e}")))??
+        } else {
+            index
+                .codec()
+                .decode(&fetch, &blob)
+                .map_err(|msg| bad(&index.digest, msg))?
+        };
+        Ok((produced, wire))
+    }
+}
+
+/// Bytes two ranges share.
+fn overlap(a: Range<u64>, b: Range<u64>) -> u64 {
+    a.end.min(b.end).saturating_sub(a.start.max(b.start))
+}
+
+/// Concatenate consecutive chunks starting at address `base` and cut
+/// [start, stop) out of them.
+pub(crate) fn assemble(chunks: &[Bytes], base: u64, start: u64, stop: u64) -> Bytes {
+    if chunks.len() == 1 {
+        let c = &chunks[0];
+        let lo = ((start - base) as usize).min(c.len());
+        let hi = ((stop - base) as usize).min(c.len());
+        return c.slice(lo..hi);
+    }
+    let mut out = BytesMut::with_capacity((stop - start) as usize);
+    let mut at = base;
+    for c in chunks {
+        let (c_lo, c_hi) = (at, at + c.len() as u64);
+        let lo = start.max(c_lo);
+        let hi = stop.min(c_hi);
+        if lo < hi {
+            out.extend_from_slice(&c[(lo - c_lo) as usize..(hi - c_lo) as usize]);
+        }
+        at = c_hi;
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_of_ranges() {
+        assert_eq!(overlap(0..10, 5..20), 5);
+        assert_eq!(overlap(5..20, 0..10), 5);
+        assert_eq!(overlap(0..10, 10..20), 0);
+        assert_eq!(overlap(0..100, 20..30), 10);
+    }
+
+    #[test]
+    fn assemble_cuts_across_chunks() {
+        let chunks = [
+            Bytes::from_static(b"abcd"),
+            Bytes::from_static(b"efgh"),
+            Bytes::from_static(b"ij"),
+        ];
+        assert_eq!(assemble(&chunks, 100, 102, 109), &b"cdefghi"[..]);
+        assert_eq!(assemble(&chunks[..1], 100, 101, 103), &b"bc"[..]);
+    }
+}
