@@ -11,7 +11,7 @@ use common::mount::lazyboot;
 use common::{paths, shared_fixture, Registry};
 use lazyboot::cache::ChunkCache;
 use lazyboot::digest::Digest;
-use lazyboot::image::prefetch::PrefetchPlan;
+use lazyboot::image::PrefetchPlan;
 use lazyboot::image::published_cache_name;
 use lazyboot::image::{ImageView, ViewOptions};
 use lazyboot::layer::index::{LayerIndex, INDEX_VERSION};

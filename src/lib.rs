@@ -4,20 +4,26 @@
 //! wrap the [`image::ImageView`], which reads through the [`cache`], which
 //! fetches from a [`registry::Source`]. See ARCHITECTURE.md.
 
-pub mod api;
+#![warn(missing_docs)]
+
+pub(crate) mod api;
+pub mod cli;
 pub mod cache;
 pub mod config;
 pub mod dhcp;
 pub mod digest;
-pub mod fuse;
+pub(crate) mod fuse;
 pub mod image;
 pub mod layer;
 pub mod nfs;
-pub mod nodes;
-pub mod platform;
+pub(crate) mod nodes;
+pub(crate) mod platform;
 pub mod profile;
 pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod serve;
 pub mod tftp;
+
+#[cfg(test)]
+mod layout_tests;

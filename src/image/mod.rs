@@ -16,22 +16,20 @@
 
 mod build;
 mod error;
-pub mod opening;
-pub mod prefetch;
+pub(crate) mod opening;
+pub(crate) mod prefetch;
 mod published;
 mod read;
-pub mod trace;
-pub mod tree;
-pub mod view;
+pub(crate) mod trace;
+pub(crate) mod tree;
+pub(crate) mod view;
 
-pub use build::{probe_format, PassProgress, PassState};
+pub use build::probe_format;
 pub use error::{IndexError, ViewError};
 pub use opening::{Found, Opening, Settled};
 pub use prefetch::PrefetchPlan;
-pub use published::{
-    fetch_published, publish, published_cache_name, pull_published, PublishError, PublishReport,
-    PublishedError, PulledIndexes,
-};
+pub use published::{publish, published_cache_name, PublishError, PublishReport};
+pub use tree::{DataRef, Inode, Tree};
 pub use view::{ImageView, ViewStats};
 
 use crate::cache::ChunkCache;
