@@ -262,7 +262,7 @@ fn full_mode_boots_each_node_kind() -> Result<()> {
     let lab = new_lab()?;
     let dir = tempfile::tempdir()?;
     let server = Server::start(&config_text(&lab, dir.path(), "full"), dir.path())?;
-    let inventory = &server.ctx.inventory;
+    let ctx = &server.ctx;
     let mut addresses = Vec::new();
 
     // Raspberry Pi 4: option 60 in the DISCOVER only.
@@ -284,8 +284,8 @@ fn full_mode_boots_each_node_kind() -> Result<()> {
     }
     let pi_ip = ip_of(&ack, "yiaddr");
     assert!(in_pool(&lab, pi_ip), "{pi_ip}");
-    assert_eq!(inventory.ip_of("pi1"), Some(pi_ip));
-    assert_eq!(inventory.boot_generation("pi1"), 1);
+    assert_eq!(ctx.node_ip("pi1"), Some(pi_ip));
+    assert_eq!(ctx.boot_generation("pi1"), 1);
     addresses.push(pi_ip);
 
     // Milk-V Mars CM (U-Boot): next-server and the boot script.
@@ -299,7 +299,7 @@ fn full_mode_boots_each_node_kind() -> Result<()> {
         assert_eq!(opt(r, 60), None);
     }
     addresses.push(ip_of(&ack, "yiaddr"));
-    assert_eq!(inventory.ip_of("mars1"), Some(ip_of(&ack, "yiaddr")));
+    assert_eq!(ctx.node_ip("mars1"), Some(ip_of(&ack, "yiaddr")));
 
     // PCs: the PXE ROM is chainloaded into iPXE for its architecture, then
     // iPXE (user class "iPXE") gets its script, at the same address.
@@ -325,7 +325,7 @@ fn full_mode_boots_each_node_kind() -> Result<()> {
             assert_eq!(opt(r, 175).as_deref(), Some("b00101"));
         }
         assert_eq!(ip_of(&ack, "yiaddr"), rom_ip, "iPXE keeps the ROM's lease");
-        assert_eq!(inventory.boot_generation(name), 2);
+        assert_eq!(ctx.boot_generation(name), 2);
         addresses.push(rom_ip);
     }
 
@@ -393,7 +393,7 @@ fn proxy_mode_answers_on_67_and_4011() -> Result<()> {
     assert_eq!(r[0]["yiaddr"], "0.0.0.0");
     assert_eq!(r[0]["file"], "undionly.kpxe");
     assert_eq!(r[0]["from"], format!("{server_ip}:4011"));
-    assert_eq!(server.ctx.inventory.ip_of("bios-pc"), Some(lab.client_ip));
+    assert_eq!(server.ctx.node_ip("bios-pc"), Some(lab.client_ip));
 
     // U-Boot does not understand ProxyDHCP: it is left alone.
     lab.set_client_mac(UBOOT_MAC)?;
@@ -452,7 +452,7 @@ fn leases_survive_a_restart() -> Result<()> {
     assert_eq!(r[0]["msg_type"], 5, "{:#}", r[0]);
     assert_eq!(r[0]["yiaddr"], ip_s);
     assert_eq!(r[0]["ciaddr"], ip_s);
-    assert_eq!(server.ctx.inventory.ip_of("mars1"), Some(ip));
+    assert_eq!(server.ctx.node_ip("mars1"), Some(ip));
     // And a new DISCOVER is offered the same address.
     let r = replies(&client(&lab, "discover", UBOOT_OPTS)?);
     assert_eq!(r.len(), 1, "{r:#?}");

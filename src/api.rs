@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("HTTP API: cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -33,7 +33,7 @@ pub enum ApiError {
 }
 
 /// Serve the API until an I/O error on the listening socket.
-pub async fn run(ctx: Arc<ServeContext>) -> Result<(), ApiError> {
+pub(crate) async fn run(ctx: Arc<ServeContext>) -> Result<(), ApiError> {
     let addr = SocketAddr::from((ctx.server_ip, ctx.config.server.http_port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -45,7 +45,7 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), ApiError> {
         .map_err(ApiError::Serve)
 }
 
-pub fn router(ctx: Arc<ServeContext>) -> Router {
+pub(crate) fn router(ctx: Arc<ServeContext>) -> Router {
     Router::new()
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{name}", get(node))

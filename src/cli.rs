@@ -480,13 +480,17 @@ async fn index(common: &Common, image: &ImageRef, push: bool) -> Result<()> {
         .with_context(|| format!("indexing {image}"))?;
     let stats = view.stats();
     println!(
-        "indexed {} ({}): {} layers, {} entries, {} inodes in {:.1}s",
+        "indexed {} ({}): {} layers, {} entries, {} inodes in {:.1}s{}",
         image,
         view.manifest_digest(),
         stats.layers,
         stats.entries,
         stats.inodes,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        match stats.merge_warnings {
+            0 => String::new(),
+            n => format!(" ({n} merge warnings, see the log)"),
+        }
     );
     if push {
         let r = crate::image::publish(&view, &progress)

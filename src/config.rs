@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+
 use toml::Spanned;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +31,10 @@ pub enum ConfigError {
 
 /// A MAC address, written `aa:bb:cc:dd:ee:ff` (or with `-`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
+pub(crate) struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
-    pub fn parse(s: &str) -> Option<MacAddr> {
+    pub(crate) fn parse(s: &str) -> Option<MacAddr> {
         let parts: Vec<&str> = s.split([':', '-']).collect();
         if parts.len() != 6 {
             return None;
@@ -50,7 +50,7 @@ impl MacAddr {
     }
 
     /// `01-aa-bb-cc-dd-ee-ff`, the name pxelinux looks for.
-    pub fn pxelinux_name(&self) -> String {
+    pub(crate) fn pxelinux_name(&self) -> String {
         let hex: Vec<String> = self.0.iter().map(|b| format!("{b:02x}")).collect();
         format!("01-{}", hex.join("-"))
     }
@@ -84,14 +84,14 @@ impl<'de> Deserialize<'de> for MacAddr {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum NodeKind {
+pub(crate) enum NodeKind {
     Raspberrypi,
     Uboot,
     Ipxe,
 }
 
 impl NodeKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NodeKind::Raspberrypi => "raspberrypi",
             NodeKind::Uboot => "uboot",
@@ -100,7 +100,7 @@ impl NodeKind {
     }
 
     /// Where boot files live inside the image unless the node says otherwise.
-    pub fn default_boot_dir(self) -> &'static str {
+    pub(crate) fn default_boot_dir(self) -> &'static str {
         match self {
             NodeKind::Raspberrypi => "/boot/firmware",
             NodeKind::Uboot | NodeKind::Ipxe => "/boot",
@@ -108,7 +108,7 @@ impl NodeKind {
     }
 
     /// The platform to pick from a multi-platform image for this kind.
-    pub fn default_platform(self) -> &'static str {
+    pub(crate) fn default_platform(self) -> &'static str {
         match self {
             NodeKind::Raspberrypi => "linux/arm64",
             NodeKind::Uboot => "linux/riscv64",
@@ -119,7 +119,7 @@ impl NodeKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RootMode {
+pub(crate) enum RootMode {
     /// Writes go to a copy-on-write upper kept across boots.
     Persistent,
     /// Writes go to an upper discarded at every boot.
@@ -130,7 +130,7 @@ pub enum RootMode {
 
 /// `[server] portmapper`: `true`, `false` or `"register"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PortmapperMode {
+pub(crate) enum PortmapperMode {
     /// Answer the portmapper protocol on port 111 ourselves.
     #[default]
     Own,
@@ -160,7 +160,7 @@ impl<'de> Deserialize<'de> for PortmapperMode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum DhcpMode {
+pub(crate) enum DhcpMode {
     Full,
     Proxy,
     Off,
@@ -168,7 +168,7 @@ pub enum DhcpMode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum UnknownNodes {
+pub(crate) enum UnknownNodes {
     /// Requests from MACs not in `[[nodes]]` get no answer.
     Ignore,
     /// Unknown MACs boot with `[defaults]`.
@@ -199,98 +199,98 @@ fn default_lease_secs() -> u64 {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// Interface to serve DHCP on (SO_BINDTODEVICE).
-    pub interface: String,
+    pub(crate) interface: String,
     /// Our address on that interface: TFTP server, NFS server, next-server.
-    pub address: Ipv4Addr,
+    pub(crate) address: Ipv4Addr,
     #[serde(default = "default_state_dir")]
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     #[serde(default = "default_cache_dir")]
-    pub cache_dir: PathBuf,
+    pub(crate) cache_dir: PathBuf,
     #[serde(default = "default_cache_size")]
-    pub cache_size: String,
+    pub(crate) cache_size: String,
     #[serde(default = "default_nfs_port")]
-    pub nfs_port: u16,
+    pub(crate) nfs_port: u16,
     #[serde(default = "default_tftp_port")]
-    pub tftp_port: u16,
+    pub(crate) tftp_port: u16,
     #[serde(default = "default_http_port")]
-    pub http_port: u16,
+    pub(crate) http_port: u16,
     #[serde(default)]
-    pub insecure_registries: Vec<String>,
+    pub(crate) insecure_registries: Vec<String>,
     /// Fetch every image completely in the background once it is open, so
     /// that nodes stop depending on the registry (it yields to node reads).
     #[serde(default = "default_true")]
-    pub background_fill: bool,
+    pub(crate) background_fill: bool,
     /// How clients find our MOUNT and NFS programs (initramfs-tools'
     /// `nfsmount` asks a portmapper): answer on port 111 ourselves
     /// (`true`), not at all (`false`), or register them with the rpcbind
     /// already running on this host (`"register"`).
     #[serde(default)]
-    pub portmapper: PortmapperMode,
+    pub(crate) portmapper: PortmapperMode,
     /// After the first complete streaming pass of a layer, push its index
     /// as the referrer artifact `lazyboot index --push` writes (needs push
     /// rights), so other servers start lazily too.
     #[serde(default)]
-    pub publish_indexes: bool,
+    pub(crate) publish_indexes: bool,
     /// Serve boot files only once every layer is checked against its
     /// digest. By default, while a first streaming pass runs, files it has
     /// passed (kernel, initrd) are served before the layer digest can be
     /// checked, so nodes boot while the image downloads.
     #[serde(default)]
-    pub verified_only: bool,
+    pub(crate) verified_only: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DhcpConfig {
-    pub mode: DhcpMode,
-    pub pool_start: Option<Spanned<Ipv4Addr>>,
-    pub pool_end: Option<Spanned<Ipv4Addr>>,
+pub(crate) struct DhcpConfig {
+    pub(crate) mode: DhcpMode,
+    pub(crate) pool_start: Option<Spanned<Ipv4Addr>>,
+    pub(crate) pool_end: Option<Spanned<Ipv4Addr>>,
     /// Prefix length of the served subnet (e.g. 24).
     #[serde(default)]
-    pub prefix_len: Option<u8>,
+    pub(crate) prefix_len: Option<u8>,
     #[serde(default = "default_lease_secs")]
-    pub lease_secs: u64,
+    pub(crate) lease_secs: u64,
     #[serde(default)]
-    pub router: Option<Ipv4Addr>,
+    pub(crate) router: Option<Ipv4Addr>,
     #[serde(default)]
-    pub dns: Vec<Ipv4Addr>,
+    pub(crate) dns: Vec<Ipv4Addr>,
     #[serde(default)]
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeConfig {
-    pub name: Spanned<String>,
-    pub mac: Spanned<MacAddr>,
+pub(crate) struct NodeConfig {
+    pub(crate) name: Spanned<String>,
+    pub(crate) mac: Spanned<MacAddr>,
     /// Raspberry Pi serial number (the low 8 hex digits are what it asks for).
     #[serde(default)]
-    pub serial: Option<Spanned<String>>,
-    pub kind: NodeKind,
-    pub image: String,
+    pub(crate) serial: Option<Spanned<String>>,
+    pub(crate) kind: NodeKind,
+    pub(crate) image: String,
     /// A fixed address: the lease it always gets in full mode, and how TFTP
     /// and NFS recognise it when another DHCP server hands out addresses.
     #[serde(default)]
-    pub ip: Option<Ipv4Addr>,
+    pub(crate) ip: Option<Ipv4Addr>,
     #[serde(default = "default_root")]
-    pub root: RootMode,
+    pub(crate) root: RootMode,
     #[serde(default)]
-    pub boot_dir: Option<String>,
+    pub(crate) boot_dir: Option<String>,
     #[serde(default)]
-    pub kernel_args: String,
+    pub(crate) kernel_args: String,
     /// The kernel to boot, a path inside the image (absolute, or relative
     /// to the boot dir); found by discovery when not given.
     #[serde(default)]
-    pub kernel: Option<String>,
+    pub(crate) kernel: Option<String>,
     /// The initrd to boot with it, likewise.
     #[serde(default)]
-    pub initrd: Option<String>,
+    pub(crate) initrd: Option<String>,
     /// Root arguments replacing the generated ones (placeholders `{server}`,
     /// `{export}`, `{port}`).
     #[serde(default)]
-    pub root_args: Option<String>,
+    pub(crate) root_args: Option<String>,
 }
 
 fn default_root() -> RootMode {
@@ -299,17 +299,17 @@ fn default_root() -> RootMode {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DefaultsConfig {
-    pub unknown_nodes: UnknownNodes,
+pub(crate) struct DefaultsConfig {
+    pub(crate) unknown_nodes: UnknownNodes,
     #[serde(default)]
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
     /// Kind to assume when the request does not tell.
     #[serde(default)]
-    pub kind: Option<NodeKind>,
+    pub(crate) kind: Option<NodeKind>,
     #[serde(default = "default_ephemeral")]
-    pub root: RootMode,
+    pub(crate) root: RootMode,
     #[serde(default)]
-    pub kernel_args: String,
+    pub(crate) kernel_args: String,
 }
 
 fn default_ephemeral() -> RootMode {
@@ -331,20 +331,20 @@ fn default_prefetch_parallel() -> usize {
 /// Boot profiles and learned prefetch (`[profile]`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProfileConfig {
+pub(crate) struct ProfileConfig {
     /// A path in the image whose NFS read by a node means it has booted.
     #[serde(default)]
-    pub booted_marker: Option<String>,
+    pub(crate) booted_marker: Option<String>,
     /// Seconds of NFS silence after the mount that mean a node has booted
     /// (0: never decide by silence).
     #[serde(default = "default_quiet_secs")]
-    pub quiet_secs: u64,
+    pub(crate) quiet_secs: u64,
     /// Replay an image's learned prefetch plan when a node starts booting it.
     #[serde(default = "default_true")]
-    pub prefetch: bool,
+    pub(crate) prefetch: bool,
     /// Range requests a prefetch keeps in flight.
     #[serde(default = "default_prefetch_parallel")]
-    pub prefetch_parallel: usize,
+    pub(crate) prefetch_parallel: usize,
 }
 
 impl Default for ProfileConfig {
@@ -361,25 +361,25 @@ impl Default for ProfileConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub server: ServerConfig,
-    pub dhcp: DhcpConfig,
+    pub(crate) server: ServerConfig,
+    pub(crate) dhcp: DhcpConfig,
     #[serde(default)]
-    pub profile: ProfileConfig,
+    pub(crate) profile: ProfileConfig,
     #[serde(default)]
-    pub defaults: Option<DefaultsConfig>,
+    pub(crate) defaults: Option<DefaultsConfig>,
     #[serde(default)]
-    pub nodes: Vec<NodeConfig>,
+    pub(crate) nodes: Vec<NodeConfig>,
 }
 
 impl NodeConfig {
-    pub fn boot_dir(&self) -> &str {
+    pub(crate) fn boot_dir(&self) -> &str {
         self.boot_dir
             .as_deref()
             .unwrap_or_else(|| self.kind.default_boot_dir())
     }
 
     /// The 8 hex digits a Pi puts in front of its TFTP paths.
-    pub fn serial_prefix(&self) -> Option<String> {
+    pub(crate) fn serial_prefix(&self) -> Option<String> {
         self.serial.as_ref().map(|s| {
             let s = s.get_ref().to_ascii_lowercase();
             s[s.len().saturating_sub(8)..].to_string()
@@ -388,8 +388,10 @@ impl NodeConfig {
 }
 
 impl DhcpConfig {
-    pub fn lease_time(&self) -> Duration {
-        Duration::from_secs(self.lease_secs)
+    /// How long a lease lasts.
+    #[cfg(test)]
+    pub(crate) fn lease_time(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_secs)
     }
 }
 
@@ -398,7 +400,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -590,7 +592,7 @@ boot_dir = "/boot/efi"
         assert_eq!(c.nodes[0].root, RootMode::Persistent);
         assert_eq!(c.nodes[1].boot_dir(), "/boot/efi");
         assert_eq!(c.server.nfs_port, 2049);
-        assert_eq!(c.dhcp.lease_time(), Duration::from_secs(3600));
+        assert_eq!(c.dhcp.lease_time(), std::time::Duration::from_secs(3600));
         assert_eq!(
             c.nodes[0].mac.get_ref().pxelinux_name(),
             "01-dc-a6-32-01-02-03"

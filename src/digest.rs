@@ -26,7 +26,7 @@ impl Digest {
         Digest(format!("sha256:{}", hex::encode(Sha256::digest(data))))
     }
 
-    pub fn from_sha256(raw: [u8; 32]) -> Self {
+    pub(crate) fn from_sha256(raw: [u8; 32]) -> Self {
         Digest(format!("sha256:{}", hex::encode(raw)))
     }
 

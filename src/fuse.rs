@@ -25,7 +25,7 @@ use std::time::{Duration, UNIX_EPOCH};
 /// Nothing in an image ever changes, so kernel caches never need to expire.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-pub struct LazyFs {
+pub(crate) struct LazyFs {
     opening: Arc<Opening>,
     rt: tokio::runtime::Handle,
     prov: Arc<Mutex<ProvisionalIds>>,
@@ -91,7 +91,7 @@ fn eio(what: &str, e: &ViewError) -> Errno {
 impl LazyFs {
     /// The mount of an image being opened: served from the provisional tree
     /// until the final view is there, from the final view afterwards.
-    pub fn new(opening: Arc<Opening>, rt: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(opening: Arc<Opening>, rt: tokio::runtime::Handle) -> Self {
         LazyFs {
             opening,
             rt,
@@ -177,7 +177,7 @@ fn file_type(kind: EntryKind) -> FileType {
     }
 }
 
-pub fn attr(n: &Inode) -> FileAttr {
+pub(crate) fn attr(n: &Inode) -> FileAttr {
     let mtime = if n.mtime >= 0 {
         UNIX_EPOCH + Duration::from_secs(n.mtime as u64)
     } else {
@@ -492,7 +492,7 @@ impl Filesystem for LazyFs {
 
 /// Mount options for an image: read-only, kernel-side permission checks,
 /// device nodes and setuid bits shown as they are in the image.
-pub fn mount_config(fsname: &str) -> Config {
+pub(crate) fn mount_config(fsname: &str) -> Config {
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::RO,
@@ -511,14 +511,14 @@ pub fn mount_config(fsname: &str) -> Config {
 /// each read request at 128 KiB, so a sequential reader pays a round trip per
 /// 128 KiB; images are immutable, so reading further ahead never wastes work
 /// on stale data.
-pub const READAHEAD_KB: u32 = 4096;
+pub(crate) const READAHEAD_KB: u32 = 4096;
 
 /// Raise the readahead of the FUSE mount at `mountpoint`. The INIT reply can
 /// only lower it, so this goes through the mount's bdi in sysfs. The bdi is
 /// found in /proc/self/mountinfo, not by stat: a stat of the mount would
 /// wait for the root's metadata, which a provisional tree may not know yet.
 /// Best effort: returns the error for a log line.
-pub fn raise_readahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
+pub(crate) fn raise_readahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
     let want = std::fs::canonicalize(mountpoint)?;
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     // Fields: id parent major:minor root mountpoint ...; the last mount
@@ -541,7 +541,7 @@ pub fn raise_readahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
 /// Detach mounts left behind by killed runs at `path`: a FUSE mount whose
 /// server died answers every access with ENOTCONN. Several may be stacked, so
 /// detach until the path answers again. A live mount is left alone.
-pub fn cleanup_stale_mount(path: &Path) -> bool {
+pub(crate) fn cleanup_stale_mount(path: &Path) -> bool {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in path");
     let mut cleaned = false;
     for _ in 0..16 {

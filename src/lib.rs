@@ -17,7 +17,7 @@ pub mod image;
 pub mod layer;
 pub mod nfs;
 pub(crate) mod nodes;
-pub(crate) mod platform;
+pub mod platform;
 pub mod profile;
 pub mod progress;
 pub mod reference;

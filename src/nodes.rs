@@ -12,27 +12,27 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Node {
-    pub name: String,
+pub(crate) struct Node {
+    pub(crate) name: String,
     #[serde(serialize_with = "ser_mac")]
-    pub mac: MacAddr,
+    pub(crate) mac: MacAddr,
     /// The 8 hex digits a Raspberry Pi prefixes its TFTP paths with.
-    pub serial: Option<String>,
-    pub kind: NodeKind,
-    pub image: String,
+    pub(crate) serial: Option<String>,
+    pub(crate) kind: NodeKind,
+    pub(crate) image: String,
     /// Fixed address from the configuration, if any.
-    pub ip: Option<Ipv4Addr>,
-    pub root: RootMode,
+    pub(crate) ip: Option<Ipv4Addr>,
+    pub(crate) root: RootMode,
     /// Absolute path inside the image where the boot files live.
-    pub boot_dir: String,
-    pub kernel_args: String,
+    pub(crate) boot_dir: String,
+    pub(crate) kernel_args: String,
     /// Kernel and initrd chosen in the config (paths inside the image).
-    pub kernel: Option<String>,
-    pub initrd: Option<String>,
+    pub(crate) kernel: Option<String>,
+    pub(crate) initrd: Option<String>,
     /// Root arguments replacing the generated ones.
-    pub root_args: Option<String>,
+    pub(crate) root_args: Option<String>,
     /// False for nodes made on the fly from `[defaults]`.
-    pub configured: bool,
+    pub(crate) configured: bool,
 }
 
 fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -41,10 +41,10 @@ fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
 
 /// What a DHCP request tells about the machine that sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KindHint(pub Option<NodeKind>);
+pub(crate) struct KindHint(pub Option<NodeKind>);
 
 /// MAC prefixes (OUIs) of Raspberry Pi Ltd and the Raspberry Pi Foundation.
-pub const RASPBERRY_PI_OUIS: [[u8; 3]; 7] = [
+pub(crate) const RASPBERRY_PI_OUIS: [[u8; 3]; 7] = [
     [0xb8, 0x27, 0xeb],
     [0xdc, 0xa6, 0x32],
     [0xe4, 0x5f, 0x01],
@@ -54,7 +54,7 @@ pub const RASPBERRY_PI_OUIS: [[u8; 3]; 7] = [
     [0x88, 0xa2, 0x9e],
 ];
 
-pub fn is_raspberry_pi_mac(mac: MacAddr) -> bool {
+pub(crate) fn is_raspberry_pi_mac(mac: MacAddr) -> bool {
     RASPBERRY_PI_OUIS.iter().any(|o| mac.0[..3] == o[..])
 }
 
@@ -66,14 +66,14 @@ struct Learned {
     failed: HashMap<String, String>,
 }
 
-pub struct Inventory {
+pub(crate) struct Inventory {
     nodes: RwLock<Vec<Arc<Node>>>,
     defaults: Option<DefaultsConfig>,
     learned: RwLock<Learned>,
 }
 
 impl Inventory {
-    pub fn from_config(cfg: &Config) -> Inventory {
+    pub(crate) fn from_config(cfg: &Config) -> Inventory {
         let nodes: Vec<Arc<Node>> = cfg
             .nodes
             .iter()
@@ -109,15 +109,15 @@ impl Inventory {
         }
     }
 
-    pub fn all(&self) -> Vec<Arc<Node>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Node>> {
         self.nodes.read().clone()
     }
 
-    pub fn by_name(&self, name: &str) -> Option<Arc<Node>> {
+    pub(crate) fn by_name(&self, name: &str) -> Option<Arc<Node>> {
         self.nodes.read().iter().find(|n| n.name == name).cloned()
     }
 
-    pub fn by_serial(&self, serial: &str) -> Option<Arc<Node>> {
+    pub(crate) fn by_serial(&self, serial: &str) -> Option<Arc<Node>> {
         let s = serial.to_ascii_lowercase();
         self.nodes
             .read()
@@ -128,7 +128,7 @@ impl Inventory {
 
     /// The node for `mac`: a configured one, or one made from `[defaults]`
     /// (if they allow it) using `hint` for its kind. `None`: ignore this MAC.
-    pub fn by_mac(&self, mac: MacAddr, hint: KindHint) -> Option<Arc<Node>> {
+    pub(crate) fn by_mac(&self, mac: MacAddr, hint: KindHint) -> Option<Arc<Node>> {
         if let Some(n) = self.nodes.read().iter().find(|n| n.mac == mac) {
             return Some(n.clone());
         }
@@ -164,7 +164,7 @@ impl Inventory {
     }
 
     /// Record the address a node uses (DHCP ACK, or a proxy-mode request).
-    pub fn learn_ip(&self, mac: MacAddr, ip: Ipv4Addr) {
+    pub(crate) fn learn_ip(&self, mac: MacAddr, ip: Ipv4Addr) {
         if ip.is_unspecified() {
             return;
         }
@@ -174,7 +174,7 @@ impl Inventory {
         l.ip_by_mac.insert(mac, ip);
     }
 
-    pub fn ip_of(&self, name: &str) -> Option<Ipv4Addr> {
+    pub(crate) fn ip_of(&self, name: &str) -> Option<Ipv4Addr> {
         let node = self.by_name(name)?;
         self.learned.read().ip_by_mac.get(&node.mac).copied()
     }
@@ -182,7 +182,7 @@ impl Inventory {
     /// Which node a client address belongs to: what DHCP taught us, then the
     /// kernel's neighbour table (a proxy-mode site's own DHCP server gave the
     /// address, so we may never have seen it).
-    pub fn by_ip(&self, ip: Ipv4Addr) -> Option<Arc<Node>> {
+    pub(crate) fn by_ip(&self, ip: Ipv4Addr) -> Option<Arc<Node>> {
         let mac = self
             .learned
             .read()
@@ -195,7 +195,7 @@ impl Inventory {
     }
 
     /// A new boot of `name` began (a DHCP DISCOVER). Returns its number.
-    pub fn boot_started(&self, name: &str) -> u64 {
+    pub(crate) fn boot_started(&self, name: &str) -> u64 {
         let mut l = self.learned.write();
         let n = l.boots.entry(name.to_string()).or_insert(0);
         *n += 1;
@@ -203,31 +203,31 @@ impl Inventory {
     }
 
     /// `name` cannot be served: its image failed to open.
-    pub fn set_failed(&self, name: &str, why: String) {
+    pub(crate) fn set_failed(&self, name: &str, why: String) {
         self.learned.write().failed.insert(name.to_string(), why);
     }
 
     /// `name` can be served again (its image opened). Called on every NFS
     /// call: the write lock is taken only when there is something to clear.
-    pub fn clear_failed(&self, name: &str) {
+    pub(crate) fn clear_failed(&self, name: &str) {
         if self.learned.read().failed.contains_key(name) {
             self.learned.write().failed.remove(name);
         }
     }
 
     /// Why `name` cannot be served, if it cannot.
-    pub fn failure(&self, name: &str) -> Option<String> {
+    pub(crate) fn failure(&self, name: &str) -> Option<String> {
         self.learned.read().failed.get(name).cloned()
     }
 
     /// How many boots of `name` have begun (0: none seen yet).
-    pub fn boot_generation(&self, name: &str) -> u64 {
+    pub(crate) fn boot_generation(&self, name: &str) -> u64 {
         self.learned.read().boots.get(name).copied().unwrap_or(0)
     }
 }
 
 /// Look `ip` up in /proc/net/arp.
-pub fn arp_lookup(ip: Ipv4Addr) -> Option<MacAddr> {
+pub(crate) fn arp_lookup(ip: Ipv4Addr) -> Option<MacAddr> {
     let table = std::fs::read_to_string("/proc/net/arp").ok()?;
     parse_arp(&table, ip)
 }

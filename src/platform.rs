@@ -10,9 +10,9 @@ use std::str::FromStr;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
+    pub(crate) os: String,
+    pub(crate) architecture: String,
+    pub(crate) variant: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -20,11 +20,12 @@ pub struct Platform {
     "platform {input:?}: {reason} (expected os/arch[/variant], e.g. linux/amd64 or linux/arm/v7)"
 )]
 pub struct PlatformError {
-    pub input: String,
-    pub reason: String,
+    pub(crate) input: String,
+    pub(crate) reason: String,
 }
 
 impl Platform {
+    /// A platform from its parts.
     pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
         Platform {
             os: os.to_string(),
@@ -34,7 +35,7 @@ impl Platform {
     }
 
     /// The platform this binary was built for, in OCI spelling.
-    pub fn host() -> Self {
+    pub(crate) fn host() -> Self {
         let architecture = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
@@ -58,7 +59,7 @@ impl Platform {
     /// arm64 treats "no variant" as v8, amd64 accepts any variant unless one
     /// is asked for (then v1 up to the asked level), arm defaults to v7 and
     /// accepts older levels.
-    pub fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
+    pub(crate) fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
         if normalize_os(&self.os) != normalize_os(os) {
             return false;
         }
@@ -93,7 +94,7 @@ impl Platform {
     /// How good a match is, for choosing between several matching entries:
     /// an exact variant beats a compatible older one, and among compatible
     /// ones the newest level wins. `None` if it does not match at all.
-    pub fn match_rank(&self, os: &str, arch: &str, variant: Option<&str>) -> Option<u32> {
+    pub(crate) fn match_rank(&self, os: &str, arch: &str, variant: Option<&str>) -> Option<u32> {
         if !self.matches(os, arch, variant) {
             return None;
         }

@@ -11,7 +11,7 @@ pub struct Progress {
 
 impl Progress {
     /// Bars on stderr (if it is a terminal).
-    pub fn stderr() -> Self {
+    pub(crate) fn stderr() -> Self {
         Progress {
             multi: Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
         }
@@ -23,7 +23,7 @@ impl Progress {
     }
 
     /// A byte-count bar for one piece of work.
-    pub fn bytes(&self, label: String, total: u64) -> ProgressBar {
+    pub(crate) fn bytes(&self, label: String, total: u64) -> ProgressBar {
         self.bar(
             label,
             total,
@@ -32,7 +32,7 @@ impl Progress {
     }
 
     /// A counting bar for work measured in `unit`s.
-    pub fn items(&self, label: String, total: u64, unit: &'static str) -> ProgressBar {
+    pub(crate) fn items(&self, label: String, total: u64, unit: &'static str) -> ProgressBar {
         self.bar(
             label,
             total,

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-pub const DOCKER_HUB: &str = "docker.io";
+pub(crate) const DOCKER_HUB: &str = "docker.io";
 
 /// Aliases of Docker Hub that users and old configs use interchangeably.
 const DOCKER_HUB_ALIASES: &[&str] = &["index.docker.io", "registry-1.docker.io"];
@@ -34,8 +34,8 @@ pub enum ImageRef {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("ImageRef {input:?}: {reason}")]
 pub struct ReferenceError {
-    pub input: String,
-    pub reason: String,
+    pub(crate) input: String,
+    pub(crate) reason: String,
 }
 
 impl ImageRef {
@@ -47,12 +47,14 @@ impl ImageRef {
         }
     }
 
+    /// The tag, if the reference names one.
     pub fn tag(&self) -> Option<&str> {
         match self {
             ImageRef::Remote { tag, .. } | ImageRef::Layout { tag, .. } => tag.as_deref(),
         }
     }
 
+    /// The digest, if the reference pins one.
     pub fn digest(&self) -> Option<&Digest> {
         match self {
             ImageRef::Remote { digest, .. } => digest.as_ref(),

@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct ServeContext {
-    pub config: Config,
-    pub inventory: Arc<Inventory>,
-    pub images: Images,
-    pub server_ip: Ipv4Addr,
-    pub state_dir: PathBuf,
-    pub recorder: Arc<Recorder>,
+    pub(crate) config: Config,
+    pub(crate) inventory: Arc<Inventory>,
+    pub(crate) images: Images,
+    pub(crate) server_ip: Ipv4Addr,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) recorder: Arc<Recorder>,
     /// How many servers have bound their sockets (see
     /// [`mark_bound`](Self::mark_bound)).
     bound: std::sync::atomic::AtomicUsize,
@@ -36,12 +36,22 @@ pub struct ServeContext {
 }
 
 impl ServeContext {
+    /// The address node `name` was last seen at (lease, static or ARP).
+    pub fn node_ip(&self, name: &str) -> Option<std::net::Ipv4Addr> {
+        self.inventory.ip_of(name)
+    }
+
+    /// How many boots of node `name` have begun (0: none seen yet).
+    pub fn boot_generation(&self, name: &str) -> u64 {
+        self.inventory.boot_generation(name)
+    }
+
     pub fn new(config: Config, cache: Arc<ChunkCache>) -> Arc<ServeContext> {
         Self::with_options(config, cache, ServeOptions::default())
     }
 
     /// Like [`new`](Self::new), with the command line's global options.
-    pub fn with_options(
+    pub(crate) fn with_options(
         config: Config,
         cache: Arc<ChunkCache>,
         opts: ServeOptions,
@@ -77,13 +87,13 @@ impl ServeContext {
 
     /// A server has bound its sockets: `serve` says "serving" only when
     /// all of them have.
-    pub fn mark_bound(&self) {
+    pub(crate) fn mark_bound(&self) {
         self.bound.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.bound_changed.notify_waiters();
     }
 
     /// Wait until `n` servers have called [`mark_bound`](Self::mark_bound).
-    pub async fn wait_bound(&self, n: usize) {
+    pub(crate) async fn wait_bound(&self, n: usize) {
         loop {
             let notified = self.bound_changed.notified();
             if self.bound.load(std::sync::atomic::Ordering::SeqCst) >= n {
@@ -98,7 +108,7 @@ impl ServeContext {
     /// the node's image in the background, so that re-tagging an image
     /// reboots nodes into it; then replay the image's prefetch plan, if it
     /// has one, ahead of the node's requests.
-    pub fn boot_started(self: &Arc<Self>, node: &Arc<Node>) -> u64 {
+    pub(crate) fn boot_started(self: &Arc<Self>, node: &Arc<Node>) -> u64 {
         let generation = self.inventory.boot_started(&node.name);
         self.recorder
             .begin(&node.name, node.kind.as_str(), &node.image, "dhcp");
@@ -116,7 +126,7 @@ impl ServeContext {
 
     /// The view of `node`'s image, once every layer is indexed (see
     /// [`opening_for`](Self::opening_for)).
-    pub async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
+    pub(crate) async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
         let opening = self.opening_for(node).await?;
         opening.finished().await.map_err(|source| {
             self.failed(
@@ -132,7 +142,7 @@ impl ServeContext {
     /// `node`'s image as it is being opened (see [`Images::opening_for`]);
     /// its manifest and registry traffic go into the node's timeline, and a
     /// failure is kept as the node's state and in its boot's profile.
-    pub async fn opening_for(&self, node: &Node) -> Result<Arc<Opening>, ImageOpenError> {
+    pub(crate) async fn opening_for(&self, node: &Node) -> Result<Arc<Opening>, ImageOpenError> {
         let opening = self
             .images
             .opening_for(node)
@@ -193,13 +203,13 @@ impl ServeContext {
     }
 
     /// The NFS export path of a node's root file system.
-    pub fn export_path(node: &Node) -> String {
+    pub(crate) fn export_path(node: &Node) -> String {
         format!("/nodes/{}", node.name)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ImageOpenError {
+pub(crate) enum ImageOpenError {
     #[error("image reference {image:?}: {message}")]
     Reference { image: String, message: String },
     #[error("image {image}: {source}")]
@@ -238,14 +248,14 @@ fn publish_when_indexed(opening: &Arc<Opening>) {
 
 /// What the command line adds to the configuration.
 #[derive(Clone, Debug)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     /// The platform of every node's image (else each node kind's default).
-    pub platform: Option<Platform>,
+    pub(crate) platform: Option<Platform>,
     /// Registries reached over plain HTTP, besides the configured ones.
-    pub insecure_registries: Vec<String>,
+    pub(crate) insecure_registries: Vec<String>,
     /// How long a node request waits on the registry or a streaming pass
     /// before it fails.
-    pub read_timeout: Duration,
+    pub(crate) read_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -264,7 +274,7 @@ type ViewSlot = Arc<tokio::sync::Mutex<Option<Arc<Opening>>>>;
 /// Images by (reference, node kind): the kind picks the platform. Each is an
 /// [`Opening`] from the moment its reference resolves, so boot files can be
 /// served while a first streaming pass runs.
-pub struct Images {
+pub(crate) struct Images {
     cache: Arc<ChunkCache>,
     insecure: Vec<String>,
     platform: Option<Platform>,
@@ -279,7 +289,7 @@ pub struct Images {
 }
 
 impl Images {
-    pub fn new(cache: Arc<ChunkCache>, insecure: Vec<String>) -> Images {
+    pub(crate) fn new(cache: Arc<ChunkCache>, insecure: Vec<String>) -> Images {
         Images {
             cache,
             insecure,
@@ -292,18 +302,18 @@ impl Images {
     }
 
     /// Open every image for `platform` instead of the node kind's default.
-    pub fn with_platform(mut self, platform: Option<Platform>) -> Images {
+    pub(crate) fn with_platform(mut self, platform: Option<Platform>) -> Images {
         self.platform = platform;
         self
     }
 
-    pub fn with_read_timeout(mut self, read_timeout: Duration) -> Images {
+    pub(crate) fn with_read_timeout(mut self, read_timeout: Duration) -> Images {
         self.read_timeout = read_timeout;
         self
     }
 
     /// `[server] publish_indexes` (see [`publish_when_indexed`]).
-    pub fn with_publish_indexes(mut self, publish: bool) -> Images {
+    pub(crate) fn with_publish_indexes(mut self, publish: bool) -> Images {
         self.publish_indexes = publish;
         self
     }
@@ -318,7 +328,7 @@ impl Images {
 
     /// `node`'s image: resolved, its indexes being built (or done). An
     /// opening that failed is tried again.
-    pub async fn opening_for(&self, node: &Node) -> Result<Arc<Opening>, ImageOpenError> {
+    pub(crate) async fn opening_for(&self, node: &Node) -> Result<Arc<Opening>, ImageOpenError> {
         let slot = self.slot(node);
         let mut slot = slot.lock().await;
         if let Some(o) = slot.as_ref() {
@@ -333,7 +343,7 @@ impl Images {
     }
 
     /// The view of `node`'s image, once every layer is indexed.
-    pub async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
+    pub(crate) async fn view_for(&self, node: &Node) -> Result<Arc<ImageView>, ImageOpenError> {
         let opening = self.opening_for(node).await?;
         opening
             .finished()
@@ -347,7 +357,7 @@ impl Images {
     /// Resolve `node`'s reference again (a tag may have moved to another
     /// manifest since) and switch to the new image if it did; requests
     /// made after this see the new image. Returns whether the image changed.
-    pub async fn refresh(&self, node: &Node) -> Result<bool, ImageOpenError> {
+    pub(crate) async fn refresh(&self, node: &Node) -> Result<bool, ImageOpenError> {
         let slot = self.slot(node);
         let mut slot = slot.lock().await;
         let (source, resolved) = self.resolve(node).await?;

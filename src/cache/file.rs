@@ -9,7 +9,7 @@ const MAGIC: &[u8; 4] = b"LZB1";
 const HEADER: usize = 16;
 
 /// Write `body` to `tmp`, then rename it over `dest`. Returns the file size.
-pub fn write_atomic(tmp: &Path, dest: &Path, body: &[u8]) -> io::Result<u64> {
+pub(crate) fn write_atomic(tmp: &Path, dest: &Path, body: &[u8]) -> io::Result<u64> {
     let mut header = [0u8; HEADER];
     header[..4].copy_from_slice(MAGIC);
     header[8..].copy_from_slice(&xxh3_64(body).to_le_bytes());
@@ -26,7 +26,7 @@ pub fn write_atomic(tmp: &Path, dest: &Path, body: &[u8]) -> io::Result<u64> {
 /// Append the body of the self-checking file at `path` to `out`:
 /// `Ok(true)` if intact, `Ok(false)` (and `out` unchanged) if damaged, `Err`
 /// if it cannot be read. The body goes straight into `out`, with no copy.
-pub fn read_checked_into(path: &Path, out: &mut Vec<u8>) -> io::Result<bool> {
+pub(crate) fn read_checked_into(path: &Path, out: &mut Vec<u8>) -> io::Result<bool> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
     let mut header = [0u8; HEADER];
@@ -52,7 +52,7 @@ pub fn read_checked_into(path: &Path, out: &mut Vec<u8>) -> io::Result<bool> {
 
 /// `Ok(Some(body))` if intact, `Ok(None)` if the file exists but is damaged,
 /// `Err` if it cannot be read at all (usually: it does not exist).
-pub fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let mut data = std::fs::read(path)?;
     if data.len() < HEADER || &data[..4] != MAGIC {
         return Ok(None);

@@ -7,26 +7,26 @@ use std::sync::Arc;
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 
 #[derive(Default)]
-pub struct Inflight {
+pub(crate) struct Inflight {
     map: Mutex<HashMap<ChunkKey, Arc<RwLock<()>>>>,
 }
 
 /// Keys this task must fill, and fills by others to wait for.
-pub struct Claim<'a> {
-    pub mine: Option<FillGuard<'a>>,
-    pub waits: Vec<Arc<RwLock<()>>>,
+pub(crate) struct Claim<'a> {
+    pub(crate) mine: Option<FillGuard<'a>>,
+    pub(crate) waits: Vec<Arc<RwLock<()>>>,
 }
 
 /// Held while filling; dropping it (success or error) wakes the waiters, who
 /// then look in the cache again and, if the fill failed, try it themselves.
-pub struct FillGuard<'a> {
+pub(crate) struct FillGuard<'a> {
     owner: &'a Inflight,
-    pub keys: Vec<ChunkKey>,
+    pub(crate) keys: Vec<ChunkKey>,
     _locks: Vec<OwnedRwLockWriteGuard<()>>,
 }
 
 impl Inflight {
-    pub fn claim(&self, keys: &[ChunkKey]) -> Claim<'_> {
+    pub(crate) fn claim(&self, keys: &[ChunkKey]) -> Claim<'_> {
         let mut map = self.map.lock();
         let mut mine = Vec::new();
         let mut locks = Vec::new();
@@ -64,7 +64,7 @@ impl Drop for FillGuard<'_> {
 
 impl Claim<'_> {
     /// Wait until every fill we did not claim has finished, one way or the other.
-    pub async fn wait_others(waits: Vec<Arc<RwLock<()>>>) {
+    pub(crate) async fn wait_others(waits: Vec<Arc<RwLock<()>>>) {
         for l in waits {
             let _ = l.read().await;
         }

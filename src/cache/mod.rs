@@ -12,7 +12,7 @@
 mod file;
 mod inflight;
 
-pub use inflight::{Claim, FillGuard};
+pub(crate) use inflight::Claim;
 
 use crate::digest::Digest;
 use bytes::Bytes;
@@ -40,9 +40,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
 
 /// A chunk of a layer's data. `id` is format specific (see `view`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ChunkKey {
-    pub layer: Digest,
-    pub id: u64,
+pub(crate) struct ChunkKey {
+    pub(crate) layer: Digest,
+    pub(crate) id: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -140,10 +140,6 @@ impl ChunkCache {
         Ok(cache)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn chunk_path(&self, key: &ChunkKey) -> PathBuf {
         self.root
             .join("chunks")
@@ -158,7 +154,7 @@ impl ChunkCache {
     }
 
     /// A verified chunk, or `None` if it is not cached (or failed its check).
-    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+    pub(crate) fn get(&self, key: &ChunkKey) -> Option<Bytes> {
         if let Some(b) = self.hot.lock().get(key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Some(b.clone());
@@ -176,7 +172,7 @@ impl ChunkCache {
     /// was) if it is not cached or failed its check. Unlike [`get`](Self::get)
     /// the body is read straight into `out` and not kept in the hot set:
     /// this is the bulk path of sequential reads.
-    pub fn get_into(&self, key: &ChunkKey, out: &mut Vec<u8>) -> bool {
+    pub(crate) fn get_into(&self, key: &ChunkKey, out: &mut Vec<u8>) -> bool {
         if let Some(b) = self.hot.lock().get(key) {
             out.extend_from_slice(b);
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -213,7 +209,7 @@ impl ChunkCache {
     /// Ask the kernel to start reading these chunk files into the page cache
     /// (a sequential reader will want them next). Readahead never crosses
     /// files, so without this every chunk file costs a synchronous disk read.
-    pub fn advise_willneed(&self, keys: &[ChunkKey]) {
+    pub(crate) fn advise_willneed(&self, keys: &[ChunkKey]) {
         use std::os::fd::AsRawFd;
         for key in keys {
             if self.hot.lock().contains(key) || !self.disk.lock().lru.contains(key) {
@@ -226,7 +222,7 @@ impl ChunkCache {
         }
     }
 
-    pub fn contains(&self, key: &ChunkKey) -> bool {
+    pub(crate) fn contains(&self, key: &ChunkKey) -> bool {
         self.hot.lock().contains(key) || self.disk.lock().lru.contains(key)
     }
 
@@ -240,7 +236,7 @@ impl ChunkCache {
     }
 
     /// Store a chunk. Callers only store bytes they have verified.
-    pub fn put(&self, key: &ChunkKey, data: Bytes) -> Result<(), CacheError> {
+    pub(crate) fn put(&self, key: &ChunkKey, data: Bytes) -> Result<(), CacheError> {
         let path = self.chunk_path(key);
         let dir = path.parent().expect("chunk path has a parent");
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -284,7 +280,7 @@ impl ChunkCache {
     }
 
     /// Number of chunks and bytes cached for one layer.
-    pub fn layer_usage(&self, layer: &Digest) -> (u64, u64) {
+    pub(crate) fn layer_usage(&self, layer: &Digest) -> (u64, u64) {
         let d = self.disk.lock();
         d.lru
             .iter()
@@ -305,7 +301,7 @@ impl ChunkCache {
     /// Claim the right to fill `keys`: keys nobody is fetching become ours
     /// (the guard releases them when dropped), the others are returned to
     /// wait on, so concurrent readers of one chunk fetch it once.
-    pub fn claim(&self, keys: &[ChunkKey]) -> Claim<'_> {
+    pub(crate) fn claim(&self, keys: &[ChunkKey]) -> Claim<'_> {
         self.inflight.claim(keys)
     }
 
@@ -333,7 +329,7 @@ impl ChunkCache {
     /// A private area for chunks whose correctness is not yet known (a
     /// streaming pass before the layer digest is checked). Nothing in it is
     /// visible to `get` until `commit`; dropped uncommitted, it is deleted.
-    pub fn staging(&self, layer: &Digest) -> Result<Staging<'_>, CacheError> {
+    pub(crate) fn staging(&self, layer: &Digest) -> Result<Staging<'_>, CacheError> {
         let dir = self.tmp_path();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(Staging {
@@ -345,7 +341,7 @@ impl ChunkCache {
         })
     }
 
-    pub fn has_index(&self, name: &str) -> bool {
+    pub(crate) fn has_index(&self, name: &str) -> bool {
         self.root.join("index").join(name).exists()
     }
 }
@@ -353,11 +349,11 @@ impl ChunkCache {
 /// Chunk `id` of a [`Staging`] area that may be in use by another task:
 /// `Ok(None)` if the file is damaged, `Err` (NotFound) once the area was
 /// committed or thrown away.
-pub fn read_staged(dir: &Path, id: u64) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_staged(dir: &Path, id: u64) -> std::io::Result<Option<Vec<u8>>> {
     file::read_checked(&dir.join(format!("{id:016x}")))
 }
 
-pub struct Staging<'a> {
+pub(crate) struct Staging<'a> {
     cache: &'a ChunkCache,
     layer: Digest,
     dir: PathBuf,
@@ -368,11 +364,11 @@ pub struct Staging<'a> {
 impl Staging<'_> {
     /// Where staged chunk `id` is: `dir/{id:016x}`, a self-checking file
     /// ([`file::read_checked`]).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn put(&mut self, id: u64, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn put(&mut self, id: u64, data: &[u8]) -> std::io::Result<()> {
         let path = self.dir.join(format!("{id:016x}"));
         file::write_atomic(&path.with_extension("part"), &path, data)?;
         self.ids.push(id);
@@ -380,7 +376,7 @@ impl Staging<'_> {
     }
 
     /// Move every staged chunk into the cache proper.
-    pub fn commit(mut self) -> Result<(), CacheError> {
+    pub(crate) fn commit(mut self) -> Result<(), CacheError> {
         let layer_dir = self.cache.root.join("chunks").join(self.layer.hex());
         std::fs::create_dir_all(&layer_dir).map_err(io_err(&layer_dir))?;
         for &id in &self.ids {

@@ -25,24 +25,24 @@ use std::path::{Path, PathBuf};
 /// to. Long enough for a slow ROM's REQUEST, and renewed by every DISCOVER
 /// (the Raspberry Pi 3 ROM uses an offered address without ever sending a
 /// REQUEST).
-pub const OFFER_HOLD_SECS: u64 = 120;
+pub(crate) const OFFER_HOLD_SECS: u64 = 120;
 /// How long an address a client DECLINEd (someone else answers ARP for it)
 /// is kept out of the pool.
-pub const DECLINE_HOLD_SECS: u64 = 600;
+pub(crate) const DECLINE_HOLD_SECS: u64 = 600;
 
 const FILE_VERSION: u32 = 1;
 
 /// One bound address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
+pub(crate) struct Lease {
     #[serde(serialize_with = "ser_mac")]
-    pub mac: MacAddr,
-    pub ip: Ipv4Addr,
+    pub(crate) mac: MacAddr,
+    pub(crate) ip: Ipv4Addr,
     /// Unix seconds.
-    pub expires: u64,
+    pub(crate) expires: u64,
     /// The node name at the time of binding (for people reading the file).
     #[serde(default)]
-    pub node: String,
+    pub(crate) node: String,
 }
 
 fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -57,31 +57,31 @@ struct LeaseFile {
 
 /// The addresses the pool hands out and the subnet they live in.
 #[derive(Clone, Debug)]
-pub struct Pool {
-    pub start: Ipv4Addr,
-    pub end: Ipv4Addr,
+pub(crate) struct Pool {
+    pub(crate) start: Ipv4Addr,
+    pub(crate) end: Ipv4Addr,
     /// The server's own address: never handed out.
-    pub server: Ipv4Addr,
-    pub prefix_len: u8,
+    pub(crate) server: Ipv4Addr,
+    pub(crate) prefix_len: u8,
     /// Fixed addresses of configured nodes: each only ever goes to its MAC,
     /// wherever it lies.
-    pub reserved: HashMap<Ipv4Addr, MacAddr>,
+    pub(crate) reserved: HashMap<Ipv4Addr, MacAddr>,
 }
 
 impl Pool {
-    pub fn mask(&self) -> Ipv4Addr {
+    pub(crate) fn mask(&self) -> Ipv4Addr {
         Ipv4Addr::from(mask_bits(self.prefix_len))
     }
 
-    pub fn network(&self) -> u32 {
+    pub(crate) fn network(&self) -> u32 {
         u32::from(self.server) & mask_bits(self.prefix_len)
     }
 
-    pub fn broadcast(&self) -> Ipv4Addr {
+    pub(crate) fn broadcast(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.network() | !mask_bits(self.prefix_len))
     }
 
-    pub fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn in_subnet(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask_bits(self.prefix_len) == self.network()
     }
 
@@ -106,7 +106,7 @@ fn mask_bits(prefix_len: u8) -> u32 {
     }
 }
 
-pub struct LeaseDb {
+pub(crate) struct LeaseDb {
     pool: Pool,
     path: Option<PathBuf>,
     /// Bound leases (current and expired), by address.
@@ -119,7 +119,7 @@ pub struct LeaseDb {
 
 impl LeaseDb {
     /// A pool that is never written to disk (tests).
-    pub fn in_memory(pool: Pool) -> LeaseDb {
+    pub(crate) fn in_memory(pool: Pool) -> LeaseDb {
         LeaseDb {
             pool,
             path: None,
@@ -134,7 +134,7 @@ impl LeaseDb {
     /// that cannot be parsed is moved aside (`.bad`) with a warning rather
     /// than stopping DHCP; leases that no longer fit the configuration (an
     /// address outside the subnet, another node's fixed address) are dropped.
-    pub fn open(pool: Pool, path: &Path) -> Result<LeaseDb, DhcpError> {
+    pub(crate) fn open(pool: Pool, path: &Path) -> Result<LeaseDb, DhcpError> {
         let mut db = LeaseDb::in_memory(pool);
         db.path = Some(path.to_path_buf());
         if let Some(dir) = path.parent() {
@@ -199,23 +199,20 @@ impl LeaseDb {
         Ok(db)
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
     /// The lease (current or expired) recorded for `mac`.
-    pub fn lease_of(&self, mac: MacAddr) -> Option<&Lease> {
+    #[cfg(test)]
+    pub(crate) fn lease_of(&self, mac: MacAddr) -> Option<&Lease> {
         self.by_mac.get(&mac).and_then(|ip| self.leases.get(ip))
     }
 
-    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+    pub(crate) fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.leases.values()
     }
 
     /// Whether `ip` may be bound to `mac` now: inside the pool (or `mac`'s
     /// fixed address), not held by anyone else's current lease or offer,
     /// not declined.
-    pub fn available_to(&self, ip: Ipv4Addr, mac: MacAddr, now: u64) -> bool {
+    pub(crate) fn available_to(&self, ip: Ipv4Addr, mac: MacAddr, now: u64) -> bool {
         match self.pool.reserved.get(&ip) {
             Some(owner) => return *owner == mac && !self.pool.unusable(ip),
             None if !self.pool.in_range(ip) || self.pool.unusable(ip) => return false,
@@ -242,7 +239,7 @@ impl LeaseDb {
     /// still free); an outstanding offer; the address it asks for; a
     /// never-used address; the address whose lease expired longest ago.
     /// `None`: the pool is exhausted.
-    pub fn offer(
+    pub(crate) fn offer(
         &mut self,
         mac: MacAddr,
         requested: Option<Ipv4Addr>,
@@ -289,14 +286,14 @@ impl LeaseDb {
     }
 
     /// The client took another server's offer (or gave up on ours).
-    pub fn forget_offer(&mut self, mac: MacAddr) {
+    pub(crate) fn forget_offer(&mut self, mac: MacAddr) {
         self.offers.remove(&mac);
     }
 
     /// Bind `ip` to `mac` until `now + lease_secs` and save. The caller has
     /// checked [`LeaseDb::available_to`]; whatever record held `ip` before
     /// (an expired lease, or anyone's lease on a fixed address) goes.
-    pub fn bind(
+    pub(crate) fn bind(
         &mut self,
         mac: MacAddr,
         ip: Ipv4Addr,
@@ -325,7 +322,7 @@ impl LeaseDb {
 
     /// DHCPRELEASE: the lease ends now. The record stays so the same client
     /// gets the same address back while nobody else took it.
-    pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<bool, DhcpError> {
+    pub(crate) fn release(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<bool, DhcpError> {
         match self.leases.get_mut(&ip) {
             Some(l) if l.mac == mac => {
                 l.expires = l.expires.min(now);
@@ -338,7 +335,7 @@ impl LeaseDb {
 
     /// DHCPDECLINE: another machine uses `ip`. Keep it out of the pool for a
     /// while and drop the client's lease on it.
-    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<(), DhcpError> {
+    pub(crate) fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<(), DhcpError> {
         self.declined.insert(ip, now + DECLINE_HOLD_SECS);
         self.offers.remove(&mac);
         if self.leases.get(&ip).is_some_and(|l| l.mac == mac) {

@@ -13,13 +13,11 @@
 //! in proxy mode also on 4011. Requests through relay agents (giaddr set)
 //! are ignored: the pool is on-link only.
 
-pub mod leases;
-pub mod options;
+pub(crate) mod leases;
+pub(crate) mod options;
 mod packet;
 mod server;
 
-pub use packet::{Malformed, MAX_PACKET_LEN};
-pub use server::{Handler, Outgoing, Port, CLIENT_PORT, PXE_PORT, SERVER_PORT};
 
 use crate::serve::ServeContext;
 use std::path::PathBuf;

@@ -21,20 +21,20 @@ use dhcproto::Encodable;
 use std::net::Ipv4Addr;
 
 /// The U-Boot boot script TFTP generates per node.
-pub const UBOOT_SCRIPT: &str = "boot.scr.uimg";
+pub(crate) const UBOOT_SCRIPT: &str = "boot.scr.uimg";
 /// The iPXE script TFTP generates per node.
-pub const IPXE_SCRIPT: &str = "boot.ipxe";
+pub(crate) const IPXE_SCRIPT: &str = "boot.ipxe";
 /// iPXE for PXE ROMs of BIOS machines (from Debian's `ipxe` package).
-pub const IPXE_BIOS: &str = "undionly.kpxe";
+pub(crate) const IPXE_BIOS: &str = "undionly.kpxe";
 /// iPXE for x86-64 UEFI PXE (from Debian's `ipxe` package).
-pub const IPXE_EFI: &str = "ipxe.efi";
+pub(crate) const IPXE_EFI: &str = "ipxe.efi";
 /// The PXE menu entry the Raspberry Pi boot ROM looks for. The Pi 3 ROM
 /// compares a fixed-length field, hence the three trailing spaces.
-pub const RASPBERRY_PI_MENU: &str = "Raspberry Pi Boot   ";
+pub(crate) const RASPBERRY_PI_MENU: &str = "Raspberry Pi Boot   ";
 
 /// Replies shorter than a BOOTP packet (300 bytes) are dropped by some PXE
 /// ROMs; pad up to it.
-pub const MIN_REPLY_LEN: usize = 300;
+pub(crate) const MIN_REPLY_LEN: usize = 300;
 
 // Client system architecture types (RFC 4578, IANA registry).
 const ARCH_X86_BIOS: u16 = 0;
@@ -55,21 +55,21 @@ const PXE_END: u8 = 255;
 
 /// What a request tells about the machine that sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientFacts {
-    pub mac: MacAddr,
+pub(crate) struct ClientFacts {
+    pub(crate) mac: MacAddr,
     /// Option 60 (vendor class identifier).
-    pub vendor_class: Option<Vec<u8>>,
+    pub(crate) vendor_class: Option<Vec<u8>>,
     /// Option 77 says `iPXE`: the client already runs iPXE.
-    pub ipxe: bool,
+    pub(crate) ipxe: bool,
     /// Option 93 (first architecture type listed).
-    pub arch: Option<u16>,
+    pub(crate) arch: Option<u16>,
     /// Option 97 (client machine identifier, type byte + GUID).
-    pub machine_id: Option<Vec<u8>>,
+    pub(crate) machine_id: Option<Vec<u8>>,
 }
 
 impl ClientFacts {
     /// `None` unless chaddr is an Ethernet MAC.
-    pub fn from_message(msg: &Message) -> Option<ClientFacts> {
+    pub(crate) fn from_message(msg: &Message) -> Option<ClientFacts> {
         let mac: [u8; 6] = msg.chaddr().try_into().ok()?;
         let opts = msg.opts();
         let bytes = |code| match opts.get(code) {
@@ -95,7 +95,7 @@ impl ClientFacts {
     /// boot ROM, U-Boot or iPXE) rather than from an OS's DHCP client. Only
     /// those start a new boot: a running system renewing its address must
     /// not make the next mount wipe its ephemeral root.
-    pub fn from_boot_firmware(&self) -> bool {
+    pub(crate) fn from_boot_firmware(&self) -> bool {
         self.ipxe
             || self.vendor_class_starts_with(b"PXEClient")
             || self.vendor_class_starts_with(b"U-Boot")
@@ -110,7 +110,7 @@ impl ClientFacts {
     /// A PXE client (option 60 `PXEClient...`, or iPXE): the only kind a
     /// ProxyDHCP server may answer, since only PXE clients know that an
     /// offer without an address is not an address offer.
-    pub fn is_pxe_client(&self) -> bool {
+    pub(crate) fn is_pxe_client(&self) -> bool {
         self.ipxe || self.vendor_class_starts_with(b"PXEClient")
     }
 
@@ -128,7 +128,7 @@ impl ClientFacts {
     /// class `U-Boot*`; then the Pi's MAC prefix or option 97 (a Pi's
     /// option 60 is the generic "PXEClient:Arch:00000:UNDI:002001", which
     /// alone would read as an x86 BIOS PC); then an x86 PXE architecture.
-    pub fn hint(&self) -> KindHint {
+    pub(crate) fn hint(&self) -> KindHint {
         let kind = if self.ipxe {
             Some(NodeKind::Ipxe)
         } else if self.vendor_class_starts_with(b"U-Boot") {
@@ -174,7 +174,7 @@ fn user_class_has(data: &[u8], class: &[u8]) -> bool {
 /// Raspberry Pi ROM expects: discovery control 3 (no broadcast or
 /// multicast boot server discovery), a prompt with timeout 0 (boot the
 /// only entry at once), the menu, END.
-pub fn pxe_menu_option(menu: &str) -> Vec<u8> {
+pub(crate) fn pxe_menu_option(menu: &str) -> Vec<u8> {
     let desc = menu.as_bytes();
     assert!(desc.len() <= 240, "PXE menu entry too long for option 43");
     let mut v = vec![PXE_DISCOVERY_CONTROL, 1, 3];
@@ -188,12 +188,12 @@ pub fn pxe_menu_option(menu: &str) -> Vec<u8> {
 /// Option 43 for a ProxyDHCP offer to a PXE ROM that gets a boot file:
 /// discovery control 8, "download the boot file named in this offer, no
 /// menu, no boot server discovery".
-pub fn pxe_direct_boot_option() -> Vec<u8> {
+pub(crate) fn pxe_direct_boot_option() -> Vec<u8> {
     vec![PXE_DISCOVERY_CONTROL, 1, 8, PXE_END]
 }
 
 /// Option 175 with sub-option 176 = 1.
-pub fn ipxe_no_pxedhcp_option() -> DhcpOption {
+pub(crate) fn ipxe_no_pxedhcp_option() -> DhcpOption {
     DhcpOption::Unknown(UnknownOption::new(
         OptionCode::Unknown(OPTION_IPXE_ENCAP),
         vec![IPXE_NO_PXEDHCP, 1, 1],
@@ -202,13 +202,13 @@ pub fn ipxe_no_pxedhcp_option() -> DhcpOption {
 
 /// Boot-related parts of a reply for one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootPlan {
+pub(crate) struct BootPlan {
     /// next-server: where the client's TFTP requests go.
-    pub siaddr: Ipv4Addr,
+    pub(crate) siaddr: Ipv4Addr,
     /// Boot file, sent both in the BOOTP `file` field and as option 67.
-    pub file: Option<&'static str>,
+    pub(crate) file: Option<&'static str>,
     /// Options 43, 60, 66, 67, 97, 175 as the kind needs.
-    pub options: Vec<DhcpOption>,
+    pub(crate) options: Vec<DhcpOption>,
 }
 
 /// A string option with a trailing NUL: some PXE ROMs need it for 66/67
@@ -221,7 +221,7 @@ fn nul_terminated(s: &str) -> Vec<u8> {
 
 /// The iPXE boot file for a client: iPXE gets its script; a PXE ROM gets
 /// the iPXE build for its architecture, `None` for one we have none for.
-pub fn ipxe_boot_file(facts: &ClientFacts) -> Option<&'static str> {
+pub(crate) fn ipxe_boot_file(facts: &ClientFacts) -> Option<&'static str> {
     if facts.ipxe {
         return Some(IPXE_SCRIPT);
     }
@@ -235,7 +235,7 @@ pub fn ipxe_boot_file(facts: &ClientFacts) -> Option<&'static str> {
 /// What to tell `facts`' machine, a node of `kind`, to boot. `proxy`: the
 /// reply is a ProxyDHCP one, which a PXE ROM only recognises by option 60
 /// `PXEClient` (and which must carry option 43).
-pub fn boot_plan(kind: NodeKind, facts: &ClientFacts, server: Ipv4Addr, proxy: bool) -> BootPlan {
+pub(crate) fn boot_plan(kind: NodeKind, facts: &ClientFacts, server: Ipv4Addr, proxy: bool) -> BootPlan {
     let mut options = vec![DhcpOption::TFTPServerName(nul_terminated(
         &server.to_string(),
     ))];
@@ -273,31 +273,31 @@ pub fn boot_plan(kind: NodeKind, facts: &ClientFacts, server: Ipv4Addr, proxy: b
 
 /// Address configuration sent with a full-mode lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetworkOptions {
-    pub mask: Ipv4Addr,
-    pub broadcast: Ipv4Addr,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub domain: Option<String>,
+pub(crate) struct NetworkOptions {
+    pub(crate) mask: Ipv4Addr,
+    pub(crate) broadcast: Ipv4Addr,
+    pub(crate) router: Option<Ipv4Addr>,
+    pub(crate) dns: Vec<Ipv4Addr>,
+    pub(crate) domain: Option<String>,
 }
 
 /// One reply to build.
 #[derive(Clone, Debug)]
-pub struct Reply<'a> {
-    pub msg_type: MessageType,
+pub(crate) struct Reply<'a> {
+    pub(crate) msg_type: MessageType,
     /// The address given (0.0.0.0 for ProxyDHCP and INFORM replies).
-    pub yiaddr: Ipv4Addr,
+    pub(crate) yiaddr: Ipv4Addr,
     /// Our address: server identifier (54).
-    pub server: Ipv4Addr,
+    pub(crate) server: Ipv4Addr,
     /// Lease time (51) with T1/T2 (58/59); `None` for INFORM and proxy.
-    pub lease_secs: Option<u32>,
-    pub network: Option<&'a NetworkOptions>,
-    pub boot: Option<&'a BootPlan>,
+    pub(crate) lease_secs: Option<u32>,
+    pub(crate) network: Option<&'a NetworkOptions>,
+    pub(crate) boot: Option<&'a BootPlan>,
 }
 
 /// The reply to `req` (RFC 2131 table 3: xid, flags, giaddr and chaddr
 /// copied; ciaddr copied into ACKs).
-pub fn build_reply(req: &Message, r: &Reply<'_>) -> Message {
+pub(crate) fn build_reply(req: &Message, r: &Reply<'_>) -> Message {
     let mut m = Message::default();
     m.set_opcode(Opcode::BootReply)
         .set_htype(HType::Eth)
@@ -347,7 +347,7 @@ pub fn build_reply(req: &Message, r: &Reply<'_>) -> Message {
 }
 
 /// A NAK with a reason (option 56) the client may log.
-pub fn build_nak(req: &Message, server: Ipv4Addr, why: &str) -> Message {
+pub(crate) fn build_nak(req: &Message, server: Ipv4Addr, why: &str) -> Message {
     let mut m = build_reply(
         req,
         &Reply {
@@ -367,7 +367,7 @@ pub fn build_nak(req: &Message, server: Ipv4Addr, why: &str) -> Message {
 /// first, as dnsmasq and ISC send them (dhcproto writes options in code
 /// order, and small boot ROMs are not all known to search for 53), padded
 /// to [`MIN_REPLY_LEN`].
-pub fn encode(msg: &Message) -> Vec<u8> {
+pub(crate) fn encode(msg: &Message) -> Vec<u8> {
     // Encoding into a Vec only fails for oversized sname/file, which the
     // setters above already refuse.
     let mut bytes = msg.to_vec().expect("DHCP reply encodes");

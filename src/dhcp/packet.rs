@@ -12,21 +12,21 @@ use std::collections::BTreeSet;
 
 /// op, htype, hlen, hops, xid, secs, flags, four addresses, chaddr, sname,
 /// file: the fixed BOOTP part (RFC 951).
-pub const BOOTP_HEADER_LEN: usize = 236;
+pub(crate) const BOOTP_HEADER_LEN: usize = 236;
 /// Options start after the header and the 4-byte magic cookie.
-pub const OPTIONS_OFFSET: usize = BOOTP_HEADER_LEN + 4;
-pub const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+pub(crate) const OPTIONS_OFFSET: usize = BOOTP_HEADER_LEN + 4;
+pub(crate) const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
 /// The largest UDP payload that fits one 1500-byte Ethernet frame. Boot ROMs
 /// send a few hundred bytes and never fragment; anything bigger is not a
 /// request we want to parse.
-pub const MAX_PACKET_LEN: usize = 1472;
+pub(crate) const MAX_PACKET_LEN: usize = 1472;
 
 const HTYPE_ETHERNET: u8 = 1;
 const OPTION_PAD: u8 = 0;
 const OPTION_END: u8 = 255;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Malformed {
+pub(crate) enum Malformed {
     #[error("{0} bytes is shorter than a BOOTP header and magic cookie ({OPTIONS_OFFSET})")]
     TooShort(usize),
     #[error("{0} bytes is larger than any boot request ({MAX_PACKET_LEN})")]
@@ -50,7 +50,7 @@ pub enum Malformed {
 }
 
 /// Validate `buf` as a DHCP request from an Ethernet client and decode it.
-pub fn parse_request(buf: &[u8]) -> Result<Message, Malformed> {
+pub(crate) fn parse_request(buf: &[u8]) -> Result<Message, Malformed> {
     if buf.len() < OPTIONS_OFFSET {
         return Err(Malformed::TooShort(buf.len()));
     }
@@ -123,7 +123,7 @@ fn walk_options(opts: &[u8]) -> Result<BTreeSet<u8>, Malformed> {
 }
 
 /// The message type of a validated request.
-pub fn message_type(msg: &Message) -> MessageType {
+pub(crate) fn message_type(msg: &Message) -> MessageType {
     msg.opts().msg_type().unwrap_or(MessageType::Unknown(0))
 }
 

@@ -29,14 +29,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
-pub const SERVER_PORT: u16 = 67;
-pub const CLIENT_PORT: u16 = 68;
+pub(crate) const SERVER_PORT: u16 = 67;
+pub(crate) const CLIENT_PORT: u16 = 68;
 /// PXE boot server / ProxyDHCP request port.
-pub const PXE_PORT: u16 = 4011;
+pub(crate) const PXE_PORT: u16 = 4011;
 
 /// Which of our sockets a request came in on (and the reply leaves from).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Port {
+pub(crate) enum Port {
     /// UDP 67.
     Dhcp,
     /// UDP 4011 (proxy mode only).
@@ -45,13 +45,13 @@ pub enum Port {
 
 /// A reply ready to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outgoing {
-    pub bytes: Vec<u8>,
-    pub dest: SocketAddrV4,
-    pub port: Port,
+pub(crate) struct Outgoing {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) dest: SocketAddrV4,
+    pub(crate) port: Port,
 }
 
-pub struct Handler {
+pub(crate) struct Handler {
     ctx: Arc<ServeContext>,
     proxy: bool,
     /// Full mode only.
@@ -62,7 +62,7 @@ pub struct Handler {
 
 impl Handler {
     /// Full mode loads the pool and its saved leases; proxy mode has none.
-    pub fn new(ctx: Arc<ServeContext>) -> Result<Handler, DhcpError> {
+    pub(crate) fn new(ctx: Arc<ServeContext>) -> Result<Handler, DhcpError> {
         let cfg = &ctx.config.dhcp;
         let proxy = cfg.mode == DhcpMode::Proxy;
         let (leases, network) = if proxy {
@@ -132,12 +132,13 @@ impl Handler {
         })
     }
 
-    pub fn leases(&self) -> Option<&LeaseDb> {
+    #[cfg(test)]
+    pub(crate) fn leases(&self) -> Option<&LeaseDb> {
         self.leases.as_ref()
     }
 
     /// The reply to one datagram from `src` received on `port`, if any.
-    pub fn handle(
+    pub(crate) fn handle(
         &mut self,
         buf: &[u8],
         src: SocketAddrV4,
@@ -420,7 +421,7 @@ fn requested_ip(msg: &Message) -> Option<Ipv4Addr> {
 /// whether or not it set the broadcast flag (unicasting to yiaddr would
 /// need an ARP entry forged for a machine that has no address yet). NAKs
 /// are always broadcast. Replies to port 4011 go back to the sender's port.
-pub fn destination(
+pub(crate) fn destination(
     req: &Message,
     reply: MessageType,
     src: SocketAddrV4,
@@ -479,7 +480,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub async fn serve(ctx: Arc<ServeContext>) -> Result<(), DhcpError> {
+pub(crate) async fn serve(ctx: Arc<ServeContext>) -> Result<(), DhcpError> {
     let mode = ctx.config.dhcp.mode;
     if mode == DhcpMode::Off {
         info!("DHCP is off (dhcp.mode = \"off\")");

@@ -29,25 +29,25 @@ use std::sync::Arc;
 /// it has read and the decoded chunks it has staged (not yet checked against
 /// the layer digest). The provisional view ([`super::opening`]) serves
 /// from it while the pass runs.
-pub struct PassProgress {
-    pub entries: RwLock<Vec<Entry>>,
+pub(crate) struct PassProgress {
+    pub(crate) entries: RwLock<Vec<Entry>>,
     state: Mutex<PassState>,
     /// Bumped on every change; shared by all layers of one image.
     tick: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct PassState {
+pub(crate) struct PassState {
     /// Chunks `0..staged` are in `dir`, each a self-checking file.
-    pub staged: u64,
-    pub dir: Option<PathBuf>,
+    pub(crate) staged: u64,
+    pub(crate) dir: Option<PathBuf>,
     /// `None` while the pass runs (or before it starts); `Some(Ok)` once the
     /// digest matched and the chunks moved into the cache.
-    pub outcome: Option<Result<(), String>>,
+    pub(crate) outcome: Option<Result<(), String>>,
 }
 
 impl PassProgress {
-    pub fn new(tick: Arc<tokio::sync::watch::Sender<u64>>) -> Arc<Self> {
+    pub(crate) fn new(tick: Arc<tokio::sync::watch::Sender<u64>>) -> Arc<Self> {
         Arc::new(PassProgress {
             entries: RwLock::new(Vec::new()),
             state: Mutex::new(PassState::default()),
@@ -55,7 +55,7 @@ impl PassProgress {
         })
     }
 
-    pub fn state(&self) -> PassState {
+    pub(crate) fn state(&self) -> PassState {
         self.state.lock().clone()
     }
 
@@ -91,7 +91,7 @@ impl PassProgress {
 /// pass's progress to `progress` as it goes (and its end, either way). For
 /// an image named by tag, an index pulled by [`fetch_published`] counts as
 /// cached.
-pub async fn ensure_index(
+pub(crate) async fn ensure_index(
     source: &Source,
     cache: &Arc<ChunkCache>,
     layer: &LayerDesc,
@@ -113,7 +113,7 @@ pub async fn ensure_index(
 
 /// Like [`ensure_index`], but never an index pulled from the registry:
 /// [`publish`] vouches only for indexes this lazyboot built itself.
-pub async fn ensure_built_index(
+pub(crate) async fn ensure_built_index(
     source: &Source,
     cache: &Arc<ChunkCache>,
     layer: &LayerDesc,
@@ -181,7 +181,7 @@ fn registry(layer: &LayerDesc) -> impl Fn(RegistryError) -> IndexError + '_ {
 
 /// The format of `layer` as the index will record it, asking the blob's
 /// tail where the media type leaves a choice (a gzip layer may be eStargz).
-pub async fn probe_format(source: &Source, layer: &LayerDesc) -> Result<LayerFormat, IndexError> {
+pub(crate) async fn probe_format(source: &Source, layer: &LayerDesc) -> Result<LayerFormat, IndexError> {
     let how = indexing_for(&layer.media_type).map_err(|source| IndexError::Format {
         layer: layer.digest.clone(),
         source,

@@ -24,13 +24,16 @@ pub(crate) mod trace;
 pub(crate) mod tree;
 pub(crate) mod view;
 
-pub use build::probe_format;
 pub use error::{IndexError, ViewError};
 pub use opening::{Found, Opening, Settled};
-pub use prefetch::PrefetchPlan;
-pub use published::{publish, published_cache_name, PublishError, PublishReport};
+pub use prefetch::{PlanError, PrefetchPlan};
+pub use published::published_cache_name;
 pub use tree::{DataRef, Inode, Tree};
-pub use view::{ImageView, ViewStats};
+pub use trace::ReadTrace;
+pub use view::ImageView;
+
+pub(crate) use build::probe_format;
+pub(crate) use published::publish;
 
 use crate::cache::ChunkCache;
 use crate::progress::Progress;

@@ -87,7 +87,7 @@ pub enum Found {
 }
 
 pub struct Opening {
-    pub image: ResolvedImage,
+    pub(crate) image: ResolvedImage,
     source: Source,
     cache: Arc<ChunkCache>,
     slots: Vec<Slot>,
@@ -103,7 +103,7 @@ pub struct Opening {
 impl Opening {
     /// Start indexing every layer of `image` (a progress bar each) and
     /// building the final view; returns at once.
-    pub async fn start(
+    pub(crate) async fn start(
         image: ResolvedImage,
         source: Source,
         cache: Arc<ChunkCache>,
@@ -191,12 +191,12 @@ impl Opening {
         self.tick.send_modify(|g| *g += 1);
     }
 
-    pub fn source(&self) -> &Source {
+    pub(crate) fn source(&self) -> &Source {
         &self.source
     }
 
     /// The final view, or why there will be none; `None` while indexing.
-    pub fn outcome(&self) -> Option<Result<Arc<ImageView>, ViewError>> {
+    pub(crate) fn outcome(&self) -> Option<Result<Arc<ImageView>, ViewError>> {
         self.outcome
             .get()
             .map(|r| r.clone().map_err(ViewError::Opening))
@@ -206,12 +206,12 @@ impl Opening {
     /// [`finished`](Self::finished), but fails with a timeout if the passes
     /// make no progress for the read timeout (a hung registry), so a request
     /// never waits forever.
-    pub async fn final_view(&self) -> Result<Arc<ImageView>, ViewError> {
+    pub(crate) async fn final_view(&self) -> Result<Arc<ImageView>, ViewError> {
         self.wait_final(true).await
     }
 
     /// Wait for the final view.
-    pub async fn finished(&self) -> Result<Arc<ImageView>, ViewError> {
+    pub(crate) async fn finished(&self) -> Result<Arc<ImageView>, ViewError> {
         self.wait_final(false).await
     }
 
@@ -236,7 +236,7 @@ impl Opening {
     /// quickly and are waited for; so are errors found before any pass
     /// (a refused media type, a missing blob). Returns whether the final
     /// view is there.
-    pub async fn serveable(&self) -> Result<bool, ViewError> {
+    pub(crate) async fn serveable(&self) -> Result<bool, ViewError> {
         let mut rx = self.tick.subscribe();
         loop {
             match self.outcome() {
@@ -302,7 +302,7 @@ impl Opening {
     /// names `dir`'s paths again later is not seen until the pass ends.)
     /// This is what lets boot files be served while the image streams:
     /// the boot directory usually comes early and is small.
-    pub async fn settled_tree(&self, dir: &str) -> Result<Settled, ViewError> {
+    pub(crate) async fn settled_tree(&self, dir: &str) -> Result<Settled, ViewError> {
         let mut rx = self.tick.subscribe();
         loop {
             if let Some(r) = self.outcome() {
@@ -399,7 +399,7 @@ impl Opening {
     /// Look `path` up: its final metadata as soon as it is known, or the
     /// final view once there is one (also the only way to learn that a name
     /// does not exist).
-    pub async fn lookup(&self, path: &str) -> Result<Found, ViewError> {
+    pub(crate) async fn lookup(&self, path: &str) -> Result<Found, ViewError> {
         let mut rx = self.tick.subscribe();
         loop {
             if let Some(r) = self.outcome() {
@@ -413,7 +413,7 @@ impl Opening {
     }
 
     /// Read [offset, offset+len) of the file `node` (from [`lookup`](Self::lookup)).
-    pub async fn read(&self, node: &Inode, offset: u64, len: u32) -> Result<Bytes, ViewError> {
+    pub(crate) async fn read(&self, node: &Inode, offset: u64, len: u32) -> Result<Bytes, ViewError> {
         if node.kind != EntryKind::File {
             return Err(ViewError::NotFile(node.ino));
         }

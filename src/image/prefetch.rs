@@ -15,28 +15,28 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const PLAN_VERSION: u32 = 1;
+pub(crate) const PLAN_VERSION: u32 = 1;
 /// Chunks per request when replaying a plan: large enough to amortise a
 /// request, small enough that the first steps arrive quickly.
 const MAX_STEP_CHUNKS: u64 = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlanStep {
+pub(crate) struct PlanStep {
     /// Layer digest (`sha256:...`).
-    pub layer: String,
+    pub(crate) layer: String,
     /// Chunk ids `start..end` of that layer (chunks of `layer::index::CHUNK_SIZE`).
-    pub start: u64,
-    pub end: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefetchPlan {
-    pub version: u32,
+    pub(crate) version: u32,
     /// The image manifest digest the plan was learned on.
-    pub manifest: String,
+    pub(crate) manifest: String,
     /// Which node's boot taught it (for `inspect` and profiles).
-    pub learned_from: String,
-    pub steps: Vec<PlanStep>,
+    pub(crate) learned_from: String,
+    pub(crate) steps: Vec<PlanStep>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,20 +85,20 @@ impl PrefetchPlan {
         }
     }
 
-    pub fn chunk_count(&self) -> u64 {
+    pub(crate) fn chunk_count(&self) -> u64 {
         self.steps.iter().map(|s| s.end - s.start).sum()
     }
 
     /// The name of `manifest`'s plan in the cache's index area.
-    pub fn cache_name(manifest: &Digest) -> String {
+    pub(crate) fn cache_name(manifest: &Digest) -> String {
         format!("plan-{}.json", manifest.hex())
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a plan always serialises")
     }
 
-    pub fn decode(bytes: &[u8], manifest: &Digest) -> Result<PrefetchPlan, PlanError> {
+    pub(crate) fn decode(bytes: &[u8], manifest: &Digest) -> Result<PrefetchPlan, PlanError> {
         let plan: PrefetchPlan = serde_json::from_slice(bytes)?;
         if plan.version != PLAN_VERSION {
             return Err(PlanError::Version {
@@ -137,21 +137,21 @@ impl PrefetchPlan {
 
 /// What replaying a plan did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrefetchReport {
-    pub steps: u64,
+pub(crate) struct PrefetchReport {
+    pub(crate) steps: u64,
     /// Chunks the plan named that were not cached and were fetched.
-    pub fetched_chunks: u64,
+    pub(crate) fetched_chunks: u64,
     /// Chunks already cached (or fetched by a node first).
-    pub cached_chunks: u64,
-    pub failed_steps: u64,
-    pub millis: u64,
+    pub(crate) cached_chunks: u64,
+    pub(crate) failed_steps: u64,
+    pub(crate) millis: u64,
 }
 
 /// Fetch the plan's chunks into the cache, `parallel` requests at a time,
 /// issued in plan order. Node reads of a chunk being prefetched wait for it
 /// instead of fetching it again (the cache's claims). Errors are logged and
 /// skipped: a node's own read will retry and report them.
-pub async fn replay(view: Arc<ImageView>, plan: &PrefetchPlan, parallel: usize) -> PrefetchReport {
+pub(crate) async fn replay(view: Arc<ImageView>, plan: &PrefetchPlan, parallel: usize) -> PrefetchReport {
     let started = Instant::now();
     let mut cached = 0;
     let mut fetched = 0;

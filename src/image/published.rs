@@ -24,17 +24,17 @@ pub fn published_cache_name(layer: &Digest) -> String {
 
 /// What [`pull_published`] took from the registry.
 #[derive(Clone, Debug)]
-pub struct PulledIndexes {
-    pub artifact: Digest,
+pub(crate) struct PulledIndexes {
+    pub(crate) artifact: Digest,
     /// Layer indexes stored (eStargz layers have none: they are cheap to index).
-    pub layers: usize,
+    pub(crate) layers: usize,
     /// Whether a prefetch plan was stored (a plan learned here is kept).
-    pub plan: bool,
+    pub(crate) plan: bool,
 }
 
 /// Why a published artifact was not used.
 #[derive(Debug, thiserror::Error)]
-pub enum PublishedError {
+pub(crate) enum PublishedError {
     #[error(transparent)]
     Referrers(#[from] ReferrersError),
     #[error("lazyboot artifact {artifact}: index of layer {layer}: {reason}; not used")]
@@ -86,7 +86,7 @@ pub enum PublishedError {
 ///   not used at all.
 /// - `lazyboot index --push` publishes only indexes it built itself
 ///   ([`ensure_built_index`]), never ones it pulled.
-pub async fn fetch_published(
+pub(crate) async fn fetch_published(
     source: &Source,
     image: &ResolvedImage,
     cache: &ChunkCache,
@@ -128,7 +128,7 @@ pub async fn fetch_published(
 /// The work of [`fetch_published`] without its preconditions, reasons for
 /// not using an artifact as errors. Everything is checked before anything
 /// is stored.
-pub async fn pull_published(
+pub(crate) async fn pull_published(
     source: &Source,
     image: &ResolvedImage,
     cache: &ChunkCache,
@@ -261,16 +261,16 @@ fn check_plan(
 
 /// What [`publish`] pushed.
 #[derive(Clone, Debug)]
-pub struct PublishReport {
-    pub outcome: PushOutcome,
-    pub layer_indexes: usize,
+pub(crate) struct PublishReport {
+    pub(crate) outcome: PushOutcome,
+    pub(crate) layer_indexes: usize,
     /// eStargz layers, whose indexes are not published (see [`fetch_published`]).
-    pub estargz_skipped: usize,
-    pub plan: bool,
+    pub(crate) estargz_skipped: usize,
+    pub(crate) plan: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
@@ -280,7 +280,7 @@ pub enum PublishError {
 /// `lazyboot index --push`: publish the image's layer indexes, built here
 /// (a streaming pass for any layer that only has a pulled one), and its
 /// prefetch plan if one was learned, as an artifact referring to the image.
-pub async fn publish(view: &ImageView, progress: &Progress) -> Result<PublishReport, PublishError> {
+pub(crate) async fn publish(view: &ImageView, progress: &Progress) -> Result<PublishReport, PublishError> {
     let (source, image, cache) = (view.source(), view.image(), view.cache());
     if !source.is_registry() {
         return Err(ReferrersError::NotARegistry {

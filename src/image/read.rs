@@ -29,8 +29,8 @@ const ATTEMPTS: usize = 4;
 /// Reads of one image's layers: shared by the final view and the
 /// provisional view of an image still being indexed.
 pub(crate) struct ReadPath<'a> {
-    pub source: &'a Source,
-    pub cache: &'a Arc<ChunkCache>,
+    pub(crate) source: &'a Source,
+    pub(crate) cache: &'a Arc<ChunkCache>,
 }
 
 impl ReadPath<'_> {

@@ -14,38 +14,38 @@ use std::time::{Duration, Instant};
 
 /// One registry range request made on behalf of a traced request.
 #[derive(Clone, Debug)]
-pub struct FetchNote {
-    pub layer: Digest,
-    pub started: Instant,
-    pub duration: Duration,
-    pub compressed_bytes: u64,
-    pub bytes: u64,
+pub(crate) struct FetchNote {
+    pub(crate) layer: Digest,
+    pub(crate) started: Instant,
+    pub(crate) duration: Duration,
+    pub(crate) compressed_bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct ReadTrace {
     /// The object the request was about (NFS export id and file id), if
     /// the front end says.
-    pub file: Option<(u32, u64)>,
+    pub(crate) file: Option<(u32, u64)>,
     /// Bytes the request returned to the client.
-    pub bytes_out: u64,
-    pub cache_bytes: u64,
-    pub fetched_bytes: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) cache_bytes: u64,
+    pub(crate) fetched_bytes: u64,
     /// Time spent waiting on fetches (own, or another request's in flight).
-    pub wait: Duration,
-    pub fetches: Vec<FetchNote>,
+    pub(crate) wait: Duration,
+    pub(crate) fetches: Vec<FetchNote>,
     /// Chunks read, in order: what a prefetch plan replays.
-    pub chunks: Vec<(Digest, u64)>,
+    pub(crate) chunks: Vec<(Digest, u64)>,
 }
 
-pub type SharedTrace = Arc<Mutex<ReadTrace>>;
+pub(crate) type SharedTrace = Arc<Mutex<ReadTrace>>;
 
 tokio::task_local! {
     static TRACE: SharedTrace;
 }
 
 /// Run `f` with `trace` collecting what it does on the read path.
-pub async fn traced<F: Future>(trace: SharedTrace, f: F) -> F::Output {
+pub(crate) async fn traced<F: Future>(trace: SharedTrace, f: F) -> F::Output {
     TRACE.scope(trace, f).await
 }
 
@@ -53,33 +53,33 @@ fn with(f: impl FnOnce(&mut ReadTrace)) {
     let _ = TRACE.try_with(|t| f(&mut t.lock()));
 }
 
-pub fn is_traced() -> bool {
+pub(crate) fn is_traced() -> bool {
     TRACE.try_with(|_| ()).is_ok()
 }
 
-pub fn note_file(export: u32, id: u64) {
+pub(crate) fn note_file(export: u32, id: u64) {
     with(|t| {
         t.file.get_or_insert((export, id));
     })
 }
 
-pub fn note_bytes_out(n: u64) {
+pub(crate) fn note_bytes_out(n: u64) {
     with(|t| t.bytes_out += n)
 }
 
-pub fn note_chunks(layer: &Digest, ids: &[u64]) {
+pub(crate) fn note_chunks(layer: &Digest, ids: &[u64]) {
     with(|t| t.chunks.extend(ids.iter().map(|&id| (layer.clone(), id))))
 }
 
-pub fn note_hit(bytes: u64) {
+pub(crate) fn note_hit(bytes: u64) {
     with(|t| t.cache_bytes += bytes)
 }
 
-pub fn note_wait(d: Duration) {
+pub(crate) fn note_wait(d: Duration) {
     with(|t| t.wait += d)
 }
 
-pub fn note_fetch(n: FetchNote) {
+pub(crate) fn note_fetch(n: FetchNote) {
     with(|t| {
         t.fetched_bytes += n.bytes;
         t.fetches.push(n)

@@ -9,7 +9,7 @@
 use crate::layer::{Entry, EntryKind};
 use std::collections::BTreeMap;
 
-pub const ROOT_INO: u64 = 1;
+pub(crate) const ROOT_INO: u64 = 1;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -18,37 +18,37 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DataRef {
     pub layer: u32,
-    pub entry: u32,
+    pub(crate) entry: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
     pub ino: u64,
-    pub parent: u64,
+    pub(crate) parent: u64,
     /// Never `Hardlink`: links are resolved to the inode they share.
-    pub kind: EntryKind,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: i64,
+    pub(crate) kind: EntryKind,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: i64,
     pub size: u64,
-    pub rdev_major: u32,
-    pub rdev_minor: u32,
-    pub nlink: u32,
-    pub xattrs: Vec<(String, Vec<u8>)>,
-    pub symlink: Option<String>,
+    pub(crate) rdev_major: u32,
+    pub(crate) rdev_minor: u32,
+    pub(crate) nlink: u32,
+    pub(crate) xattrs: Vec<(String, Vec<u8>)>,
+    pub(crate) symlink: Option<String>,
     pub data: Option<DataRef>,
     /// Directory entries sorted by name (byte order), so readdir can resume at
     /// an index and lookup is a binary search.
-    pub children: Vec<(String, u64)>,
+    pub(crate) children: Vec<(String, u64)>,
 }
 
 impl Inode {
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         self.kind == EntryKind::Dir
     }
 
-    pub fn child(&self, name: &str) -> Option<u64> {
+    pub(crate) fn child(&self, name: &str) -> Option<u64> {
         self.children
             .binary_search_by(|(n, _)| n.as_str().cmp(name))
             .ok()
@@ -70,7 +70,7 @@ impl Inode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("no such file or directory")]
     NotFound,
     #[error("not a directory")]
@@ -82,10 +82,10 @@ pub enum ResolveError {
 /// Problems found while merging that an unpacker would also trip over. They do
 /// not stop the mount; they are logged and counted so `inspect` can show them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MergeWarning {
-    pub layer: usize,
-    pub path: String,
-    pub reason: String,
+pub(crate) struct MergeWarning {
+    pub(crate) layer: usize,
+    pub(crate) path: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug)]
@@ -95,23 +95,23 @@ pub struct Tree {
     /// under it, and the root unless a layer has a `./` entry): their
     /// metadata is a default a lower layer may still override.
     implied: Vec<bool>,
-    pub warnings: Vec<MergeWarning>,
+    pub(crate) warnings: Vec<MergeWarning>,
 }
 
 impl Tree {
-    pub fn get(&self, ino: u64) -> Option<&Inode> {
+    pub(crate) fn get(&self, ino: u64) -> Option<&Inode> {
         if ino == 0 {
             return None;
         }
         self.inodes.get((ino - 1) as usize)
     }
 
-    pub fn root(&self) -> &Inode {
+    pub(crate) fn root(&self) -> &Inode {
         &self.inodes[0]
     }
 
     /// Whether `ino`'s metadata is a default rather than a layer entry's.
-    pub fn is_implied(&self, ino: u64) -> bool {
+    pub(crate) fn is_implied(&self, ino: u64) -> bool {
         ino == 0
             || self
                 .implied
@@ -120,7 +120,7 @@ impl Tree {
                 .unwrap_or(true)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inodes.len()
     }
 
@@ -132,7 +132,7 @@ impl Tree {
         self.inodes.iter()
     }
 
-    pub fn lookup(&self, parent: u64, name: &str) -> Option<&Inode> {
+    pub(crate) fn lookup(&self, parent: u64, name: &str) -> Option<&Inode> {
         self.get(parent)?.child(name).and_then(|i| self.get(i))
     }
 
@@ -150,7 +150,7 @@ impl Tree {
     /// restart at the image root and `..` never climbs above it, so no path
     /// or link in the image can lead outside. `follow_last` decides whether a
     /// final symlink is followed (open) or returned (lstat).
-    pub fn resolve_in_root(
+    pub(crate) fn resolve_in_root(
         &self,
         start: u64,
         path: &str,
@@ -217,7 +217,7 @@ impl Tree {
     }
 
     /// Merge layer entry tables, lowest layer first.
-    pub fn build(layers: &[&[Entry]]) -> Tree {
+    pub(crate) fn build(layers: &[&[Entry]]) -> Tree {
         let mut b = Builder::new(false);
         for (li, entries) in layers.iter().enumerate() {
             b.apply_layer(li, entries);
@@ -228,7 +228,7 @@ impl Tree {
     /// Like [`build`](Self::build) for a provisional tree of incomplete
     /// tables: problems are expected there (a hard link to a layer not yet
     /// merged), so they are kept in `warnings` but not logged.
-    pub fn build_partial(layers: &[&[Entry]]) -> Tree {
+    pub(crate) fn build_partial(layers: &[&[Entry]]) -> Tree {
         let mut b = Builder::new(true);
         for (li, entries) in layers.iter().enumerate() {
             b.apply_layer(li, entries);

@@ -31,15 +31,18 @@ pub struct ImageView {
 
 /// Sizes of a view, for status lines.
 #[derive(Clone, Copy, Debug)]
-pub struct ViewStats {
+pub(crate) struct ViewStats {
     /// Inodes of the merged tree.
-    pub inodes: usize,
+    pub(crate) inodes: usize,
     /// Layers of the image.
-    pub layers: usize,
+    pub(crate) layers: usize,
     /// Tar entries of all layers together.
-    pub entries: usize,
+    pub(crate) entries: usize,
     /// Uncompressed bytes of all layers together.
-    pub uncompressed: u64,
+    pub(crate) uncompressed: u64,
+    /// Problems merging the layers that an unpacker would also trip over
+    /// (each is logged when the view is made).
+    pub(crate) merge_warnings: usize,
 }
 
 impl ImageView {
@@ -71,22 +74,22 @@ impl ImageView {
     }
 
     /// The inode numbered `ino`.
-    pub fn inode(&self, ino: u64) -> Option<&Inode> {
+    pub(crate) fn inode(&self, ino: u64) -> Option<&Inode> {
         self.tree.get(ino)
     }
 
     /// The image this is a view of (reference, manifest, layers).
-    pub fn image(&self) -> &ResolvedImage {
+    pub(crate) fn image(&self) -> &ResolvedImage {
         &self.image
     }
 
     /// The digest of the manifest the view was made from.
-    pub fn manifest_digest(&self) -> &Digest {
+    pub(crate) fn manifest_digest(&self) -> &Digest {
         &self.image.manifest_digest
     }
 
     /// Where the image comes from (registry URL or layout directory).
-    pub fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.source.location()
     }
 
@@ -96,12 +99,13 @@ impl ImageView {
     }
 
     /// Sizes of the view.
-    pub fn stats(&self) -> ViewStats {
+    pub(crate) fn stats(&self) -> ViewStats {
         ViewStats {
             inodes: self.tree.len(),
             layers: self.layers.len(),
             entries: self.layers.iter().map(|l| l.entries.len()).sum(),
             uncompressed: self.layers.iter().map(|l| l.uncompressed_size).sum(),
+            merge_warnings: self.tree.warnings.len(),
         }
     }
 

@@ -21,11 +21,11 @@ use std::ops::Range;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Span {
     /// The chunks that hold them, in order.
-    pub ids: Range<u64>,
+    pub(crate) ids: Range<u64>,
     /// The bytes, in the coordinates of [`ChunkMap::chunk_range`].
-    pub bytes: Range<u64>,
+    pub(crate) bytes: Range<u64>,
     /// One past the file's last chunk: read-ahead stops there.
-    pub file_end: u64,
+    pub(crate) file_end: u64,
 }
 
 /// How a layer's chunks map onto its files.
@@ -47,7 +47,7 @@ pub(crate) trait ChunkMap: Send + Sync {
 /// an entry's `data` is the stream offset of its first byte.
 pub(crate) struct StreamMap {
     /// Size of the uncompressed stream.
-    pub size: u64,
+    pub(crate) size: u64,
 }
 
 impl ChunkMap for StreamMap {
@@ -74,12 +74,12 @@ impl ChunkMap for StreamMap {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Fetch {
     /// Blob bytes to request.
-    pub blob: Range<u64>,
+    pub(crate) blob: Range<u64>,
     /// Chunks wanted; decoding may produce more (never fewer).
-    pub chunks: Range<u64>,
+    pub(crate) chunks: Range<u64>,
     /// Where decoding starts, in the format's own numbering (a gzip
     /// checkpoint); 0 for formats that need none.
-    pub start_point: usize,
+    pub(crate) start_point: usize,
 }
 
 /// A format's read side.
@@ -118,10 +118,10 @@ pub(crate) trait ChunkSink {
 
 /// What an indexing pass made.
 pub(crate) struct Indexed {
-    pub format: LayerFormat,
-    pub entries: Vec<Entry>,
-    pub detail: IndexDetail,
-    pub uncompressed_size: u64,
+    pub(crate) format: LayerFormat,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) detail: IndexDetail,
+    pub(crate) uncompressed_size: u64,
 }
 
 /// A format indexed by one pass over the whole blob.
@@ -162,9 +162,9 @@ pub(crate) trait TailIndexer: Sync {
 /// one pass of `stream`.
 pub(crate) struct Indexing {
     /// The format a stream pass makes.
-    pub format: LayerFormat,
-    pub tail: Option<&'static dyn TailIndexer>,
-    pub stream: &'static dyn StreamIndexer,
+    pub(crate) format: LayerFormat,
+    pub(crate) tail: Option<&'static dyn TailIndexer>,
+    pub(crate) stream: &'static dyn StreamIndexer,
 }
 
 /// How layers of `media_type` are indexed.

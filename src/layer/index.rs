@@ -16,7 +16,7 @@ pub const INDEX_VERSION: u32 = 2;
 /// Uncompressed bytes per cached chunk for gzip and tar layers. Small enough
 /// that a cold read of a small file fetches little, large enough to keep the
 /// number of cache files reasonable.
-pub const CHUNK_SIZE: u64 = 256 << 10;
+pub(crate) const CHUNK_SIZE: u64 = 256 << 10;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum IndexDetail {
@@ -39,13 +39,13 @@ impl IndexDetail {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerIndex {
-    pub version: u32,
+    pub(crate) version: u32,
     pub digest: Digest,
-    pub format: LayerFormat,
+    pub(crate) format: LayerFormat,
     pub compressed_size: u64,
     /// Size of the uncompressed tar stream (gzip and tar layers), or the sum of
     /// file sizes (eStargz).
-    pub uncompressed_size: u64,
+    pub(crate) uncompressed_size: u64,
     pub entries: Vec<Entry>,
     pub detail: IndexDetail,
 }
@@ -90,7 +90,7 @@ impl LayerIndex {
     }
 
     /// Number of cache chunks the layer's data spans (its "address space").
-    pub fn chunk_count(&self) -> u64 {
+    pub(crate) fn chunk_count(&self) -> u64 {
         self.detail.codec().chunk_count()
     }
 

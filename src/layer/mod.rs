@@ -13,6 +13,7 @@ pub(crate) mod format;
 mod gzip;
 pub mod index;
 mod tar;
+pub use tar::TarChunks;
 pub mod tar_entries;
 pub mod zran;
 

@@ -7,7 +7,7 @@ use super::{normalize_path, Entry, EntryKind};
 use std::io::{self, Read};
 
 #[derive(Debug, thiserror::Error)]
-pub enum TarError {
+pub(crate) enum TarError {
     #[error("reading tar stream: {0}")]
     Io(#[from] io::Error),
     #[error("tar entry {path:?}: {reason}")]
@@ -20,7 +20,7 @@ const XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// for each in stream order, then drain the rest of the stream (end-of-archive
 /// padding) so that a wrapping reader sees all of it (digest, gzip trailer).
 /// Returns the number of entries.
-pub fn read_entries<R: Read>(
+pub(crate) fn read_entries<R: Read>(
     mut reader: R,
     mut on_entry: impl FnMut(Entry),
 ) -> Result<u64, TarError> {

@@ -24,36 +24,36 @@ const RESUME_WITHIN: Duration = Duration::from_secs(600);
 
 /// How a recorder decides that a boot has finished.
 #[derive(Clone, Debug)]
-pub struct BootedRules {
+pub(crate) struct BootedRules {
     /// A path in the node's root whose NFS read means "booted".
-    pub marker: Option<String>,
+    pub(crate) marker: Option<String>,
     /// NFS silence after the mount that means "booted" (None: never).
-    pub quiet: Option<Duration>,
+    pub(crate) quiet: Option<Duration>,
 }
 
 /// A TFTP transfer as the TFTP server saw it end.
-pub struct TftpDone {
-    pub file: String,
-    pub started: Instant,
+pub(crate) struct TftpDone {
+    pub(crate) file: String,
+    pub(crate) started: Instant,
     /// When the client took its last block (or the request failed).
-    pub ended: Instant,
-    pub size: u64,
-    pub bytes: u64,
+    pub(crate) ended: Instant,
+    pub(crate) size: u64,
+    pub(crate) bytes: u64,
     /// Blocks read for the client: a tsize probe takes at most the first
     /// (async-tftp reads it before sending the OACK).
-    pub reads: u32,
-    pub generated: bool,
-    pub failed: bool,
-    pub trace: ReadTrace,
+    pub(crate) reads: u32,
+    pub(crate) generated: bool,
+    pub(crate) failed: bool,
+    pub(crate) trace: ReadTrace,
 }
 
 /// One NFS call as the NFS server saw it.
-pub struct NfsCall<'a> {
-    pub procedure: &'a str,
-    pub path: String,
-    pub started: Instant,
-    pub bytes_read: u64,
-    pub trace: ReadTrace,
+pub(crate) struct NfsCall<'a> {
+    pub(crate) procedure: &'a str,
+    pub(crate) path: String,
+    pub(crate) started: Instant,
+    pub(crate) bytes_read: u64,
+    pub(crate) trace: ReadTrace,
 }
 
 struct Live {
@@ -73,7 +73,7 @@ struct Live {
 
 /// Reads a source's registry counters (every request and byte: streaming
 /// passes, range fetches, prefetch, background fill).
-pub type RegistryProbe = Arc<dyn Fn() -> FetchStats + Send + Sync>;
+pub(crate) type RegistryProbe = Arc<dyn Fn() -> FetchStats + Send + Sync>;
 
 impl Live {
     /// What the registry sent for the node's image since it first asked.
@@ -131,7 +131,7 @@ impl Live {
     }
 }
 
-pub struct Recorder {
+pub(crate) struct Recorder {
     store: ProfileStore,
     rules: BootedRules,
     cache: Option<Arc<ChunkCache>>,
@@ -141,7 +141,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(
+    pub(crate) fn new(
         store: ProfileStore,
         rules: BootedRules,
         cache: Option<Arc<ChunkCache>>,
@@ -155,12 +155,12 @@ impl Recorder {
         }
     }
 
-    pub fn store(&self) -> &ProfileStore {
+    pub(crate) fn store(&self) -> &ProfileStore {
         &self.store
     }
 
     /// A new boot of `node` begins now; an unfinished earlier one is saved as is.
-    pub fn begin(&self, node: &str, kind: &str, image: &str, began_with: &str) {
+    pub(crate) fn begin(&self, node: &str, kind: &str, image: &str, began_with: &str) {
         let mut live = self.live.lock();
         if let Some(old) = live.remove(node) {
             self.save(&old);
@@ -269,7 +269,7 @@ impl Recorder {
     }
 
     /// Whether `node` has a boot in progress.
-    pub fn in_progress(&self, node: &str) -> bool {
+    pub(crate) fn in_progress(&self, node: &str) -> bool {
         let mut live = self.live.lock();
         self.resume_into(&mut live, node);
         live.get(node).is_some_and(|l| !l.done())
@@ -277,7 +277,7 @@ impl Recorder {
 
     /// Something went wrong serving `node`: kept in its boot's profile
     /// (the first few of a kind; a node that retries would repeat it).
-    pub fn note_error(&self, node: &str, message: &str) {
+    pub(crate) fn note_error(&self, node: &str, message: &str) {
         self.with_live(node, |l| {
             let at_ms = l.ms(Instant::now());
             let errors = &mut l.profile.errors;
@@ -295,7 +295,7 @@ impl Recorder {
     /// from the first call of a boot (`probe`, which reads the image's
     /// registry counters, is made only then). Called on every NFS call:
     /// one lock, and nothing else when nothing changes.
-    pub fn image_in_use(
+    pub(crate) fn image_in_use(
         &self,
         node: &str,
         manifest: &Digest,
@@ -318,7 +318,7 @@ impl Recorder {
         }
     }
 
-    pub fn dhcp(
+    pub(crate) fn dhcp(
         &self,
         node: &str,
         received: &str,
@@ -357,7 +357,7 @@ impl Recorder {
         });
     }
 
-    pub fn tftp(&self, node: &str, kind: &str, image: &str, done: TftpDone) {
+    pub(crate) fn tftp(&self, node: &str, kind: &str, image: &str, done: TftpDone) {
         let mut live = self.live.lock();
         // A transfer the client abandoned is reported only when the server
         // gives up on it, possibly after "booted": it still belongs to the
@@ -417,7 +417,7 @@ impl Recorder {
 
     /// A MNT of `export` that came at `asked` and was answered now (it
     /// may have waited for the image).
-    pub fn nfs_mount(&self, node: &str, export: &str, client: &str, asked: Instant) {
+    pub(crate) fn nfs_mount(&self, node: &str, export: &str, client: &str, asked: Instant) {
         self.with_live(node, |l| {
             let at_ms = l.ms(asked);
             l.last_nfs = Some(Instant::now());
@@ -430,7 +430,7 @@ impl Recorder {
         });
     }
 
-    pub fn nfs_call(&self, node: &str, call: NfsCall<'_>) {
+    pub(crate) fn nfs_call(&self, node: &str, call: NfsCall<'_>) {
         let marker_hit = call.procedure == "READ"
             && self
                 .rules
@@ -469,7 +469,7 @@ impl Recorder {
     }
 
     /// The image's prefetch plan started (`planned` chunks) for `node`'s boot.
-    pub fn prefetch_started(&self, node: &str, planned: u64, learned_from: &str) {
+    pub(crate) fn prefetch_started(&self, node: &str, planned: u64, learned_from: &str) {
         self.with_live(node, |l| {
             let start_ms = l.ms(Instant::now());
             l.profile.prefetch = Some(PrefetchRun {
@@ -482,7 +482,7 @@ impl Recorder {
         });
     }
 
-    pub fn prefetch_done(&self, node: &str, fetched_chunks: u64, trace: &ReadTrace) {
+    pub(crate) fn prefetch_done(&self, node: &str, fetched_chunks: u64, trace: &ReadTrace) {
         let mut live = self.live.lock();
         // Even after "booted": the prefetch belongs in this boot's picture.
         if let Some(l) = live.get_mut(node) {
@@ -499,7 +499,7 @@ impl Recorder {
     }
 
     /// End `node`'s boot. Returns the boot number, or None if none was in progress.
-    pub fn booted(&self, node: &str, how: BootedBy) -> Option<u64> {
+    pub(crate) fn booted(&self, node: &str, how: BootedBy) -> Option<u64> {
         let mut live = self.live.lock();
         let l = live.get_mut(node).filter(|l| !l.done())?;
         let at = match (&how, l.last_nfs) {
@@ -548,7 +548,7 @@ impl Recorder {
     }
 
     /// Save changed timelines and end boots whose NFS traffic went quiet.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let quiet: Vec<String> = match self.rules.quiet {
             Some(q) => self
                 .live
@@ -578,7 +578,7 @@ impl Recorder {
     }
 
     /// Call [`tick`](Self::tick) every `every` until the process ends.
-    pub async fn run(self: Arc<Self>, every: Duration) {
+    pub(crate) async fn run(self: Arc<Self>, every: Duration) {
         let mut t = tokio::time::interval(every);
         loop {
             t.tick().await;

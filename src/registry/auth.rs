@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Credentials {
-    pub username: String,
-    pub password: String,
+    pub(crate) username: String,
+    pub(crate) password: String,
 }
 
 impl fmt::Debug for Credentials {

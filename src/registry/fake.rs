@@ -14,30 +14,30 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Default)]
 pub(crate) struct FakeState {
     /// Keyed by tag and by digest string: (media type, body).
-    pub manifests: HashMap<String, (String, Vec<u8>)>,
-    pub blobs: HashMap<String, Vec<u8>>,
-    pub ignore_range: bool,
+    pub(crate) manifests: HashMap<String, (String, Vec<u8>)>,
+    pub(crate) blobs: HashMap<String, Vec<u8>>,
+    pub(crate) ignore_range: bool,
     /// Statuses to answer the next blob requests with, in order.
-    pub fail_blobs: VecDeque<u16>,
+    pub(crate) fail_blobs: VecDeque<u16>,
     /// Close the next `.1` blob responses after `.0` body bytes.
-    pub cut_after: Option<(usize, u32)>,
+    pub(crate) cut_after: Option<(usize, u32)>,
     /// Never answer the next this-many blob requests.
-    pub stall_blobs: u32,
+    pub(crate) stall_blobs: u32,
     /// The Range header (or None) of every blob request, in order.
-    pub blob_ranges: Vec<Option<String>>,
+    pub(crate) blob_ranges: Vec<Option<String>>,
     /// Demand a bearer token, as Docker Hub does, from `/token`.
-    pub bearer: bool,
+    pub(crate) bearer: bool,
     /// Basic credentials (`user:pass`) the token endpoint insists on.
-    pub token_credentials: Option<String>,
-    pub token_requests: u32,
-    pub probes: u32,
+    pub(crate) token_credentials: Option<String>,
+    pub(crate) token_requests: u32,
+    pub(crate) probes: u32,
 }
 
 const TOKEN: &str = "fake-token-123";
 
 pub(crate) struct FakeRegistry {
-    pub addr: SocketAddr,
-    pub state: Arc<Mutex<FakeState>>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: Arc<Mutex<FakeState>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,7 +48,7 @@ impl Drop for FakeRegistry {
 }
 
 impl FakeRegistry {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(FakeState::default()));
@@ -61,22 +61,22 @@ impl FakeRegistry {
         FakeRegistry { addr, state, task }
     }
 
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         self.addr.to_string()
     }
 
-    pub fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap()
     }
 
-    pub fn add_blob(&self, data: &[u8]) -> Digest {
+    pub(crate) fn add_blob(&self, data: &[u8]) -> Digest {
         let d = Digest::of_bytes(data);
         self.state().blobs.insert(d.to_string(), data.to_vec());
         d
     }
 
     /// Serves `body` under its digest and, if given, under `tag`.
-    pub fn add_manifest(&self, tag: Option<&str>, media_type: &str, body: &[u8]) -> Digest {
+    pub(crate) fn add_manifest(&self, tag: Option<&str>, media_type: &str, body: &[u8]) -> Digest {
         let d = Digest::of_bytes(body);
         let entry = (media_type.to_string(), body.to_vec());
         let mut st = self.state();

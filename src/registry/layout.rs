@@ -23,7 +23,7 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    pub fn new(dir: &Path, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(dir: &Path, counters: Arc<Counters>) -> Self {
         Layout {
             dir: dir.to_path_buf(),
             location: format!("oci:{}", dir.display()),
@@ -31,7 +31,7 @@ impl Layout {
         }
     }
 
-    pub fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         &self.location
     }
 
@@ -42,7 +42,7 @@ impl Layout {
 
     /// The digest of the index.json entry named by `tag`, or of the only
     /// entry when no tag is given.
-    pub async fn select_entry(&self, tag: Option<&str>) -> Result<Digest, RegistryError> {
+    pub(crate) async fn select_entry(&self, tag: Option<&str>) -> Result<Digest, RegistryError> {
         let path = self.dir.join("index.json");
         let text = tokio::fs::read(&path).await.map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -91,14 +91,14 @@ impl Layout {
         }
     }
 
-    pub async fn read_manifest(&self, digest: &Digest) -> Result<(Bytes, Digest), RegistryError> {
+    pub(crate) async fn read_manifest(&self, digest: &Digest) -> Result<(Bytes, Digest), RegistryError> {
         let data = self.read_whole(digest, "manifest").await?;
         let actual = Digest::of_bytes(&data);
         Ok((data, actual))
     }
 
     /// The whole blob, unverified (the caller checks it).
-    pub async fn read_blob(&self, digest: &Digest) -> Result<Bytes, RegistryError> {
+    pub(crate) async fn read_blob(&self, digest: &Digest) -> Result<Bytes, RegistryError> {
         self.read_whole(digest, "blob").await
     }
 
@@ -112,7 +112,7 @@ impl Layout {
         Ok(Bytes::from(data))
     }
 
-    pub async fn fetch_range(
+    pub(crate) async fn fetch_range(
         &self,
         digest: &Digest,
         range: Range<u64>,
@@ -153,7 +153,7 @@ impl Layout {
         Ok(Bytes::from(read))
     }
 
-    pub async fn stream(
+    pub(crate) async fn stream(
         self: Arc<Self>,
         digest: &Digest,
         offset: u64,

@@ -9,41 +9,41 @@ use crate::digest::Digest;
 use crate::platform::Platform;
 use std::collections::BTreeMap;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Everything we can use, in the order registries should prefer.
-pub const ACCEPTED: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+pub(crate) const ACCEPTED: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
 
 /// Marks buildkit's attestation manifests, which sit in indexes with a fake
 /// `unknown/unknown` platform and must never be picked as the image.
-pub const ATTESTATION_ANNOTATION: &str = "vnd.docker.reference.type";
+pub(crate) const ATTESTATION_ANNOTATION: &str = "vnd.docker.reference.type";
 
 /// Names a manifest inside an OCI layout's index.json.
-pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+pub(crate) const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
 /// Nested indexes are legal but rare; the bound stops a malicious loop.
-pub const MAX_INDEX_DEPTH: usize = 4;
+pub(crate) const MAX_INDEX_DEPTH: usize = 4;
 
 #[derive(Clone, Debug)]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    pub annotations: BTreeMap<String, String>,
-    pub platform: Option<Platform>,
+pub(crate) struct Descriptor {
+    pub(crate) media_type: String,
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    pub(crate) annotations: BTreeMap<String, String>,
+    pub(crate) platform: Option<Platform>,
 }
 
 #[derive(Clone, Debug)]
-pub struct ImageManifest {
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
+pub(crate) struct ImageManifest {
+    pub(crate) config: Descriptor,
+    pub(crate) layers: Vec<Descriptor>,
 }
 
 #[derive(Clone, Debug)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     Index(Vec<Descriptor>),
     Image(ImageManifest),
 }
@@ -102,7 +102,7 @@ impl RawDescriptor {
 
 /// Classifies and parses a manifest or index. The error is a reason only;
 /// callers add which manifest it was.
-pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let raw: RawManifest =
         serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
     match raw.schema_version {
@@ -147,7 +147,7 @@ fn is_attestation(d: &Descriptor) -> bool {
 
 /// Picks the index entry for `wanted`, or returns the platforms that were on
 /// offer so the caller can say what to ask for instead.
-pub fn choose<'a>(
+pub(crate) fn choose<'a>(
     entries: &'a [Descriptor],
     wanted: &Platform,
 ) -> Result<&'a Descriptor, Vec<String>> {
@@ -166,7 +166,7 @@ pub fn choose<'a>(
         .ok_or_else(|| available_platforms(entries))
 }
 
-pub fn available_platforms(entries: &[Descriptor]) -> Vec<String> {
+pub(crate) fn available_platforms(entries: &[Descriptor]) -> Vec<String> {
     let mut out: Vec<String> = entries
         .iter()
         .filter(|e| !is_attestation(e))
@@ -180,7 +180,7 @@ pub fn available_platforms(entries: &[Descriptor]) -> Vec<String> {
 }
 
 /// The platform recorded in an image config, for single-platform images.
-pub fn config_platform(config: &[u8]) -> Option<Platform> {
+pub(crate) fn config_platform(config: &[u8]) -> Option<Platform> {
     #[derive(serde::Deserialize)]
     struct Config {
         os: Option<String>,
@@ -199,7 +199,7 @@ pub fn config_platform(config: &[u8]) -> Option<Platform> {
 pub(crate) mod tests {
     use super::*;
 
-    pub fn desc_json(media_type: &str, data: &[u8], extra: &str) -> String {
+    pub(crate) fn desc_json(media_type: &str, data: &[u8], extra: &str) -> String {
         format!(
             r#"{{"mediaType":"{media_type}","digest":"{}","size":{}{extra}}}"#,
             Digest::of_bytes(data),
@@ -207,7 +207,7 @@ pub(crate) mod tests {
         )
     }
 
-    pub fn index_entry(manifest: &[u8], platform: Option<&str>, attestation: bool) -> String {
+    pub(crate) fn index_entry(manifest: &[u8], platform: Option<&str>, attestation: bool) -> String {
         let mut extra = String::new();
         if let Some(p) = platform {
             let p: Platform = p.parse().unwrap();

@@ -83,7 +83,7 @@ struct Body {
 }
 
 impl Remote {
-    pub async fn connect(
+    pub(crate) async fn connect(
         registry: &str,
         repository: &str,
         opts: &RegistryOptions,
@@ -154,7 +154,7 @@ impl Remote {
         Ok(remote)
     }
 
-    pub fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         &self.location
     }
 
@@ -163,7 +163,7 @@ impl Remote {
     }
 
     /// The raw manifest for a tag or digest, and the sha256 of those bytes.
-    pub async fn fetch_manifest(
+    pub(crate) async fn fetch_manifest(
         &self,
         tag: Option<&str>,
         digest: Option<&Digest>,
@@ -192,7 +192,7 @@ impl Remote {
         Ok((body, actual))
     }
 
-    pub async fn fetch_range(
+    pub(crate) async fn fetch_range(
         &self,
         digest: &Digest,
         range: Range<u64>,
@@ -229,7 +229,7 @@ impl Remote {
             .await
     }
 
-    pub async fn stream(
+    pub(crate) async fn stream(
         self: Arc<Self>,
         digest: &Digest,
         offset: u64,
@@ -254,7 +254,7 @@ impl Remote {
     }
 
     /// The whole blob in memory (unverified; the caller checks the digest).
-    pub async fn fetch_blob(
+    pub(crate) async fn fetch_blob(
         self: &Arc<Self>,
         digest: &Digest,
         size: Option<u64>,
@@ -271,7 +271,7 @@ impl Remote {
 
     /// Asks for push rights once: oci-client keys its tokens by operation,
     /// so the uploads below only carry credentials after this.
-    pub async fn authorize_push(&self) -> Result<(), RegistryError> {
+    pub(crate) async fn authorize_push(&self) -> Result<(), RegistryError> {
         let what = format!("authorising a push to {}", self.location);
         let reference = self.endpoint().reference(None, None);
         self.backoff
@@ -287,7 +287,7 @@ impl Remote {
 
     /// Uploads a blob unless the repository already has it; `true` if it
     /// was uploaded. Through the authenticated client: push needs credentials.
-    pub async fn push_blob(
+    pub(crate) async fn push_blob(
         &self,
         digest: &Digest,
         data: Bytes,
@@ -325,7 +325,7 @@ impl Remote {
     }
 
     /// PUTs a manifest under `tag`, or under its own digest when `tag` is None.
-    pub async fn push_manifest(
+    pub(crate) async fn push_manifest(
         &self,
         tag: Option<&str>,
         digest: &Digest,
@@ -358,7 +358,7 @@ impl Remote {
     /// The referrers of `subject` of one artifact type, as an image index:
     /// from the referrers API, or (when that answers 404) from the
     /// referrers tag schema, both done by oci-client.
-    pub async fn referrers(
+    pub(crate) async fn referrers(
         &self,
         subject: &Digest,
         artifact_type: &str,

@@ -12,13 +12,13 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub(crate) struct Backoff {
     /// Further attempts after the first one.
-    pub retries: u32,
-    pub base: Duration,
-    pub max: Duration,
+    pub(crate) retries: u32,
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Backoff {
-    pub fn new(retries: u32) -> Self {
+    pub(crate) fn new(retries: u32) -> Self {
         Backoff {
             retries,
             base: Duration::from_millis(200),
@@ -29,7 +29,7 @@ impl Backoff {
     /// Delay before retry number `failures` (1-based). The random half keeps
     /// many readers that failed together from hammering the registry in
     /// lockstep; the fixed half guarantees some pause.
-    pub fn delay(&self, failures: u32) -> Duration {
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
         let shift = failures.saturating_sub(1).min(20);
         let full = self.base.saturating_mul(1u32 << shift).min(self.max);
         let half = full / 2;
@@ -44,7 +44,7 @@ impl Backoff {
 
     /// Runs `op` until it succeeds, fails permanently, or the retries are
     /// used up. The returned error records how many attempts were made.
-    pub async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
+    pub(crate) async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 /// How a Raspberry Pi prefixed its request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Prefix {
+pub(crate) enum Prefix {
     /// 8 hex digits, lower case.
     Serial(String),
     Mac(MacAddr),
@@ -43,21 +43,21 @@ pub enum Prefix {
 
 /// A request path taken apart (rule 1 and the prefix of rule 2).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParsedRequest {
+pub(crate) struct ParsedRequest {
     /// The first component, if it looks like a serial or a MAC.
-    pub prefix: Option<Prefix>,
+    pub(crate) prefix: Option<Prefix>,
     /// The normalised path after the prefix (when there is one).
-    pub rest: Option<String>,
+    pub(crate) rest: Option<String>,
     /// The whole normalised path; `None` when it climbs above the root.
-    pub full: Option<String>,
+    pub(crate) full: Option<String>,
 }
 
 /// Longest request path we look at (RRQs fit in one datagram anyway).
-pub const MAX_PATH_LEN: usize = 1024;
+pub(crate) const MAX_PATH_LEN: usize = 1024;
 
 /// Normalise a path: `\` is `/`, no empty or `.` components, `..` pops.
 /// `None` if a `..` would leave the root or a component holds a NUL.
-pub fn normalize(path: &str) -> Option<String> {
+pub(crate) fn normalize(path: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for comp in path.split(['/', '\\']) {
         match comp {
@@ -89,7 +89,7 @@ fn parse_prefix(comp: &str) -> Option<Prefix> {
     None
 }
 
-pub fn parse_request(raw: &str) -> ParsedRequest {
+pub(crate) fn parse_request(raw: &str) -> ParsedRequest {
     if raw.len() > MAX_PATH_LEN {
         return ParsedRequest {
             prefix: None,
@@ -116,7 +116,7 @@ pub fn parse_request(raw: &str) -> ParsedRequest {
 
 /// Why a request maps to no node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NoNode {
+pub(crate) enum NoNode {
     /// Nobody we know: no prefix of a node, address not a node's.
     Unknown,
     /// The prefix names one node, the client's address another.
@@ -129,7 +129,7 @@ pub enum NoNode {
 }
 
 /// Rule 2: the node a request is for, and the path inside its namespace.
-pub fn select_node(
+pub(crate) fn select_node(
     inventory: &Inventory,
     client: Ipv4Addr,
     req: &ParsedRequest,
@@ -163,32 +163,32 @@ const MAX_HOPS: u32 = 40;
 
 /// A node's boot directory inside its image tree (rules 3 and 4).
 #[derive(Clone, Copy)]
-pub struct BootDir<'t> {
-    pub tree: &'t Tree,
+pub(crate) struct BootDir<'t> {
+    pub(crate) tree: &'t Tree,
     /// The boot directory itself (after following symlinks to it).
-    pub ino: u64,
+    pub(crate) ino: u64,
 }
 
 /// A regular file found under the boot directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FoundFile {
-    pub ino: u64,
-    pub size: u64,
-    pub mtime: i64,
+pub(crate) struct FoundFile {
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime: i64,
     /// Path relative to the boot directory, symlinks resolved (what a
     /// generated script should ask for).
-    pub path: String,
+    pub(crate) path: String,
 }
 
 impl<'t> BootDir<'t> {
     /// The directory `boot_dir` (absolute, inside the image), if it exists.
-    pub fn open(tree: &'t Tree, boot_dir: &str) -> Option<BootDir<'t>> {
+    pub(crate) fn open(tree: &'t Tree, boot_dir: &str) -> Option<BootDir<'t>> {
         let dir = tree.resolve_in_root(ROOT_INO, boot_dir, true).ok()?;
         dir.is_dir().then_some(BootDir { tree, ino: dir.ino })
     }
 
     /// Whether directory `ino` is the boot directory or below it.
-    pub fn contains_dir(&self, ino: u64) -> bool {
+    pub(crate) fn contains_dir(&self, ino: u64) -> bool {
         let mut cur = ino;
         for _ in 0..4096 {
             if cur == self.ino {
@@ -207,7 +207,7 @@ impl<'t> BootDir<'t> {
 
     /// Path of directory `ino` relative to the boot directory ("" for the
     /// boot directory itself); `None` outside it.
-    pub fn dir_path(&self, ino: u64) -> Option<String> {
+    pub(crate) fn dir_path(&self, ino: u64) -> Option<String> {
         let mut names = Vec::new();
         let mut cur = ino;
         for _ in 0..4096 {
@@ -229,7 +229,7 @@ impl<'t> BootDir<'t> {
 
     /// A directory at `rel` (normalised, relative to the boot directory),
     /// symlinks followed, inside the boot directory.
-    pub fn dir(&self, rel: &str) -> Option<&'t Inode> {
+    pub(crate) fn dir(&self, rel: &str) -> Option<&'t Inode> {
         let d = self.tree.resolve_in_root(self.ino, rel, true).ok()?;
         (d.is_dir() && self.contains_dir(d.ino)).then_some(d)
     }
@@ -237,7 +237,7 @@ impl<'t> BootDir<'t> {
     /// The regular file at `rel` (normalised, relative to the boot
     /// directory). Every directory passed through must be inside the boot
     /// directory, including those that symlink targets lead to.
-    pub fn file(&self, rel: &str) -> Option<FoundFile> {
+    pub(crate) fn file(&self, rel: &str) -> Option<FoundFile> {
         let (dir_part, name) = split_last(rel);
         let mut dir = self.dir(dir_part)?;
         let mut name = name.to_string();
@@ -284,7 +284,7 @@ impl<'t> BootDir<'t> {
     }
 
     /// Names in directory `rel` (empty if it is not a directory in here).
-    pub fn list(&self, rel: &str) -> Vec<&'t str> {
+    pub(crate) fn list(&self, rel: &str) -> Vec<&'t str> {
         self.dir(rel)
             .map(|d| d.children.iter().map(|(n, _)| n.as_str()).collect())
             .unwrap_or_default()

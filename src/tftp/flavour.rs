@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 /// the kernel's own NFS root client (and initramfs scripts that parse the
 /// same arguments), NFSv3 over TCP on one port for both NFS and MOUNT, so
 /// neither a portmapper nor a lock manager is needed.
-pub fn nfs_root_args(server: Ipv4Addr, export: &str, port: u16) -> String {
+pub(crate) fn nfs_root_args(server: Ipv4Addr, export: &str, port: u16) -> String {
     format!(
         "root=/dev/nfs nfsroot={server}:{export},vers=3,tcp,port={port},mountport={port},nolock rw ip=dhcp"
     )
@@ -17,7 +17,7 @@ pub fn nfs_root_args(server: Ipv4Addr, export: &str, port: u16) -> String {
 /// Which program in the image's initramfs mounts the root, which decides
 /// the root arguments it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavour {
+pub(crate) enum Flavour {
     /// Debian's and Ubuntu's initramfs-tools: klibc `nfsmount`, which
     /// rejects `mountport=` and asks the portmapper for MOUNT.
     InitramfsTools,
@@ -31,7 +31,7 @@ pub enum Flavour {
 }
 
 impl Flavour {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Flavour::InitramfsTools => "initramfs-tools",
             Flavour::Dracut => "dracut",
@@ -44,7 +44,7 @@ impl Flavour {
 /// Paths (inside the image) that tell a flavour, in the order they are
 /// believed: files a package owns before configuration files that may
 /// outlive it.
-pub const FLAVOUR_MARKERS: &[(&str, Flavour)] = &[
+pub(crate) const FLAVOUR_MARKERS: &[(&str, Flavour)] = &[
     ("usr/lib/dracut/dracut-functions.sh", Flavour::Dracut),
     ("usr/share/initramfs-tools/init", Flavour::InitramfsTools),
     ("etc/dracut.conf", Flavour::Dracut),
@@ -57,7 +57,7 @@ pub const FLAVOUR_MARKERS: &[(&str, Flavour)] = &[
 
 /// The flavour told by the first marker (in [`FLAVOUR_MARKERS`] order) for
 /// which `exists` says yes; [`Flavour::Kernel`] if none.
-pub fn detect_flavour(exists: impl Fn(&str) -> bool) -> Flavour {
+pub(crate) fn detect_flavour(exists: impl Fn(&str) -> bool) -> Flavour {
     FLAVOUR_MARKERS
         .iter()
         .find(|(path, _)| exists(path))
@@ -67,7 +67,7 @@ pub fn detect_flavour(exists: impl Fn(&str) -> bool) -> Flavour {
 /// The root arguments `flavour` accepts for the node's export. A node's
 /// `root_args` replaces them (with `{server}`, `{export}` and `{port}`
 /// filled in).
-pub fn root_args(
+pub(crate) fn root_args(
     flavour: Flavour,
     server: Ipv4Addr,
     export: &str,

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 /// The generated files, by the name they have in a node's namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Generated {
+pub(crate) enum Generated {
     /// `cmdline.txt` (Raspberry Pi nodes).
     Cmdline,
     /// `boot.scr.uimg` and `boot.scr` (U-Boot and Raspberry Pi nodes).
@@ -28,7 +28,7 @@ pub enum Generated {
 }
 
 /// Which generated file `path` (normalised) is for a node, if any.
-pub fn generated_for(kind: NodeKind, pxelinux_mac_name: &str, path: &str) -> Option<Generated> {
+pub(crate) fn generated_for(kind: NodeKind, pxelinux_mac_name: &str, path: &str) -> Option<Generated> {
     match path {
         "cmdline.txt" if kind == NodeKind::Raspberrypi => Some(Generated::Cmdline),
         "boot.scr.uimg" | "boot.scr" if kind != NodeKind::Ipxe => Some(Generated::BootScript),
@@ -62,7 +62,7 @@ fn is_local_root_arg(arg: &str) -> bool {
 /// The Raspberry Pi `cmdline.txt`: the image's own line (if any) without its
 /// local root arguments, then the NFS root arguments, then the node's
 /// `kernel_args`. One line, as the firmware wants.
-pub fn rewrite_cmdline(original: Option<&str>, nfs_args: &str, kernel_args: &str) -> String {
+pub(crate) fn rewrite_cmdline(original: Option<&str>, nfs_args: &str, kernel_args: &str) -> String {
     let mut out: Vec<&str> = original
         .unwrap_or("")
         .split_whitespace()
@@ -83,7 +83,7 @@ pub fn rewrite_cmdline(original: Option<&str>, nfs_args: &str, kernel_args: &str
 /// Kernel arguments for boot loaders we configure (U-Boot, PXE menus,
 /// iPXE): the node's `console=` arguments, the NFS root arguments, then the
 /// rest of its `kernel_args`.
-pub fn boot_args(nfs_args: &str, kernel_args: &str) -> String {
+pub(crate) fn boot_args(nfs_args: &str, kernel_args: &str) -> String {
     let (console, rest): (Vec<&str>, Vec<&str>) = kernel_args
         .split_whitespace()
         .partition(|a| a.starts_with("console="));
@@ -94,7 +94,7 @@ pub fn boot_args(nfs_args: &str, kernel_args: &str) -> String {
 }
 
 /// Compare names the way versions sort: digit runs numerically.
-pub fn version_cmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn version_cmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
         match (a.first(), b.first()) {
@@ -131,12 +131,12 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 
 /// What the boot loader should load, found in the boot directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BootFiles {
-    pub kernel: Option<FoundFile>,
-    pub initrd: Option<FoundFile>,
+pub(crate) struct BootFiles {
+    pub(crate) kernel: Option<FoundFile>,
+    pub(crate) initrd: Option<FoundFile>,
     /// Directory (relative to the boot dir, "." for the boot dir itself)
     /// holding device trees, laid out so that `DIR/${fdtfile}` may exist.
-    pub fdt_dir: Option<String>,
+    pub(crate) fdt_dir: Option<String>,
 }
 
 /// Suffixes that mark backups rather than kernels.
@@ -182,7 +182,7 @@ fn newest_versioned(boot: &BootDir, prefix: &str) -> Option<(String, FoundFile)>
 /// `initramfs-VERSION.img`); else `Image`, `Image.gz`, `kernel8.img` (the
 /// Raspberry Pi's name; first for Pi nodes), `zImage`, with `initrd.img`,
 /// `initrd`, `initramfs8`.
-pub fn discover(boot: &BootDir, kind: NodeKind) -> BootFiles {
+pub(crate) fn discover(boot: &BootDir, kind: NodeKind) -> BootFiles {
     let mut out = BootFiles::default();
     let mut version: Option<String> = None;
     if let Some(k) = boot.file("vmlinuz") {
@@ -223,13 +223,13 @@ pub fn discover(boot: &BootDir, kind: NodeKind) -> BootFiles {
 /// namespace: `@modules/VERSION/vmlinuz` is `/usr/lib/modules/VERSION/vmlinuz`
 /// of the image (Fedora, bootc-style images keep kernel and initramfs
 /// there). Only those two names are served from there.
-pub const MODULES_ALIAS: &str = "@modules/";
+pub(crate) const MODULES_ALIAS: &str = "@modules/";
 const MODULES_DIR: &str = "usr/lib/modules";
 const MODULES_NAMES: [&str; 2] = ["vmlinuz", "initramfs.img"];
 
 /// The regular file `@modules/VERSION/NAME` stands for, if it is one of
 /// [`MODULES_NAMES`] and exists.
-pub fn modules_file(tree: &Tree, alias: &str) -> Option<FoundFile> {
+pub(crate) fn modules_file(tree: &Tree, alias: &str) -> Option<FoundFile> {
     let rest = alias.strip_prefix(MODULES_ALIAS)?;
     let (version, name) = rest.split_once('/')?;
     if version.is_empty() || version.starts_with('.') || !MODULES_NAMES.contains(&name) {
@@ -245,7 +245,7 @@ pub fn modules_file(tree: &Tree, alias: &str) -> Option<FoundFile> {
 }
 
 /// The newest `/usr/lib/modules/VERSION/vmlinuz` and its `initramfs.img`.
-pub fn discover_in_modules(tree: &Tree) -> Option<(FoundFile, Option<FoundFile>)> {
+pub(crate) fn discover_in_modules(tree: &Tree) -> Option<(FoundFile, Option<FoundFile>)> {
     let dir = tree.resolve(MODULES_DIR).filter(|d| d.is_dir())?;
     let mut versions: Vec<&str> = dir.children.iter().map(|(n, _)| n.as_str()).collect();
     versions.sort_by(|a, b| version_cmp(b, a));
@@ -258,7 +258,7 @@ pub fn discover_in_modules(tree: &Tree) -> Option<(FoundFile, Option<FoundFile>)
 
 /// A node's `kernel` / `initrd` setting (a path inside the image, absolute
 /// or relative to the boot dir) as a file it can be served as.
-pub fn configured_file(tree: &Tree, boot_dir: &str, path: &str) -> Option<FoundFile> {
+pub(crate) fn configured_file(tree: &Tree, boot_dir: &str, path: &str) -> Option<FoundFile> {
     let abs = path.trim_start_matches('/');
     if let Some(rest) = abs
         .strip_prefix(MODULES_DIR)
@@ -317,7 +317,7 @@ fn find_fdt_dir(boot: &BootDir, version: Option<&str>) -> Option<String> {
 
 /// What a kernel image's first bytes say about its architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelArch {
+pub(crate) enum KernelArch {
     Arm64,
     Riscv64,
     /// 32-bit ARM `zImage` (booted with `bootz`).
@@ -333,7 +333,7 @@ fn le32(b: &[u8], at: usize) -> Option<u32> {
 /// Recognise a kernel from its first bytes (gzip-compressed ones are
 /// inflated as far as the header): arm64 and riscv `Image` headers, ARM
 /// `zImage`, x86 `bzImage`, and PE/COFF machine types (EFI zboot images).
-pub fn kernel_arch(head: &[u8]) -> KernelArch {
+pub(crate) fn kernel_arch(head: &[u8]) -> KernelArch {
     if head.starts_with(&[0x1f, 0x8b]) {
         let mut inflated = Vec::new();
         let _ = flate2::read::GzDecoder::new(head)
@@ -379,7 +379,7 @@ pub fn kernel_arch(head: &[u8]) -> KernelArch {
 /// lzo, lz4, zstd: the magics U-Boot's `booti` recognises), as Ubuntu's
 /// arm64 `vmlinuz` (gzip) and `Image.gz` are. `booti` inflates those only
 /// with `kernel_comp_addr_r` and `kernel_comp_size` set.
-pub fn kernel_is_compressed(head: &[u8]) -> bool {
+pub(crate) fn kernel_is_compressed(head: &[u8]) -> bool {
     matches!(
         head.get(..2),
         Some(
@@ -391,7 +391,7 @@ pub fn kernel_is_compressed(head: &[u8]) -> bool {
 /// The uImage architecture of a node's boot script: from the kernel when
 /// it says, else from the node's platform (riscv for U-Boot nodes, arm64
 /// for Raspberry Pis).
-pub fn script_arch(kind: NodeKind, kernel: KernelArch) -> Arch {
+pub(crate) fn script_arch(kind: NodeKind, kernel: KernelArch) -> Arch {
     match (kernel, kind) {
         (KernelArch::Arm64, _) => Arch::Arm64,
         (KernelArch::Riscv64, _) => Arch::Riscv,
@@ -417,7 +417,7 @@ fn uboot_quote(s: &str) -> String {
 /// one, a `kernel_comp_addr_r` for `booti` to inflate it at: 1 MiB past the
 /// initrd (or past `ramdisk_addr_r` without one).
 /// `None` without a kernel.
-pub fn uboot_script(
+pub(crate) fn uboot_script(
     node: &str,
     files: &BootFiles,
     args: &str,
@@ -480,14 +480,14 @@ pub fn uboot_script(
 }
 
 /// The script wrapped as a legacy uImage.
-pub fn uboot_script_image(script: &str, arch: Arch, timestamp: u32) -> Vec<u8> {
+pub(crate) fn uboot_script_image(script: &str, arch: Arch, timestamp: u32) -> Vec<u8> {
     uimage::script_image(script, arch, "lazyboot boot script", timestamp)
 }
 
 /// A boot script that waits `secs` and loads `path` again, for a node
 /// whose image is still being opened (None for files that are not scripts).
 /// The wait is visible on the node's console.
-pub fn retry_later(
+pub(crate) fn retry_later(
     what: Generated,
     kind: NodeKind,
     node: &str,
@@ -513,7 +513,7 @@ pub fn retry_later(
 
 /// A one-entry PXE menu (U-Boot `pxe`/`sysboot`, pxelinux): LABEL with
 /// KERNEL, INITRD, FDTDIR (when there are device trees) and APPEND.
-pub fn pxelinux_cfg(node: &str, files: &BootFiles, args: &str) -> Option<String> {
+pub(crate) fn pxelinux_cfg(node: &str, files: &BootFiles, args: &str) -> Option<String> {
     let kernel = files.kernel.as_ref()?;
     let mut s = String::new();
     s.push_str(&format!(
@@ -536,7 +536,7 @@ pub fn pxelinux_cfg(node: &str, files: &BootFiles, args: &str) -> Option<String>
 /// The iPXE script: `kernel tftp://SERVER/KERNEL ARGS`, `initrd`, `boot`.
 /// Paths are relative to the node's namespace, as with dnsmasq's TFTP root.
 /// `initrd=NAME` lets an EFI stub kernel find the initrd iPXE loaded.
-pub fn ipxe_script(node: &str, server: Ipv4Addr, files: &BootFiles, args: &str) -> Option<String> {
+pub(crate) fn ipxe_script(node: &str, server: Ipv4Addr, files: &BootFiles, args: &str) -> Option<String> {
     let kernel = files.kernel.as_ref()?;
     let mut s = String::from("#!ipxe\n");
     s.push_str(&format!(

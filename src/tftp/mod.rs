@@ -51,10 +51,10 @@
 //!   logged here, and normal Pi traffic (probes, not-found lookups,
 //!   early terminations) stays at debug level.
 
-pub mod bootfs;
-pub mod flavour;
-pub mod generated;
-pub mod reader;
+pub(crate) mod bootfs;
+pub(crate) mod flavour;
+pub(crate) mod generated;
+pub(crate) mod reader;
 pub mod uimage;
 
 use crate::image::tree::Tree;
@@ -79,21 +79,21 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 /// Block size cap when the interface MTU cannot be read (1500 - 32).
-pub const DEFAULT_BLOCK_SIZE_LIMIT: u16 = 1468;
+pub(crate) const DEFAULT_BLOCK_SIZE_LIMIT: u16 = 1468;
 /// Largest windowsize granted (RFC 7440); bounds memory per transfer.
-pub const WINDOW_SIZE_LIMIT: u16 = 64;
+pub(crate) const WINDOW_SIZE_LIMIT: u16 = 64;
 /// Retransmission timeout when the client does not send one.
-pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Retransmissions of one window before a transfer is given up.
-pub const MAX_SEND_RETRIES: u32 = 10;
+pub(crate) const MAX_SEND_RETRIES: u32 = 10;
 /// How long a request waits for its node's image view to open.
-pub const VIEW_OPEN_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const VIEW_OPEN_WAIT: Duration = Duration::from_secs(10);
 /// How long a wait-and-retry boot script sleeps before asking again.
 const RETRY_AFTER_SECS: u32 = 2;
 /// Where Debian's `ipxe` package puts its ROMs.
 pub const IPXE_ROM_DIR: &str = "/usr/lib/ipxe";
 /// iPXE builds served to every client, from [`IPXE_ROM_DIR`] when present.
-pub const IPXE_ROMS: &[&str] = &[
+pub(crate) const IPXE_ROMS: &[&str] = &[
     "undionly.kpxe",
     "undionly.kkpxe",
     "ipxe.efi",
@@ -157,7 +157,7 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
 
 /// Largest blksize that fits the MTU of `interface` without IP
 /// fragmentation: MTU - 20 (IPv4) - 8 (UDP) - 4 (TFTP DATA header).
-pub fn block_size_limit(interface: &str) -> u16 {
+pub(crate) fn block_size_limit(interface: &str) -> u16 {
     let path = Path::new("/sys/class/net").join(interface).join("mtu");
     std::fs::read_to_string(path)
         .ok()
@@ -185,7 +185,7 @@ fn warm_up(ctx: &Arc<ServeContext>) {
 }
 
 /// The async-tftp handler: resolves requests on the tokio runtime.
-pub struct LazyHandler {
+pub(crate) struct LazyHandler {
     files: Arc<Files>,
 }
 
@@ -196,7 +196,7 @@ struct Files {
 }
 
 impl LazyHandler {
-    pub fn new(ctx: Arc<ServeContext>, rt: Handle, rom_dir: PathBuf) -> LazyHandler {
+    pub(crate) fn new(ctx: Arc<ServeContext>, rt: Handle, rom_dir: PathBuf) -> LazyHandler {
         LazyHandler {
             files: Arc::new(Files { ctx, rt, rom_dir }),
         }
@@ -205,7 +205,7 @@ impl LazyHandler {
 
 /// Writes are refused before a writer is ever made; this type only exists
 /// because the handler trait names one.
-pub struct ReadOnly;
+pub(crate) struct ReadOnly;
 
 impl futures_io::AsyncWrite for ReadOnly {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {

@@ -26,19 +26,19 @@ use tokio::task::JoinHandle;
 
 /// Bytes fetched from the image per `ImageView::read` (the chunk size of
 /// the cache, so one read is one chunk when aligned).
-pub const READ_AHEAD: u32 = 256 * 1024;
+pub(crate) const READ_AHEAD: u32 = 256 * 1024;
 
 type Fetch = JoinHandle<Result<Bytes, crate::image::ViewError>>;
 
 /// Names a transfer in log lines.
 #[derive(Clone, Debug)]
-pub struct Label {
-    pub client: SocketAddr,
-    pub node: String,
-    pub path: String,
+pub(crate) struct Label {
+    pub(crate) client: SocketAddr,
+    pub(crate) node: String,
+    pub(crate) path: String,
 }
 
-pub struct TftpReader {
+pub(crate) struct TftpReader {
     label: Label,
     source: Source,
     pos: u64,
@@ -50,17 +50,17 @@ pub struct TftpReader {
 }
 
 /// Where a node's transfer goes in its boot timeline when it ends.
-pub struct Recording {
-    pub recorder: Arc<Recorder>,
-    pub kind: &'static str,
-    pub image: String,
-    pub started: Instant,
-    pub generated: bool,
-    pub trace: SharedTrace,
+pub(crate) struct Recording {
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) kind: &'static str,
+    pub(crate) image: String,
+    pub(crate) started: Instant,
+    pub(crate) generated: bool,
+    pub(crate) trace: SharedTrace,
 }
 
 impl Recording {
-    pub fn new(recorder: Arc<Recorder>, kind: &'static str, image: &str, generated: bool) -> Self {
+    pub(crate) fn new(recorder: Arc<Recorder>, kind: &'static str, image: &str, generated: bool) -> Self {
         Recording {
             recorder,
             kind,
@@ -72,7 +72,7 @@ impl Recording {
     }
 
     /// Record a request that never became a transfer (not found, unreadable).
-    pub fn failed(self, node: &str, file: &str) {
+    pub(crate) fn failed(self, node: &str, file: &str) {
         self.recorder.tftp(
             node,
             self.kind,
@@ -100,7 +100,7 @@ enum Source {
 /// A file of a node's image: in the final view, or found in a tree that is
 /// settled for the boot directory while the image still streams.
 #[derive(Clone)]
-pub enum FileRef {
+pub(crate) enum FileRef {
     View {
         view: Arc<ImageView>,
         ino: u64,
@@ -113,7 +113,7 @@ pub enum FileRef {
 
 impl FileRef {
     /// Up to `len` bytes at `offset`; short only at the end of the file.
-    pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ViewError> {
+    pub(crate) async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ViewError> {
         match self {
             FileRef::View { view, ino } => view.read(*ino, offset, len).await,
             FileRef::Passing { opening, node } => opening.read(node, offset, len).await,
@@ -148,7 +148,7 @@ impl ImageSource {
 }
 
 impl TftpReader {
-    pub fn memory(label: Label, data: Bytes) -> TftpReader {
+    pub(crate) fn memory(label: Label, data: Bytes) -> TftpReader {
         TftpReader {
             label,
             size: data.len() as u64,
@@ -161,7 +161,7 @@ impl TftpReader {
     }
 
     /// Record this transfer in its node's boot timeline when it ends.
-    pub fn recorded(mut self, record: Recording) -> TftpReader {
+    pub(crate) fn recorded(mut self, record: Recording) -> TftpReader {
         if let Source::Image(src) = &mut self.source {
             src.trace = Some(record.trace.clone());
         }
@@ -169,7 +169,7 @@ impl TftpReader {
         self
     }
 
-    pub fn image(label: Label, file: FileRef, size: u64, rt: Handle) -> TftpReader {
+    pub(crate) fn image(label: Label, file: FileRef, size: u64, rt: Handle) -> TftpReader {
         TftpReader {
             label,
             source: Source::Image(Box::new(ImageSource {
@@ -190,7 +190,7 @@ impl TftpReader {
         }
     }
 
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 }
