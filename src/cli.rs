@@ -1,7 +1,5 @@
 //! The `lazyboot` command line (`src/main.rs` only calls [`main`]).
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
 use crate::cache::ChunkCache;
 use crate::config::{Config, DhcpMode, PortmapperMode};
 use crate::fuse::{cleanup_stale_mount, mount_config, LazyFs};
@@ -14,6 +12,8 @@ use crate::progress::Progress;
 use crate::reference::ImageRef;
 use crate::registry::{RegistryOptions, Source};
 use crate::serve::ServeContext;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -565,17 +565,14 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
         PortmapperMode::Own => {
             let port = crate::nfs::portmap::PORTMAP_PORT;
             let (tcp, udp) = crate::nfs::portmap::bind(ctx.server_ip, port).await?;
-            let table =
-                crate::nfs::portmap::Portmap::new(ctx.server_ip, port, cfg.server.nfs_port);
+            let table = crate::nfs::portmap::Portmap::new(ctx.server_ip, port, cfg.server.nfs_port);
             Some((table, tcp, udp))
         }
         PortmapperMode::Register => {
             let port = cfg.server.nfs_port;
             registration = Some(
-                tokio::task::spawn_blocking(move || {
-                    crate::nfs::portmap::Registration::new(port)
-                })
-                .await??,
+                tokio::task::spawn_blocking(move || crate::nfs::portmap::Registration::new(port))
+                    .await??,
             );
             None
         }

@@ -10,21 +10,36 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+/// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("{path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not valid TOML.
     #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The file.
+        path: String,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// A key has a value that cannot work.
     #[error("{path}, line {line}: `{key}`: {message}")]
     Invalid {
+        /// The file.
         path: String,
+        /// Line of the key (1-based; 0 if unknown).
         line: usize,
+        /// The key, with its table (`server.nfs_port`).
         key: String,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -358,6 +373,7 @@ impl Default for ProfileConfig {
     }
 }
 
+/// The `serve` configuration: `[server]`, `[dhcp]`, `[defaults]`, `[[nodes]]` (see README's config reference).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -408,6 +424,7 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
+    /// Parse and check the text of a configuration file (`path` names it in errors).
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_string(),

@@ -4,14 +4,17 @@
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 
+/// A string that is not a `sha256:` digest of 64 lowercase hex digits.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
 pub struct InvalidDigest(pub String);
 
+/// A validated `sha256:` digest (safe to use as a file name).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Digest(String);
 
 impl Digest {
+    /// Check that `s` is a `sha256:` digest.
     pub fn parse(s: &str) -> Result<Self, InvalidDigest> {
         let hex = s
             .strip_prefix("sha256:")
@@ -22,6 +25,7 @@ impl Digest {
         Ok(Digest(s.to_string()))
     }
 
+    /// The sha256 digest of `data`.
     pub fn of_bytes(data: &[u8]) -> Self {
         Digest(format!("sha256:{}", hex::encode(Sha256::digest(data))))
     }
@@ -30,6 +34,7 @@ impl Digest {
         Digest(format!("sha256:{}", hex::encode(raw)))
     }
 
+    /// The digest as `sha256:HEX`.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -7,8 +7,8 @@
 #![warn(missing_docs)]
 
 pub(crate) mod api;
-pub mod cli;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod dhcp;
 pub mod digest;

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// An OCI platform, `os/architecture[/variant]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Platform {
     pub(crate) os: String,
@@ -19,6 +20,7 @@ pub struct Platform {
 #[error(
     "platform {input:?}: {reason} (expected os/arch[/variant], e.g. linux/amd64 or linux/arm/v7)"
 )]
+/// A platform string that cannot be parsed.
 pub struct PlatformError {
     pub(crate) input: String,
     pub(crate) reason: String,

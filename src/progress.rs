@@ -4,6 +4,7 @@
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Progress bars on stderr (or none): one per long task.
 #[derive(Clone)]
 pub struct Progress {
     multi: Option<MultiProgress>,

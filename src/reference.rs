@@ -17,20 +17,30 @@ const DOCKER_HUB_ALIASES: &[&str] = &["index.docker.io", "registry-1.docker.io"]
 /// The distribution spec bounds the repository name (not the host) at 255.
 const MAX_REPOSITORY_LEN: usize = 255;
 
+/// An image reference: a registry repository or an OCI layout on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImageRef {
+    /// `registry/repository[:tag][@digest]`.
     Remote {
+        /// Registry host, with port if given.
         registry: String,
+        /// Repository path.
         repository: String,
+        /// Tag, if given.
         tag: Option<String>,
+        /// Digest, if given (it wins over the tag).
         digest: Option<Digest>,
     },
+    /// `oci:DIR[:tag]`, an OCI image layout directory.
     Layout {
+        /// The layout directory.
         dir: PathBuf,
+        /// Tag in the layout's index, if given.
         tag: Option<String>,
     },
 }
 
+/// A reference that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("ImageRef {input:?}: {reason}")]
 pub struct ReferenceError {

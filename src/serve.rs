@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What the boot servers of one `lazyboot serve` share: the configuration, the node inventory, the images and the profile recorder.
 pub struct ServeContext {
     pub(crate) config: Config,
     pub(crate) inventory: Arc<Inventory>,
@@ -46,6 +47,7 @@ impl ServeContext {
         self.inventory.boot_generation(name)
     }
 
+    /// The shared state for `config`, with images cached in `cache`.
     pub fn new(config: Config, cache: Arc<ChunkCache>) -> Arc<ServeContext> {
         Self::with_options(config, cache, ServeOptions::default())
     }

@@ -21,11 +21,15 @@ use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Why the cache could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// A file or directory of the cache could not be read or written.
     #[error("cache directory {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -45,12 +49,18 @@ pub(crate) struct ChunkKey {
     pub(crate) id: u64,
 }
 
+/// Counters of a cache since it was opened.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct CacheStats {
+    /// Chunks found (memory or disk).
     pub hits: u64,
+    /// Chunks asked for and not there.
     pub misses: u64,
+    /// Bytes of chunks written.
     pub stored_bytes: u64,
+    /// Chunks removed to stay under the size bound.
     pub evicted_chunks: u64,
+    /// Chunk files that failed their checksum (and were removed).
     pub corrupt_chunks: u64,
 }
 
@@ -60,6 +70,7 @@ struct DiskState {
     total: u64,
 }
 
+/// The on-disk chunk cache shared by every image: verified chunk files, layer indexes and prefetch plans under one directory, bounded in size.
 pub struct ChunkCache {
     root: PathBuf,
     max_bytes: u64,
@@ -288,6 +299,7 @@ impl ChunkCache {
             .fold((0, 0), |(n, b), (_, len)| (n + 1, b + len))
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),

@@ -322,7 +322,12 @@ impl LeaseDb {
 
     /// DHCPRELEASE: the lease ends now. The record stays so the same client
     /// gets the same address back while nobody else took it.
-    pub(crate) fn release(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<bool, DhcpError> {
+    pub(crate) fn release(
+        &mut self,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        now: u64,
+    ) -> Result<bool, DhcpError> {
         match self.leases.get_mut(&ip) {
             Some(l) if l.mac == mac => {
                 l.expires = l.expires.min(now);
@@ -335,7 +340,12 @@ impl LeaseDb {
 
     /// DHCPDECLINE: another machine uses `ip`. Keep it out of the pool for a
     /// while and drop the client's lease on it.
-    pub(crate) fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<(), DhcpError> {
+    pub(crate) fn decline(
+        &mut self,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        now: u64,
+    ) -> Result<(), DhcpError> {
         self.declined.insert(ip, now + DECLINE_HOLD_SECS);
         self.offers.remove(&mac);
         if self.leases.get(&ip).is_some_and(|l| l.mac == mac) {

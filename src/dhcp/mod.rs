@@ -18,26 +18,34 @@ pub(crate) mod options;
 mod packet;
 mod server;
 
-
 use crate::serve::ServeContext;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Why the DHCP server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
+    /// The socket could not be bound.
     #[error("DHCP: cannot listen on {interface} UDP port {port}: {source}")]
     Bind {
+        /// The interface it was to be bound to.
         interface: String,
+        /// The UDP port.
         port: u16,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The lease file could not be read or written.
     #[error("DHCP lease file {}: {source}", path.display())]
     Leases {
+        /// The lease file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The `[dhcp]` settings cannot work on this machine.
     #[error("DHCP configuration: {0}")]
     Config(String),
 }

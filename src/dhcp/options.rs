@@ -235,7 +235,12 @@ pub(crate) fn ipxe_boot_file(facts: &ClientFacts) -> Option<&'static str> {
 /// What to tell `facts`' machine, a node of `kind`, to boot. `proxy`: the
 /// reply is a ProxyDHCP one, which a PXE ROM only recognises by option 60
 /// `PXEClient` (and which must carry option 43).
-pub(crate) fn boot_plan(kind: NodeKind, facts: &ClientFacts, server: Ipv4Addr, proxy: bool) -> BootPlan {
+pub(crate) fn boot_plan(
+    kind: NodeKind,
+    facts: &ClientFacts,
+    server: Ipv4Addr,
+    proxy: bool,
+) -> BootPlan {
     let mut options = vec![DhcpOption::TFTPServerName(nul_terminated(
         &server.to_string(),
     ))];

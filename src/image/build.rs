@@ -181,7 +181,10 @@ fn registry(layer: &LayerDesc) -> impl Fn(RegistryError) -> IndexError + '_ {
 
 /// The format of `layer` as the index will record it, asking the blob's
 /// tail where the media type leaves a choice (a gzip layer may be eStargz).
-pub(crate) async fn probe_format(source: &Source, layer: &LayerDesc) -> Result<LayerFormat, IndexError> {
+pub(crate) async fn probe_format(
+    source: &Source,
+    layer: &LayerDesc,
+) -> Result<LayerFormat, IndexError> {
     let how = indexing_for(&layer.media_type).map_err(|source| IndexError::Format {
         layer: layer.digest.clone(),
         source,

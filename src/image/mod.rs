@@ -28,8 +28,8 @@ pub use error::{IndexError, ViewError};
 pub use opening::{Found, Opening, Settled};
 pub use prefetch::{PlanError, PrefetchPlan};
 pub use published::published_cache_name;
-pub use tree::{DataRef, Inode, Tree};
 pub use trace::ReadTrace;
+pub use tree::{DataRef, Inode, Tree};
 pub use view::ImageView;
 
 pub(crate) use build::probe_format;

@@ -86,6 +86,7 @@ pub enum Found {
     Final(Arc<ImageView>),
 }
 
+/// An image being opened: every layer's index under way, a provisional tree of what is known for sure, then the final [`ImageView`].
 pub struct Opening {
     pub(crate) image: ResolvedImage,
     source: Source,
@@ -413,7 +414,12 @@ impl Opening {
     }
 
     /// Read [offset, offset+len) of the file `node` (from [`lookup`](Self::lookup)).
-    pub(crate) async fn read(&self, node: &Inode, offset: u64, len: u32) -> Result<Bytes, ViewError> {
+    pub(crate) async fn read(
+        &self,
+        node: &Inode,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, ViewError> {
         if node.kind != EntryKind::File {
             return Err(ViewError::NotFile(node.ino));
         }

@@ -29,6 +29,7 @@ pub(crate) struct PlanStep {
     pub(crate) end: u64,
 }
 
+/// The chunks a first boot of an image read, in the order it first read them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefetchPlan {
     pub(crate) version: u32,
@@ -39,14 +40,27 @@ pub struct PrefetchPlan {
     pub(crate) steps: Vec<PlanStep>,
 }
 
+/// Why a stored or published plan was not used.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// Not a plan's JSON.
     #[error("prefetch plan: {0}")]
     Decode(#[from] serde_json::Error),
+    /// A plan of another format version.
     #[error("prefetch plan is version {found}, this lazyboot reads version {PLAN_VERSION}")]
-    Version { found: u32 },
+    Version {
+        /// Its version.
+        found: u32,
+    },
+    /// A plan of another image.
     #[error("prefetch plan was learned on {found}, not on {want}")]
-    Manifest { found: String, want: String },
+    Manifest {
+        /// The manifest it is for.
+        found: String,
+        /// The manifest asked for.
+        want: String,
+    },
+    /// The cache could not store it.
     #[error("prefetch plan: {0}")]
     Cache(#[from] crate::cache::CacheError),
 }
@@ -114,6 +128,7 @@ impl PrefetchPlan {
         Ok(plan)
     }
 
+    /// The plan stored for `manifest`, if there is a usable one.
     pub fn load(cache: &ChunkCache, manifest: &Digest) -> Option<PrefetchPlan> {
         let bytes = cache.load_index(&Self::cache_name(manifest))?;
         match Self::decode(&bytes, manifest) {
@@ -125,6 +140,7 @@ impl PrefetchPlan {
         }
     }
 
+    /// Store the plan under its manifest digest.
     pub fn store(&self, cache: &ChunkCache) -> Result<(), PlanError> {
         let manifest = Digest::parse(&self.manifest).map_err(|_| PlanError::Manifest {
             found: self.manifest.clone(),
@@ -151,7 +167,11 @@ pub(crate) struct PrefetchReport {
 /// issued in plan order. Node reads of a chunk being prefetched wait for it
 /// instead of fetching it again (the cache's claims). Errors are logged and
 /// skipped: a node's own read will retry and report them.
-pub(crate) async fn replay(view: Arc<ImageView>, plan: &PrefetchPlan, parallel: usize) -> PrefetchReport {
+pub(crate) async fn replay(
+    view: Arc<ImageView>,
+    plan: &PrefetchPlan,
+    parallel: usize,
+) -> PrefetchReport {
     let started = Instant::now();
     let mut cached = 0;
     let mut fetched = 0;

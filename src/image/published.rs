@@ -280,7 +280,10 @@ pub(crate) enum PublishError {
 /// `lazyboot index --push`: publish the image's layer indexes, built here
 /// (a streaming pass for any layer that only has a pulled one), and its
 /// prefetch plan if one was learned, as an artifact referring to the image.
-pub(crate) async fn publish(view: &ImageView, progress: &Progress) -> Result<PublishReport, PublishError> {
+pub(crate) async fn publish(
+    view: &ImageView,
+    progress: &Progress,
+) -> Result<PublishReport, PublishError> {
     let (source, image, cache) = (view.source(), view.image(), view.cache());
     if !source.is_registry() {
         return Err(ReferrersError::NotARegistry {

@@ -22,6 +22,7 @@ pub(crate) struct FetchNote {
     pub(crate) bytes: u64,
 }
 
+/// What one request did on the read path (see the module docs).
 #[derive(Debug, Default)]
 pub struct ReadTrace {
     /// The object the request was about (NFS export id and file id), if

@@ -17,12 +17,15 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// Which layer entry holds a regular file's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DataRef {
+    /// Layer of the image that holds the data.
     pub layer: u32,
     pub(crate) entry: u32,
 }
 
+/// One file, directory, link or device of the merged tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
+    /// Inode number: stable for a given image (depth-first, name order).
     pub ino: u64,
     pub(crate) parent: u64,
     /// Never `Hardlink`: links are resolved to the inode they share.
@@ -31,12 +34,14 @@ pub struct Inode {
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) mtime: i64,
+    /// Size in bytes of a regular file's data (a symlink: its target's length).
     pub size: u64,
     pub(crate) rdev_major: u32,
     pub(crate) rdev_minor: u32,
     pub(crate) nlink: u32,
     pub(crate) xattrs: Vec<(String, Vec<u8>)>,
     pub(crate) symlink: Option<String>,
+    /// Where a regular file's data is; `None` for an empty file.
     pub data: Option<DataRef>,
     /// Directory entries sorted by name (byte order), so readdir can resume at
     /// an index and lookup is a binary search.
@@ -88,6 +93,7 @@ pub(crate) struct MergeWarning {
     pub(crate) reason: String,
 }
 
+/// The merged tree of an image's layers (OCI whiteouts applied), inodes numbered from [`ROOT_INO`].
 #[derive(Debug)]
 pub struct Tree {
     inodes: Vec<Inode>,
@@ -124,10 +130,12 @@ impl Tree {
         self.inodes.len()
     }
 
+    /// Whether the tree has no inode (never: the root is always there).
     pub fn is_empty(&self) -> bool {
         self.inodes.is_empty()
     }
 
+    /// Every inode, in inode-number order.
     pub fn iter(&self) -> impl Iterator<Item = &Inode> {
         self.inodes.iter()
     }

@@ -18,10 +18,14 @@ pub const INDEX_VERSION: u32 = 2;
 /// number of cache files reasonable.
 pub(crate) const CHUNK_SIZE: u64 = 256 << 10;
 
+/// What a layer's format needs to locate a file's bytes in the blob.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum IndexDetail {
+    /// A gzip layer: zran checkpoints and block hashes.
     Gzip(ZranIndex),
+    /// An uncompressed tar layer: a hash per chunk.
     Tar(TarChunks),
+    /// An eStargz layer: its TOC's chunk table.
     Estargz(EstargzIndex),
 }
 
@@ -37,36 +41,56 @@ impl IndexDetail {
     }
 }
 
+/// A layer's complete index, stored in the cache under its layer's digest.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerIndex {
     pub(crate) version: u32,
+    /// The layer's digest.
     pub digest: Digest,
     pub(crate) format: LayerFormat,
+    /// Size of the blob.
     pub compressed_size: u64,
     /// Size of the uncompressed tar stream (gzip and tar layers), or the sum of
     /// file sizes (eStargz).
     pub(crate) uncompressed_size: u64,
+    /// The layer's tar entries, in stream order.
     pub entries: Vec<Entry>,
+    /// The format's detail.
     pub detail: IndexDetail,
 }
 
+/// Why a stored index could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexCodecError {
+    /// It could not be serialised.
     #[error("index encoding: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    /// It is not a valid index.
     #[error("index decoding: {0}")]
     Decode(#[from] bincode::error::DecodeError),
+    /// It is of another format version.
     #[error("index is version {found}, this build reads version {INDEX_VERSION}")]
-    Version { found: u32 },
+    Version {
+        /// Its version.
+        found: u32,
+    },
+    /// It is the index of another layer.
     #[error("index is for {found}, expected {expected}")]
-    WrongLayer { found: Digest, expected: Digest },
+    WrongLayer {
+        /// The layer it indexes.
+        found: Digest,
+        /// The layer asked for.
+        expected: Digest,
+    },
 }
 
 impl LayerIndex {
+    /// The cache file name of the index of layer `digest`.
     pub fn cache_name(digest: &Digest) -> String {
         format!("{}.idx", digest.hex())
     }
 
+    /// Serialise the index.
     pub fn encode(&self) -> Result<Vec<u8>, IndexCodecError> {
         Ok(bincode::serde::encode_to_vec(
             self,
@@ -74,6 +98,7 @@ impl LayerIndex {
         )?)
     }
 
+    /// Deserialise an index and check it is of this version and of layer `expected`.
     pub fn decode(bytes: &[u8], expected: &Digest) -> Result<Self, IndexCodecError> {
         let (idx, _): (LayerIndex, usize) =
             bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;

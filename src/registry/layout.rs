@@ -91,7 +91,10 @@ impl Layout {
         }
     }
 
-    pub(crate) async fn read_manifest(&self, digest: &Digest) -> Result<(Bytes, Digest), RegistryError> {
+    pub(crate) async fn read_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<(Bytes, Digest), RegistryError> {
         let data = self.read_whole(digest, "manifest").await?;
         let actual = Digest::of_bytes(&data);
         Ok((data, actual))

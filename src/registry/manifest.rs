@@ -207,7 +207,11 @@ pub(crate) mod tests {
         )
     }
 
-    pub(crate) fn index_entry(manifest: &[u8], platform: Option<&str>, attestation: bool) -> String {
+    pub(crate) fn index_entry(
+        manifest: &[u8],
+        platform: Option<&str>,
+        attestation: bool,
+    ) -> String {
         let mut extra = String::new();
         if let Some(p) = platform {
             let p: Platform = p.parse().unwrap();

@@ -28,7 +28,11 @@ pub(crate) enum Generated {
 }
 
 /// Which generated file `path` (normalised) is for a node, if any.
-pub(crate) fn generated_for(kind: NodeKind, pxelinux_mac_name: &str, path: &str) -> Option<Generated> {
+pub(crate) fn generated_for(
+    kind: NodeKind,
+    pxelinux_mac_name: &str,
+    path: &str,
+) -> Option<Generated> {
     match path {
         "cmdline.txt" if kind == NodeKind::Raspberrypi => Some(Generated::Cmdline),
         "boot.scr.uimg" | "boot.scr" if kind != NodeKind::Ipxe => Some(Generated::BootScript),
@@ -536,7 +540,12 @@ pub(crate) fn pxelinux_cfg(node: &str, files: &BootFiles, args: &str) -> Option<
 /// The iPXE script: `kernel tftp://SERVER/KERNEL ARGS`, `initrd`, `boot`.
 /// Paths are relative to the node's namespace, as with dnsmasq's TFTP root.
 /// `initrd=NAME` lets an EFI stub kernel find the initrd iPXE loaded.
-pub(crate) fn ipxe_script(node: &str, server: Ipv4Addr, files: &BootFiles, args: &str) -> Option<String> {
+pub(crate) fn ipxe_script(
+    node: &str,
+    server: Ipv4Addr,
+    files: &BootFiles,
+    args: &str,
+) -> Option<String> {
     let kernel = files.kernel.as_ref()?;
     let mut s = String::from("#!ipxe\n");
     s.push_str(&format!(

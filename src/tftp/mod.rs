@@ -105,14 +105,19 @@ const MAX_CMDLINE: u32 = 64 * 1024;
 /// Bytes of a kernel read to recognise its architecture.
 const KERNEL_HEAD: u32 = 64 * 1024;
 
+/// Why the TFTP server stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
+    /// The socket could not be bound.
     #[error("TFTP: cannot bind {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// The TFTP server failed.
     #[error("TFTP server: {0}")]
     Server(#[from] async_tftp::Error),
 }

@@ -60,7 +60,12 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
-    pub(crate) fn new(recorder: Arc<Recorder>, kind: &'static str, image: &str, generated: bool) -> Self {
+    pub(crate) fn new(
+        recorder: Arc<Recorder>,
+        kind: &'static str,
+        image: &str,
+        generated: bool,
+    ) -> Self {
         Recording {
             recorder,
             kind,

@@ -19,6 +19,7 @@ pub(crate) const HEADER_LEN: usize = 64;
 pub(crate) const NAME_LEN: usize = 32;
 
 pub(crate) const OS_LINUX: u8 = 5;
+/// `IH_TYPE_SCRIPT`: a U-Boot script image.
 pub const TYPE_SCRIPT: u8 = 6;
 pub(crate) const COMP_NONE: u8 = 0;
 
@@ -87,6 +88,7 @@ pub struct Header {
     pub(crate) data_crc: u32,
     pub(crate) os: u8,
     pub(crate) arch: u8,
+    /// The image type (`IH_TYPE_*`).
     pub image_type: u8,
     pub(crate) comp: u8,
     pub(crate) name: String,
