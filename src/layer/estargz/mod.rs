@@ -1,0 +1,116 @@
+//! eStargz layers: a gzip layer whose regular files (or chunks of them) each
+//! start a new gzip member, with a table of contents (TOC) near the end that
+//! says where every member is. See containerd/stargz-snapshotter's
+//! docs/estargz.md for the format.
+//!
+//! Layout of a blob, as the reference writer produces it:
+//!
+//! ```text
+//! [member: tar headers ...][member: chunk data (+ tar padding, headers) ] ...
+//! [member: tar holding stargz.index.json][footer: empty member, 51 bytes]
+//! ```
+//!
+//! A TOC `offset` points at the gzip header of the member whose uncompressed
+//! output starts with the chunk's data, or, when the writer packs several
+//! small files into one member, `innerOffset` bytes before it. The tar header
+//! of a file therefore normally sits at the end of the *previous* member.
+//!
+//! - `footer`: finding the TOC from the blob's last [`FOOTER_SIZE`] bytes,
+//! - `toc`: the TOC as entries and a chunk table ([`EstargzIndex`]), with
+//!   `rfc3339` for its modification times,
+//! - `chunk`: decoding and checking one chunk's gzip member.
+
+mod chunk;
+mod footer;
+mod rfc3339;
+#[cfg(test)]
+mod tests;
+mod toc;
+
+pub use chunk::decode_chunk;
+pub use footer::parse_footer;
+pub use toc::parse_toc;
+
+use serde::{Deserialize, Serialize};
+use std::io;
+
+pub const FOOTER_SIZE: u64 = 51;
+pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+
+const TOC_TAR_NAME: &str = "stargz.index.json";
+/// Marker files that the converter adds to record prefetch order; they are
+/// not part of the image's file system.
+const HIDDEN: [&str; 3] = [TOC_TAR_NAME, ".prefetch.landmark", ".no.prefetch.landmark"];
+/// A TOC is about 300 bytes per entry; this allows millions of entries while
+/// stopping a gzip bomb in the TOC member from exhausting memory.
+const MAX_TOC_JSON: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EstargzError {
+    #[error("eStargz footer must be {FOOTER_SIZE} bytes, got {0}")]
+    FooterSize(usize),
+    #[error("eStargz footer has a malformed TOC offset {0:?} (expected 16 hex digits)")]
+    FooterOffset(String),
+    #[error("eStargz footer is marked STARGZ but is not a valid empty gzip member: {0}")]
+    FooterMember(String),
+    #[error("invalid eStargz TOC digest annotation {0:?} (expected sha256:<64 hex digits>)")]
+    BadTocDigestAnnotation(String),
+    #[error("cannot read the eStargz TOC member: {0}")]
+    TocRead(#[source] io::Error),
+    #[error("the eStargz TOC member holds no {TOC_TAR_NAME}")]
+    TocMissing,
+    #[error("the eStargz TOC is larger than {MAX_TOC_JSON} bytes")]
+    TocTooLarge,
+    #[error("eStargz TOC digest mismatch: the layer descriptor says {expected}, the TOC hashes to {actual} (wrong or tampered TOC)")]
+    TocDigestMismatch { expected: String, actual: String },
+    #[error("eStargz TOC is not valid JSON: {0}")]
+    TocJson(#[source] serde_json::Error),
+    #[error("unsupported eStargz TOC version {0} (only version 1 exists)")]
+    TocVersion(i64),
+    #[error("eStargz TOC entry {name:?}: {reason}")]
+    BadEntry { name: String, reason: String },
+    #[error("cannot decompress eStargz chunk at blob offset {comp_start}: {source}")]
+    ChunkRead {
+        comp_start: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("eStargz chunk at blob offset {comp_start} is truncated: wanted {wanted} bytes, the gzip member gave {got}")]
+    ChunkTruncated {
+        comp_start: u64,
+        wanted: u64,
+        got: u64,
+    },
+    #[error("eStargz chunk at blob offset {comp_start} failed its digest check: TOC says sha256:{expected}, data hashes to sha256:{actual} (wrong bytes from the registry?)")]
+    ChunkDigestMismatch {
+        comp_start: u64,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// One gzip-compressed piece of a regular file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EChunk {
+    /// Blob offset of the gzip member that holds the chunk.
+    pub comp_start: u64,
+    /// Upper bound of the member: enough blob bytes to decode the chunk.
+    pub comp_end: u64,
+    /// Where the chunk's bytes go in the file.
+    pub file_offset: u64,
+    /// Uncompressed length of the chunk.
+    pub size: u64,
+    /// sha256 of the uncompressed chunk (`chunkDigest`), when the TOC has one.
+    pub digest: Option<[u8; 32]>,
+    /// Uncompressed bytes of the member to skip before the chunk's data
+    /// (`innerOffset`): non-zero only when a writer packed several small
+    /// files into one member.
+    #[serde(default)]
+    pub inner_offset: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EstargzIndex {
+    pub toc_offset: u64,
+    pub chunks: Vec<EChunk>,
+}

@@ -1,0 +1,119 @@
+//! zran-style random access into a gzip layer blob.
+//!
+//! A gzip stream can normally only be decompressed from its start. While the
+//! layer is streamed once (to list its tar entries), [`ZranReader`] records
+//! *checkpoints*: the inflater's position at deflate block boundaries about
+//! every [`CHECKPOINT_SPACING`] bytes of output, together with the last 32 KiB
+//! of output that later back-references may reach into. Any uncompressed
+//! range can then be produced by fetching the compressed bytes from the
+//! nearest checkpoint on and resuming inflation there ([`ZranIndex::plan`],
+//! [`ZranIndex::decode`]).
+//!
+//! Checkpoints normally sit at deflate block boundaries, as in zlib's
+//! zran.c. Inside a fixed-Huffman block any code boundary works too (see
+//! [`CheckpointKind`]); that keeps streams made of one huge fixed block
+//! (zlib-ng and zlib-rs at level 1) randomly accessible.
+//!
+//! Ranged fetches cannot be checked against the layer digest, so the
+//! compressed blob is also cut into [`BLOCK_SIZE`] blocks with one sha256
+//! each, and [`ZranIndex::decode`] refuses data whose blocks do not match.
+//!
+//! - `ffi`: the zlib inflate stream, the only place that calls zlib,
+//! - `build`: [`ZranReader`], which streams the layer once and records
+//!   checkpoints and block hashes,
+//! - `decode`: [`ZranIndex::plan`] and [`ZranIndex::decode`].
+
+mod build;
+mod decode;
+mod ffi;
+#[cfg(test)]
+mod tests;
+
+pub use build::ZranReader;
+
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// Output bytes between checkpoints. About 4 MiB keeps the index small (a
+/// 32 KiB window per checkpoint) while bounding what a random read must
+/// decode before the bytes it wants.
+pub const CHECKPOINT_SPACING: u64 = 4 << 20;
+/// Compressed bytes covered by one block hash.
+pub const BLOCK_SIZE: u64 = 256 << 10;
+
+/// Deflate back-references reach at most this far, so this much preceding
+/// output is all a checkpoint needs to resume.
+const WINDOW_SIZE: usize = 32 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZranError {
+    #[error("corrupt gzip stream at compressed offset {offset}: {msg}")]
+    Corrupt { offset: u64, msg: String },
+    #[error("compressed block {block} failed its sha256 check (wrong bytes from the registry)")]
+    BlockMismatch { block: u64 },
+    #[error("I/O while reading the compressed stream: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "the gzip stream was not read to its end (stopped at compressed offset {offset}); \
+         read until read() returns 0 before calling finish()"
+    )]
+    Incomplete { offset: u64 },
+    #[error("read plan does not match this index or the data given: {msg}")]
+    InvalidPlan { msg: String },
+    #[error("zlib failure: {msg}")]
+    Inflate { msg: String },
+}
+
+/// What the inflater was in the middle of at a checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointKind {
+    /// Before a deflate block header (the only kind zlib's zran.c knows).
+    #[default]
+    BlockBoundary,
+    /// Between two codes of a fixed-Huffman block whose last-block flag is
+    /// `last`. Such a block needs no tables, so decoding resumes by priming
+    /// a synthetic fixed block header. This matters because zlib-ng's and
+    /// zlib-rs's level 1 emit one fixed block per flush, often one for the
+    /// whole layer, which leaves no block boundaries to checkpoint at.
+    InFixedBlock { last: bool },
+}
+
+/// Where inflation can resume.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Compressed offset of the first byte of which no bit was used yet.
+    pub in_off: u64,
+    /// Uncompressed offset at this point.
+    pub out_off: u64,
+    /// Unused high bits of the byte at `in_off - 1` (0..=7), for inflatePrime.
+    pub bits: u8,
+    /// Up to 32 KiB of output preceding `out_off` within the same gzip member
+    /// (empty at a member's start: back-references never cross members).
+    pub window: Vec<u8>,
+    pub kind: CheckpointKind,
+}
+
+/// Hash and decodability of one `BLOCK_SIZE` slice of the compressed blob.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Block {
+    /// Uncompressed bytes produced once all input up to this block's end was
+    /// consumed: a lower bound of what that input can decode to.
+    pub out_avail: u64,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ZranIndex {
+    pub compressed_size: u64,
+    pub uncompressed_size: u64,
+    pub checkpoints: Vec<Checkpoint>,
+    pub blocks: Vec<Block>,
+}
+
+/// What to fetch for an uncompressed range: whole blocks starting at or
+/// before `checkpoints[checkpoint]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadPlan {
+    pub checkpoint: usize,
+    pub compressed: Range<u64>,
+}

@@ -1,0 +1,27 @@
+//! How to reach registries: platform, plain-HTTP hosts, timeouts, retries.
+
+use crate::platform::Platform;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    pub platform: Platform,
+    /// Hosts (`host` or `host:port`) to reach over plain HTTP. Loopback
+    /// registries always are.
+    pub insecure_registries: Vec<String>,
+    /// Per request, and per read while a body is streaming.
+    pub timeout: Duration,
+    /// Further attempts after the first, for transient failures only.
+    pub retries: u32,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            platform: Platform::host(),
+            insecure_registries: Vec::new(),
+            timeout: Duration::from_secs(30),
+            retries: 4,
+        }
+    }
+}
