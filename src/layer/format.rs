@@ -173,7 +173,7 @@ pub(crate) fn indexing_for(media_type: &str) -> Result<Indexing, FormatError> {
     Ok(match format {
         LayerFormat::Gzip | LayerFormat::Estargz => Indexing {
             format: LayerFormat::Gzip,
-            tail: Some(&super::estargz_layout::EstargzTail),
+            tail: Some(&super::estargz::EstargzTail),
             stream: &super::gzip::GzipStream,
         },
         LayerFormat::Tar => Indexing {

@@ -8,7 +8,6 @@
 //! Everything here is pure: no network and no cache. The view drives fetching.
 
 pub mod estargz;
-mod estargz_layout;
 pub(crate) mod format;
 mod gzip;
 pub mod index;

@@ -22,6 +22,7 @@
 
 mod chunk;
 mod footer;
+mod layout;
 mod rfc3339;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ mod toc;
 
 pub use chunk::decode_chunk;
 pub use footer::parse_footer;
+pub(crate) use layout::EstargzTail;
 pub use toc::parse_toc;
 
 use serde::{Deserialize, Serialize};

@@ -2,10 +2,10 @@
 //! the table of contents locates; a chunk is decoded from its member alone
 //! and checked against its TOC digest.
 
-use super::estargz::{self, EstargzIndex};
-use super::format::{cut_runs, ChunkMap, Codec, Fetch, Indexed, Span, TailIndexer};
-use super::index::IndexDetail;
-use super::{Entry, LayerFormat};
+use super::{self as estargz, EstargzIndex};
+use crate::layer::format::{cut_runs, ChunkMap, Codec, Fetch, Indexed, Span, TailIndexer};
+use crate::layer::index::IndexDetail;
+use crate::layer::{Entry, LayerFormat};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Range;
