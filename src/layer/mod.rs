@@ -7,20 +7,20 @@
 //!
 //! Everything here is pure: no network and no cache. The view drives fetching.
 
-pub mod estargz;
+pub(crate) mod estargz;
 pub(crate) mod format;
 mod gzip;
 pub mod index;
 mod tar;
 pub use tar::TarChunks;
-pub mod tar_entries;
+pub(crate) mod tar_entries;
 pub mod zran;
 
 use serde::{Deserialize, Serialize};
 
 /// The kind of a tar entry, after PAX/GNU extensions are applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EntryKind {
+pub(crate) enum EntryKind {
     File,
     Dir,
     Symlink,
@@ -37,26 +37,26 @@ pub enum EntryKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub path: String,
-    pub kind: EntryKind,
+    pub(crate) kind: EntryKind,
     /// Permission bits including setuid/setgid/sticky (the low 12 bits).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: i64,
-    pub size: u64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: i64,
+    pub(crate) size: u64,
     /// Symlink target, or the path a hard link points to (normalised).
-    pub link_target: Option<String>,
-    pub xattrs: Vec<(String, Vec<u8>)>,
-    pub dev_major: u32,
-    pub dev_minor: u32,
+    pub(crate) link_target: Option<String>,
+    pub(crate) xattrs: Vec<(String, Vec<u8>)>,
+    pub(crate) dev_major: u32,
+    pub(crate) dev_minor: u32,
     /// Where the data lives, meaning depends on the format: for gzip and tar
     /// the offset of the first data byte in the uncompressed stream; for
     /// eStargz the index of the file's first chunk in the layer's chunk table.
-    pub data: u64,
+    pub(crate) data: u64,
 }
 
 impl Entry {
-    pub fn new(path: String, kind: EntryKind) -> Self {
+    pub(crate) fn new(path: String, kind: EntryKind) -> Self {
         Entry {
             path,
             kind,
@@ -77,7 +77,7 @@ impl Entry {
 /// Normalise a path from a tar header or TOC: strip `./` and `/` prefixes and
 /// trailing slashes, drop `.` components. Returns `None` for paths that climb
 /// out of the root with `..`, which an image must never be allowed to do.
-pub fn normalize_path(raw: &str) -> Option<String> {
+pub(crate) fn normalize_path(raw: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for comp in raw.split('/') {
         match comp {
@@ -91,7 +91,7 @@ pub fn normalize_path(raw: &str) -> Option<String> {
 
 /// Media types of layers, and what we do with them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LayerFormat {
+pub(crate) enum LayerFormat {
     Gzip,
     Estargz,
     Tar,
@@ -115,7 +115,7 @@ pub enum FormatError {
 
 /// Classify a layer by media type. eStargz is a gzip layer with a footer, so a
 /// gzip answer is refined later by probing the footer (see `view`).
-pub fn format_from_media_type(media_type: &str) -> Result<LayerFormat, FormatError> {
+pub(crate) fn format_from_media_type(media_type: &str) -> Result<LayerFormat, FormatError> {
     match media_type {
         "application/vnd.oci.image.layer.v1.tar+gzip"
         | "application/vnd.docker.image.rootfs.diff.tar.gzip"

@@ -20,10 +20,10 @@ const FETCH_GROUP_CHUNKS: u64 = 16;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TarChunks {
     /// Size of the blob (and of the stream).
-    pub size: u64,
+    pub(crate) size: u64,
     /// sha256 of every chunk of the blob, taken during the digest-verified
     /// pass, so each range fetch can be checked on its own.
-    pub chunk_sha256: Vec<[u8; 32]>,
+    pub(crate) chunk_sha256: Vec<[u8; 32]>,
 }
 
 impl TarChunks {

@@ -8,16 +8,16 @@
 //! - [`report`], [`html`]: text, JSON, HTML and Chrome-trace renderings.
 
 pub mod html;
-pub mod model;
-pub mod recorder;
-pub mod report;
+pub(crate) mod model;
+pub(crate) mod recorder;
+pub(crate) mod report;
 
 pub use model::*;
 
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
+pub(crate) enum ProfileError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -42,19 +42,15 @@ pub enum ProfileError {
 
 /// Profiles on disk: `DIR/NODE/000001.json`, one file per boot.
 #[derive(Clone, Debug)]
-pub struct ProfileStore {
+pub(crate) struct ProfileStore {
     dir: PathBuf,
 }
 
 impl ProfileStore {
-    pub fn new(state_dir: &Path) -> ProfileStore {
+    pub(crate) fn new(state_dir: &Path) -> ProfileStore {
         ProfileStore {
             dir: state_dir.join("profiles"),
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn node_dir(&self, node: &str) -> PathBuf {
@@ -66,7 +62,7 @@ impl ProfileStore {
     }
 
     /// Boot numbers recorded for `node`, ascending.
-    pub fn boots(&self, node: &str) -> Vec<u64> {
+    pub(crate) fn boots(&self, node: &str) -> Vec<u64> {
         let mut out: Vec<u64> = std::fs::read_dir(self.node_dir(node))
             .into_iter()
             .flatten()
@@ -81,7 +77,8 @@ impl ProfileStore {
     }
 
     /// Nodes with at least one profile.
-    pub fn nodes(&self) -> Vec<String> {
+    #[cfg(test)]
+    pub(crate) fn nodes(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
@@ -94,7 +91,7 @@ impl ProfileStore {
     }
 
     /// Boot `boot` of `node`, or its latest boot.
-    pub fn load(&self, node: &str, boot: Option<u64>) -> Result<BootProfile, ProfileError> {
+    pub(crate) fn load(&self, node: &str, boot: Option<u64>) -> Result<BootProfile, ProfileError> {
         let boots = self.boots(node);
         let Some(&last) = boots.last() else {
             return Err(ProfileError::NoProfiles {
@@ -124,7 +121,7 @@ impl ProfileStore {
     }
 
     /// Write `p` atomically (a reader never sees half a profile).
-    pub fn save(&self, p: &BootProfile) -> Result<(), ProfileError> {
+    pub(crate) fn save(&self, p: &BootProfile) -> Result<(), ProfileError> {
         let dir = self.node_dir(&p.node);
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -140,7 +137,7 @@ impl ProfileStore {
     }
 
     /// The number the next boot of `node` gets.
-    pub fn next_boot(&self, node: &str) -> u64 {
+    pub(crate) fn next_boot(&self, node: &str) -> u64 {
         self.boots(node).last().map_or(1, |b| b + 1)
     }
 }

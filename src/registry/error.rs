@@ -126,9 +126,20 @@ fn list(items: &[String]) -> String {
 }
 
 impl RegistryError {
+    /// The HTTP status the registry answered with, when that is the error.
+    #[cfg(test)]
+    pub(crate) fn http_status(&self) -> Option<u16> {
+        match self {
+            RegistryError::Denied { status, .. } | RegistryError::Status { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether another attempt could succeed: connection trouble, timeouts
     /// and server-side (5xx) failures.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             RegistryError::Transport { .. } | RegistryError::Timeout { .. } => true,
             RegistryError::Status { status, .. } => *status >= 500,
@@ -136,21 +147,11 @@ impl RegistryError {
         }
     }
 
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(
             self,
             RegistryError::NotFound { .. } | RegistryError::LayoutTagNotFound { .. }
         )
-    }
-
-    /// The HTTP status the registry answered with, when that is the error.
-    pub fn http_status(&self) -> Option<u16> {
-        match self {
-            RegistryError::Denied { status, .. } | RegistryError::Status { status, .. } => {
-                Some(*status)
-            }
-            _ => None,
-        }
     }
 
     pub(crate) fn set_attempts(&mut self, n: u32) {

@@ -22,11 +22,11 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub fn request(&self) {
+    pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn received(&self, n: usize) {
+    pub(crate) fn received(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -41,7 +41,7 @@ impl Counters {
 impl Source {
     /// Exactly the bytes `[range.start, range.end)` of the blob, with one
     /// range request per attempt.
-    pub async fn fetch_range(
+    pub(crate) async fn fetch_range(
         &self,
         digest: &Digest,
         range: Range<u64>,
@@ -93,16 +93,17 @@ impl Source {
         }
     }
 
+    /// A whole (small) blob in memory, checked against its digest.
+    #[cfg(test)]
+    pub(crate) async fn fetch_blob(&self, digest: &Digest) -> Result<bytes::Bytes, RegistryError> {
+        let size = self.inner.sizes.get(digest).copied();
+        self.inner.backend.fetch_blob(digest, size).await
+    }
+
     /// Totals since [`Source::open`], including the manifest and config
     /// fetched while opening. Token requests made inside oci-client are not
     /// visible here and not counted.
     pub fn stats(&self) -> FetchStats {
         self.inner.counters.snapshot()
-    }
-
-    /// A whole (small) blob in memory, checked against its digest.
-    pub async fn fetch_blob(&self, digest: &Digest) -> Result<bytes::Bytes, RegistryError> {
-        let size = self.inner.sizes.get(digest).copied();
-        self.inner.backend.fetch_blob(digest, size).await
     }
 }

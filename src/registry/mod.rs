@@ -29,10 +29,8 @@ pub(crate) mod tests;
 pub use error::RegistryError;
 pub use fetch::FetchStats;
 pub use options::RegistryOptions;
-pub use referrers::{
-    Published, PulledArtifact, PushOutcome, ReferrersError, Via, ARTIFACT_TYPE,
-    LAYER_INDEX_MEDIA_TYPE, PLAN_MEDIA_TYPE,
-};
+pub use referrers::{Published, ARTIFACT_TYPE};
+pub(crate) use referrers::{PushOutcome, ReferrersError, Via};
 pub use source::{LayerDesc, ResolvedImage, Source};
 
 pub(crate) use fetch::Counters;

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
-    pub platform: Platform,
+    pub(crate) platform: Platform,
     /// Hosts (`host` or `host:port`) to reach over plain HTTP. Loopback
     /// registries always are.
-    pub insecure_registries: Vec<String>,
+    pub(crate) insecure_registries: Vec<String>,
     /// Per request, and per read while a body is streaming.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Further attempts after the first, for transient failures only.
-    pub retries: u32,
+    pub(crate) retries: u32,
 }
 
 impl Default for RegistryOptions {

@@ -31,21 +31,21 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.lazyboot.index.v1";
-pub const LAYER_INDEX_MEDIA_TYPE: &str = "application/vnd.lazyboot.layer-index.v1";
-pub const PLAN_MEDIA_TYPE: &str = "application/vnd.lazyboot.prefetch-plan.v1+json";
+pub(crate) const LAYER_INDEX_MEDIA_TYPE: &str = "application/vnd.lazyboot.layer-index.v1";
+pub(crate) const PLAN_MEDIA_TYPE: &str = "application/vnd.lazyboot.prefetch-plan.v1+json";
 /// The image spec's placeholder for an artifact without a config.
-pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub(crate) const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const EMPTY_JSON: &[u8] = b"{}";
 
 /// On a layer index blob: the layer it indexes.
-pub const LAYER_DIGEST_ANNOTATION: &str = "dev.lazyboot.layer.digest";
+pub(crate) const LAYER_DIGEST_ANNOTATION: &str = "dev.lazyboot.layer.digest";
 /// On the artifact: the layer index format version of its blobs.
-pub const INDEX_VERSION_ANNOTATION: &str = "dev.lazyboot.index.version";
+pub(crate) const INDEX_VERSION_ANNOTATION: &str = "dev.lazyboot.index.version";
 /// On the artifact: a digest over what its blobs are. Descriptors in a
 /// referrers list carry the manifest's annotations, so a second push of the
 /// same indexes is recognised without fetching anything more.
-pub const CONTENT_ANNOTATION: &str = "dev.lazyboot.content";
-pub const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
+pub(crate) const CONTENT_ANNOTATION: &str = "dev.lazyboot.content";
+pub(crate) const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 
 /// Larger index blobs are refused before they are downloaded: an index is
 /// about 1% of its layer's uncompressed size.
@@ -104,7 +104,7 @@ pub struct Published {
 
 /// How the artifact is found from its subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     /// The registry indexes `subject` itself (OCI distribution 1.1).
     ReferrersApi,
     /// Listed in the image index at this tag (the referrers tag schema).
@@ -123,33 +123,33 @@ impl std::fmt::Display for Via {
 #[derive(Clone, Debug)]
 pub struct PushOutcome {
     pub artifact: Digest,
-    pub via: Via,
+    pub(crate) via: Via,
     /// The same indexes were published before: nothing new was pushed.
     pub already_published: bool,
     /// The fallback tag's index was created or extended by this push.
-    pub fallback_updated: bool,
+    pub(crate) fallback_updated: bool,
 }
 
 /// A lazyboot artifact fetched for an image, every blob checked against its
 /// descriptor. The indexes themselves are not validated here.
 #[derive(Clone, Debug)]
-pub struct PulledArtifact {
-    pub artifact: Digest,
-    pub layer_indexes: BTreeMap<Digest, Bytes>,
-    pub plan: Option<Bytes>,
+pub(crate) struct PulledArtifact {
+    pub(crate) artifact: Digest,
+    pub(crate) layer_indexes: BTreeMap<Digest, Bytes>,
+    pub(crate) plan: Option<Bytes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
+pub(crate) struct Descriptor {
+    pub(crate) media_type: String,
     /// Kept as text: checked with `Digest::parse` where it is used.
-    pub digest: String,
-    pub size: u64,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
+    pub(crate) artifact_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
 }
 
 impl Descriptor {
@@ -185,20 +185,20 @@ struct ArtifactManifest {
 
 /// The referrers tag schema: `<alg>-<hex>` (both well within the spec's
 /// 32- and 64-character limits for sha256).
-pub fn fallback_tag(subject: &Digest) -> String {
+pub(crate) fn fallback_tag(subject: &Digest) -> String {
     format!("sha256-{}", subject.hex())
 }
 
 impl Source {
     /// Whether the content comes from a registry (not an `oci:` layout).
-    pub fn is_registry(&self) -> bool {
+    pub(crate) fn is_registry(&self) -> bool {
         matches!(self.inner.backend, Backend::Remote(_))
     }
 
     /// Whether the image was named by a registry tag rather than pinned by
     /// digest: the indexer uses published indexes only then (trust model in
     /// `indexer::fetch_published`).
-    pub fn named_by_tag(&self) -> bool {
+    pub(crate) fn named_by_tag(&self) -> bool {
         self.is_registry() && self.inner.by_tag
     }
 
@@ -371,7 +371,7 @@ impl Source {
     /// The newest lazyboot artifact for `image` made with `index_version`,
     /// with every blob fetched and checked against its descriptor. `None`
     /// when there is none (or the source is an `oci:` layout).
-    pub async fn find_published(
+    pub(crate) async fn find_published(
         &self,
         image: &ResolvedImage,
         index_version: u32,

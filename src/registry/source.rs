@@ -14,20 +14,20 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerDesc {
     pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-    pub annotations: BTreeMap<String, String>,
+    pub(crate) size: u64,
+    pub(crate) media_type: String,
+    pub(crate) annotations: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ResolvedImage {
     /// Canonical form of the reference that was opened.
-    pub reference: String,
-    pub manifest_digest: Digest,
-    pub config_digest: Digest,
+    pub(crate) reference: String,
+    pub(crate) manifest_digest: Digest,
+    pub(crate) config_digest: Digest,
     /// The platform of the chosen manifest (from the index entry, or from the
     /// config of a single-platform image).
-    pub platform: Platform,
+    pub(crate) platform: Platform,
     pub layers: Vec<LayerDesc>,
 }
 
@@ -187,7 +187,7 @@ impl Source {
     }
 
     /// Where the content comes from: `registry/repository` or `oci:DIR`.
-    pub fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.inner.backend.location()
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Serialises tests that change process environment variables (async
 /// tests hold it across awaits, hence tokio's mutex).
-pub static ENV_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ENV_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const LAYER_MT: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 

@@ -33,19 +33,6 @@ pub(crate) enum Arch {
     Riscv = 26,
 }
 
-impl Arch {
-    /// The name `mkimage -A` takes for this architecture.
-    #[cfg(test)]
-    pub(crate) fn mkimage_name(self) -> &'static str {
-        match self {
-            Arch::Arm => "arm",
-            Arch::Arm64 => "arm64",
-            Arch::X86_64 => "x86_64",
-            Arch::Riscv => "riscv",
-        }
-    }
-}
-
 const fn crc32_table() -> [u32; 256] {
     let mut table = [0u32; 256];
     let mut i = 0;

@@ -9,7 +9,7 @@ use std::io::{self, Read};
 /// `chunk.comp_start` (up to `comp_end`; fewer suffice as long as the chunk's
 /// own bytes are there). Returns exactly `chunk.size` bytes, checked against
 /// the chunk digest when the TOC has one.
-pub fn decode_chunk(chunk: &EChunk, compressed: &[u8]) -> Result<Vec<u8>, EstargzError> {
+pub(crate) fn decode_chunk(chunk: &EChunk, compressed: &[u8]) -> Result<Vec<u8>, EstargzError> {
     let read_err = |source| EstargzError::ChunkRead {
         comp_start: chunk.comp_start,
         source,

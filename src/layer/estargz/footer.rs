@@ -8,7 +8,7 @@ use std::io::Read;
 /// Parse the last [`FOOTER_SIZE`] bytes of a blob. `Ok(None)` means this is
 /// not an eStargz blob (read it as plain gzip); `Ok(Some(offset))` gives the
 /// blob offset of the TOC member.
-pub fn parse_footer(footer: &[u8]) -> Result<Option<u64>, EstargzError> {
+pub(crate) fn parse_footer(footer: &[u8]) -> Result<Option<u64>, EstargzError> {
     if footer.len() as u64 != FOOTER_SIZE {
         return Err(EstargzError::FooterSize(footer.len()));
     }

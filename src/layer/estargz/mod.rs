@@ -28,16 +28,16 @@ mod rfc3339;
 mod tests;
 mod toc;
 
-pub use chunk::decode_chunk;
-pub use footer::parse_footer;
+pub(crate) use chunk::decode_chunk;
+pub(crate) use footer::parse_footer;
 pub(crate) use layout::EstargzTail;
-pub use toc::parse_toc;
+pub(crate) use toc::parse_toc;
 
 use serde::{Deserialize, Serialize};
 use std::io;
 
-pub const FOOTER_SIZE: u64 = 51;
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+pub(crate) const FOOTER_SIZE: u64 = 51;
+pub(crate) const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 
 const TOC_TAR_NAME: &str = "stargz.index.json";
 /// Marker files that the converter adds to record prefetch order; they are
@@ -48,7 +48,7 @@ const HIDDEN: [&str; 3] = [TOC_TAR_NAME, ".prefetch.landmark", ".no.prefetch.lan
 const MAX_TOC_JSON: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
-pub enum EstargzError {
+pub(crate) enum EstargzError {
     #[error("eStargz footer must be {FOOTER_SIZE} bytes, got {0}")]
     FooterSize(usize),
     #[error("eStargz footer has a malformed TOC offset {0:?} (expected 16 hex digits)")]
@@ -93,26 +93,26 @@ pub enum EstargzError {
 
 /// One gzip-compressed piece of a regular file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EChunk {
+pub(crate) struct EChunk {
     /// Blob offset of the gzip member that holds the chunk.
-    pub comp_start: u64,
+    pub(crate) comp_start: u64,
     /// Upper bound of the member: enough blob bytes to decode the chunk.
-    pub comp_end: u64,
+    pub(crate) comp_end: u64,
     /// Where the chunk's bytes go in the file.
-    pub file_offset: u64,
+    pub(crate) file_offset: u64,
     /// Uncompressed length of the chunk.
-    pub size: u64,
+    pub(crate) size: u64,
     /// sha256 of the uncompressed chunk (`chunkDigest`), when the TOC has one.
-    pub digest: Option<[u8; 32]>,
+    pub(crate) digest: Option<[u8; 32]>,
     /// Uncompressed bytes of the member to skip before the chunk's data
     /// (`innerOffset`): non-zero only when a writer packed several small
     /// files into one member.
     #[serde(default)]
-    pub inner_offset: u64,
+    pub(crate) inner_offset: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EstargzIndex {
-    pub toc_offset: u64,
-    pub chunks: Vec<EChunk>,
+    pub(crate) toc_offset: u64,
+    pub(crate) chunks: Vec<EChunk>,
 }

@@ -74,7 +74,7 @@ fn bad(name: &str, reason: impl Into<String>) -> EstargzError {
 /// and when given the TOC must match it. Returns the entries (landmarks
 /// hidden) and the chunk table; a regular file's `data` is the index of its
 /// first chunk, `u64::MAX` when empty.
-pub fn parse_toc(
+pub(crate) fn parse_toc(
     toc_region: &[u8],
     toc_offset: u64,
     expected_toc_digest: Option<&str>,

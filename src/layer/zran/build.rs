@@ -88,7 +88,7 @@ enum Phase {
 
 /// Decompresses a gzip stream (any number of members) and builds its
 /// [`ZranIndex`] on the way.
-pub struct ZranReader<R: Read> {
+pub(crate) struct ZranReader<R: Read> {
     inner: R,
     inflater: Option<Inflater>,
     inbuf: Box<[u8]>,
@@ -113,13 +113,13 @@ pub struct ZranReader<R: Read> {
 }
 
 impl<R: Read> ZranReader<R> {
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self::with_spacing(inner, CHECKPOINT_SPACING)
     }
 
     /// Like [`ZranReader::new`] with another checkpoint spacing: smaller
     /// means cheaper random reads but a bigger index (32 KiB per checkpoint).
-    pub fn with_spacing(inner: R, spacing: u64) -> Self {
+    pub(crate) fn with_spacing(inner: R, spacing: u64) -> Self {
         let (inflater, failure) = match Inflater::new(GZIP_WBITS) {
             Ok(i) => (Some(i), None),
             Err(e) => (
@@ -154,7 +154,7 @@ impl<R: Read> ZranReader<R> {
     }
 
     /// The index, once `read` has returned 0 without an error.
-    pub fn finish(self) -> Result<ZranIndex, ZranError> {
+    pub(crate) fn finish(self) -> Result<ZranIndex, ZranError> {
         if let Some(f) = &self.failure {
             return Err(f.to_zran());
         }

@@ -3,9 +3,7 @@
 //! ([`ZranIndex::decode`]).
 
 use super::ffi::{Inflater, RAW_WBITS, Z_BUF_ERROR, Z_NO_FLUSH, Z_OK, Z_STREAM_END};
-use super::{
-    Block, Checkpoint, CheckpointKind, ReadPlan, ZranError, ZranIndex, BLOCK_SIZE, WINDOW_SIZE,
-};
+use super::{Checkpoint, CheckpointKind, ReadPlan, ZranError, ZranIndex, BLOCK_SIZE, WINDOW_SIZE};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
 
@@ -59,7 +57,7 @@ impl ZranIndex {
     /// What to fetch to produce the uncompressed range `out` (clamped to the
     /// stream): whole blocks from the nearest checkpoint at or before
     /// `out.start` up to the first block whose input is enough for `out.end`.
-    pub fn plan(&self, out: Range<u64>) -> ReadPlan {
+    pub(crate) fn plan(&self, out: Range<u64>) -> ReadPlan {
         let start = out.start.min(self.uncompressed_size);
         let end = out.end.clamp(start, self.uncompressed_size);
         let idx = self
@@ -88,13 +86,23 @@ impl ZranIndex {
         }
     }
 
+    /// Approximate memory (and serialized) size of the index in bytes.
+    #[cfg(test)]
+    pub(crate) fn index_bytes_estimate(&self) -> u64 {
+        let windows: u64 = self.checkpoints.iter().map(|c| c.window.len() as u64).sum();
+        (std::mem::size_of::<Self>()
+            + self.checkpoints.len() * std::mem::size_of::<Checkpoint>()
+            + self.blocks.len() * std::mem::size_of::<super::Block>()) as u64
+            + windows
+    }
+
     /// Decompresses from `plan`'s checkpoint until uncompressed offset
     /// `out_end` (clamped to the stream's size), passing consecutive pieces
     /// to `sink(offset, bytes)`, starting at the checkpoint's `out_off` and
     /// never going past `out_end`. `compressed` must be exactly the bytes of
     /// `plan.compressed`; they are checked against the block hashes first and
     /// nothing reaches `sink` if any block is wrong.
-    pub fn decode(
+    pub(crate) fn decode(
         &self,
         plan: &ReadPlan,
         compressed: &[u8],
@@ -203,15 +211,6 @@ impl ZranIndex {
             }
         }
         Ok(())
-    }
-
-    /// Approximate memory (and serialized) size of the index in bytes.
-    pub fn index_bytes_estimate(&self) -> u64 {
-        let windows: u64 = self.checkpoints.iter().map(|c| c.window.len() as u64).sum();
-        (std::mem::size_of::<Self>()
-            + self.checkpoints.len() * std::mem::size_of::<Checkpoint>()
-            + self.blocks.len() * std::mem::size_of::<Block>()) as u64
-            + windows
     }
 
     /// Rejects plans that would make `decode` index out of bounds: the

@@ -29,7 +29,7 @@ mod ffi;
 #[cfg(test)]
 mod tests;
 
-pub use build::ZranReader;
+pub(crate) use build::ZranReader;
 
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -37,7 +37,7 @@ use std::ops::Range;
 /// Output bytes between checkpoints. About 4 MiB keeps the index small (a
 /// 32 KiB window per checkpoint) while bounding what a random read must
 /// decode before the bytes it wants.
-pub const CHECKPOINT_SPACING: u64 = 4 << 20;
+pub(crate) const CHECKPOINT_SPACING: u64 = 4 << 20;
 /// Compressed bytes covered by one block hash.
 pub const BLOCK_SIZE: u64 = 256 << 10;
 
@@ -46,7 +46,7 @@ pub const BLOCK_SIZE: u64 = 256 << 10;
 const WINDOW_SIZE: usize = 32 << 10;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ZranError {
+pub(crate) enum ZranError {
     #[error("corrupt gzip stream at compressed offset {offset}: {msg}")]
     Corrupt { offset: u64, msg: String },
     #[error("compressed block {block} failed its sha256 check (wrong bytes from the registry)")]
@@ -66,7 +66,7 @@ pub enum ZranError {
 
 /// What the inflater was in the middle of at a checkpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CheckpointKind {
+pub(crate) enum CheckpointKind {
     /// Before a deflate block header (the only kind zlib's zran.c knows).
     #[default]
     BlockBoundary,
@@ -84,36 +84,36 @@ pub struct Checkpoint {
     /// Compressed offset of the first byte of which no bit was used yet.
     pub in_off: u64,
     /// Uncompressed offset at this point.
-    pub out_off: u64,
+    pub(crate) out_off: u64,
     /// Unused high bits of the byte at `in_off - 1` (0..=7), for inflatePrime.
-    pub bits: u8,
+    pub(crate) bits: u8,
     /// Up to 32 KiB of output preceding `out_off` within the same gzip member
     /// (empty at a member's start: back-references never cross members).
-    pub window: Vec<u8>,
-    pub kind: CheckpointKind,
+    pub(crate) window: Vec<u8>,
+    pub(crate) kind: CheckpointKind,
 }
 
 /// Hash and decodability of one `BLOCK_SIZE` slice of the compressed blob.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Block {
+pub(crate) struct Block {
     /// Uncompressed bytes produced once all input up to this block's end was
     /// consumed: a lower bound of what that input can decode to.
-    pub out_avail: u64,
-    pub sha256: [u8; 32],
+    pub(crate) out_avail: u64,
+    pub(crate) sha256: [u8; 32],
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ZranIndex {
-    pub compressed_size: u64,
-    pub uncompressed_size: u64,
+    pub(crate) compressed_size: u64,
+    pub(crate) uncompressed_size: u64,
     pub checkpoints: Vec<Checkpoint>,
-    pub blocks: Vec<Block>,
+    pub(crate) blocks: Vec<Block>,
 }
 
 /// What to fetch for an uncompressed range: whole blocks starting at or
 /// before `checkpoints[checkpoint]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReadPlan {
-    pub checkpoint: usize,
-    pub compressed: Range<u64>,
+pub(crate) struct ReadPlan {
+    pub(crate) checkpoint: usize,
+    pub(crate) compressed: Range<u64>,
 }

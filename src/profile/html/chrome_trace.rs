@@ -53,7 +53,7 @@ fn wait_args(w: &Wait) -> Value {
 /// one process for the node, a thread per kind (DHCP, TFTP, NFS, registry,
 /// prefetch; extra threads where spans of a kind overlap), complete events
 /// for every span and instants for the NFS mounts and "booted".
-pub fn render_trace(p: &BootProfile) -> String {
+pub(crate) fn render_trace(p: &BootProfile) -> String {
     let mut events: Vec<Value> = Vec::new();
     let mut lanes: Vec<Lanes> = Vec::new();
 

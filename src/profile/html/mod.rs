@@ -18,7 +18,7 @@ mod tables;
 mod tests;
 mod waterfall;
 
-pub use chrome_trace::render_trace;
+pub(crate) use chrome_trace::render_trace;
 pub use page::render_html;
 
 use super::model::Fetch;

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 /// Two boots side by side: phases and byte totals with their differences,
 /// then the files whose registry wait changed most.
-pub fn render_compare(a: &BootProfile, b: &BootProfile) -> String {
+pub(crate) fn render_compare(a: &BootProfile, b: &BootProfile) -> String {
     let (sa, sb) = (a.summary(), b.summary());
     let mut out = String::new();
     for (tag, p) in [("A", a), ("B", b)] {

@@ -17,8 +17,8 @@ mod units;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use compare::render_compare;
-pub use text::render_text;
+pub(crate) use compare::render_compare;
+pub(crate) use text::render_text;
 
 pub(crate) use timeline::{axis_end_ms, nice_step, tick_label, timeline, Item, ItemKind};
 pub(crate) use totals::{

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 /// A terminal waterfall with phase and byte totals, for a terminal `width`
 /// columns wide (labels longer than what is left are cut; the time axis
 /// gets at least 10 columns, so very narrow terminals wrap).
-pub fn render_text(p: &BootProfile, width: usize) -> String {
+pub(crate) fn render_text(p: &BootProfile, width: usize) -> String {
     let s = p.summary();
     let items = timeline(p);
     let mut out = String::new();

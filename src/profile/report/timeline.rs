@@ -30,14 +30,14 @@ impl ItemKind {
 /// each renderer escapes them for its own output.
 #[derive(Clone, Debug)]
 pub(crate) struct Item<'a> {
-    pub kind: ItemKind,
-    pub start_ms: f64,
+    pub(crate) kind: ItemKind,
+    pub(crate) start_ms: f64,
     /// Equal to `start_ms` for instants.
-    pub end_ms: f64,
-    pub instant: bool,
-    pub name: String,
-    pub detail: String,
-    pub wait: Option<&'a Wait>,
+    pub(crate) end_ms: f64,
+    pub(crate) instant: bool,
+    pub(crate) name: String,
+    pub(crate) detail: String,
+    pub(crate) wait: Option<&'a Wait>,
 }
 
 impl Item<'_> {
