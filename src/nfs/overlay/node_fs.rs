@@ -3,8 +3,11 @@
 //! (another copy-up, say) made the entry it found stale.
 
 use super::sys::{cpath, mknod, open_upper};
-use super::{blocking, check_name, NodeOverlay, NAME_MAX};
-use crate::nfs::fs::{Attr, Cred, DirEntry, FileId, FileKind, FsError, FsStat, NodeFs, SetAttr};
+use super::{blocking, check_name, Inner, NodeOverlay, Obj, NAME_MAX};
+use crate::nfs::fs::{
+    Attr, Cred, DirEntry, FileId, FileKind, FsError, FsStat, NodeFs, ReadChecked, ReadFailed,
+    SetAttr,
+};
 use crate::tree::ROOT_INO;
 use bytes::Bytes;
 use std::ffi::OsStr;
@@ -59,49 +62,40 @@ impl NodeFs for NodeOverlay {
     async fn read(&self, id: FileId, offset: u64, count: u32) -> Result<(Bytes, bool), FsError> {
         let inner = self.inner.clone();
         // The file is opened under the lock, read after it.
-        let (file, lower) = blocking(move || {
+        let source = blocking(move || {
             let _g = inner.ns_lock.read();
             let o = inner.resolve(id)?;
-            match o.kind {
-                FileKind::File => {}
-                FileKind::Dir => return Err(FsError::IsDir),
-                _ => return Err(FsError::Inval),
-            }
-            match &o.upper {
-                Some(u) => Ok((Some(open_upper(u, false)?), None)),
-                None => Ok((None, Some(o.lower.ok_or(FsError::Stale)?))),
-            }
+            inner.source(&o)
         })
         .await?;
-        if let Some(l) = lower {
-            let size = self.inner.tree().get(l).map_or(0, |i| i.size);
-            let data = self
-                .inner
-                .view
-                .read(l, offset, count)
-                .await
-                .map_err(|e| FsError::Io(e.to_string()))?;
-            let eof = offset.saturating_add(data.len() as u64) >= size;
-            return Ok((data, eof));
-        }
-        let f = file.ok_or(FsError::Stale)?;
-        blocking(move || {
-            let mut buf = vec![0u8; count as usize];
-            let mut got = 0;
-            while got < buf.len() {
-                match f.read_at(&mut buf[got..], offset + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            buf.truncate(got);
-            let size = f.metadata()?.len();
-            let eof = offset.saturating_add(got as u64) >= size;
-            Ok((Bytes::from(buf), eof))
+        self.read_source(source, offset, count).await
+    }
+
+    async fn read_checked<E: Send>(
+        &self,
+        id: FileId,
+        offset: u64,
+        count: u32,
+        check: impl FnOnce(&Attr) -> Result<(), E> + Send,
+    ) -> Result<ReadChecked<E>, FsError> {
+        let inner = self.inner.clone();
+        // One resolution gives the attributes and the opened file; `check`
+        // and the read come after the lock is released.
+        let (attr, source) = blocking(move || {
+            let _g = inner.ns_lock.read();
+            let o = inner.resolve(id)?;
+            let attr = inner.attr(&o)?;
+            Ok((attr, inner.source(&o)))
         })
-        .await
+        .await?;
+        if let Err(refused) = check(&attr) {
+            return Ok((attr, Err(ReadFailed::Refused(refused))));
+        }
+        let data = match source {
+            Ok(source) => self.read_source(source, offset, count).await,
+            Err(e) => Err(e),
+        };
+        Ok((attr, data.map_err(ReadFailed::Fs)))
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>, FsError> {
@@ -445,11 +439,117 @@ impl NodeFs for NodeOverlay {
     }
 }
 
+/// Where a regular file's data is, as found under the namespace lock.
+enum Source {
+    /// The upper file, opened under the lock: the inode that was looked up.
+    Upper(fs::File),
+    /// The image inode of a file not copied up.
+    Lower(u64),
+}
+
+impl Inner {
+    /// The data of merged entry `o`, which must be a regular file.
+    fn source(&self, o: &Obj) -> Result<Source, FsError> {
+        match o.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Inval),
+        }
+        match &o.upper {
+            Some(u) => Ok(Source::Upper(open_upper(u, false)?)),
+            None => Ok(Source::Lower(o.lower.ok_or(FsError::Stale)?)),
+        }
+    }
+}
+
+impl NodeOverlay {
+    /// Up to `count` bytes at `offset` of `source`, and whether the end was
+    /// reached. Image data may be fetched lazily, so no lock is held.
+    async fn read_source(
+        &self,
+        source: Source,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Bytes, bool), FsError> {
+        let f = match source {
+            Source::Upper(f) => f,
+            Source::Lower(l) => {
+                let size = self.inner.tree().get(l).map_or(0, |i| i.size);
+                let data = self
+                    .inner
+                    .view
+                    .read(l, offset, count)
+                    .await
+                    .map_err(|e| FsError::Io(e.to_string()))?;
+                let eof = offset.saturating_add(data.len() as u64) >= size;
+                return Ok((data, eof));
+            }
+        };
+        blocking(move || {
+            let mut buf = vec![0u8; count as usize];
+            let mut got = 0;
+            while got < buf.len() {
+                match f.read_at(&mut buf[got..], offset + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            buf.truncate(got);
+            let size = f.metadata()?.len();
+            let eof = offset.saturating_add(got as u64) >= size;
+            Ok((Bytes::from(buf), eof))
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::*;
-    use crate::nfs::fs::{FileKind, FsError, NodeFs, SetAttr};
+    use crate::nfs::fs::{FileKind, FsError, NodeFs, ReadFailed, SetAttr};
     use std::fs;
+
+    #[tokio::test]
+    async fn read_checked_gives_attributes_then_data_if_allowed() {
+        let env = Env::new().await;
+        let fs = &env.fs;
+        let passwd = look(fs, "etc/passwd").await.unwrap();
+        let (a, data) = fs
+            .read_checked(passwd, 5, 3, |_| Ok::<(), ()>(()))
+            .await
+            .unwrap();
+        assert_eq!(a, fs.getattr(passwd).await.unwrap());
+        let (bytes, eof) = data.unwrap();
+        assert_eq!((&bytes[..], eof), (&PASSWD[5..8], false));
+        // Refused by the check: attributes, no data.
+        let (a, data) = fs
+            .read_checked(passwd, 0, 10, |a| Err(a.mode))
+            .await
+            .unwrap();
+        assert_eq!(data, Err(ReadFailed::Refused(a.mode)));
+        // Copied up: the data comes from the upper file.
+        fs.write(passwd, 0, b"X", &root()).await.unwrap();
+        let (_, data) = fs
+            .read_checked(passwd, 0, 1000, |_| Ok::<(), ()>(()))
+            .await
+            .unwrap();
+        let (bytes, eof) = data.unwrap();
+        assert_eq!((bytes[0], bytes.len(), eof), (b'X', PASSWD.len(), true));
+        // Not a file: attributes, and the read fails as `read` would.
+        let etc = look(fs, "etc").await.unwrap();
+        let (a, data) = fs
+            .read_checked(etc, 0, 10, |_| Ok::<(), ()>(()))
+            .await
+            .unwrap();
+        assert_eq!(a.kind, FileKind::Dir);
+        assert_eq!(data, Err(ReadFailed::Fs(FsError::IsDir)));
+        assert_eq!(
+            fs.read_checked(1 << 40, 0, 10, |_| Ok::<(), ()>(())).await,
+            Err(FsError::Stale)
+        );
+    }
 
     #[tokio::test]
     async fn readonly_rejects_every_change() {
