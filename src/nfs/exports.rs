@@ -64,12 +64,14 @@ struct ExportIndex {
     nodes: usize,
     by_id: HashMap<u32, Export>,
 }
+
 /// An image view (kept alive so its address stays unique) and its names.
 type SharedNames = (Arc<ImageView>, Arc<LowerNames>);
 
 pub struct NodeExports {
     ctx: Arc<ServeContext>,
     slots: Mutex<HashMap<String, SlotRef>>,
+    /// The nodes file handles can name, for `get` on every NFS call.
     index: RwLock<ExportIndex>,
     /// Node names by export id, for the overlays opened so far.
     by_id: Mutex<HashMap<u32, (String, Arc<NodeOverlay>)>>,
