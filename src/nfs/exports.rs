@@ -2,8 +2,8 @@
 //! [`NodeOverlay`], usable only from the node's own address.
 //!
 //! - The export id is the first four bytes of sha256(node name), so file
-//!   handles survive restarts and `get` finds the node again by scanning the
-//!   inventory.
+//!   handles survive restarts. `get` (every NFS call) finds the node in a
+//!   map by export id, rebuilt only when the inventory gains nodes.
 //! - An overlay is opened on first use (mount or handle) and kept.
 //! - `root = "ephemeral"`: at a MOUNT, if the node's boot generation (counted
 //!   by DHCP) differs from the one its upper was last reset for, the upper is
@@ -16,11 +16,11 @@
 use super::fs::{Exports, MountError, Observed};
 use super::overlay::{node_state_dir, wipe_node_state, LowerNames, NodeOverlay};
 use crate::config::RootMode;
-use crate::image::ImageView;
 use crate::nodes::Node;
 use crate::profile::recorder::NfsCall;
 use crate::serve::ServeContext;
-use parking_lot::Mutex;
+use crate::image::ImageView;
+use parking_lot::{Mutex, RwLock};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The stable export id of node `name`.
-pub fn export_id(name: &str) -> u32 {
+pub(crate) fn export_id(name: &str) -> u32 {
     let h = Sha256::digest(name.as_bytes());
     u32::from_be_bytes([h[0], h[1], h[2], h[3]])
 }
@@ -47,12 +47,32 @@ struct Slot {
 }
 
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+
+/// What a file handle's export id leads to.
+#[derive(Clone)]
+struct Export {
+    node: Arc<Node>,
+    slot: SlotRef,
+}
+
+/// Every node of the inventory by export id.
+#[derive(Default)]
+struct ExportIndex {
+    /// The length of the inventory's node list this was built from. Nodes
+    /// are only ever added to an inventory (never removed or replaced), so
+    /// a different length is the only change there can be.
+    nodes: usize,
+    by_id: HashMap<u32, Export>,
+}
+
 /// An image view (kept alive so its address stays unique) and its names.
 type SharedNames = (Arc<ImageView>, Arc<LowerNames>);
 
 pub struct NodeExports {
     ctx: Arc<ServeContext>,
     slots: Mutex<HashMap<String, SlotRef>>,
+    /// The nodes file handles can name, for `get` on every NFS call.
+    index: RwLock<ExportIndex>,
     /// Node names by export id, for the overlays opened so far.
     by_id: Mutex<HashMap<u32, (String, Arc<NodeOverlay>)>>,
     /// Per image view, by its address.
@@ -64,14 +84,58 @@ impl NodeExports {
         NodeExports {
             ctx,
             slots: Mutex::new(HashMap::new()),
+            index: RwLock::new(ExportIndex::default()),
             by_id: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
         }
     }
 
     /// Where node `name` keeps its upper, index and generation.
-    pub fn node_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn node_dir(&self, name: &str) -> PathBuf {
         node_state_dir(&self.ctx.state_dir, name)
+    }
+
+    fn slot(&self, name: &str) -> SlotRef {
+        self.slots
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The export whose id is `id`. A file handle names an export that is
+    /// in the index, unless its node was added to the inventory since the
+    /// index was built (or it names no node at all): only then is the
+    /// index rebuilt, hashing every node name once.
+    fn export(&self, id: u32) -> Option<Export> {
+        if let Some(export) = self.index.read().by_id.get(&id) {
+            return Some(export.clone());
+        }
+        let nodes = self.ctx.inventory.all();
+        if self.index.read().nodes == nodes.len() {
+            return None;
+        }
+        let mut by_id: HashMap<u32, Export> = HashMap::new();
+        for node in &nodes {
+            // The first node with an id wins, as a scan in inventory order
+            // would find it.
+            by_id
+                .entry(export_id(&node.name))
+                .or_insert_with(|| Export {
+                    node: node.clone(),
+                    slot: self.slot(&node.name),
+                });
+        }
+        let found = by_id.get(&id).cloned();
+        let mut index = self.index.write();
+        // A concurrent rebuild may have seen more nodes: keep that one.
+        if index.nodes < nodes.len() {
+            *index = ExportIndex {
+                nodes: nodes.len(),
+                by_id,
+            };
+        }
+        found
     }
 
     fn check_client(&self, node: &Node, client: IpAddr) -> Result<(), MountError> {
@@ -104,14 +168,9 @@ impl NodeExports {
     async fn overlay_for(
         &self,
         node: &Node,
+        slot: &SlotRef,
         at_mount: bool,
     ) -> Result<Arc<NodeOverlay>, MountError> {
-        let slot = self
-            .slots
-            .lock()
-            .entry(node.name.clone())
-            .or_default()
-            .clone();
         let mut slot = slot.lock().await;
         let dir = self.node_dir(&node.name);
         if at_mount && node.root == RootMode::Ephemeral {
@@ -227,7 +286,9 @@ impl Exports for NodeExports {
             .ok_or(MountError::NoEntry)?;
         self.check_client(&node, client)?;
         let asked = std::time::Instant::now();
-        let fs = self.overlay_for(&node, true).await?;
+        let fs = self
+            .overlay_for(&node, &self.slot(&node.name), true)
+            .await?;
         self.ctx
             .recorder
             .nfs_mount(&node.name, trimmed, &client.to_string(), asked);
@@ -235,15 +296,9 @@ impl Exports for NodeExports {
     }
 
     async fn get(&self, id: u32, client: IpAddr) -> Result<Arc<NodeOverlay>, MountError> {
-        let node = self
-            .ctx
-            .inventory
-            .all()
-            .into_iter()
-            .find(|n| export_id(&n.name) == id)
-            .ok_or(MountError::NoEntry)?;
-        self.check_client(&node, client)?;
-        self.overlay_for(&node, false).await
+        let export = self.export(id).ok_or(MountError::NoEntry)?;
+        self.check_client(&export.node, client)?;
+        self.overlay_for(&export.node, &export.slot, false).await
     }
 
     fn observe(&self, _client: IpAddr, call: Observed) {
@@ -406,6 +461,38 @@ mod tests {
         assert!(!Arc::ptr_eq(&fs, &fs2));
         assert_eq!(fs2.getattr(f).await.unwrap().id, f);
         assert_eq!(fs2.lookup(etc, b"mine").await.unwrap(), f);
+    }
+
+    #[tokio::test]
+    async fn handles_find_nodes_the_inventory_learns_later() {
+        use crate::config::MacAddr;
+        use crate::nodes::KindHint;
+        let img = image();
+        let text = format!(
+            "[server]\ninterface = \"lo\"\naddress = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
+             [dhcp]\nmode = \"proxy\"\n\
+             [defaults]\nunknown_nodes = \"defaults\"\nimage = \"{}\"\nkind = \"ipxe\"\n",
+            img.state_dir().display(),
+            img.reference,
+        );
+        let config = Config::parse(&text, "test.toml").unwrap();
+        let cache = Arc::new(ChunkCache::open(&img.cache_dir(), 1 << 30).unwrap());
+        let ctx = ServeContext::new(config, cache);
+        let ex = NodeExports::new(ctx.clone());
+        let id = export_id("node-020000000021");
+        // Not a node yet: the handle names nothing.
+        assert_eq!(ex.get(id, ip(21)).await.err(), Some(MountError::NoEntry));
+        let mac = MacAddr::parse("02:00:00:00:00:21").unwrap();
+        ctx.inventory.by_mac(mac, KindHint(None)).unwrap();
+        ctx.inventory.learn_ip(mac, Ipv4Addr::new(10, 0, 0, 21));
+        let fs = ex.get(id, ip(21)).await.unwrap();
+        assert!(Arc::ptr_eq(&fs, &ex.get(id, ip(21)).await.unwrap()));
+        // The client check still applies to nodes found this way.
+        assert_eq!(ex.get(id, ip(22)).await.err(), Some(MountError::Access));
+        assert_eq!(
+            ex.get(export_id("nope"), ip(21)).await.err(),
+            Some(MountError::NoEntry)
+        );
     }
 
     #[tokio::test]

@@ -147,6 +147,28 @@ pub trait NodeFs: Send + Sync + 'static {
         offset: u64,
         count: u32,
     ) -> impl Future<Output = Result<(Bytes, bool), FsError>> + Send;
+    /// A READ in one step: the attributes of `id`, then, if `check` accepts
+    /// them, up to `count` bytes at `offset` as [`NodeFs::read`] returns
+    /// them. `check` runs before any data is read, so a refused caller
+    /// never makes the file system fetch anything. A file system that has
+    /// to resolve an id (walk paths, take locks) overrides this to do it
+    /// once for both halves; the default asks `getattr`, then `read`.
+    fn read_checked<E: Send>(
+        &self,
+        id: FileId,
+        offset: u64,
+        count: u32,
+        check: impl FnOnce(&Attr) -> Result<(), E> + Send,
+    ) -> impl Future<Output = Result<ReadChecked<E>, FsError>> + Send {
+        async move {
+            let attr = self.getattr(id).await?;
+            if let Err(e) = check(&attr) {
+                return Ok((attr, Err(ReadFailed::Refused(e))));
+            }
+            let data = self.read(id, offset, count).await.map_err(ReadFailed::Fs);
+            Ok((attr, data))
+        }
+    }
     fn readlink(&self, id: FileId) -> impl Future<Output = Result<Vec<u8>, FsError>> + Send;
     /// Up to `max` entries after `cookie` (0: from the start; "." and ".."
     /// are not included), and whether the listing is complete.
@@ -227,6 +249,19 @@ pub trait NodeFs: Send + Sync + 'static {
         let _ = id;
         std::future::ready(Ok(()))
     }
+}
+
+/// What [`NodeFs::read_checked`] found: the attributes, and the data with
+/// whether the end was reached, or why there is no data.
+pub type ReadChecked<E> = (Attr, Result<(Bytes, bool), ReadFailed<E>>);
+
+/// Why [`NodeFs::read_checked`] returned attributes but no data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadFailed<E> {
+    /// The caller's check refused the attributes.
+    Refused(E),
+    /// The read itself failed.
+    Fs(FsError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

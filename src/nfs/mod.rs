@@ -8,6 +8,9 @@
 //! - [`handles`]: signed file handles and the server key.
 //! - [`access`]: permission checks from attributes and credentials.
 //! - [`server`]: the MOUNT and NFS procedures.
+//! - [`exports`]: one export per node of the inventory, and who may use it.
+//! - [`overlay`]: a node's root, the image view under its copy-on-write
+//!   upper directory, as the [`fs::NodeFs`] of its export.
 //! - [`transport`]: calls over TCP (record marking) and UDP (datagrams).
 //! - [`portmap`]: portmapper / rpcbind (program 100000, versions 2-4).
 
@@ -15,10 +18,10 @@ pub mod access;
 pub mod exports;
 pub mod fs;
 pub mod handles;
-pub mod overlay;
+pub(crate) mod overlay;
 pub mod portmap;
 pub mod rpc;
-pub mod server;
+pub(crate) mod server;
 #[cfg(test)]
 pub mod testimage;
 pub mod transport;
