@@ -6,15 +6,14 @@ mod common;
 
 use anyhow::{bail, Context, Result};
 use common::netns::NetLab;
+use common::serve::InProcess;
 use lazyboot::cache::ChunkCache;
 use lazyboot::config::Config;
-use lazyboot::dhcp::DhcpError;
 use lazyboot::serve::ServeContext;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 const CLIENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -124,11 +123,11 @@ ip = "10.213.{n}.20"
     )
 }
 
-/// `lazyboot::dhcp::run` in its own runtime, as `serve` runs it.
+/// `lazyboot::dhcp::run` in its own runtime (one worker), as `serve` runs
+/// it; `ctx` is the server's, for looking at its inventory.
 struct Server {
-    rt: tokio::runtime::Runtime,
-    task: Option<tokio::task::JoinHandle<Result<(), DhcpError>>>,
     ctx: Arc<ServeContext>,
+    task: InProcess,
 }
 
 impl Server {
@@ -136,39 +135,13 @@ impl Server {
         let cfg = Config::parse(config, "dhcp-test.toml")?;
         let cache = Arc::new(ChunkCache::open(&dir.join("cache"), 1 << 30)?);
         let ctx = ServeContext::new(cfg, cache);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let task = rt.spawn(lazyboot::dhcp::run(ctx.clone()));
-        // Surface a bind failure now rather than as a client timeout (the
-        // client retransmits anyway, so this is not a race).
-        std::thread::sleep(Duration::from_millis(100));
-        if task.is_finished() {
-            match rt.block_on(task)? {
-                Ok(()) => bail!("dhcp::run returned"),
-                Err(e) => bail!("dhcp::run failed: {e}"),
-            }
-        }
-        Ok(Server {
-            rt,
-            task: Some(task),
-            ctx,
-        })
+        let task = InProcess::start("dhcp::run", 1, lazyboot::dhcp::run(ctx.clone()))?;
+        Ok(Server { ctx, task })
     }
 
     /// Abort the task and wait until its sockets are gone.
     fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = self.rt.block_on(task);
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
+        self.task.stop();
     }
 }
 

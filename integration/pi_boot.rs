@@ -16,15 +16,14 @@ mod common;
 
 use anyhow::{bail, Context, Result};
 use common::netns::NetLab;
+use common::serve::Serve;
 use common::{sh, sha256_hex, Registry};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
 const TOOLS: &[&str] = &["ip", "python3", "nfs-cat", "curl"];
 
 const PI_MAC: &str = "dc:a6:32:8b:07:c6";
@@ -90,50 +89,6 @@ umoci config --image {l}:os --architecture=arm64
         missing = MISSING.join(" "),
     ))?;
     Ok(bundle.join("rootfs"))
-}
-
-/// `lazyboot serve` with its stderr (lazyboot=debug, other crates' warnings)
-/// in a file.
-struct Server {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(config: &Path, log: PathBuf) -> Result<Server> {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "lazyboot=debug,warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        if !line.starts_with("serving") {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "serve did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        Ok(Server { child, log })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
 }
 
 /// Option `code` of a reply, without trailing NULs (43 is binary).
@@ -260,7 +215,9 @@ root = "persistent"
             cache = tmp.path().join("cache").display(),
         ),
     )?;
-    let srv = Server::start(&config, tmp.path().join("serve.log"))?;
+    // Other crates' warnings too: the log must have none.
+    let serve = Serve::new(&config).rust_log("lazyboot=debug,warn");
+    let srv = serve.clone().start()?;
 
     let (r, stdout) = run_replay(&lab, tftp_port, prefixed, 0.0)
         .map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", srv.log()))?;
@@ -476,7 +433,7 @@ root = "persistent"
     // which time the prefetch has fetched what the boot will read.
     drop(srv);
     std::fs::remove_dir_all(tmp.path().join("cache/chunks"))?;
-    let srv = Server::start(&config, tmp.path().join("serve2.log"))?;
+    let srv = serve.log(&tmp.path().join("serve2.log")).start()?;
     let (again, _) = run_replay(&lab, tftp_port, prefixed, 3.0)
         .map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", srv.log()))?;
     assert_eq!(again["log"].as_array().map(Vec::len), Some(log.len()));

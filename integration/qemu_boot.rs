@@ -32,10 +32,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::qemu::{
-    boot_image, expected_checks, nfs_port, tail, Qemu, RouterAdverts, Server, Tap, Timeline,
-};
-use common::Registry;
+use common::qemu::{boot_image, expected_checks, nfs_port, Qemu, RouterAdverts, Tap, Timeline};
+use common::serve::{Serve, Server};
+use common::{tail, Registry};
 
 const TOOLS: &[&str] = &[
     "ip",
@@ -310,7 +309,9 @@ kernel_args = "console=ttyS0 panic=-1{}"
     }
     let config_path = work.join("lazyboot.toml");
     fs::write(&config_path, config)?;
-    let mut server = Server::start(&config_path, &work.join("server.log"))?;
+    let mut server = Serve::new(&config_path)
+        .log(&work.join("server.log"))
+        .start()?;
     let _adverts = RouterAdverts::start(&tap.name)?;
 
     let mut failures = Vec::new();

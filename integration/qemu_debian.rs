@@ -27,9 +27,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::debian::debian_image;
-use common::qemu::{
-    nfs_port, pxe_guest, wait_for_console, Qemu, RouterAdverts, Server, Tap, Timeline,
-};
+use common::qemu::{nfs_port, pxe_guest, wait_for_console, Qemu, RouterAdverts, Tap, Timeline};
+use common::serve::{Serve, Server};
 use common::shaped::ShapedRegistry;
 use common::Registry;
 
@@ -186,7 +185,7 @@ fn boot(
         BOOT_TIMEOUT,
         |t, _, timeline| each(t, timeline),
     )
-    .with_context(|| format!("server log:\n{}", common::qemu::tail(&server.log(), 60)))?;
+    .with_context(|| format!("server log:\n{}", common::tail(&server.log(), 60)))?;
     Ok((qemu, marker, timeline))
 }
 
@@ -199,7 +198,7 @@ fn boots_to_multi_user(flavour: &str) -> Result<()> {
     common::push(&layout, flavour, &reg, &format!("os/debian:{flavour}"))?;
     let image = reg.reference(&format!("os/debian:{flavour}"));
     let (tap, _ra, cfg) = lab(&work, &image)?;
-    let server = Server::start(&cfg, &work.join("serve.log"))?;
+    let server = Serve::new(&cfg).start()?;
     let (qemu, marker, timeline) = boot(&tap, &server, &work, |_, _| Ok(()))?;
     eprintln!("Debian ({flavour}) boot:\n{}\n{marker}", timeline.show());
     let log = server.log();
@@ -207,7 +206,7 @@ fn boots_to_multi_user(flavour: &str) -> Result<()> {
     assert!(
         log.contains(&format!("{flavour} root arguments")),
         "no {flavour} root arguments in the server log:\n{}",
-        common::qemu::tail(&log, 40)
+        common::tail(&log, 40)
     );
     assert!(marker.contains(&format!("flavour={flavour}")), "{marker}");
     assert_eq!(failed_units(&marker)?, 0, "failed units: {marker}");
@@ -257,11 +256,9 @@ fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
     // The server opens the image (and starts streaming it) as it starts:
     // count the link from before.
     let sent_at_start = reg.sent_bytes()?;
-    let server = Server::start_with(
-        &cfg,
-        &work.join("serve.log"),
-        &["--insecure-registry", &insecure],
-    )?;
+    let server = Serve::new(&cfg)
+        .globals(&["--insecure-registry", &insecure])
+        .start()?;
     let started = Instant::now();
     let mut kernel_at: Option<(f64, u64)> = None;
     let (qemu, marker, timeline) = boot(&tap, &server, &work, |t, timeline| {

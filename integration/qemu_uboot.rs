@@ -29,10 +29,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::qemu::{
-    boot_image, expected_checks, nfs_port, tail, Qemu, RouterAdverts, Server, Tap, Timeline,
-};
-use common::Registry;
+use common::qemu::{boot_image, expected_checks, nfs_port, Qemu, RouterAdverts, Tap, Timeline};
+use common::serve::{Serve, Server};
+use common::{tail, Registry};
 
 const TOOLS: &[&str] = &[
     "ip",
@@ -241,7 +240,9 @@ kernel_args = "console=ttyAMA0 panic=-1"
     );
     let config_path = work.join("lazyboot.toml");
     fs::write(&config_path, config)?;
-    let server = Server::start(&config_path, &work.join("server.log"))?;
+    let server = Serve::new(&config_path)
+        .log(&work.join("server.log"))
+        .start()?;
     // U-Boot does not look for IPv6 routers; the initramfs' kernel does
     // not wait for them either. Kept for parity with the iPXE bench.
     let _adverts = RouterAdverts::start(&tap.name)?;

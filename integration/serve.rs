@@ -1,93 +1,27 @@
 //! `lazyboot serve` end to end: one config with a node of each kind, one
 //! image reference, real clients in a network namespace: our scripted DHCP
-//! client, curl for TFTP, libnfs for NFS.
+//! client, curl for TFTP, libnfs for NFS. Then `serve`'s options and how it
+//! fails: bad configs and options, a retagged image, published indexes, an
+//! image without a kernel, the global platform, the read timeout, boot files
+//! served while the image streams. The portmapper is in
+//! integration/serve_portmapper.rs.
 
 mod common;
 
 use anyhow::{bail, Context, Result};
+use common::netboot::{build_boot_image, one_layer_image, serve_pc, IPXE_MAC};
 use common::netns::NetLab;
+use common::serve::{Serve, BIN};
 use common::{sh, Registry};
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
 const TOOLS: &[&str] = &["ip", "python3", "curl", "nfs-ls", "nfs-cat"];
 
 const PI_MAC: &str = "dc:a6:32:0a:0b:0c";
 const PI_SERIAL: &str = "10000000a1b2c3d4";
 const UBOOT_MAC: &str = "6c:cf:39:00:00:01";
-const IPXE_MAC: &str = "52:54:00:12:34:56";
-
-/// A one-layer image `dir/layout:os`: `fill` is shell run with `$r` set to
-/// the root file system (`dir/bundle/rootfs`, kept for comparisons).
-fn one_layer_image(dir: &Path, fill: &str) -> Result<()> {
-    sh(&format!(
-        "umoci init --layout {l} && umoci new --image {l}:os && umoci unpack --image {l}:os {b}
-r={b}/rootfs
-{fill}
-umoci repack --image {l}:os {b}",
-        l = dir.join("layout").display(),
-        b = dir.join("bundle").display(),
-    ))
-    .map(|_| ())
-}
-
-/// A small image laid out like a netbootable OS: Pi firmware files, a kernel
-/// and initrd under /boot, and a root file system.
-fn build_boot_image(dir: &Path, hostname: &str) -> Result<()> {
-    one_layer_image(
-        dir,
-        &format!(
-            r#"mkdir -p $r/boot/firmware/overlays $r/etc $r/bin $r/home/user
-echo 'arm_64bit=1' > $r/boot/firmware/config.txt
-echo 'console=serial0,115200 console=tty1 root=PARTUUID=1234-02 rootfstype=ext4 fsck.repair=yes rootwait' > $r/boot/firmware/cmdline.txt
-head -c 300000 /dev/urandom > $r/boot/firmware/start4.elf
-head -c 3000000 /dev/urandom > $r/boot/firmware/kernel8.img
-head -c 50000 /dev/urandom > $r/boot/firmware/bcm2711-rpi-cm4.dtb
-head -c 2000 /dev/urandom > $r/boot/firmware/overlays/vc4-kms-v3d.dtbo
-head -c 4000000 /dev/urandom > $r/boot/vmlinuz-6.1.0-test
-head -c 2000000 /dev/urandom > $r/boot/initrd.img-6.1.0-test
-ln -s vmlinuz-6.1.0-test $r/boot/vmlinuz
-ln -s initrd.img-6.1.0-test $r/boot/initrd.img
-echo {hostname} > $r/etc/hostname
-printf '#!/bin/sh\necho hi\n' > $r/bin/hello && chmod 0755 $r/bin/hello
-chown 1000:1000 $r/home/user"#
-        ),
-    )
-}
-
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(config: &Path) -> Result<Server> {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        if !line.starts_with("serving") {
-            let _ = child.kill();
-            bail!("serve did not start: {line:?}");
-        }
-        Ok(Server { child })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 fn dora(lab: &NetLab, opts: &[&str]) -> Result<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/dhcp_client.py");
@@ -233,7 +167,7 @@ root = "readonly"
             cache = tmp.path().join("cache").display(),
         ),
     )?;
-    let _server = Server::start(&config)?;
+    let _server = Serve::new(&config).start()?;
     let server = lab.server_ip.to_string();
     let pool = |ip: &str| -> bool {
         let ip: Ipv4Addr = ip.parse().unwrap();
@@ -346,13 +280,9 @@ fn a_bad_config_is_refused_naming_key_and_line() -> Result<()> {
         &path,
         "[server]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\n\n[dhcp]\nmode = \"sometimes\"\n",
     )?;
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let refused = Serve::new(&path).refused()?;
+    let err = &refused.log;
+    assert!(!refused.status.success());
     assert!(err.contains("line 6") && err.contains("sometimes"), "{err}");
     Ok(())
 }
@@ -408,7 +338,7 @@ root = "persistent"
             image = reg.reference("os/swap:live"),
         ),
     )?;
-    let _server = Server::start(&config)?;
+    let _server = Serve::new(&config).start()?;
     lab.set_client_mac(IPXE_MAC)?;
     let boot = |lab: &NetLab| -> Result<()> {
         let r = dora(lab, &["--opt", "77=s:iPXE", "--opt", "93=h:0000"])?;
@@ -455,298 +385,14 @@ root = "persistent"
     Ok(())
 }
 
-/// A config with one iPXE node `pc` on `image`, plus `server_extra` TOML
-/// in `[server]` and `extra` TOML after the node.
-fn pc_config(
-    lab: &NetLab,
-    dir: &Path,
-    image: &str,
-    (tftp_port, nfs_port): (u16, u16),
-    server_extra: &str,
-    extra: &str,
-) -> Result<PathBuf> {
-    let config = dir.join("lazyboot.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-interface = "{host_if}"
-address = "{server}"
-state_dir = "{state}"
-cache_dir = "{cache}"
-tftp_port = {tftp_port}
-nfs_port = {nfs_port}
-{server_extra}
-
-[dhcp]
-mode = "off"
-
-[[nodes]]
-name = "pc"
-mac = "{IPXE_MAC}"
-kind = "ipxe"
-image = "{image}"
-ip = "{pc_ip}"
-root = "readonly"
-{extra}
-"#,
-            host_if = lab.host_if,
-            server = lab.server_ip,
-            state = dir.join("state").display(),
-            cache = dir.join("config-cache").display(),
-            pc_ip = lab.client_ip,
-        ),
-    )?;
-    Ok(config)
-}
-
-/// A running `serve` of [`pc_config`]'s one node, and its TFTP port.
-struct PcServer {
-    tftp_port: u16,
-    _server: Server,
-}
-
-/// Write [`pc_config`] (free ports) into `dir` and start `serve` on it with
-/// `globals`; it must say "serving".
-fn serve_pc(
-    lab: &NetLab,
-    dir: &Path,
-    image: &str,
-    server_extra: &str,
-    extra: &str,
-    globals: &[&str],
-) -> Result<PcServer> {
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    let config = pc_config(lab, dir, image, (tftp_port, nfs_port), server_extra, extra)?;
-    let (line, child) = start_serve(&config, globals)?;
-    let server = Server { child };
-    if !line.starts_with("serving") {
-        bail!(
-            "serve did not start: {line:?}\n{}",
-            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
-        );
-    }
-    Ok(PcServer {
-        tftp_port,
-        _server: server,
-    })
-}
-
-/// Start `serve` with extra global options, its log in `serve.log` next to
-/// the config; its first stdout line and the child (still running if it
-/// said "serving").
-fn start_serve(config: &Path, globals: &[&str]) -> Result<(String, Child)> {
-    let log = std::fs::File::create(config.with_file_name("serve.log"))?;
-    let mut child = Command::new(BIN)
-        .args(globals)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "lazyboot=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-    Ok((line, child))
-}
-
-#[test]
-fn portmapper_showmount_and_udp_mount_and_read() -> Result<()> {
-    let tools = &["ip", "rpcinfo", "showmount", "curl"];
-    if !common::require_root_and_tools("portmapper_showmount_and_udp_mount_and_read", tools) {
-        return Ok(());
-    }
-    let tmp = tempfile::tempdir()?;
-    build_boot_image(tmp.path(), "udpnode")?;
-    let reg = Registry::start()?;
-    common::push(&tmp.path().join("layout"), "os", &reg, "os/netboot:1")?;
-    let image = reg.reference("os/netboot:1");
-    let lab = NetLab::new(true)?;
-    // A second node whose reference does not resolve: reported at start,
-    // the other node is served all the same.
-    let broken = format!(
-        "[[nodes]]\nname = \"broken\"\nmac = \"52:54:00:00:00:99\"\nkind = \"ipxe\"\nimage = \"{}\"\n",
-        reg.reference("os/missing:1")
-    );
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    let config = pc_config(&lab, tmp.path(), &image, (tftp_port, nfs_port), "", &broken)?;
-    // A global option: --cache-dir replaces the config's cache_dir.
-    let cache = tmp.path().join("global-cache");
-    let (line, child) = start_serve(&config, &["--cache-dir", cache.to_str().unwrap()])?;
-    let _server = Server { child };
-    assert!(
-        line.starts_with("serving") && line.contains("portmapper on"),
-        "{line:?}"
-    );
-    let server = lab.server_ip.to_string();
-
-    // rpcinfo -p (portmapper v2 DUMP over TCP) lists the portmapper itself,
-    // MOUNT and NFS v3 on both transports.
-    let out = lab.client("rpcinfo").args(["-p", &server]).output()?;
-    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "rpcinfo -p: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (prog, proto, port) in [
-        ("100000", "tcp", 111),
-        ("100000", "udp", 111),
-        ("100005", "tcp", nfs_port),
-        ("100005", "udp", nfs_port),
-        ("100003", "tcp", nfs_port),
-        ("100003", "udp", nfs_port),
-    ] {
-        let found = dump.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() >= 4 && f[0] == prog && f[1] == "3" && f[2] == proto && f[3] == port.to_string()
-                || (prog == "100000"
-                    && f.len() >= 4
-                    && f[0] == prog
-                    && f[2] == proto
-                    && f[3] == "111")
-        });
-        assert!(
-            found,
-            "{prog} {proto} {port} missing from rpcinfo -p:\n{dump}"
-        );
-    }
-    // rpcbind v3/v4 lookups: a NULL call to MOUNT over UDP and NFS over TCP
-    // through GETADDR.
-    for (flag, prog) in [("-u", "100005"), ("-t", "100003")] {
-        let out = lab
-            .client("rpcinfo")
-            .args([flag, &server, prog, "3"])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains("ready and waiting"),
-            "rpcinfo {flag} {prog}: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // showmount asks the portmapper for MOUNT, then EXPORT.
-    let out = lab.client("showmount").args(["-e", &server]).output()?;
-    let exports = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && exports.contains("/nodes/pc"),
-        "showmount -e: {exports} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // MOUNT and NFS over UDP from the node's address: MNT, LOOKUP, FSINFO
-    // (rtmax bounded for datagrams) and READs of a 4 MB file, each reply
-    // within one datagram, asking for more than fits.
-    let sock = common::nfsrpc::udp_in_netns(
-        &lab.ns,
-        lab.client_ip,
-        std::net::SocketAddr::from((lab.server_ip, nfs_port)),
-    )?;
-    let mut udp = common::nfsrpc::UdpClient::new(sock);
-    let root = udp.mnt("/nodes/pc")?;
-    let rtmax = udp.rtmax(&root)?;
-    assert!(rtmax <= 32 * 1024, "rtmax over UDP is {rtmax}");
-    let kernel = udp.walk(&root, "boot/vmlinuz-6.1.0-test")?;
-    let (data, largest) = udp.read_all(&kernel, 1 << 20)?;
-    assert_eq!(
-        data,
-        std::fs::read(tmp.path().join("bundle/rootfs/boot/vmlinuz-6.1.0-test"))?
-    );
-    assert!(
-        largest <= rtmax as usize,
-        "a READ reply carried {largest} bytes"
-    );
-
-    // A registration change from the network (SET, UNSET) is refused.
-    let mut pm = common::nfsrpc::UdpClient::new(common::nfsrpc::udp_in_netns(
-        &lab.ns,
-        lab.client_ip,
-        std::net::SocketAddr::from((lab.server_ip, 111)),
-    )?);
-    let mapping: Vec<u8> = [100_005u32, 3, 17, 9999]
-        .iter()
-        .flat_map(|v| v.to_be_bytes())
-        .collect();
-    for proc_ in [1, 2] {
-        let r = pm.call(100_000, 2, proc_, &mapping)?;
-        assert_eq!(
-            (r.stat.as_str(), &r.body[..]),
-            ("SUCCESS", &[0u8, 0, 0, 0][..])
-        );
-    }
-    let out = lab.client("rpcinfo").args(["-p", &server]).output()?;
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("9999"));
-
-    // The global --cache-dir was used, the config's cache_dir was not.
-    assert!(
-        common::dir_size(&cache)? > 1_000_000,
-        "nothing cached in --cache-dir"
-    );
-    assert!(
-        !tmp.path().join("config-cache").exists(),
-        "config cache_dir was used"
-    );
-
-    // The node with a bad reference is marked failed; `pc` was served.
-    let nodes = common::curl_get(&format!("http://{server}:8080/api/v1/nodes/broken"), &[])?;
-    let v: serde_json::Value = serde_json::from_slice(&nodes)?;
-    let why = v["failed"].as_str().unwrap_or_default();
-    assert!(why.contains("os/missing"), "{v}");
-    Ok(())
-}
-
-#[test]
-fn a_taken_portmapper_port_is_explained_and_can_be_turned_off() -> Result<()> {
-    if !common::require_root_and_tools("a_taken_portmapper_port", &["ip"]) {
-        return Ok(());
-    }
-    let tmp = tempfile::tempdir()?;
-    let lab = NetLab::new(true)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    // Someone (an rpcbind) holds port 111 on the server address.
-    let _holder = std::net::TcpListener::bind((lab.server_ip, 111))?;
-    let _holder_udp = std::net::UdpSocket::bind((lab.server_ip, 111))?;
-    let image = "oci:/nonexistent";
-    let config = pc_config(&lab, tmp.path(), image, (tftp_port, nfs_port), "", "")?;
-    let (line, mut child) = start_serve(&config, &[])?;
-    let status = child.wait()?;
-    let err = std::fs::read_to_string(config.with_file_name("serve.log"))?;
-    assert!(!line.starts_with("serving"), "{line:?}");
-    assert!(!status.success());
-    assert!(
-        err.contains("port 111") && err.contains("rpcbind") && err.contains("portmapper = false"),
-        "{err}"
-    );
-    // With the portmapper off, serve starts (and says so).
-    let config = pc_config(
-        &lab,
-        tmp.path(),
-        image,
-        (tftp_port, nfs_port),
-        "portmapper = false",
-        "",
-    )?;
-    let (line, child) = start_serve(&config, &[])?;
-    let _server = Server { child };
-    assert!(
-        line.starts_with("serving") && line.contains("portmapper off"),
-        "{line:?}"
-    );
-    Ok(())
-}
-
 #[test]
 fn serve_rejects_a_bad_global_option_value() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let out = Command::new(BIN)
-        .args(["--cache-size", "lots", "serve", "--config"])
-        .arg(tmp.path().join("none.toml"))
-        .output()?;
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = Serve::new(&tmp.path().join("none.toml"))
+        .globals(&["--cache-size", "lots"])
+        .refused()?;
+    assert!(!refused.status.success());
+    let err = &refused.log;
     assert!(
         err.contains("--cache-size") && err.contains("lots"),
         "{err}"
@@ -853,146 +499,6 @@ fn an_image_without_a_kernel_is_a_clear_error_in_the_log_and_the_profile() -> Re
         profile.contains("error:") && profile.contains("no kernel found"),
         "{profile}"
     );
-    Ok(())
-}
-
-#[test]
-fn portmapper_register_mode_registers_with_the_hosts_rpcbind_and_unregisters() -> Result<()> {
-    let tools = &["ip", "rpcbind", "rpcinfo", "mount"];
-    if !common::require_root_and_tools("portmapper_register_mode", tools) {
-        return Ok(());
-    }
-    // A namespace of its own (network and, through `ip netns exec`, mounts:
-    // a private /run for rpcbind's socket and state), with rpcbind in it.
-    let n = std::process::id() % 200 + 20;
-    let ns = format!("lbrpc{n}");
-    let addr = format!("10.214.{n}.1");
-    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-    sh(&format!(
-        "ip netns add {ns} && ip -n {ns} link set lo up && ip -n {ns} link add d0 type veth peer name d1 \
-         && ip -n {ns} addr add {addr}/24 dev d0 && ip -n {ns} link set d0 up && ip -n {ns} link set d1 up"
-    ))?;
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "pids", &self.0])
-                .output()
-                .map(|o| {
-                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                        let _ = Command::new("kill").arg(pid).output();
-                    }
-                });
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
-    let _ns = Ns(ns.clone());
-    let mut rpcbind = Command::new("ip")
-        .args(["netns", "exec", &ns, "sh", "-c"])
-        .arg("mount -t tmpfs tmpfs /run && exec rpcbind -f")
-        .stdin(Stdio::null())
-        .spawn()?;
-    let rpcinfo = |host: &str| -> Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns, "rpcinfo", "-p", host])
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !rpcinfo("127.0.0.1")?.contains("portmapper") {
-        if std::time::Instant::now() > deadline {
-            let _ = rpcbind.kill();
-            bail!("rpcbind did not come up in {ns}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-
-    let tmp = tempfile::tempdir()?;
-    let nfs_port = 3049;
-    let config = tmp.path().join("lazyboot.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-interface = "d0"
-address = "{addr}"
-state_dir = "{state}"
-cache_dir = "{cache}"
-nfs_port = {nfs_port}
-portmapper = "register"
-
-[dhcp]
-mode = "off"
-
-[[nodes]]
-name = "pc"
-mac = "{IPXE_MAC}"
-kind = "ipxe"
-image = "oci:/nonexistent"
-"#,
-            state = tmp.path().join("state").display(),
-            cache = tmp.path().join("cache").display(),
-        ),
-    )?;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns, BIN, "serve", "--config"])
-        .arg(&config)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(tmp.path().join("serve.log"))?)
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-    let log = || std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
-    assert!(
-        line.starts_with("serving") && line.contains("registered with the host's rpcbind"),
-        "{line:?}\n{}",
-        log()
-    );
-    // MOUNT and NFS v3 are listed by the host's rpcbind, on both transports,
-    // at lazyboot's port; clients asking it on the served address find them.
-    let listed = rpcinfo(&addr)?;
-    for (prog, proto) in [
-        ("100005", "tcp"),
-        ("100005", "udp"),
-        ("100003", "tcp"),
-        ("100003", "udp"),
-    ] {
-        assert!(
-            listed.lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() >= 4
-                    && f[0] == prog
-                    && f[1] == "3"
-                    && f[2] == proto
-                    && f[3] == nfs_port.to_string()
-            }),
-            "{prog} {proto} not registered:\n{listed}"
-        );
-    }
-    // A NULL call to MOUNT through rpcbind's answer reaches lazyboot.
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns, "rpcinfo", "-u", &addr, "100005", "3"])
-        .output()?;
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ready and waiting"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Stopping lazyboot takes its programs out again.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait()?;
-    let after = rpcinfo("127.0.0.1")?;
-    assert!(
-        !after.contains("100005") && !after.contains("100003") && after.contains("portmapper"),
-        "still registered after serve stopped:\n{after}\n{}",
-        log()
-    );
-    let _ = rpcbind.kill();
-    let _ = rpcbind.wait();
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod common;
 
 use anyhow::{bail, Context, Result};
 use common::netns::NetLab;
+use common::serve::InProcess;
 use common::{require_root_and_tools, run, sha256_hex, Registry};
 use lazyboot::cache::ChunkCache;
 use lazyboot::config::Config;
@@ -204,6 +205,8 @@ fn alarms_about(needle: &str) -> Vec<String> {
 // ------------------------------------------------------------- the bench
 
 struct Bench {
+    /// First, so the server stops before the lab and its files go.
+    _server: InProcess,
     lab: NetLab,
     port: u16,
     pi_ip: Ipv4Addr,
@@ -213,15 +216,6 @@ struct Bench {
     tmp: tempfile::TempDir,
     img: &'static PiImage,
     _registry: Registry,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 fn python_client() -> PathBuf {
@@ -281,18 +275,11 @@ ip = "{pc_ip}"
             tmp = tmp.path().display(),
         );
         let config = Config::parse(&config, "tftp-test.toml")?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
         let cache = Arc::new(ChunkCache::open(&tmp.path().join("cache"), 1 << 30)?);
         let ctx = ServeContext::new(config, cache);
-        rt.spawn(async move {
-            if let Err(e) = lazyboot::tftp::run(ctx).await {
-                panic!("TFTP server stopped: {e}");
-            }
-        });
+        let server = InProcess::start("TFTP server", 2, lazyboot::tftp::run(ctx))?;
         let bench = Bench {
+            _server: server,
             lab,
             port,
             pi_ip,
@@ -302,7 +289,6 @@ ip = "{pc_ip}"
             tmp,
             img,
             _registry: registry,
-            rt: Some(rt),
         };
         bench.wait_ready()?;
         Ok(bench)

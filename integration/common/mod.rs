@@ -11,18 +11,27 @@
 //!   list the differences between two trees.
 //! - [`nfsrpc`]: a raw NFSv3 + MOUNT client over TCP, also from inside a
 //!   [`netns::NetLab`] namespace from a chosen node address.
+//! - [`serve`]: `lazyboot serve` as a child process ([`serve::Serve`],
+//!   [`serve::Server`]) and library servers in a runtime of their own
+//!   ([`serve::InProcess`]); every test runs its servers through it.
+//! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
+//!   test targets of one theme (NFS roots, the NFS protocol, `serve`, QEMU).
 #![allow(dead_code, unused_imports)]
 
 pub mod debian;
 pub mod fixture;
 pub mod gate;
 pub mod mount;
+pub mod netboot;
 pub mod netns;
+pub mod nfsroot;
 pub mod nfsrpc;
 pub mod qemu;
 pub mod registry;
+pub mod serve;
 pub mod shaped;
 pub mod snapshot;
+pub mod tempfs;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -160,6 +169,12 @@ pub fn curl_get(url: &str, accept: &[&str]) -> Result<Vec<u8>> {
     run(&mut cmd)
 }
 
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// `cp -a SRC DST` (keeps owners, modes, xattrs, hard links, timestamps).
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     run(Command::new("cp").arg("-a").arg("--").arg(src).arg(dst)).map(|_| ())
@@ -186,6 +201,21 @@ pub fn free_udp_port() -> u16 {
         .and_then(|s| s.local_addr())
         .expect("binding a free UDP port")
         .port()
+}
+
+/// `len` bytes of xorshift noise from `seed`: the same bytes every time,
+/// incompressible, no two seeds alike.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 /// Bytes in the regular files under `dir` (0 if it does not exist).

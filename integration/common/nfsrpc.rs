@@ -113,6 +113,25 @@ pub fn name3(n: &[u8]) -> filename3<'_> {
     filename3(Opaque::borrowed(n))
 }
 
+/// `name` in `dir` (a `&str` or bytes).
+pub fn dirop<'a, N: AsRef<[u8]> + ?Sized>(dir: &nfs_fh3, name: &'a N) -> diropargs3<'a> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: name3(name.as_ref()),
+    }
+}
+
+/// A TCP connection to `server` from the local address `src` (another
+/// loopback address, say).
+pub fn tcp_from(src: Ipv4Addr, server: SocketAddr) -> Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::from((src, 0)).into())
+        .with_context(|| format!("binding {src}"))?;
+    sock.connect_timeout(&server.into(), Duration::from_secs(10))
+        .with_context(|| format!("connecting to {server} from {src}"))?;
+    Ok(sock.into())
+}
+
 /// A TCP connection to `server` from `src`, made inside the network
 /// namespace `ns` (`ip netns` name). Network namespaces are per thread, so
 /// a short-lived thread enters the namespace and makes the socket; the
@@ -128,13 +147,7 @@ pub fn tcp_in_netns(ns: &str, src: Ipv4Addr, server: SocketAddr) -> Result<TcpSt
                 if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     bail!("setns {path}: {}", std::io::Error::last_os_error());
                 }
-                let sock =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-                sock.bind(&SocketAddr::from((src, 0)).into())
-                    .with_context(|| format!("binding {src} in {ns}"))?;
-                sock.connect_timeout(&server.into(), Duration::from_secs(10))
-                    .with_context(|| format!("connecting to {server} from {src} in {ns}"))?;
-                Ok(sock.into())
+                tcp_from(src, server).with_context(|| format!("in {ns}"))
             })
             .join()
             .expect("netns thread panicked")
@@ -150,6 +163,11 @@ impl Client {
 
     pub fn connect(server: SocketAddr) -> Result<Client> {
         Ok(Client::new(TcpStream::connect(server)?))
+    }
+
+    /// See [`tcp_from`].
+    pub fn connect_from(src: Ipv4Addr, server: SocketAddr) -> Result<Client> {
+        Ok(Client::new(tcp_from(src, server)?))
     }
 
     /// See [`tcp_in_netns`].
@@ -244,11 +262,7 @@ impl Client {
     }
 
     pub fn lookup(&mut self, dir: &nfs_fh3, name: &[u8]) -> Result<nfs_fh3, nfsstat3> {
-        let args = diropargs3 {
-            dir: dir.clone(),
-            name: name3(name),
-        };
-        match self.nfs::<LOOKUP3res>(3, ROOT, &args) {
+        match self.nfs::<LOOKUP3res>(3, ROOT, &dirop(dir, name)) {
             Nfs3Result::Ok(ok) => Ok(ok.object),
             Nfs3Result::Err((s, _)) => Err(s),
         }
@@ -261,6 +275,24 @@ impl Client {
             fh = self.lookup(&fh, part.as_bytes())?;
         }
         Ok(fh)
+    }
+
+    /// The attributes of `path` under `root` (see [`Client::walk`]).
+    pub fn attr_at(&mut self, root: &nfs_fh3, path: &str) -> Result<fattr3, nfsstat3> {
+        let fh = self.walk(root, path)?;
+        self.getattr(&fh)
+    }
+
+    /// ACCESS: which of `bits` `cred` is granted.
+    pub fn access(&mut self, fh: &nfs_fh3, cred: (u32, u32), bits: u32) -> Result<u32, nfsstat3> {
+        let args = ACCESS3args {
+            object: fh.clone(),
+            access: bits,
+        };
+        match self.nfs::<ACCESS3res>(4, cred, &args) {
+            Nfs3Result::Ok(ok) => Ok(ok.access),
+            Nfs3Result::Err((s, _)) => Err(s),
+        }
     }
 
     /// Every entry of a directory (READDIRPLUS until eof), "." and ".."
@@ -427,10 +459,7 @@ impl Client {
 
     pub fn remove(&mut self, dir: &nfs_fh3, name: &[u8], cred: (u32, u32)) -> Result<(), nfsstat3> {
         let args = REMOVE3args {
-            object: diropargs3 {
-                dir: dir.clone(),
-                name: name3(name),
-            },
+            object: dirop(dir, name),
         };
         match self.nfs::<REMOVE3res>(12, cred, &args) {
             Nfs3Result::Ok(_) => Ok(()),
@@ -445,25 +474,12 @@ impl Client {
         cred: (u32, u32),
     ) -> Result<(), nfsstat3> {
         let args = RENAME3args {
-            from: diropargs3 {
-                dir: from.0.clone(),
-                name: name3(from.1),
-            },
-            to: diropargs3 {
-                dir: to.0.clone(),
-                name: name3(to.1),
-            },
+            from: dirop(from.0, from.1),
+            to: dirop(to.0, to.1),
         };
         match self.nfs::<RENAME3res>(14, cred, &args) {
             Nfs3Result::Ok(_) => Ok(()),
             Nfs3Result::Err((s, _)) => Err(s),
-        }
-    }
-
-    fn diropargs<'a>(dir: &nfs_fh3, name: &'a [u8]) -> diropargs3<'a> {
-        diropargs3 {
-            dir: dir.clone(),
-            name: name3(name),
         }
     }
 
@@ -490,7 +506,7 @@ impl Client {
         cred: (u32, u32),
     ) -> Result<nfs_fh3, nfsstat3> {
         let args = CREATE3args {
-            where_: Self::diropargs(dir, name),
+            where_: dirop(dir, name),
             how: createhow3::GUARDED(Self::mode_attr(mode)),
         };
         match self.nfs::<CREATE3res>(8, cred, &args) {
@@ -507,7 +523,7 @@ impl Client {
         cred: (u32, u32),
     ) -> Result<nfs_fh3, nfsstat3> {
         let args = MKDIR3args {
-            where_: Self::diropargs(dir, name),
+            where_: dirop(dir, name),
             attributes: Self::mode_attr(mode),
         };
         match self.nfs::<MKDIR3res>(9, cred, &args) {
@@ -524,7 +540,7 @@ impl Client {
         cred: (u32, u32),
     ) -> Result<nfs_fh3, nfsstat3> {
         let args = SYMLINK3args {
-            where_: Self::diropargs(dir, name),
+            where_: dirop(dir, name),
             symlink: symlinkdata3 {
                 symlink_attributes: sattr3::default(),
                 symlink_data: nfspath3(Opaque::borrowed(target)),
@@ -544,7 +560,7 @@ impl Client {
         cred: (u32, u32),
     ) -> Result<nfs_fh3, nfsstat3> {
         let args = MKNOD3args {
-            where_: Self::diropargs(dir, name),
+            where_: dirop(dir, name),
             what: mknoddata3::NF3FIFO(Self::mode_attr(mode)),
         };
         match self.nfs::<MKNOD3res>(11, cred, &args) {
@@ -563,7 +579,7 @@ impl Client {
     ) -> Result<(), nfsstat3> {
         let args = LINK3args {
             file: file.clone(),
-            link: Self::diropargs(dir, name),
+            link: dirop(dir, name),
         };
         match self.nfs::<LINK3res>(15, cred, &args) {
             Nfs3Result::Ok(_) => Ok(()),
@@ -573,7 +589,7 @@ impl Client {
 
     pub fn rmdir(&mut self, dir: &nfs_fh3, name: &[u8], cred: (u32, u32)) -> Result<(), nfsstat3> {
         let args = RMDIR3args {
-            object: Self::diropargs(dir, name),
+            object: dirop(dir, name),
         };
         match self.nfs::<RMDIR3res>(13, cred, &args) {
             Nfs3Result::Ok(_) => Ok(()),
@@ -699,11 +715,7 @@ impl UdpClient {
     pub fn walk(&mut self, root: &nfs_fh3, path: &str) -> Result<nfs_fh3> {
         let mut fh = root.clone();
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            let args = diropargs3 {
-                dir: fh.clone(),
-                name: name3(part.as_bytes()),
-            };
-            fh = match self.nfs::<LOOKUP3res>(3, &args)? {
+            fh = match self.nfs::<LOOKUP3res>(3, &dirop(&fh, part))? {
                 Nfs3Result::Ok(ok) => ok.object,
                 Nfs3Result::Err((s, _)) => bail!("LOOKUP {part}: {s}"),
             };

@@ -1,13 +1,12 @@
 //! Pieces of the QEMU boot tests (integration/qemu_boot.rs for iPXE on
 //! x86_64, integration/qemu_uboot.rs for U-Boot on arm64): the boot image
 //! built from Debian packages, a tap with the server address, IPv6 router
-//! advertisements on it, `lazyboot serve` as a child process, QEMU killed on
-//! drop, and a timeline of boot milestones.
+//! advertisements on it, QEMU killed on drop, and a timeline of boot
+//! milestones. `lazyboot serve` runs through [`super::serve`].
 
 use anyhow::{bail, Result};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -16,9 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::run;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
+use super::{run, tail};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures")
@@ -225,80 +222,6 @@ impl Drop for RouterAdverts {
     }
 }
 
-/// `lazyboot serve` with its log (RUST_LOG=lazyboot=debug) in a file.
-pub struct Server {
-    child: Child,
-    config: PathBuf,
-    log: PathBuf,
-    globals: Vec<String>,
-}
-
-impl Server {
-    pub fn start(config: &Path, log: &Path) -> Result<Server> {
-        Self::start_with(config, log, &[])
-    }
-
-    /// With global options before `serve` (`--insecure-registry H`, ...).
-    pub fn start_with(config: &Path, log: &Path, globals: &[&str]) -> Result<Server> {
-        let globals: Vec<String> = globals.iter().map(|s| s.to_string()).collect();
-        Ok(Server {
-            child: Self::spawn(config, log, &globals)?,
-            config: config.to_path_buf(),
-            log: log.to_path_buf(),
-            globals,
-        })
-    }
-
-    fn spawn(config: &Path, log: &Path, globals: &[String]) -> Result<Child> {
-        let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
-        let mut child = Command::new(BIN)
-            .args(globals)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "lazyboot=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        if !line.starts_with("serving") {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "serve did not start: {line:?}\n{}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        Ok(child)
-    }
-
-    pub fn stop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-
-    /// Stop (SIGTERM) and start again with the same config, state and
-    /// cache; the log goes on in the same file.
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop();
-        self.child = Self::spawn(&self.config, &self.log, &self.globals)?;
-        Ok(())
-    }
-
-    pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 pub struct Qemu(pub Child);
 
 impl Drop for Qemu {
@@ -344,11 +267,6 @@ impl Timeline {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// How many `check` lines the image's /sbin/init runs on a read-only or
