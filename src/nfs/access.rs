@@ -26,24 +26,24 @@ use nfs3_server::nfs3_types::nfs3::{
 
 use super::fs::{Attr, Cred, FileKind, FsError, SetAttr, SetTime};
 
-pub const MAY_READ: u32 = 4;
-pub const MAY_WRITE: u32 = 2;
-pub const MAY_EXEC: u32 = 1;
+pub(crate) const MAY_READ: u32 = 4;
+pub(crate) const MAY_WRITE: u32 = 2;
+pub(crate) const MAY_EXEC: u32 = 1;
 
-pub const S_ISUID: u32 = 0o4000;
-pub const S_ISGID: u32 = 0o2000;
-pub const S_ISVTX: u32 = 0o1000;
+pub(crate) const S_ISUID: u32 = 0o4000;
+pub(crate) const S_ISGID: u32 = 0o2000;
+pub(crate) const S_ISVTX: u32 = 0o1000;
 
-pub fn is_root(cred: &Cred) -> bool {
+pub(crate) fn is_root(cred: &Cred) -> bool {
     cred.uid == 0
 }
 
-pub fn in_group(cred: &Cred, gid: u32) -> bool {
+pub(crate) fn in_group(cred: &Cred, gid: u32) -> bool {
     cred.gid == gid || cred.gids.contains(&gid)
 }
 
 /// The rwx bits (as `MAY_*`) of the class the caller falls in.
-pub fn class_bits(attr: &Attr, cred: &Cred) -> u32 {
+pub(crate) fn class_bits(attr: &Attr, cred: &Cred) -> u32 {
     let shift = if cred.uid == attr.uid {
         6
     } else if in_group(cred, attr.gid) {
@@ -56,7 +56,7 @@ pub fn class_bits(attr: &Attr, cred: &Cred) -> u32 {
 
 /// May the caller do all of `want` (`MAY_*` bits) to this object?
 /// Symbolic links permit everything (their mode is meaningless).
-pub fn permitted(attr: &Attr, cred: &Cred, want: u32) -> bool {
+pub(crate) fn permitted(attr: &Attr, cred: &Cred, want: u32) -> bool {
     if attr.kind == FileKind::Symlink {
         return true;
     }
@@ -73,7 +73,7 @@ pub fn permitted(attr: &Attr, cred: &Cred, want: u32) -> bool {
 /// never granted (it is about directory entries). On a read-only file
 /// system MODIFY, EXTEND and DELETE are denied, everything else is
 /// decided by the mode as usual.
-pub fn access_bits(attr: &Attr, cred: &Cred, requested: u32, read_only: bool) -> u32 {
+pub(crate) fn access_bits(attr: &Attr, cred: &Cred, requested: u32, read_only: bool) -> u32 {
     let mut granted = 0;
     let r = permitted(attr, cred, MAY_READ);
     let x = permitted(attr, cred, MAY_EXEC);
@@ -104,19 +104,19 @@ pub fn access_bits(attr: &Attr, cred: &Cred, requested: u32, read_only: bool) ->
 
 /// READ of file data: r, or x (clients read executables to run them),
 /// or ownership.
-pub fn may_read_data(attr: &Attr, cred: &Cred) -> bool {
+pub(crate) fn may_read_data(attr: &Attr, cred: &Cred) -> bool {
     cred.uid == attr.uid
         || permitted(attr, cred, MAY_READ)
         || (!is_root(cred) && permitted(attr, cred, MAY_EXEC))
 }
 
 /// WRITE (and truncation) of file data: w, or ownership.
-pub fn may_write_data(attr: &Attr, cred: &Cred) -> bool {
+pub(crate) fn may_write_data(attr: &Attr, cred: &Cred) -> bool {
     cred.uid == attr.uid || permitted(attr, cred, MAY_WRITE)
 }
 
 /// LOOKUP in `dir`: it is a directory and the caller may search it.
-pub fn check_lookup(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
+pub(crate) fn check_lookup(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
     if dir.kind != FileKind::Dir {
         return Err(FsError::NotDir);
     }
@@ -127,7 +127,7 @@ pub fn check_lookup(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
 }
 
 /// READDIR of `dir`: it is a directory and the caller may read it.
-pub fn check_list(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
+pub(crate) fn check_list(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
     if dir.kind != FileKind::Dir {
         return Err(FsError::NotDir);
     }
@@ -138,7 +138,7 @@ pub fn check_list(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
 }
 
 /// Adding or removing entries in `dir`: write and search permission.
-pub fn check_dir_change(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
+pub(crate) fn check_dir_change(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
     if dir.kind != FileKind::Dir {
         return Err(FsError::NotDir);
     }
@@ -151,7 +151,7 @@ pub fn check_dir_change(dir: &Attr, cred: &Cred) -> Result<(), FsError> {
 /// Removing (or renaming away, or replacing) `victim` in `dir`, after
 /// [`check_dir_change`]: the sticky bit restricts it to the victim's owner,
 /// the directory's owner and root.
-pub fn check_sticky(dir: &Attr, victim: &Attr, cred: &Cred) -> Result<(), FsError> {
+pub(crate) fn check_sticky(dir: &Attr, victim: &Attr, cred: &Cred) -> Result<(), FsError> {
     if dir.mode & S_ISVTX != 0 && !is_root(cred) && cred.uid != victim.uid && cred.uid != dir.uid {
         return Err(FsError::Perm);
     }
@@ -161,7 +161,7 @@ pub fn check_sticky(dir: &Attr, victim: &Attr, cred: &Cred) -> Result<(), FsErro
 /// Owner and mode of a new object in `dir`: the setgid directory rules.
 /// Returns the credentials to create it with (their gid becomes the
 /// object's group) and the mode.
-pub fn new_object(dir: &Attr, cred: &Cred, is_dir: bool, mode: u32) -> (Cred, u32) {
+pub(crate) fn new_object(dir: &Attr, cred: &Cred, is_dir: bool, mode: u32) -> (Cred, u32) {
     let mut owner = cred.clone();
     let mut mode = mode & 0o7777;
     if dir.mode & S_ISGID != 0 {
@@ -179,7 +179,7 @@ pub fn new_object(dir: &Attr, cred: &Cred, is_dir: bool, mode: u32) -> (Cred, u3
 /// Check a SETATTR against the chmod/chown/truncate/utimes rules and
 /// return what to actually apply (setuid/setgid bits cleared where Linux
 /// clears them).
-pub fn check_setattr(attr: &Attr, set: &SetAttr, cred: &Cred) -> Result<SetAttr, FsError> {
+pub(crate) fn check_setattr(attr: &Attr, set: &SetAttr, cred: &Cred) -> Result<SetAttr, FsError> {
     let root = is_root(cred);
     let owner = cred.uid == attr.uid;
     let mut out = set.clone();
@@ -240,7 +240,7 @@ pub fn check_setattr(attr: &Attr, set: &SetAttr, cred: &Cred) -> Result<SetAttr,
 
 /// After a write by a caller other than root: the mode with setuid (and
 /// setgid with group exec) cleared, if that changes anything.
-pub fn mode_after_write(attr: &Attr, cred: &Cred) -> Option<u32> {
+pub(crate) fn mode_after_write(attr: &Attr, cred: &Cred) -> Option<u32> {
     if is_root(cred) || attr.kind != FileKind::File {
         return None;
     }

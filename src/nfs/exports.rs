@@ -16,10 +16,10 @@
 use super::fs::{Exports, MountError, Observed};
 use super::overlay::{node_state_dir, wipe_node_state, LowerNames, NodeOverlay};
 use crate::config::RootMode;
+use crate::image::ImageView;
 use crate::nodes::Node;
 use crate::profile::recorder::NfsCall;
 use crate::serve::ServeContext;
-use crate::image::ImageView;
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -68,7 +68,7 @@ struct ExportIndex {
 /// An image view (kept alive so its address stays unique) and its names.
 type SharedNames = (Arc<ImageView>, Arc<LowerNames>);
 
-pub struct NodeExports {
+pub(crate) struct NodeExports {
     ctx: Arc<ServeContext>,
     slots: Mutex<HashMap<String, SlotRef>>,
     /// The nodes file handles can name, for `get` on every NFS call.
@@ -80,7 +80,7 @@ pub struct NodeExports {
 }
 
 impl NodeExports {
-    pub fn new(ctx: Arc<ServeContext>) -> NodeExports {
+    pub(crate) fn new(ctx: Arc<ServeContext>) -> NodeExports {
         NodeExports {
             ctx,
             slots: Mutex::new(HashMap::new()),

@@ -23,14 +23,14 @@ use sha2::Sha256;
 
 use super::fs::FileId;
 
-pub const HANDLE_LEN: usize = 32;
+pub(crate) const HANDLE_LEN: usize = 32;
 const VERSION: u8 = 1;
 const TAG_LEN: usize = 16;
 const BODY_LEN: usize = HANDLE_LEN - TAG_LEN;
 
 /// Signs and verifies file handles with the server key.
 #[derive(Clone)]
-pub struct HandleKey {
+pub(crate) struct HandleKey {
     mac: Hmac<Sha256>,
 }
 
@@ -41,7 +41,7 @@ impl std::fmt::Debug for HandleKey {
 }
 
 impl HandleKey {
-    pub fn new(key: &[u8; 32]) -> Self {
+    pub(crate) fn new(key: &[u8; 32]) -> Self {
         HandleKey {
             mac: Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length"),
         }
@@ -55,7 +55,7 @@ impl HandleKey {
         b
     }
 
-    pub fn sign(&self, export: u32, file: FileId) -> [u8; HANDLE_LEN] {
+    pub(crate) fn sign(&self, export: u32, file: FileId) -> [u8; HANDLE_LEN] {
         let body = Self::body(export, file);
         let mut mac = self.mac.clone();
         mac.update(&body);
@@ -69,7 +69,7 @@ impl HandleKey {
     /// The (export id, file id) of a handle we issued, or `None` for
     /// anything else (wrong length, version, or tag). The tag comparison is
     /// constant-time.
-    pub fn verify(&self, handle: &[u8]) -> Option<(u32, FileId)> {
+    pub(crate) fn verify(&self, handle: &[u8]) -> Option<(u32, FileId)> {
         if handle.len() != HANDLE_LEN || handle[0] != VERSION || handle[1..4] != [0, 0, 0] {
             return None;
         }

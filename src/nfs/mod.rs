@@ -14,18 +14,18 @@
 //! - [`transport`]: calls over TCP (record marking) and UDP (datagrams).
 //! - [`portmap`]: portmapper / rpcbind (program 100000, versions 2-4).
 
-pub mod access;
-pub mod exports;
+pub(crate) mod access;
+pub(crate) mod exports;
 pub mod fs;
-pub mod handles;
+pub(crate) mod handles;
 pub(crate) mod overlay;
-pub mod portmap;
-pub mod rpc;
+pub(crate) mod portmap;
+pub(crate) mod rpc;
 pub(crate) mod server;
 #[cfg(test)]
-pub mod testimage;
-pub mod transport;
-pub mod xdr;
+pub(crate) mod testimage;
+pub(crate) mod transport;
+pub(crate) mod xdr;
 
 pub use handles::load_or_create_key;
 pub use transport::{serve, NfsError};

@@ -28,9 +28,9 @@ use super::server::{MOUNT_PROGRAM, NFS_PROGRAM};
 use super::transport::is_fatal_socket_error;
 use super::xdr::XdrIn;
 
-pub const PORTMAP_PROGRAM: u32 = 100_000;
+pub(crate) const PORTMAP_PROGRAM: u32 = 100_000;
 /// The well-known portmapper port.
-pub const PORTMAP_PORT: u16 = 111;
+pub(crate) const PORTMAP_PORT: u16 = 111;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 /// RFC 1833: netids and universal addresses are short strings.
@@ -42,7 +42,7 @@ const MAX_CONNECTIONS: usize = 64;
 const IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
-pub enum PortmapError {
+pub(crate) enum PortmapError {
     #[error(
         "portmapper: port {port} on {addr} is already in use (is rpcbind running?). Either \
          set `[server] portmapper = \"register\"` to register lazyboot's MOUNT and NFS with \
@@ -67,12 +67,12 @@ pub enum PortmapError {
 
 /// One registered service: what DUMP lists and GETPORT/GETADDR find.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub prog: u32,
-    pub vers: u32,
+pub(crate) struct Mapping {
+    pub(crate) prog: u32,
+    pub(crate) vers: u32,
     /// IPPROTO_TCP or IPPROTO_UDP.
-    pub proto: u32,
-    pub port: u16,
+    pub(crate) proto: u32,
+    pub(crate) port: u16,
 }
 
 impl Mapping {
@@ -87,7 +87,7 @@ impl Mapping {
 
 /// The fixed table of one lazyboot server.
 #[derive(Clone, Debug)]
-pub struct Portmap {
+pub(crate) struct Portmap {
     addr: Ipv4Addr,
     mappings: Vec<Mapping>,
 }
@@ -95,7 +95,7 @@ pub struct Portmap {
 impl Portmap {
     /// The portmapper on `port` (111 in production) and MOUNT + NFS v3 on
     /// `nfs_port`, all at `addr`, over TCP and UDP.
-    pub fn new(addr: Ipv4Addr, port: u16, nfs_port: u16) -> Portmap {
+    pub(crate) fn new(addr: Ipv4Addr, port: u16, nfs_port: u16) -> Portmap {
         let mut mappings = Vec::new();
         for (prog, vers, port) in [
             (PORTMAP_PROGRAM, 4, port),
@@ -137,7 +137,7 @@ impl Portmap {
 
     /// Answer one call (its reply record, record mark included), or `None`
     /// for a message that is not a call.
-    pub fn call(&self, record: &[u8], udp: bool, peer: SocketAddr) -> Option<Vec<u8>> {
+    pub(crate) fn call(&self, record: &[u8], udp: bool, peer: SocketAddr) -> Option<Vec<u8>> {
         let c = match rpc::parse_call(record) {
             Ok(c) => c,
             Err(CallError::Drop) => return None,
@@ -277,7 +277,7 @@ fn put_string(out: &mut Vec<u8>, s: &str) {
 
 /// Our programs registered with the rpcbind of this host (portmapper
 /// "register" mode); unregistered when dropped.
-pub struct Registration {
+pub(crate) struct Registration {
     mappings: Vec<Mapping>,
 }
 
@@ -286,7 +286,7 @@ impl Registration {
     /// portmapper at 127.0.0.1:111. rpcbind takes SET only from a loopback
     /// address and a privileged port, so this needs root. A registration
     /// left by an earlier run is replaced.
-    pub fn new(nfs_port: u16) -> Result<Registration, PortmapError> {
+    pub(crate) fn new(nfs_port: u16) -> Result<Registration, PortmapError> {
         let table = Portmap::new(Ipv4Addr::LOCALHOST, PORTMAP_PORT, nfs_port);
         let mappings: Vec<Mapping> = table
             .mappings
@@ -409,7 +409,10 @@ fn privileged_udp() -> std::io::Result<std::net::UdpSocket> {
 /// Bind the portmapper's TCP and UDP sockets at `addr:port`; a port already
 /// taken (a system rpcbind) is [`PortmapError::InUse`], which explains the
 /// choices.
-pub async fn bind(addr: Ipv4Addr, port: u16) -> Result<(TcpListener, UdpSocket), PortmapError> {
+pub(crate) async fn bind(
+    addr: Ipv4Addr,
+    port: u16,
+) -> Result<(TcpListener, UdpSocket), PortmapError> {
     let err = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
             PortmapError::InUse { addr, port }
@@ -423,7 +426,11 @@ pub async fn bind(addr: Ipv4Addr, port: u16) -> Result<(TcpListener, UdpSocket),
 }
 
 /// Answer on both sockets until one fails for good.
-pub async fn serve(portmap: Portmap, tcp: TcpListener, udp: UdpSocket) -> Result<(), PortmapError> {
+pub(crate) async fn serve(
+    portmap: Portmap,
+    tcp: TcpListener,
+    udp: UdpSocket,
+) -> Result<(), PortmapError> {
     let portmap = Arc::new(portmap);
     tokio::select! {
         r = serve_udp(portmap.clone(), udp) => r,

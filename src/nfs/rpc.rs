@@ -18,7 +18,7 @@ use super::xdr::XdrIn;
 
 /// Largest record accepted from a client: a 1 MiB WRITE plus headers fits
 /// with room to spare.
-pub const MAX_RECORD: usize = 1536 * 1024;
+pub(crate) const MAX_RECORD: usize = 1536 * 1024;
 
 /// RFC 5531: credentials and verifiers are at most 400 bytes.
 const MAX_AUTH_BYTES: usize = 400;
@@ -26,14 +26,14 @@ const MAX_AUTH_BYTES: usize = 400;
 const MAX_MACHINE_NAME: usize = 255;
 const MAX_AUTH_GIDS: usize = 16;
 
-pub const AUTH_NONE: u32 = 0;
-pub const AUTH_SYS: u32 = 1;
+pub(crate) const AUTH_NONE: u32 = 0;
+pub(crate) const AUTH_SYS: u32 = 1;
 
 /// The uid and gid of callers without credentials (AUTH_NONE).
-pub const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     #[error("record larger than {0} bytes")]
     TooLarge(usize),
     #[error("connection closed inside a record")]
@@ -58,7 +58,7 @@ async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Resul
 
 /// The next complete record, or `None` if the peer closed the connection
 /// between records.
-pub async fn read_record<R: AsyncRead + Unpin>(
+pub(crate) async fn read_record<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<Vec<u8>>, RecordError> {
@@ -88,9 +88,10 @@ pub async fn read_record<R: AsyncRead + Unpin>(
     }
 }
 
-/// Frame `msg` as one record of one fragment (used by tests and clients;
-/// the server frames replies with [`reply_header`] + [`finish_record`]).
-pub fn frame(msg: &[u8]) -> Vec<u8> {
+/// Frame `msg` as one record of one fragment, as a client would (the
+/// server frames replies with [`reply_header`] + [`finish_record`]).
+#[cfg(test)]
+pub(crate) fn frame(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + 4);
     out.extend_from_slice(&fragment_header::new(msg.len() as u32, true).into_xdr_buf());
     out.extend_from_slice(msg);
@@ -99,18 +100,18 @@ pub fn frame(msg: &[u8]) -> Vec<u8> {
 
 /// A decoded call header; `args` are the procedure's argument bytes.
 #[derive(Debug)]
-pub struct Call<'a> {
-    pub xid: u32,
-    pub prog: u32,
-    pub vers: u32,
-    pub proc_: u32,
-    pub cred: Cred,
-    pub args: &'a [u8],
+pub(crate) struct Call<'a> {
+    pub(crate) xid: u32,
+    pub(crate) prog: u32,
+    pub(crate) vers: u32,
+    pub(crate) proc_: u32,
+    pub(crate) cred: Cred,
+    pub(crate) args: &'a [u8],
 }
 
 /// Why a record is not a usable call.
 #[derive(Debug, PartialEq, Eq)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// Not even an xid, or not a CALL: nothing sensible to answer, drop
     /// the connection.
     Drop,
@@ -120,7 +121,7 @@ pub enum CallError {
 
 /// The reply status of a call (accepted or denied, RFC 5531 section 9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Success,
     ProgUnavail,
     ProgMismatch {
@@ -138,11 +139,11 @@ pub enum Outcome {
 
 /// The `auth_stat` values we send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthStat {
+pub(crate) enum AuthStat {
     BadCred,
 }
 
-pub fn parse_call(record: &[u8]) -> Result<Call<'_>, CallError> {
+pub(crate) fn parse_call(record: &[u8]) -> Result<Call<'_>, CallError> {
     let mut r = XdrIn::new(record);
     let xid = r.u32().map_err(|_| CallError::Drop)?;
     if r.u32().map_err(|_| CallError::Drop)? != 0 {
@@ -191,7 +192,7 @@ pub fn parse_call(record: &[u8]) -> Result<Call<'_>, CallError> {
 
 /// The body of an AUTH_SYS credential: stamp, machine name, uid, gid,
 /// up to 16 supplementary gids. Trailing bytes make it invalid.
-pub fn parse_auth_sys(body: &[u8]) -> Option<Cred> {
+pub(crate) fn parse_auth_sys(body: &[u8]) -> Option<Cred> {
     let mut r = XdrIn::new(body);
     let _stamp = r.u32().ok()?;
     let _machine = r.opaque(MAX_MACHINE_NAME).ok()?;
@@ -213,7 +214,7 @@ pub fn parse_auth_sys(body: &[u8]) -> Option<Cred> {
 
 /// A reply header for `xid`, preceded by 4 bytes reserved for the record
 /// mark. Append the result body (for `Success`), then [`finish_record`].
-pub fn reply_header(xid: u32, outcome: Outcome) -> Vec<u8> {
+pub(crate) fn reply_header(xid: u32, outcome: Outcome) -> Vec<u8> {
     let body = match outcome {
         Outcome::RpcMismatch => reply_body::MSG_DENIED(rejected_reply::rpc_mismatch(2, 2)),
         Outcome::AuthError(AuthStat::BadCred) => {
@@ -244,7 +245,7 @@ pub fn reply_header(xid: u32, outcome: Outcome) -> Vec<u8> {
 }
 
 /// Fill in the record mark reserved by [`reply_header`]: one last fragment.
-pub fn finish_record(mut buf: Vec<u8>) -> Vec<u8> {
+pub(crate) fn finish_record(mut buf: Vec<u8>) -> Vec<u8> {
     let len = (buf.len() - 4) as u32;
     buf[..4].copy_from_slice(&fragment_header::new(len, true).into_xdr_buf());
     buf

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Modification time of every entry the builder writes.
-pub const MTIME: u64 = 1_700_000_000;
+pub(crate) const MTIME: u64 = 1_700_000_000;
 
 /// One gzip tar layer, entry by entry. Owners default to 0:0; use
 /// [`LayerBuilder::owner`] to change them for the following entries.
-pub struct LayerBuilder {
+pub(crate) struct LayerBuilder {
     tar: tar::Builder<Vec<u8>>,
     uid: u64,
     gid: u64,
@@ -35,7 +35,7 @@ impl Default for LayerBuilder {
 }
 
 impl LayerBuilder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         LayerBuilder {
             tar: tar::Builder::new(Vec::new()),
             uid: 0,
@@ -44,7 +44,7 @@ impl LayerBuilder {
     }
 
     /// Owner of the entries added from now on.
-    pub fn owner(&mut self, uid: u64, gid: u64) -> &mut Self {
+    pub(crate) fn owner(&mut self, uid: u64, gid: u64) -> &mut Self {
         self.uid = uid;
         self.gid = gid;
         self
@@ -61,7 +61,7 @@ impl LayerBuilder {
         h
     }
 
-    pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
+    pub(crate) fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
         let mut h = self.header(tar::EntryType::Directory, mode, 0);
         self.tar
             .append_data(&mut h, format!("{path}/"), std::io::empty())
@@ -69,12 +69,12 @@ impl LayerBuilder {
         self
     }
 
-    pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
+    pub(crate) fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
         self.file_with_xattrs(path, mode, data, &[])
     }
 
     /// A regular file with extended attributes (PAX `SCHILY.xattr.*`).
-    pub fn file_with_xattrs(
+    pub(crate) fn file_with_xattrs(
         &mut self,
         path: &str,
         mode: u32,
@@ -95,7 +95,7 @@ impl LayerBuilder {
         self
     }
 
-    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+    pub(crate) fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut h = self.header(tar::EntryType::Symlink, 0o777, 0);
         self.tar
             .append_link(&mut h, path, target)
@@ -104,7 +104,7 @@ impl LayerBuilder {
     }
 
     /// A hard link `path` to the earlier entry `target`.
-    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
+    pub(crate) fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut h = self.header(tar::EntryType::Link, 0o644, 0);
         self.tar
             .append_link(&mut h, path, target)
@@ -112,15 +112,27 @@ impl LayerBuilder {
         self
     }
 
-    pub fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> &mut Self {
+    pub(crate) fn char_device(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> &mut Self {
         self.device(tar::EntryType::Char, path, mode, major, minor)
     }
 
-    pub fn block_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> &mut Self {
+    pub(crate) fn block_device(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> &mut Self {
         self.device(tar::EntryType::Block, path, mode, major, minor)
     }
 
-    pub fn fifo(&mut self, path: &str, mode: u32) -> &mut Self {
+    pub(crate) fn fifo(&mut self, path: &str, mode: u32) -> &mut Self {
         self.device(tar::EntryType::Fifo, path, mode, 0, 0)
     }
 
@@ -142,7 +154,7 @@ impl LayerBuilder {
     }
 
     /// An OCI whiteout for `path` (hides it in lower layers).
-    pub fn whiteout(&mut self, path: &str) -> &mut Self {
+    pub(crate) fn whiteout(&mut self, path: &str) -> &mut Self {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let wh = if dir.is_empty() {
             format!(".wh.{name}")
@@ -153,7 +165,7 @@ impl LayerBuilder {
     }
 
     /// The layer as (gzip blob, uncompressed tar).
-    pub fn finish(self) -> Layer {
+    pub(crate) fn finish(self) -> Layer {
         let tar = self.tar.into_inner().expect("tar finish");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&tar).expect("gzip");
@@ -164,9 +176,9 @@ impl LayerBuilder {
     }
 }
 
-pub struct Layer {
-    pub gzip: Vec<u8>,
-    pub tar: Vec<u8>,
+pub(crate) struct Layer {
+    pub(crate) gzip: Vec<u8>,
+    pub(crate) tar: Vec<u8>,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -184,7 +196,7 @@ fn host_arch() -> &'static str {
 
 /// Write an OCI image layout with one image tagged `tag` into `dir`.
 /// Returns the image reference (`oci:DIR:TAG`).
-pub fn write_layout(dir: &Path, tag: &str, layers: &[Layer]) -> String {
+pub(crate) fn write_layout(dir: &Path, tag: &str, layers: &[Layer]) -> String {
     let blobs = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs).expect("blobs dir");
     let put = |data: &[u8]| -> (String, usize) {
@@ -226,7 +238,7 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Layer]) -> String {
 }
 
 /// Open `reference` with a chunk cache in `cache_dir`.
-pub async fn open_view(reference: &str, cache_dir: &Path) -> Arc<ImageView> {
+pub(crate) async fn open_view(reference: &str, cache_dir: &Path) -> Arc<ImageView> {
     let opts = ViewOptions {
         cache_dir: cache_dir.to_path_buf(),
         cache_size: 1 << 30,
@@ -241,28 +253,28 @@ pub async fn open_view(reference: &str, cache_dir: &Path) -> Arc<ImageView> {
 
 /// A layout in its own temporary directory (layout in `oci/`, a chunk
 /// cache in `cache/`, and room for state in `state/`).
-pub struct TestImage {
-    pub tmp: tempfile::TempDir,
-    pub reference: String,
+pub(crate) struct TestImage {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) reference: String,
 }
 
 impl TestImage {
-    pub fn new(layers: &[Layer]) -> TestImage {
+    pub(crate) fn new(layers: &[Layer]) -> TestImage {
         let tmp = tempfile::tempdir().expect("tempdir");
         let layout = tmp.path().join("oci");
         let reference = write_layout(&layout, "t", layers);
         TestImage { tmp, reference }
     }
 
-    pub fn cache_dir(&self) -> PathBuf {
+    pub(crate) fn cache_dir(&self) -> PathBuf {
         self.tmp.path().join("cache")
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.tmp.path().join("state")
     }
 
-    pub async fn view(&self) -> Arc<ImageView> {
+    pub(crate) async fn view(&self) -> Arc<ImageView> {
         open_view(&self.reference, &self.cache_dir()).await
     }
 }

@@ -34,9 +34,9 @@ use super::rpc::{self, CallError, Outcome, MAX_RECORD};
 use super::server::{Head, Server};
 
 /// Calls of one TCP connection processed at the same time.
-pub const MAX_IN_FLIGHT: usize = 16;
+pub(crate) const MAX_IN_FLIGHT: usize = 16;
 /// UDP calls processed at the same time (all clients together).
-pub const MAX_UDP_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_UDP_IN_FLIGHT: usize = 64;
 /// Largest datagram read: a WRITE of [`UDP_MAX_IO`] bytes with its headers
 /// fits; anything larger is truncated by the kernel and fails to decode.
 const MAX_DATAGRAM: usize = 65_536;

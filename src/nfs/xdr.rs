@@ -18,23 +18,23 @@ use nfs3_server::nfs3_types::xdr_codec::Opaque;
 /// The arguments do not decode (truncated, bad enum value, oversized
 /// length): the call gets GARBAGE_ARGS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Garbage;
+pub(crate) struct Garbage;
 
-pub type XdrResult<T> = Result<T, Garbage>;
+pub(crate) type XdrResult<T> = Result<T, Garbage>;
 
 /// A cursor over one received record (or a part of it).
-pub struct XdrIn<'a> {
+pub(crate) struct XdrIn<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> XdrIn<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         XdrIn { buf, pos: 0 }
     }
 
     /// Bytes not consumed yet.
-    pub fn rest(&self) -> &'a [u8] {
+    pub(crate) fn rest(&self) -> &'a [u8] {
         &self.buf[self.pos..]
     }
 
@@ -47,18 +47,18 @@ impl<'a> XdrIn<'a> {
         Ok(s)
     }
 
-    pub fn u32(&mut self) -> XdrResult<u32> {
+    pub(crate) fn u32(&mut self) -> XdrResult<u32> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    pub fn u64(&mut self) -> XdrResult<u64> {
+    pub(crate) fn u64(&mut self) -> XdrResult<u64> {
         let hi = self.u32()?;
         let lo = self.u32()?;
         Ok(((hi as u64) << 32) | lo as u64)
     }
 
-    pub fn bool(&mut self) -> XdrResult<bool> {
+    pub(crate) fn bool(&mut self) -> XdrResult<bool> {
         match self.u32()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -68,7 +68,7 @@ impl<'a> XdrIn<'a> {
 
     /// Variable-length opaque (or string) of at most `max` bytes, padding
     /// skipped. Borrowed from the record: nothing is allocated.
-    pub fn opaque(&mut self, max: usize) -> XdrResult<&'a [u8]> {
+    pub(crate) fn opaque(&mut self, max: usize) -> XdrResult<&'a [u8]> {
         let len = self.u32()? as usize;
         if len > max {
             return Err(Garbage);
@@ -78,7 +78,7 @@ impl<'a> XdrIn<'a> {
         Ok(&b[..len])
     }
 
-    pub fn fixed<const N: usize>(&mut self) -> XdrResult<[u8; N]> {
+    pub(crate) fn fixed<const N: usize>(&mut self) -> XdrResult<[u8; N]> {
         let padded = (N + 3) & !3;
         let b = self.take(padded)?;
         let mut out = [0u8; N];
@@ -89,7 +89,7 @@ impl<'a> XdrIn<'a> {
     // ---- NFS3 / MOUNT3 building blocks -------------------------------
 
     /// `nfs_fh3`: opaque<64>.
-    pub fn fh(&mut self) -> XdrResult<nfs_fh3> {
+    pub(crate) fn fh(&mut self) -> XdrResult<nfs_fh3> {
         let data = self.opaque(NFS3_FHSIZE)?;
         Ok(nfs_fh3 {
             data: Opaque::owned(data.to_vec()),
@@ -98,22 +98,22 @@ impl<'a> XdrIn<'a> {
 
     /// `filename3`: an unbounded string on the wire; the 255-byte limit is
     /// a semantic check (NAMETOOLONG), not a decoding error.
-    pub fn filename(&mut self) -> XdrResult<filename3<'a>> {
+    pub(crate) fn filename(&mut self) -> XdrResult<filename3<'a>> {
         Ok(filename3(Opaque::borrowed(self.opaque(usize::MAX)?)))
     }
 
-    pub fn path(&mut self) -> XdrResult<nfspath3<'a>> {
+    pub(crate) fn path(&mut self) -> XdrResult<nfspath3<'a>> {
         Ok(nfspath3(Opaque::borrowed(self.opaque(usize::MAX)?)))
     }
 
-    pub fn diropargs(&mut self) -> XdrResult<diropargs3<'a>> {
+    pub(crate) fn diropargs(&mut self) -> XdrResult<diropargs3<'a>> {
         Ok(diropargs3 {
             dir: self.fh()?,
             name: self.filename()?,
         })
     }
 
-    pub fn time(&mut self) -> XdrResult<nfstime3> {
+    pub(crate) fn time(&mut self) -> XdrResult<nfstime3> {
         Ok(nfstime3 {
             seconds: self.u32()?,
             nseconds: self.u32()?,
@@ -128,7 +128,7 @@ impl<'a> XdrIn<'a> {
         })
     }
 
-    pub fn sattr(&mut self) -> XdrResult<sattr3> {
+    pub(crate) fn sattr(&mut self) -> XdrResult<sattr3> {
         let mode = self.opt_u32()?;
         let uid = self.opt_u32()?;
         let gid = self.opt_u32()?;
@@ -161,7 +161,7 @@ impl<'a> XdrIn<'a> {
 
     // ---- procedure arguments -----------------------------------------
 
-    pub fn setattr_args(&mut self) -> XdrResult<SETATTR3args> {
+    pub(crate) fn setattr_args(&mut self) -> XdrResult<SETATTR3args> {
         let object = self.fh()?;
         let new_attributes = self.sattr()?;
         let guard = if self.bool()? {
@@ -176,14 +176,14 @@ impl<'a> XdrIn<'a> {
         })
     }
 
-    pub fn access_args(&mut self) -> XdrResult<ACCESS3args> {
+    pub(crate) fn access_args(&mut self) -> XdrResult<ACCESS3args> {
         Ok(ACCESS3args {
             object: self.fh()?,
             access: self.u32()?,
         })
     }
 
-    pub fn read_args(&mut self) -> XdrResult<READ3args> {
+    pub(crate) fn read_args(&mut self) -> XdrResult<READ3args> {
         Ok(READ3args {
             file: self.fh()?,
             offset: self.u64()?,
@@ -191,7 +191,7 @@ impl<'a> XdrIn<'a> {
         })
     }
 
-    pub fn write_args(&mut self) -> XdrResult<WRITE3args<'a>> {
+    pub(crate) fn write_args(&mut self) -> XdrResult<WRITE3args<'a>> {
         let file = self.fh()?;
         let offset = self.u64()?;
         let count = self.u32()?;
@@ -211,7 +211,7 @@ impl<'a> XdrIn<'a> {
         })
     }
 
-    pub fn create_args(&mut self) -> XdrResult<CREATE3args<'a>> {
+    pub(crate) fn create_args(&mut self) -> XdrResult<CREATE3args<'a>> {
         let where_ = self.diropargs()?;
         let how = match self.u32()? {
             0 => createhow3::UNCHECKED(self.sattr()?),
@@ -222,14 +222,14 @@ impl<'a> XdrIn<'a> {
         Ok(CREATE3args { where_, how })
     }
 
-    pub fn mkdir_args(&mut self) -> XdrResult<MKDIR3args<'a>> {
+    pub(crate) fn mkdir_args(&mut self) -> XdrResult<MKDIR3args<'a>> {
         Ok(MKDIR3args {
             where_: self.diropargs()?,
             attributes: self.sattr()?,
         })
     }
 
-    pub fn symlink_args(&mut self) -> XdrResult<SYMLINK3args<'a>> {
+    pub(crate) fn symlink_args(&mut self) -> XdrResult<SYMLINK3args<'a>> {
         let where_ = self.diropargs()?;
         let symlink_attributes = self.sattr()?;
         let symlink_data = self.path()?;
@@ -244,7 +244,7 @@ impl<'a> XdrIn<'a> {
 
     /// Types other than CHR/BLK/SOCK/FIFO decode to `mknoddata3::default`
     /// (the XDR union's void default): the call gets NFS3ERR_BADTYPE.
-    pub fn mknod_args(&mut self) -> XdrResult<MKNOD3args<'a>> {
+    pub(crate) fn mknod_args(&mut self) -> XdrResult<MKNOD3args<'a>> {
         let where_ = self.diropargs()?;
         let kind = self.u32()?;
         let what = match kind {
@@ -269,21 +269,21 @@ impl<'a> XdrIn<'a> {
         Ok(MKNOD3args { where_, what })
     }
 
-    pub fn rename_args(&mut self) -> XdrResult<RENAME3args<'a, 'a>> {
+    pub(crate) fn rename_args(&mut self) -> XdrResult<RENAME3args<'a, 'a>> {
         Ok(RENAME3args {
             from: self.diropargs()?,
             to: self.diropargs()?,
         })
     }
 
-    pub fn link_args(&mut self) -> XdrResult<LINK3args<'a>> {
+    pub(crate) fn link_args(&mut self) -> XdrResult<LINK3args<'a>> {
         Ok(LINK3args {
             file: self.fh()?,
             link: self.diropargs()?,
         })
     }
 
-    pub fn readdir_args(&mut self) -> XdrResult<READDIR3args> {
+    pub(crate) fn readdir_args(&mut self) -> XdrResult<READDIR3args> {
         Ok(READDIR3args {
             dir: self.fh()?,
             cookie: self.u64()?,
@@ -292,7 +292,7 @@ impl<'a> XdrIn<'a> {
         })
     }
 
-    pub fn readdirplus_args(&mut self) -> XdrResult<READDIRPLUS3args> {
+    pub(crate) fn readdirplus_args(&mut self) -> XdrResult<READDIRPLUS3args> {
         Ok(READDIRPLUS3args {
             dir: self.fh()?,
             cookie: self.u64()?,
@@ -302,7 +302,7 @@ impl<'a> XdrIn<'a> {
         })
     }
 
-    pub fn commit_args(&mut self) -> XdrResult<COMMIT3args> {
+    pub(crate) fn commit_args(&mut self) -> XdrResult<COMMIT3args> {
         Ok(COMMIT3args {
             file: self.fh()?,
             offset: self.u64()?,

@@ -5,9 +5,9 @@
 use super::lower::lower_kind;
 use super::sys::{chmod, kind_of, set_times, set_xattr};
 use super::{Inner, Obj, PRIVATE_XATTR_PREFIX};
+use crate::image::tree::Inode;
 use crate::layer::EntryKind;
 use crate::nfs::fs::{Attr, FileId, FileKind, FsError, SetAttr, SetTime, Time};
-use crate::image::tree::Inode;
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;

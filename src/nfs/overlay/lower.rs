@@ -1,9 +1,9 @@
 //! The image side of the overlay: every path of every image inode, so that
 //! a lower file id (an image inode number) can be found again by path.
 
+use crate::image::tree::{Tree, ROOT_INO};
 use crate::layer::EntryKind;
 use crate::nfs::fs::FileKind;
-use crate::image::tree::{Tree, ROOT_INO};
 use std::collections::HashMap;
 use std::path::PathBuf;
 

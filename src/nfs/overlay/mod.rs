@@ -132,7 +132,7 @@ struct Inner {
 
 /// A node's merged root file system. Cheap to clone.
 #[derive(Clone)]
-pub struct NodeOverlay {
+pub(crate) struct NodeOverlay {
     inner: Arc<Inner>,
 }
 

@@ -4,11 +4,11 @@
 
 use super::sys::{cpath, mknod, open_upper};
 use super::{blocking, check_name, Inner, NodeOverlay, Obj, NAME_MAX};
+use crate::image::tree::ROOT_INO;
 use crate::nfs::fs::{
     Attr, Cred, DirEntry, FileId, FileKind, FsError, FsStat, NodeFs, ReadChecked, ReadFailed,
     SetAttr,
 };
-use crate::image::tree::ROOT_INO;
 use bytes::Bytes;
 use std::ffi::OsStr;
 use std::fs;

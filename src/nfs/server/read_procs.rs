@@ -9,9 +9,9 @@ use nfs3_server::nfs3_types::xdr_codec::{List, Opaque, Void};
 
 use super::wire::{check_lookup_name, fattr, pad4, post, stat};
 use super::{handle_stat, Obj, Server, COOKIE_BASE, DIR_PREF, MAX_FILE_SIZE, NAME_MAX};
+use crate::image::trace;
 use crate::nfs::access;
 use crate::nfs::fs::{Attr, Cred, Exports, FileId, FileKind, NodeFs, ReadFailed};
-use crate::image::trace;
 
 impl<E: Exports> Server<E> {
     pub(super) async fn proc_getattr(&self, fh: &nfs_fh3, ip: IpAddr) -> GETATTR3res {
