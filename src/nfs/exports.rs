@@ -199,6 +199,14 @@ impl NodeExports {
             }
             slot.reset_for = Some(generation);
         }
+        if !at_mount {
+            if let Some(o) = &slot.overlay {
+                // A running node keeps the overlay (and image) it mounted:
+                // a call needs no image lookup, and the boot's manifest was
+                // recorded when it was mounted.
+                return Ok(o.clone());
+            }
+        }
         let view = self.ctx.view_for(node).await.map_err(|e| {
             tracing::warn!(node = %node.name, "cannot open image: {e}");
             MountError::Unavailable(e.to_string())
