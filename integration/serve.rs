@@ -480,9 +480,23 @@ fn an_image_without_a_kernel_is_a_clear_error_in_the_log_and_the_profile() -> Re
         "",
         &[],
     )?;
-    let err = tftp_get(&lab, pc.tftp_port, "boot.ipxe")
-        .unwrap_err()
-        .to_string();
+    // Until the pass has read /boot, boot.ipxe is the wait-and-retry
+    // script; then the missing kernel is an error.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let err = loop {
+        match tftp_get(&lab, pc.tftp_port, "boot.ipxe") {
+            Err(e) => break e.to_string(),
+            Ok(script) if std::time::Instant::now() < deadline => {
+                let text = String::from_utf8_lossy(&script);
+                assert!(text.contains("retrying"), "not a retry script: {text}");
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            Ok(script) => bail!(
+                "still no error after 30 s: {}",
+                String::from_utf8_lossy(&script)
+            ),
+        }
+    };
     let log = std::fs::read_to_string(tmp.path().join("serve.log"))?;
     assert!(
         log.contains("cannot make boot.ipxe: no kernel found in /boot"),
@@ -659,5 +673,63 @@ fn boot_files_are_served_while_the_image_streams_unless_verified_only() -> Resul
         drop(pc);
     }
     gate.release();
+    Ok(())
+}
+
+/// `curl URL`: the status code and the body.
+fn http_get(url: &str) -> Result<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", url])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').context("no status line")?;
+    Ok((code.trim().parse()?, body.to_string()))
+}
+
+#[test]
+fn api_names_are_checked_against_the_inventory_and_errors_name_no_server_path() -> Result<()> {
+    if !common::require_root_and_tools("api_names", &["ip", "curl", "umoci"]) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let layout = tmp.path().join("layout");
+    one_layer_image(tmp.path(), "mkdir -p $r/boot $r/etc")?;
+    let reg = Registry::start()?;
+    common::push(&layout, "os", &reg, "os/api:1")?;
+    let lab = NetLab::new(true)?;
+    let http = common::free_tcp_port();
+    // A file that looks like a profile outside the state directory.
+    std::fs::create_dir_all(tmp.path().join("etc"))?;
+    std::fs::write(tmp.path().join("etc/000001.json"), "{}")?;
+    let _pc = serve_pc(
+        &lab,
+        tmp.path(),
+        &reg.reference("os/api:1"),
+        &format!("http_port = {http}"),
+        "",
+        &[],
+    )?;
+    let base = format!("http://{}:{http}/api/v1/nodes", lab.server_ip);
+    let state = tmp.path().to_string_lossy().to_string();
+    for name in ["..%2F..%2Fetc", "..%2F..%2F..%2Fetc", "%2E%2E", "nobody"] {
+        for route in [
+            "/profiles/latest",
+            "/profiles/1",
+            "/profiles",
+            "/booted",
+            "",
+        ] {
+            let url = format!("{base}/{name}{route}");
+            let (code, body) = http_get(&url)?;
+            assert_eq!(code, 404, "{url}: {body}");
+            assert!(body.contains("no node"), "{url}: {body}");
+            assert!(!body.contains(&state), "{url} reveals a path: {body}");
+        }
+    }
+    // A real node without profiles: 404, and no path either.
+    let (code, body) = http_get(&format!("{base}/pc/profiles/latest"))?;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no boot profiles"), "{body}");
+    assert!(!body.contains(&state), "reveals a path: {body}");
     Ok(())
 }

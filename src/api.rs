@@ -128,6 +128,11 @@ async fn profile(
     Path((name, boot)): Path<(String, String)>,
     Query(q): Query<FormatQuery>,
 ) -> Response {
+    // Only names of the inventory reach the profile store: a name is never
+    // joined onto a path unchecked.
+    if ctx.inventory.by_name(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no node {name:?}"));
+    }
     let boot = match boot.as_str() {
         "latest" => None,
         n => match n.parse::<u64>() {
@@ -137,10 +142,23 @@ async fn profile(
     };
     let p = match ctx.recorder.store().load(&name, boot) {
         Ok(p) => p,
-        Err(e @ (ProfileError::NoProfiles { .. } | ProfileError::NoSuchBoot { .. })) => {
+        // The messages a client sees name no server path.
+        Err(ProfileError::NoProfiles { node, .. }) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no boot profiles recorded for node {node:?}"),
+            )
+        }
+        Err(e @ ProfileError::NoSuchBoot { .. }) => {
             return error(StatusCode::NOT_FOUND, e.to_string())
         }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => {
+            tracing::warn!(node = %name, "profile unreadable: {e}");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the profile of node {name:?} could not be read (see the server log)"),
+            );
+        }
     };
     let (body, mime) = match q.format.as_deref().unwrap_or("json") {
         "json" => (

@@ -1,18 +1,42 @@
-//! Self-checking files: a 16-byte header (magic, version, xxh3-64 of the body)
+//! Self-checking files: a 16-byte header (magic, reserved, checksum)
 //! followed by the body, created by write-to-temp then rename.
+//!
+//! The checksum (xxh3-64) covers the file's *identity* as well as its body:
+//! for a chunk, the layer digest and chunk number; for an index, its name.
+//! A file that is torn or flipped fails it, and so does an intact file
+//! that is in the wrong place: moved, swapped with another chunk, or
+//! copied from another layer. Either way it reads as damaged, never as the
+//! bytes of what was asked for.
 
 use std::io::{self, Write};
 use std::path::Path;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::Xxh3;
 
-const MAGIC: &[u8; 4] = b"LZB1";
+/// `LZB2`: the checksum covers the identity (files of the identity-less
+/// `LZB1` format read as damaged, so they are refetched or rebuilt).
+const MAGIC: &[u8; 4] = b"LZB2";
 const HEADER: usize = 16;
 
-/// Write `body` to `tmp`, then rename it over `dest`. Returns the file size.
-pub(crate) fn write_atomic(tmp: &Path, dest: &Path, body: &[u8]) -> io::Result<u64> {
+/// The checksum of `body` stored as `identity`.
+fn checksum(identity: &[u8], body: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(&(identity.len() as u64).to_le_bytes());
+    h.update(identity);
+    h.update(body);
+    h.digest()
+}
+
+/// Write `body` (known as `identity`) to `tmp`, then rename it over `dest`.
+/// Returns the file size.
+pub(crate) fn write_atomic(
+    tmp: &Path,
+    dest: &Path,
+    identity: &[u8],
+    body: &[u8],
+) -> io::Result<u64> {
     let mut header = [0u8; HEADER];
     header[..4].copy_from_slice(MAGIC);
-    header[8..].copy_from_slice(&xxh3_64(body).to_le_bytes());
+    header[8..].copy_from_slice(&checksum(identity, body).to_le_bytes());
     let mut f = std::fs::File::create(tmp)?;
     let written = f.write_all(&header).and_then(|_| f.write_all(body));
     drop(f);
@@ -23,10 +47,15 @@ pub(crate) fn write_atomic(tmp: &Path, dest: &Path, body: &[u8]) -> io::Result<u
     Ok((HEADER + body.len()) as u64)
 }
 
-/// Append the body of the self-checking file at `path` to `out`:
-/// `Ok(true)` if intact, `Ok(false)` (and `out` unchanged) if damaged, `Err`
-/// if it cannot be read. The body goes straight into `out`, with no copy.
-pub(crate) fn read_checked_into(path: &Path, out: &mut Vec<u8>) -> io::Result<bool> {
+/// Append the body of the self-checking file at `path`, which must be
+/// `identity`, to `out`: `Ok(true)` if intact, `Ok(false)` (and `out`
+/// unchanged) if damaged or not `identity`'s, `Err` if it cannot be read.
+/// The body goes straight into `out`, with no copy.
+pub(crate) fn read_checked_into(
+    path: &Path,
+    identity: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
     let mut header = [0u8; HEADER];
@@ -38,7 +67,7 @@ pub(crate) fn read_checked_into(path: &Path, out: &mut Vec<u8>) -> io::Result<bo
                 return Err(e);
             }
             let want = u64::from_le_bytes(header[8..16].try_into().unwrap());
-            xxh3_64(&out[before..]) == want
+            checksum(identity, &out[before..]) == want
         }
         Ok(()) => false,
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
@@ -50,15 +79,16 @@ pub(crate) fn read_checked_into(path: &Path, out: &mut Vec<u8>) -> io::Result<bo
     Ok(intact)
 }
 
-/// `Ok(Some(body))` if intact, `Ok(None)` if the file exists but is damaged,
-/// `Err` if it cannot be read at all (usually: it does not exist).
-pub(crate) fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {
+/// `Ok(Some(body))` if intact and `identity`'s, `Ok(None)` if the file
+/// exists but is damaged or another's, `Err` if it cannot be read at all
+/// (usually: it does not exist).
+pub(crate) fn read_checked(path: &Path, identity: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let mut data = std::fs::read(path)?;
     if data.len() < HEADER || &data[..4] != MAGIC {
         return Ok(None);
     }
     let want = u64::from_le_bytes(data[8..16].try_into().unwrap());
-    if xxh3_64(&data[HEADER..]) != want {
+    if checksum(identity, &data[HEADER..]) != want {
         return Ok(None);
     }
     data.drain(..HEADER);

@@ -49,6 +49,13 @@ pub(crate) struct ChunkKey {
     pub(crate) id: u64,
 }
 
+impl ChunkKey {
+    /// What a chunk file's checksum binds its body to.
+    pub(crate) fn identity(&self) -> String {
+        format!("chunk {} {:016x}", self.layer, self.id)
+    }
+}
+
 /// Counters of a cache since it was opened.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct CacheStats {
@@ -200,7 +207,7 @@ impl ChunkCache {
             return false;
         }
         let path = self.chunk_path(key);
-        match file::read_checked_into(&path, out) {
+        match file::read_checked_into(&path, key.identity().as_bytes(), out) {
             Ok(true) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return true;
@@ -251,7 +258,8 @@ impl ChunkCache {
         let path = self.chunk_path(key);
         let dir = path.parent().expect("chunk path has a parent");
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let len = file::write_atomic(&self.tmp_path(), &path, &data).map_err(io_err(&path))?;
+        let len = file::write_atomic(&self.tmp_path(), &path, key.identity().as_bytes(), &data)
+            .map_err(io_err(&path))?;
         {
             let mut d = self.disk.lock();
             if let Some(old) = d.lru.put(key.clone(), len) {
@@ -320,14 +328,15 @@ impl ChunkCache {
     /// Persist a named metadata blob (a layer index) atomically.
     pub fn store_index(&self, name: &str, data: &[u8]) -> Result<(), CacheError> {
         let path = self.root.join("index").join(name);
-        file::write_atomic(&self.tmp_path(), &path, data).map_err(io_err(&path))?;
+        file::write_atomic(&self.tmp_path(), &path, name.as_bytes(), data)
+            .map_err(io_err(&path))?;
         Ok(())
     }
 
     /// A metadata blob if present and intact; a damaged one is deleted.
     pub fn load_index(&self, name: &str) -> Option<Vec<u8>> {
         let path = self.root.join("index").join(name);
-        match file::read_checked(&path) {
+        match file::read_checked(&path, name.as_bytes()) {
             Ok(Some(d)) => Some(d),
             Ok(None) => {
                 tracing::warn!(path = %path.display(), "index failed its checksum; it will be rebuilt");
@@ -361,8 +370,11 @@ impl ChunkCache {
 /// Chunk `id` of a [`Staging`] area that may be in use by another task:
 /// `Ok(None)` if the file is damaged, `Err` (NotFound) once the area was
 /// committed or thrown away.
-pub(crate) fn read_staged(dir: &Path, id: u64) -> std::io::Result<Option<Vec<u8>>> {
-    file::read_checked(&dir.join(format!("{id:016x}")))
+pub(crate) fn read_staged(dir: &Path, key: &ChunkKey) -> std::io::Result<Option<Vec<u8>>> {
+    file::read_checked(
+        &dir.join(format!("{:016x}", key.id)),
+        key.identity().as_bytes(),
+    )
 }
 
 pub(crate) struct Staging<'a> {
@@ -382,7 +394,17 @@ impl Staging<'_> {
 
     pub(crate) fn put(&mut self, id: u64, data: &[u8]) -> std::io::Result<()> {
         let path = self.dir.join(format!("{id:016x}"));
-        file::write_atomic(&path.with_extension("part"), &path, data)?;
+        // The identity of the chunk it becomes at commit (a rename).
+        let key = ChunkKey {
+            layer: self.layer.clone(),
+            id,
+        };
+        file::write_atomic(
+            &path.with_extension("part"),
+            &path,
+            key.identity().as_bytes(),
+            data,
+        )?;
         self.ids.push(id);
         Ok(())
     }
@@ -478,6 +500,48 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn a_chunk_file_in_another_chunks_place_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        let other = |id| ChunkKey {
+            layer: Digest::of_bytes(b"other layer"),
+            id,
+        };
+        c.put(&key(1), Bytes::from(vec![1u8; 1000])).unwrap();
+        c.put(&key(2), Bytes::from(vec![2u8; 1000])).unwrap();
+        c.put(&key(3), Bytes::from(vec![3u8; 1000])).unwrap();
+        c.put(&other(3), Bytes::from(vec![9u8; 1000])).unwrap();
+        drop(c);
+        let file = |k: &ChunkKey| {
+            dir.path()
+                .join("chunks")
+                .join(k.layer.hex())
+                .join(format!("{:016x}", k.id))
+        };
+        // Swap chunks 1 and 2; copy the other layer's chunk 3 over ours.
+        let tmp = dir.path().join("swap");
+        std::fs::rename(file(&key(1)), &tmp).unwrap();
+        std::fs::rename(file(&key(2)), file(&key(1))).unwrap();
+        std::fs::rename(&tmp, file(&key(2))).unwrap();
+        std::fs::copy(file(&other(3)), file(&key(3))).unwrap();
+        let c = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        for id in 1..=3 {
+            assert!(c.get(&key(id)).is_none(), "chunk {id} served from another's file");
+            let mut out = Vec::new();
+            assert!(!c.get_into(&key(id), &mut out) && out.is_empty());
+        }
+        assert_eq!(c.get(&other(3)).unwrap(), &vec![9u8; 1000][..]);
+        assert_eq!(c.stats().corrupt_chunks, 3);
+        // The same for indexes: one renamed over another is refused.
+        c.store_index("a.idx", b"index a").unwrap();
+        c.store_index("b.idx", b"index b").unwrap();
+        let idx = dir.path().join("index");
+        std::fs::copy(idx.join("a.idx"), idx.join("b.idx")).unwrap();
+        assert!(c.load_index("b.idx").is_none());
+        assert_eq!(c.load_index("a.idx").unwrap(), b"index a");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::error::ViewError;
 use super::read::{assemble, ReadPath};
 use super::tree::{DataRef, Inode, Tree};
 use super::view::ImageView;
-use crate::cache::{read_staged, ChunkCache};
+use crate::cache::{read_staged, ChunkCache, ChunkKey};
 use crate::layer::format::{ChunkMap, StreamMap};
 use crate::layer::index::LayerIndex;
 use crate::layer::EntryKind;
@@ -460,9 +460,18 @@ impl Opening {
             let (lo, hi) = (span.bytes.start, span.bytes.end);
             if let (Some(dir), true) = (&state.dir, state.staged >= last) {
                 let dir = dir.clone();
+                let layer = self.image.layers[data.layer as usize].digest.clone();
                 let staged = tokio::task::spawn_blocking(move || {
                     (first..last)
-                        .map(|id| read_staged(&dir, id))
+                        .map(|id| {
+                            read_staged(
+                                &dir,
+                                &ChunkKey {
+                                    layer: layer.clone(),
+                                    id,
+                                },
+                            )
+                        })
                         .collect::<std::io::Result<Vec<_>>>()
                 })
                 .await

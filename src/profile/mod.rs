@@ -53,8 +53,15 @@ impl ProfileStore {
         }
     }
 
+    /// The directory of `node`'s profiles. A name that is not one plain
+    /// path component (configured names never are) maps to a directory
+    /// that cannot exist, so nothing outside the store is ever listed.
     fn node_dir(&self, node: &str) -> PathBuf {
-        self.dir.join(node)
+        let plain = !node.is_empty() && !node.starts_with('.') && !node.contains(['/', '\\', '\0']);
+        match plain {
+            true => self.dir.join(node),
+            false => self.dir.join(".invalid-node-name"),
+        }
     }
 
     fn path(&self, node: &str, boot: u64) -> PathBuf {
@@ -145,6 +152,21 @@ impl ProfileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_that_is_a_path_lists_nothing_outside_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        // Profile-like files outside the store and beside it.
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/000001.json"), "{}").unwrap();
+        std::fs::create_dir_all(dir.path().join("state/profiles")).unwrap();
+        std::fs::write(dir.path().join("state/profiles/000002.json"), "{}").unwrap();
+        let store = ProfileStore::new(&dir.path().join("state"));
+        for name in ["../../outside", "..", ".", "", "a/../../../outside", "x\\y"] {
+            assert!(store.boots(name).is_empty(), "{name:?}");
+        }
+        assert_eq!(store.boots("outside"), Vec::<u64>::new());
+    }
 
     #[test]
     fn store_numbers_saves_and_loads_boots() {
