@@ -95,7 +95,7 @@ impl ClientFacts {
     /// boot ROM, U-Boot or iPXE) rather than from an OS's DHCP client. Only
     /// those start a new boot: a running system renewing its address must
     /// not make the next mount wipe its ephemeral root.
-    pub(crate) fn from_boot_firmware(&self) -> bool {
+    pub(crate) fn sent_by_boot_firmware(&self) -> bool {
         self.ipxe
             || self.vendor_class_starts_with(b"PXEClient")
             || self.vendor_class_starts_with(b"U-Boot")

@@ -207,7 +207,7 @@ impl Handler {
         let leases = self.leases.as_mut()?;
         match mtype {
             MessageType::Discover => {
-                if facts.from_boot_firmware() {
+                if facts.sent_by_boot_firmware() {
                     self.ctx.boot_started(&node);
                 }
                 let ip = match node.ip {
@@ -317,7 +317,7 @@ impl Handler {
         }
         let reply_type = match (port, mtype) {
             (Port::Dhcp, MessageType::Discover) => {
-                if facts.from_boot_firmware() {
+                if facts.sent_by_boot_firmware() {
                     self.ctx.boot_started(&node);
                 }
                 MessageType::Offer
