@@ -288,6 +288,64 @@ fn handles_survive_a_server_restart_with_the_same_key() {
     assert_eq!(c.getattr_status(&file), nfsstat3::NFS3ERR_BADHANDLE);
 }
 
+/// Whether the server closed `s`: a read sees the end of the stream (or
+/// a reset) within `wait`.
+fn closed_within(s: &mut std::net::TcpStream, wait: std::time::Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn connections_past_the_cap_and_idle_ones_are_closed() {
+    if !runnable("connections_past_the_cap_and_idle_ones_are_closed") {
+        return;
+    }
+    use std::time::Duration;
+    let lab = Lab::new();
+    let limits = lazyboot::nfs::Limits {
+        max_connections: 4,
+        idle: Duration::from_secs(3),
+    };
+    let server = Server::start_with(lab.exports.clone(), [3; 32], limits);
+    // Four clients that work (a MNT each), then sit idle.
+    let mut held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(server.addr()).unwrap();
+            let mut c = common::nfsrpc::Client::new(s.try_clone().unwrap());
+            c.mnt("/nodes/a").expect("mount on a held connection");
+            s
+        })
+        .collect();
+    // A fifth is closed at once: the cap holds.
+    let mut fifth = std::net::TcpStream::connect(server.addr()).unwrap();
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(1)),
+        "fifth connection held"
+    );
+    // The held ones are closed once idle for the limit, not before.
+    for s in &mut held {
+        assert!(
+            !closed_within(s, Duration::from_millis(100)),
+            "closed before idle"
+        );
+    }
+    for s in &mut held {
+        assert!(
+            closed_within(s, Duration::from_secs(10)),
+            "idle connection kept"
+        );
+    }
+    // Their slots are free again: a new client is served.
+    let mut c = common::nfsrpc::Client::connect(server.addr()).unwrap();
+    c.mnt("/nodes/a").expect("mount after the idle ones went");
+}
+
 #[test]
 fn rpc_errors_garbage_and_pipelining() {
     if !runnable("rpc_errors_garbage_and_pipelining") {

@@ -485,12 +485,21 @@ pub struct Server {
 
 impl Server {
     pub fn start(exports: Arc<TestExports>, key: [u8; 32]) -> Server {
+        Self::start_with(exports, key, lazyboot::nfs::Limits::default())
+    }
+
+    /// [`Server::start`] with other connection limits.
+    pub fn start_with(
+        exports: Arc<TestExports>,
+        key: [u8; 32],
+        limits: lazyboot::nfs::Limits,
+    ) -> Server {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = InProcess::start("nfs::serve", 2, async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            lazyboot::nfs::serve(listener, None, exports, key).await?;
+            lazyboot::nfs::serve_with(listener, None, exports, key, limits).await?;
             anyhow::Ok(())
         })
         .unwrap();

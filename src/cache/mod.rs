@@ -529,7 +529,10 @@ mod tests {
         std::fs::copy(file(&other(3)), file(&key(3))).unwrap();
         let c = ChunkCache::open(dir.path(), 1 << 30).unwrap();
         for id in 1..=3 {
-            assert!(c.get(&key(id)).is_none(), "chunk {id} served from another's file");
+            assert!(
+                c.get(&key(id)).is_none(),
+                "chunk {id} served from another's file"
+            );
             let mut out = Vec::new();
             assert!(!c.get_into(&key(id), &mut out) && out.is_empty());
         }

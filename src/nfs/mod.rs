@@ -28,4 +28,4 @@ pub(crate) mod transport;
 pub(crate) mod xdr;
 
 pub use handles::load_or_create_key;
-pub use transport::{serve, NfsError};
+pub use transport::{serve, serve_with, Limits, NfsError};

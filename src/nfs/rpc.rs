@@ -63,11 +63,26 @@ pub(crate) async fn read_record<R: AsyncRead + Unpin>(
     max: usize,
 ) -> Result<Option<Vec<u8>>, RecordError> {
     let mut record = Vec::new();
+    Ok(read_record_into(r, max, &mut record)
+        .await?
+        .then_some(record))
+}
+
+/// [`read_record`] into `record` (emptied first); `false` if the peer
+/// closed between records. The buffer grows as bytes arrive, never to
+/// what a fragment header announces: a header claiming a large record
+/// followed by silence costs what was sent, not what was claimed.
+async fn read_record_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    record: &mut Vec<u8>,
+) -> Result<bool, RecordError> {
+    record.clear();
     let mut first = true;
     loop {
         let mut hdr = [0u8; 4];
         match fill(r, &mut hdr).await? {
-            0 if first => return Ok(None),
+            0 if first => return Ok(false),
             4 => {}
             _ => return Err(RecordError::Truncated),
         }
@@ -77,13 +92,12 @@ pub(crate) async fn read_record<R: AsyncRead + Unpin>(
         if record.len() + len > max {
             return Err(RecordError::TooLarge(max));
         }
-        let start = record.len();
-        record.resize(start + len, 0);
-        if fill(r, &mut record[start..]).await? < len {
+        let got = (&mut *r).take(len as u64).read_to_end(record).await?;
+        if got < len {
             return Err(RecordError::Truncated);
         }
         if hdr.eof() {
-            return Ok(Some(record));
+            return Ok(true);
         }
     }
 }
@@ -285,6 +299,36 @@ mod tests {
                 return out;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_record_announced_large_costs_only_what_arrived() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        use tokio::io::AsyncWriteExt;
+        // A header claiming the largest legal fragment, then one byte.
+        let announced = (MAX_RECORD - 16) as u32;
+        client
+            .write_all(&fragment_header::new(announced, true).into_xdr_buf())
+            .await
+            .unwrap();
+        client.write_all(b"x").await.unwrap();
+        let mut record = Vec::new();
+        let read = read_record_into(&mut server, MAX_RECORD, &mut record);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), read).await;
+        assert!(waited.is_err(), "the record cannot be complete");
+        assert_eq!(record, b"x");
+        assert!(
+            record.capacity() < 64 << 10,
+            "{} bytes reserved for 1 received",
+            record.capacity()
+        );
+        // A whole record of that size is still read.
+        let mut input = fragment_header::new(announced, true)
+            .into_xdr_buf()
+            .to_vec();
+        input.extend(vec![7u8; announced as usize]);
+        let got = read_record(&mut &input[..], MAX_RECORD).await.unwrap();
+        assert_eq!(got.map(|r| r.len()), Some(announced as usize));
     }
 
     fn fragment(data: &[u8], last: bool) -> Vec<u8> {

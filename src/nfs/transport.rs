@@ -7,7 +7,10 @@
 //! does not hold up the calls behind it); replies go out as they complete,
 //! matched by xid as RPC allows. A framing violation (oversized record,
 //! close inside a record, a record that is not a call) drops the connection
-//! and aborts its calls.
+//! and aborts its calls. At most [`Limits::max_connections`] connections are
+//! held (one more is closed at once), and a connection that sends nothing
+//! for [`Limits::idle`] is closed, as knfsd does: a mounted client that
+//! wakes up reconnects by itself.
 //!
 //! UDP: klibc `nfsmount` (Debian's and Ubuntu's initramfs), older kernels
 //! and U-Boot's `nfs` command speak MOUNT and NFS over UDP. Each datagram is
@@ -32,6 +35,26 @@ use tokio::task::JoinSet;
 use super::fs::Exports;
 use super::rpc::{self, CallError, Outcome, MAX_RECORD};
 use super::server::{Head, Server};
+
+/// Bounds on what TCP clients may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// TCP connections held at once; one more is closed as it is accepted.
+    pub max_connections: usize,
+    /// A connection that sends no record for this long is closed.
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    /// 512 connections (a few per node of a several-hundred-node fleet;
+    /// each costs about 64 KiB while idle) and knfsd's 6 minutes.
+    fn default() -> Self {
+        Limits {
+            max_connections: 512,
+            idle: Duration::from_secs(360),
+        }
+    }
+}
 
 /// Calls of one TCP connection processed at the same time.
 pub(crate) const MAX_IN_FLIGHT: usize = 16;
@@ -59,13 +82,24 @@ pub async fn serve<E: Exports>(
     exports: Arc<E>,
     key: [u8; 32],
 ) -> Result<(), NfsError> {
+    serve_with(listener, udp, exports, key, Limits::default()).await
+}
+
+/// [`serve`] with other [`Limits`].
+pub async fn serve_with<E: Exports>(
+    listener: TcpListener,
+    udp: Option<UdpSocket>,
+    exports: Arc<E>,
+    key: [u8; 32],
+    limits: Limits,
+) -> Result<(), NfsError> {
     let server = Arc::new(Server::new(exports, &key));
     let datagrams = match udp {
         Some(socket) => tokio::spawn(serve_udp(socket, server.clone())),
         None => tokio::spawn(std::future::pending()),
     };
     tokio::select! {
-        r = serve_tcp(listener, server) => r,
+        r = serve_tcp(listener, server, limits) => r,
         r = datagrams => r.unwrap_or_else(|e| Err(NfsError::Receive(std::io::Error::other(e)))),
     }
 }
@@ -73,12 +107,30 @@ pub async fn serve<E: Exports>(
 async fn serve_tcp<E: Exports>(
     listener: TcpListener,
     server: Arc<Server<E>>,
+    limits: Limits,
 ) -> Result<(), NfsError> {
+    let held = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refused = 0u64;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(slot) = held.clone().try_acquire_owned() else {
+                    refused += 1;
+                    // Logged now and then: a flood must not flood the log.
+                    if refused.is_power_of_two() {
+                        tracing::warn!(
+                            "nfs: {} connections held, closing the one from {peer} ({refused} closed so far)",
+                            limits.max_connections
+                        );
+                    }
+                    drop(stream);
+                    continue;
+                };
                 let server = server.clone();
-                tokio::spawn(async move { connection(server, stream, peer).await });
+                tokio::spawn(async move {
+                    connection(server, stream, peer, limits.idle).await;
+                    drop(slot);
+                });
             }
             Err(e) if is_fatal_socket_error(&e) => return Err(NfsError::Accept(e)),
             Err(e) => {
@@ -130,7 +182,12 @@ async fn run_call<E: Exports>(
         })
 }
 
-async fn connection<E: Exports>(server: Arc<Server<E>>, stream: TcpStream, peer: SocketAddr) {
+async fn connection<E: Exports>(
+    server: Arc<Server<E>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    idle: Duration,
+) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
@@ -157,7 +214,12 @@ async fn connection<E: Exports>(server: Arc<Server<E>>, stream: TcpStream, peer:
             .await
             .expect("semaphore is never closed");
         while calls.try_join_next().is_some() {}
-        let record = match rpc::read_record(&mut rd, MAX_RECORD).await {
+        let Ok(read) = tokio::time::timeout(idle, rpc::read_record(&mut rd, MAX_RECORD)).await
+        else {
+            tracing::debug!("nfs: closing the connection from {peer}: idle for {idle:?}");
+            break true;
+        };
+        let record = match read {
             Ok(Some(r)) => r,
             Ok(None) => break true,
             // Clients (libnfs, the kernel on reboot) often close with a
