@@ -36,6 +36,7 @@ pub(crate) enum EntryKind {
 /// the layer root itself is the empty path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// Path within the layer, normalised as described above (`""` for the layer root).
     pub path: String,
     pub(crate) kind: EntryKind,
     /// Permission bits including setuid/setgid/sticky (the low 12 bits).
@@ -107,8 +108,10 @@ impl std::fmt::Display for LayerFormat {
     }
 }
 
+/// Why a layer cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
+    /// The layer's media type is not one lazyboot can read; the text is that media type.
     #[error("unsupported layer media type {0:?} (lazyboot reads gzip, eStargz and uncompressed tar layers)")]
     Unsupported(String),
 }

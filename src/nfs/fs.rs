@@ -18,120 +18,184 @@ use std::sync::Arc;
 /// restarts for the same image and upper directory (file handles carry it).
 pub type FileId = u64;
 
+/// The type of a file system object, as reported in its attributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// A character device node (major/minor in `Attr::rdev`).
     CharDevice,
+    /// A block device node (major/minor in `Attr::rdev`).
     BlockDevice,
+    /// A named pipe.
     Fifo,
+    /// A Unix domain socket node.
     Socket,
 }
 
+/// A timestamp relative to the Unix epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Time {
+    /// Whole seconds since the Unix epoch (negative before 1970).
     pub secs: i64,
+    /// Nanoseconds within the second (below 1_000_000_000).
     pub nanos: u32,
 }
 
+/// A file's attributes, as GETATTR and post-operation attributes report them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attr {
+    /// The file's id within its export.
     pub id: FileId,
+    /// What kind of object this is.
     pub kind: FileKind,
     /// Permission bits incl. setuid/setgid/sticky (low 12 bits).
     pub mode: u32,
+    /// Number of hard links (names) to the file.
     pub nlink: u32,
+    /// Owning user id.
     pub uid: u32,
+    /// Owning group id.
     pub gid: u32,
+    /// Size in bytes.
     pub size: u64,
+    /// Bytes of storage the file occupies, in whole 512-byte blocks.
     pub used: u64,
+    /// Device `(major, minor)` for character and block devices; `(0, 0)` otherwise.
     pub rdev: (u32, u32),
+    /// Time of last access.
     pub atime: Time,
+    /// Time of last data modification.
     pub mtime: Time,
+    /// Time of last attribute or data change.
     pub ctime: Time,
 }
 
 /// AUTH_SYS credentials of the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cred {
+    /// Effective user id of the caller.
     pub uid: u32,
+    /// Primary group id of the caller.
     pub gid: u32,
+    /// Supplementary group ids of the caller.
     pub gids: Vec<u32>,
 }
 
+/// How SETATTR sets a timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetTime {
+    /// Set it to the server's current time.
     ServerNow,
+    /// Set it to the time the client sent.
     Client(Time),
 }
 
+/// The attribute changes of one SETATTR (or of the attributes given to a create); `None` leaves
+/// that attribute as it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetAttr {
+    /// New permission bits (low 12 bits, as `Attr::mode`).
     pub mode: Option<u32>,
+    /// New owning user id.
     pub uid: Option<u32>,
+    /// New owning group id.
     pub gid: Option<u32>,
+    /// New size in bytes: truncates or extends a regular file with zeros.
     pub size: Option<u64>,
+    /// New access time.
     pub atime: Option<SetTime>,
+    /// New modification time.
     pub mtime: Option<SetTime>,
 }
 
+/// One name in a directory listing (READDIR/READDIRPLUS).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The id of the object the name refers to.
     pub id: FileId,
+    /// The name: one path component, raw bytes.
     pub name: Vec<u8>,
     /// Pass back to `readdir` to continue after this entry.
     pub cookie: u64,
 }
 
+/// File system capacity and usage, as FSSTAT reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FsStat {
+    /// Total size of the file system in bytes.
     pub total_bytes: u64,
+    /// Bytes available to unprivileged callers.
     pub free_bytes: u64,
+    /// Total number of file slots (inodes).
     pub total_files: u64,
+    /// File slots (inodes) available to unprivileged callers.
     pub free_files: u64,
 }
 
 /// Errors map one-to-one onto NFS3ERR_* codes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FsError {
+    /// The name, or the object behind a file id, does not exist.
     #[error("no such file or directory")]
     NotFound,
+    /// The name to create already exists in the directory.
     #[error("file exists")]
     Exists,
+    /// An operation that needs a directory was given something else.
     #[error("not a directory")]
     NotDir,
+    /// An operation that needs a non-directory was given a directory.
     #[error("is a directory")]
     IsDir,
+    /// RMDIR, or RENAME over a directory, with entries still in it.
     #[error("directory not empty")]
     NotEmpty,
+    /// The caller's credentials do not allow the access asked for.
     #[error("permission denied")]
     Access,
+    /// The caller is not allowed to do this at all (e.g. not the owner).
     #[error("operation not permitted")]
     Perm,
+    /// A modifying call on a read-only export.
     #[error("read-only file system")]
     ReadOnly,
+    /// A name component is longer than the file system allows.
     #[error("name too long")]
     NameTooLong,
+    /// An argument is not valid for this object (e.g. READLINK on a non-symlink, an unsupported
+    /// file type).
     #[error("invalid argument")]
     Inval,
+    /// The file id no longer refers to an object (removed, or from another image or upper).
     #[error("stale file handle")]
     Stale,
+    /// The link or rename cannot be done in place (e.g. renaming a directory
+    /// that comes from the image); the client falls back to copying.
     #[error("cross-device link")]
     XDev,
+    /// The upper directory's file system is out of space or quota.
     #[error("no space left")]
     NoSpace,
+    /// The operation is not supported by this file system.
     #[error("operation not supported")]
     NotSupported,
+    /// Any other failure of the underlying storage; the text says what failed.
     #[error("I/O error: {0}")]
     Io(String),
 }
 
 /// One export's file system. Every method may be called concurrently.
 pub trait NodeFs: Send + Sync + 'static {
+    /// The file id of the export's root directory (what MOUNT hands out).
     fn root(&self) -> FileId;
     /// `readonly` roots: every modifying call fails with `ReadOnly`.
     fn read_only(&self) -> bool;
+    /// Attributes of `id` (NFS GETATTR).
     fn getattr(&self, id: FileId) -> impl Future<Output = Result<Attr, FsError>> + Send;
     /// `name` is one component; "." and ".." are resolved too (".." of the
     /// root is the root).
@@ -169,6 +233,7 @@ pub trait NodeFs: Send + Sync + 'static {
             Ok((attr, data))
         }
     }
+    /// The target of the symlink `id`, as raw bytes (NFS READLINK).
     fn readlink(&self, id: FileId) -> impl Future<Output = Result<Vec<u8>, FsError>> + Send;
     /// Up to `max` entries after `cookie` (0: from the start; "." and ".."
     /// are not included), and whether the listing is complete.
@@ -178,12 +243,15 @@ pub trait NodeFs: Send + Sync + 'static {
         cookie: u64,
         max: usize,
     ) -> impl Future<Output = Result<(Vec<DirEntry>, bool), FsError>> + Send;
+    /// Apply `set` to `id` on behalf of `cred`, and return the new attributes (NFS SETATTR).
     fn setattr(
         &self,
         id: FileId,
         set: &SetAttr,
         cred: &Cred,
     ) -> impl Future<Output = Result<Attr, FsError>> + Send;
+    /// Write `data` at byte `offset` of the regular file `id`, and return its new attributes (NFS
+    /// WRITE).
     fn write(
         &self,
         id: FileId,
@@ -200,6 +268,7 @@ pub trait NodeFs: Send + Sync + 'static {
         cred: &Cred,
         exclusive: bool,
     ) -> impl Future<Output = Result<FileId, FsError>> + Send;
+    /// Make directory `name` in `dir` with permission bits `mode`, owned by `cred` (NFS MKDIR).
     fn mkdir(
         &self,
         dir: FileId,
@@ -207,6 +276,7 @@ pub trait NodeFs: Send + Sync + 'static {
         mode: u32,
         cred: &Cred,
     ) -> impl Future<Output = Result<FileId, FsError>> + Send;
+    /// Make symlink `name` in `dir` pointing at `target`, owned by `cred` (NFS SYMLINK).
     fn symlink(
         &self,
         dir: FileId,
@@ -214,6 +284,8 @@ pub trait NodeFs: Send + Sync + 'static {
         target: &[u8],
         cred: &Cred,
     ) -> impl Future<Output = Result<FileId, FsError>> + Send;
+    /// Make a device, FIFO or socket node `name` in `dir`; `rdev` is `(major, minor)` for devices
+    /// (NFS MKNOD).
     fn mknod(
         &self,
         dir: FileId,
@@ -232,7 +304,10 @@ pub trait NodeFs: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), FsError>> + Send;
     /// Remove a non-directory.
     fn remove(&self, dir: FileId, name: &[u8]) -> impl Future<Output = Result<(), FsError>> + Send;
+    /// Remove the empty directory `name` from `dir` (NFS RMDIR).
     fn rmdir(&self, dir: FileId, name: &[u8]) -> impl Future<Output = Result<(), FsError>> + Send;
+    /// Move `from` in `from_dir` to `to` in `to_dir`, replacing a compatible existing `to` (NFS
+    /// RENAME).
     fn rename(
         &self,
         from_dir: FileId,
@@ -240,6 +315,7 @@ pub trait NodeFs: Send + Sync + 'static {
         to_dir: FileId,
         to: &[u8],
     ) -> impl Future<Output = Result<(), FsError>> + Send;
+    /// Capacity and free space of the file system behind the export (NFS FSSTAT).
     fn fsstat(&self) -> impl Future<Output = Result<FsStat, FsError>> + Send;
     /// Make the data and attributes written so far to `id` durable (NFS
     /// COMMIT, and WRITE with `stable` other than UNSTABLE). The default
@@ -264,18 +340,25 @@ pub enum ReadFailed<E> {
     Fs(FsError),
 }
 
+/// Why MOUNT (or a call naming an export by id) cannot use an export; mapped to MNT3ERR_* /
+/// NFS3ERR_* codes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MountError {
+    /// No export has that path or id (e.g. an unknown node name).
     #[error("no such export")]
     NoEntry,
+    /// The export exists but the calling client's address may not use it.
     #[error("client not allowed to mount this export")]
     Access,
+    /// The export exists but cannot be opened now (image unavailable, upper directory cannot be
+    /// reset); the text says why.
     #[error("export unavailable: {0}")]
     Unavailable(String),
 }
 
 /// The set of exports (`/nodes/NAME`) and who may use them.
 pub trait Exports: Send + Sync + 'static {
+    /// The file system each export serves.
     type Fs: NodeFs;
     /// The export at `path` for a MOUNT from `client`, with its id: a
     /// number that stays the same across restarts (file handles carry it).
@@ -299,7 +382,9 @@ pub trait Exports: Send + Sync + 'static {
 
 /// What the protocol side saw of one NFS call.
 pub struct Observed {
+    /// Name of the NFS procedure, e.g. `"READ"` (`"?"` for an unknown number).
     pub procedure: &'static str,
+    /// When the server started handling the call.
     pub started: std::time::Instant,
     /// The read path's record: the object (export, file id) and bytes returned.
     pub trace: crate::image::trace::ReadTrace,

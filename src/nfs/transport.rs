@@ -64,10 +64,15 @@ pub(crate) const MAX_UDP_IN_FLIGHT: usize = 64;
 /// fits; anything larger is truncated by the kernel and fails to decode.
 const MAX_DATAGRAM: usize = 65_536;
 
+/// Why the NFS server loop stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum NfsError {
+    /// Accepting TCP connections failed with an error the listener cannot recover from (e.g. the
+    /// socket is unusable).
     #[error("accepting NFS connections: {0}")]
     Accept(#[source] std::io::Error),
+    /// Reading from the UDP socket failed with an error it cannot recover from, or the datagram
+    /// task died.
     #[error("receiving NFS datagrams: {0}")]
     Receive(#[source] std::io::Error),
 }

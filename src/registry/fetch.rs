@@ -8,9 +8,12 @@ use futures_util::stream::BoxStream;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Network activity of a source so far, counted across all its streams.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FetchStats {
+    /// HTTP requests sent (each retry counts), or blob reads from an image layout.
     pub requests: u64,
+    /// Body bytes received (manifests and blobs).
     pub bytes: u64,
 }
 

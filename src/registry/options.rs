@@ -3,6 +3,8 @@
 use crate::platform::Platform;
 use std::time::Duration;
 
+/// How to reach registries: which platform to pick from multi-platform images, which hosts use
+/// plain HTTP, and the timeout and retry budget per request.
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
     pub(crate) platform: Platform,

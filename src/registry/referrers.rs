@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// `artifactType` of the artifact that carries lazyboot's indexes for an image; referrers of other
+/// types are ignored.
 pub const ARTIFACT_TYPE: &str = "application/vnd.lazyboot.index.v1";
 pub(crate) const LAYER_INDEX_MEDIA_TYPE: &str = "application/vnd.lazyboot.layer-index.v1";
 pub(crate) const PLAN_MEDIA_TYPE: &str = "application/vnd.lazyboot.prefetch-plan.v1+json";

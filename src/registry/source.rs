@@ -11,14 +11,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+/// One layer of the resolved image manifest, as its descriptor gives it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerDesc {
+    /// Content digest of the compressed (or plain tar) layer blob.
     pub digest: Digest,
     pub(crate) size: u64,
     pub(crate) media_type: String,
     pub(crate) annotations: BTreeMap<String, String>,
 }
 
+/// The image a reference resolved to: the platform's manifest, its config digest and its layers.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ResolvedImage {
     /// Canonical form of the reference that was opened.
@@ -28,9 +31,12 @@ pub struct ResolvedImage {
     /// The platform of the chosen manifest (from the index entry, or from the
     /// config of a single-platform image).
     pub(crate) platform: Platform,
+    /// The image's layers, bottom (base) layer first.
     pub layers: Vec<LayerDesc>,
 }
 
+/// A connection to where an image's blobs live (a registry repository or an OCI image layout
+/// directory), with fetch counters; cheap to clone.
 #[derive(Clone)]
 pub struct Source {
     pub(super) inner: Arc<SourceInner>,
@@ -96,6 +102,8 @@ impl fmt::Debug for Source {
 }
 
 impl Source {
+    /// Connect to the registry or layout `reference` names, resolve it to the manifest for `opts`'
+    /// platform (following an index), and check manifest digests.
     pub async fn open(
         reference: &ImageRef,
         opts: &RegistryOptions,

@@ -102,10 +102,13 @@ pub(crate) struct Block {
     pub(crate) sha256: [u8; 32],
 }
 
+/// Random-access index of one gzip layer blob: resume checkpoints and per-block hashes, built by
+/// `ZranReader` in one streaming pass.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ZranIndex {
     pub(crate) compressed_size: u64,
     pub(crate) uncompressed_size: u64,
+    /// Where inflation can resume, in increasing offset order.
     pub checkpoints: Vec<Checkpoint>,
     pub(crate) blocks: Vec<Block>,
 }
