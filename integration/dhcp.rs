@@ -15,11 +15,6 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-const CLIENT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/integration/clients/dhcp_client.py"
-);
-
 const PI_MAC: &str = "dc:a6:32:00:00:01";
 const UBOOT_MAC: &str = "6c:cf:39:00:00:02";
 const BIOS_MAC: &str = "52:54:00:00:00:03";
@@ -145,23 +140,7 @@ impl Server {
     }
 }
 
-/// Run the client script in the lab's namespace; its JSON output.
-fn client(lab: &NetLab, action: &str, args: &[&str]) -> Result<Value> {
-    let out = common::run(
-        lab.client("python3")
-            .arg(CLIENT)
-            .arg(action)
-            .arg("--iface")
-            .arg(&lab.client_if)
-            .args(args),
-    )?;
-    serde_json::from_slice(&out).with_context(|| {
-        format!(
-            "client output is not JSON: {}",
-            String::from_utf8_lossy(&out)
-        )
-    })
-}
+use common::dhcpc::run_client as client;
 
 /// The OFFER and ACK of a full exchange, both required.
 fn dora(lab: &NetLab, args: &[&str]) -> Result<(Value, Value)> {

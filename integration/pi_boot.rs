@@ -91,16 +91,7 @@ umoci config --image {l}:os --architecture=arm64
     Ok(bundle.join("rootfs"))
 }
 
-/// Option `code` of a reply, without trailing NULs (43 is binary).
-fn option(reply: &Value, code: u8) -> Option<Vec<u8>> {
-    reply["options"][code.to_string()].as_str().map(|h| {
-        let mut v = hex::decode(h).unwrap();
-        while v.last() == Some(&0) && code != 43 {
-            v.pop();
-        }
-        v
-    })
-}
+use common::dhcpc::option_bytes as option;
 
 /// What a Pi must see in an OFFER or ACK from us.
 fn check_pi_reply(reply: &Value, what: &str, server: &str, net: &str) {

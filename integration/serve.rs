@@ -24,29 +24,11 @@ const PI_SERIAL: &str = "10000000a1b2c3d4";
 const UBOOT_MAC: &str = "6c:cf:39:00:00:01";
 
 fn dora(lab: &NetLab, opts: &[&str]) -> Result<serde_json::Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/dhcp_client.py");
-    let out = lab
-        .client("python3")
-        .arg(script)
-        .args(["--iface", &lab.client_if, "--timeout", "3", "dora"])
-        .args(opts)
-        .output()?;
-    if !out.status.success() {
-        bail!("dhcp client: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    let args: Vec<&str> = ["--timeout", "3"].iter().chain(opts).copied().collect();
+    common::dhcpc::run_client(lab, "dora", &args)
 }
 
-/// Option `code` of a reply, without the NUL some string options carry.
-fn option(reply: &serde_json::Value, code: u8) -> Option<Vec<u8>> {
-    reply["options"][code.to_string()].as_str().map(|h| {
-        let mut v = hex::decode(h).unwrap();
-        while v.last() == Some(&0) && code != 43 && code != 175 {
-            v.pop();
-        }
-        v
-    })
-}
+use common::dhcpc::option_bytes as option;
 
 /// Take the address DHCP gave us, as the node's firmware would.
 fn bind(lab: &NetLab, mac: &str, ip: &str) -> Result<()> {

@@ -19,6 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod debian;
+pub mod dhcpc;
 pub mod fixture;
 pub mod gate;
 pub mod mount;

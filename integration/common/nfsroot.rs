@@ -202,16 +202,9 @@ impl Lab {
 
     /// A DHCP DISCOVER from a PXE ROM with `mac`: the node starts a boot.
     pub fn discover(&self, spec: &NodeSpec) -> Result<()> {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/dhcp_client.py");
-        let out = super::run(
-            self.net
-                .client("python3")
-                .arg(script)
-                .args(["--iface", &self.net.client_if, "--timeout", "5"])
-                .args(["--mac", &spec.mac(), "--opt", PXE_CLASS, "discover"]),
-        )?;
-        let v: serde_json::Value = serde_json::from_slice(&out)?;
+        let mac = spec.mac();
+        let args = ["--timeout", "5", "--mac", &mac, "--opt", PXE_CLASS];
+        let v = super::dhcpc::run_client(&self.net, "discover", &args)?;
         let offer = &v["replies"][0];
         if offer["msg_type"] != 2 || offer["yiaddr"] != self.ip(spec.last).to_string().as_str() {
             bail!("no OFFER of the node's address to {}: {v}", spec.name);
