@@ -42,22 +42,36 @@ pub(crate) trait ChunkMap: Send + Sync {
     fn file_span(&self, entry: &Entry, offset: u64, end: u64) -> Span;
 }
 
-/// The tar-stream formats' map: chunk `id` is bytes
-/// `[id * CHUNK_SIZE, (id + 1) * CHUNK_SIZE)` of the uncompressed stream and
-/// an entry's `data` is the stream offset of its first byte.
+/// A format whose chunks are cut from its uncompressed tar stream: chunk
+/// `id` is bytes `[id * CHUNK_SIZE, (id + 1) * CHUNK_SIZE)` of the stream
+/// and an entry's `data` is the stream offset of its first byte. Its
+/// [`ChunkMap`] follows from the stream's size.
+pub(crate) trait StreamChunks: Send + Sync {
+    /// Size of the uncompressed stream.
+    fn stream_size(&self) -> u64;
+}
+
+/// The chunk map of a stream of some size (the in-progress stream of an
+/// indexing pass, whose size is not known yet, uses `u64::MAX`).
 pub(crate) struct StreamMap {
     /// Size of the uncompressed stream.
     pub(crate) size: u64,
 }
 
-impl ChunkMap for StreamMap {
+impl StreamChunks for StreamMap {
+    fn stream_size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl<T: StreamChunks> ChunkMap for T {
     fn chunk_count(&self) -> u64 {
-        self.size.div_ceil(CHUNK_SIZE)
+        self.stream_size().div_ceil(CHUNK_SIZE)
     }
 
     fn chunk_range(&self, id: u64) -> Range<u64> {
         let start = id * CHUNK_SIZE;
-        start..(start + CHUNK_SIZE).min(self.size.max(start))
+        start..(start + CHUNK_SIZE).min(self.stream_size().max(start))
     }
 
     fn file_span(&self, entry: &Entry, offset: u64, end: u64) -> Span {

@@ -2,7 +2,7 @@
 //! zran checkpoints recorded by the indexing pass ([`super::zran`]).
 
 use super::format::{
-    cut_runs, ChunkMap, ChunkSink, ChunkSplitter, Codec, Fetch, Span, StreamIndexer, StreamMap,
+    cut_runs, ChunkMap, ChunkSink, ChunkSplitter, Codec, Fetch, StreamChunks, StreamIndexer,
 };
 use super::index::{IndexDetail, CHUNK_SIZE};
 use super::zran::{Checkpoint, ReadPlan, ZranIndex, ZranReader, BLOCK_SIZE};
@@ -14,13 +14,13 @@ use std::ops::Range;
 /// Deflate's window: no checkpoint needs more history than this.
 const MAX_WINDOW: usize = 32 << 10;
 
-impl ZranIndex {
-    fn stream(&self) -> StreamMap {
-        StreamMap {
-            size: self.uncompressed_size,
-        }
+impl StreamChunks for ZranIndex {
+    fn stream_size(&self) -> u64 {
+        self.uncompressed_size
     }
+}
 
+impl ZranIndex {
     /// Where to stop decoding a fill of [start, end). Decoding must begin
     /// at a checkpoint anyway, so a fill that stays inside one checkpoint
     /// span runs on to the end of that span: a sequential reader then costs
@@ -36,20 +36,6 @@ impl ZranIndex {
             None => u64::MAX,
         };
         stop.min(self.uncompressed_size)
-    }
-}
-
-impl ChunkMap for ZranIndex {
-    fn chunk_count(&self) -> u64 {
-        self.stream().chunk_count()
-    }
-
-    fn chunk_range(&self, id: u64) -> Range<u64> {
-        self.stream().chunk_range(id)
-    }
-
-    fn file_span(&self, entry: &Entry, offset: u64, end: u64) -> Span {
-        self.stream().file_span(entry, offset, end)
     }
 }
 

@@ -3,7 +3,7 @@
 //! digest-verified indexing pass.
 
 use super::format::{
-    cut_runs, ChunkMap, ChunkSink, ChunkSplitter, Codec, Fetch, Span, StreamIndexer, StreamMap,
+    cut_runs, ChunkMap, ChunkSink, ChunkSplitter, Codec, Fetch, StreamChunks, StreamIndexer,
 };
 use super::index::{IndexDetail, CHUNK_SIZE};
 use super::{tar_entries, Entry};
@@ -26,23 +26,9 @@ pub struct TarChunks {
     pub(crate) chunk_sha256: Vec<[u8; 32]>,
 }
 
-impl TarChunks {
-    fn stream(&self) -> StreamMap {
-        StreamMap { size: self.size }
-    }
-}
-
-impl ChunkMap for TarChunks {
-    fn chunk_count(&self) -> u64 {
-        self.stream().chunk_count()
-    }
-
-    fn chunk_range(&self, id: u64) -> Range<u64> {
-        self.stream().chunk_range(id)
-    }
-
-    fn file_span(&self, entry: &Entry, offset: u64, end: u64) -> Span {
-        self.stream().file_span(entry, offset, end)
+impl StreamChunks for TarChunks {
+    fn stream_size(&self) -> u64 {
+        self.size
     }
 }
 
