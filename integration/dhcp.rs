@@ -5,6 +5,7 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
+use common::dhcpc::run_client as client;
 use common::netns::NetLab;
 use common::serve::InProcess;
 use lazyboot::cache::ChunkCache;
@@ -139,8 +140,6 @@ impl Server {
         self.task.stop();
     }
 }
-
-use common::dhcpc::run_client as client;
 
 /// The OFFER and ACK of a full exchange, both required.
 fn dora(lab: &NetLab, args: &[&str]) -> Result<(Value, Value)> {

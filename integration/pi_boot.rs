@@ -15,6 +15,7 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
+use common::dhcpc::option_bytes as option;
 use common::netns::NetLab;
 use common::serve::Serve;
 use common::{sh, sha256_hex, Registry};
@@ -90,8 +91,6 @@ umoci config --image {l}:os --architecture=arm64
     ))?;
     Ok(bundle.join("rootfs"))
 }
-
-use common::dhcpc::option_bytes as option;
 
 /// What a Pi must see in an OFFER or ACK from us.
 fn check_pi_reply(reply: &Value, what: &str, server: &str, net: &str) {

@@ -9,6 +9,7 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
+use common::dhcpc::option_bytes as option;
 use common::netboot::{build_boot_image, one_layer_image, serve_pc, IPXE_MAC};
 use common::netns::NetLab;
 use common::serve::{Serve, BIN};
@@ -27,8 +28,6 @@ fn dora(lab: &NetLab, opts: &[&str]) -> Result<serde_json::Value> {
     let args: Vec<&str> = ["--timeout", "3"].iter().chain(opts).copied().collect();
     common::dhcpc::run_client(lab, "dora", &args)
 }
-
-use common::dhcpc::option_bytes as option;
 
 /// Take the address DHCP gave us, as the node's firmware would.
 fn bind(lab: &NetLab, mac: &str, ip: &str) -> Result<()> {

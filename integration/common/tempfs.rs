@@ -35,24 +35,6 @@ pub struct TempFs {
     paths: Mutex<HashMap<FileId, PathBuf>>,
 }
 
-fn io_err(e: std::io::Error) -> FsError {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) => FsError::NotFound,
-        Some(libc::EEXIST) => FsError::Exists,
-        Some(libc::ENOTDIR) => FsError::NotDir,
-        Some(libc::EISDIR) => FsError::IsDir,
-        Some(libc::ENOTEMPTY) => FsError::NotEmpty,
-        Some(libc::EACCES) => FsError::Access,
-        Some(libc::EPERM) => FsError::Perm,
-        Some(libc::EROFS) => FsError::ReadOnly,
-        Some(libc::ENAMETOOLONG) => FsError::NameTooLong,
-        Some(libc::EINVAL) => FsError::Inval,
-        Some(libc::EXDEV) => FsError::XDev,
-        Some(libc::ENOSPC) => FsError::NoSpace,
-        _ => FsError::Io(e.to_string()),
-    }
-}
-
 fn attr_of(m: &std::fs::Metadata) -> Attr {
     use std::os::unix::fs::FileTypeExt;
     let t = m.file_type();
@@ -117,7 +99,7 @@ impl TempFs {
     }
 
     fn remember(&self, p: PathBuf) -> Result<FileId, FsError> {
-        let ino = std::fs::symlink_metadata(&p).map_err(io_err)?.ino();
+        let ino = std::fs::symlink_metadata(&p).map_err(FsError::from)?.ino();
         self.paths.lock().unwrap().insert(ino, p);
         Ok(ino)
     }
@@ -139,7 +121,7 @@ impl TempFs {
     }
 
     fn attr(&self, id: FileId) -> Result<Attr, FsError> {
-        let m = std::fs::symlink_metadata(self.path(id)?).map_err(io_err)?;
+        let m = std::fs::symlink_metadata(self.path(id)?).map_err(FsError::from)?;
         if m.ino() != id {
             return Err(FsError::Stale);
         }
@@ -147,9 +129,10 @@ impl TempFs {
     }
 
     fn own(p: &Path, cred: &Cred, mode: Option<u32>) -> Result<(), FsError> {
-        std::os::unix::fs::lchown(p, Some(cred.uid), Some(cred.gid)).map_err(io_err)?;
+        std::os::unix::fs::lchown(p, Some(cred.uid), Some(cred.gid)).map_err(FsError::from)?;
         if let Some(mode) = mode {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(FsError::from)?;
         }
         Ok(())
     }
@@ -181,14 +164,14 @@ impl NodeFs for TempFs {
     }
 
     async fn read(&self, id: FileId, offset: u64, count: u32) -> Result<(Bytes, bool), FsError> {
-        let f = std::fs::File::open(self.path(id)?).map_err(io_err)?;
-        let len = f.metadata().map_err(io_err)?.len();
+        let f = std::fs::File::open(self.path(id)?).map_err(FsError::from)?;
+        let len = f.metadata().map_err(FsError::from)?.len();
         let mut buf = vec![0u8; count as usize];
         let mut n = 0;
         while n < buf.len() {
             let k = f
                 .read_at(&mut buf[n..], offset + n as u64)
-                .map_err(io_err)?;
+                .map_err(FsError::from)?;
             if k == 0 {
                 break;
             }
@@ -199,7 +182,7 @@ impl NodeFs for TempFs {
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>, FsError> {
-        let t = std::fs::read_link(self.path(id)?).map_err(io_err)?;
+        let t = std::fs::read_link(self.path(id)?).map_err(FsError::from)?;
         Ok(t.into_os_string().into_vec())
     }
 
@@ -211,10 +194,10 @@ impl NodeFs for TempFs {
     ) -> Result<(Vec<DirEntry>, bool), FsError> {
         let p = self.path(dir)?;
         let mut names: Vec<_> = std::fs::read_dir(&p)
-            .map_err(io_err)?
+            .map_err(FsError::from)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
-            .map_err(io_err)?;
+            .map_err(FsError::from)?;
         names.sort();
         let start = cookie as usize;
         let mut out = Vec::new();
@@ -232,17 +215,18 @@ impl NodeFs for TempFs {
         self.modifying()?;
         let p = self.path(id)?;
         if set.uid.is_some() || set.gid.is_some() {
-            std::os::unix::fs::lchown(&p, set.uid, set.gid).map_err(io_err)?;
+            std::os::unix::fs::lchown(&p, set.uid, set.gid).map_err(FsError::from)?;
         }
         if let Some(mode) = set.mode {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .map_err(FsError::from)?;
         }
         if let Some(size) = set.size {
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&p)
-                .map_err(io_err)?;
-            f.set_len(size).map_err(io_err)?;
+                .map_err(FsError::from)?;
+            f.set_len(size).map_err(FsError::from)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let ts = |t: Option<SetTime>| match t {
@@ -271,7 +255,7 @@ impl NodeFs for TempFs {
                 )
             };
             if rc != 0 {
-                return Err(io_err(std::io::Error::last_os_error()));
+                return Err(std::io::Error::last_os_error().into());
             }
         }
         self.attr(id)
@@ -288,8 +272,8 @@ impl NodeFs for TempFs {
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(self.path(id)?)
-            .map_err(io_err)?;
-        f.write_all_at(data, offset).map_err(io_err)?;
+            .map_err(FsError::from)?;
+        f.write_all_at(data, offset).map_err(FsError::from)?;
         self.attr(id)
     }
 
@@ -313,7 +297,7 @@ impl NodeFs for TempFs {
             .truncate(false)
             .mode(0o600)
             .open(&p)
-            .map_err(io_err)?;
+            .map_err(FsError::from)?;
         if !existed {
             Self::own(&p, cred, Some(mode))?;
         }
@@ -329,7 +313,7 @@ impl NodeFs for TempFs {
     ) -> Result<FileId, FsError> {
         self.modifying()?;
         let p = self.child(dir, name)?;
-        std::fs::create_dir(&p).map_err(io_err)?;
+        std::fs::create_dir(&p).map_err(FsError::from)?;
         Self::own(&p, cred, Some(mode))?;
         self.remember(p)
     }
@@ -343,7 +327,7 @@ impl NodeFs for TempFs {
     ) -> Result<FileId, FsError> {
         self.modifying()?;
         let p = self.child(dir, name)?;
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), &p).map_err(io_err)?;
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), &p).map_err(FsError::from)?;
         Self::own(&p, cred, None)?;
         self.remember(p)
     }
@@ -370,7 +354,7 @@ impl NodeFs for TempFs {
         // SAFETY: valid C string.
         let rc = unsafe { libc::mknod(c.as_ptr(), t | 0o600, libc::makedev(rdev.0, rdev.1)) };
         if rc != 0 {
-            return Err(io_err(std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error().into());
         }
         Self::own(&p, cred, Some(mode))?;
         self.remember(p)
@@ -378,17 +362,17 @@ impl NodeFs for TempFs {
 
     async fn link(&self, id: FileId, dir: FileId, name: &[u8]) -> Result<(), FsError> {
         self.modifying()?;
-        std::fs::hard_link(self.path(id)?, self.child(dir, name)?).map_err(io_err)
+        std::fs::hard_link(self.path(id)?, self.child(dir, name)?).map_err(FsError::from)
     }
 
     async fn remove(&self, dir: FileId, name: &[u8]) -> Result<(), FsError> {
         self.modifying()?;
-        std::fs::remove_file(self.child(dir, name)?).map_err(io_err)
+        std::fs::remove_file(self.child(dir, name)?).map_err(FsError::from)
     }
 
     async fn rmdir(&self, dir: FileId, name: &[u8]) -> Result<(), FsError> {
         self.modifying()?;
-        std::fs::remove_dir(self.child(dir, name)?).map_err(io_err)
+        std::fs::remove_dir(self.child(dir, name)?).map_err(FsError::from)
     }
 
     async fn rename(
@@ -400,7 +384,7 @@ impl NodeFs for TempFs {
     ) -> Result<(), FsError> {
         self.modifying()?;
         let (a, b) = (self.child(from_dir, from)?, self.child(to_dir, to)?);
-        std::fs::rename(&a, &b).map_err(io_err)?;
+        std::fs::rename(&a, &b).map_err(FsError::from)?;
         for p in self.paths.lock().unwrap().values_mut() {
             if let Ok(rest) = p.strip_prefix(&a) {
                 *p = b.join(rest);

@@ -189,6 +189,29 @@ pub enum FsError {
     Io(String),
 }
 
+/// The NFS status of a host file system error, for a [`NodeFs`] backed by
+/// one: errno by errno, anything else an I/O error with its message.
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => FsError::NotFound,
+            Some(libc::EEXIST) => FsError::Exists,
+            Some(libc::ENOTDIR) => FsError::NotDir,
+            Some(libc::EISDIR) => FsError::IsDir,
+            Some(libc::ENOTEMPTY) => FsError::NotEmpty,
+            Some(libc::EACCES) => FsError::Access,
+            Some(libc::EPERM) => FsError::Perm,
+            Some(libc::EROFS) => FsError::ReadOnly,
+            Some(libc::ENAMETOOLONG) => FsError::NameTooLong,
+            Some(libc::EINVAL) => FsError::Inval,
+            Some(libc::EXDEV) => FsError::XDev,
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
+            Some(libc::EOPNOTSUPP) => FsError::NotSupported,
+            _ => FsError::Io(e.to_string()),
+        }
+    }
+}
+
 /// One export's file system. Every method may be called concurrently.
 pub trait NodeFs: Send + Sync + 'static {
     /// The file id of the export's root directory (what MOUNT hands out).

@@ -136,31 +136,6 @@ pub(crate) struct NodeOverlay {
     inner: Arc<Inner>,
 }
 
-fn io_fs(e: io::Error) -> FsError {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) => FsError::NotFound,
-        Some(libc::EEXIST) => FsError::Exists,
-        Some(libc::ENOTDIR) => FsError::NotDir,
-        Some(libc::EISDIR) => FsError::IsDir,
-        Some(libc::ENOTEMPTY) => FsError::NotEmpty,
-        Some(libc::EACCES) => FsError::Access,
-        Some(libc::EPERM) => FsError::Perm,
-        Some(libc::EROFS) => FsError::ReadOnly,
-        Some(libc::ENAMETOOLONG) => FsError::NameTooLong,
-        Some(libc::EINVAL) => FsError::Inval,
-        Some(libc::EXDEV) => FsError::XDev,
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
-        Some(libc::EOPNOTSUPP) => FsError::NotSupported,
-        _ => FsError::Io(e.to_string()),
-    }
-}
-
-impl From<io::Error> for FsError {
-    fn from(e: io::Error) -> Self {
-        io_fs(e)
-    }
-}
-
 fn not_found(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
