@@ -1,208 +1,28 @@
-//! `lazyboot mount` while a layer's streaming pass is still running: files
+//! What lazyboot serves while a layer's streaming pass is still running,
+//! through `lazyboot mount` (FUSE) and through `serve`'s NFS export: files
 //! the stream has passed are readable, nothing not yet known for sure is
 //! answered (a name hidden by an upper layer's whiteout, a listing, a name
-//! the stream has not reached), and a digest mismatch found at the end of
-//! the pass ends the mount with EIO and an error, caching nothing.
+//! the stream has not reached, and over NFS any change), and a digest
+//! mismatch found at the end of the pass ends the mount with EIO and an
+//! error, caching nothing.
 //!
-//! The pass is caught mid-layer by [`Gate`], a proxy that holds the blob's
-//! body after half of it until released.
+//! The pass is caught mid-layer by `common::held`.
 
 mod common;
 
 use anyhow::{Context, Result};
-use common::gate::Gate;
-use common::mount::Mount;
-use common::{compare_with, snapshot, CompareOptions, Registry};
-use sha2::{Digest as _, Sha256};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use common::held::{held, spawn, BIG, DONE, PENDING};
+use common::netboot::pc_config;
+use common::netns::NetLab;
+use common::nfsrpc::Client;
+use common::serve::{Serve, Server};
+use common::{compare_with, snapshot, CompareOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 const TOOLS: &[&str] = &["fusermount3"];
-const BIG: usize = 24 << 20;
-/// Longer than any answer from what is already known takes; short enough
-/// to keep the test quick. Only "still waiting" is judged with it.
-const PENDING: Duration = Duration::from_secs(3);
-const DONE: Duration = Duration::from_secs(60);
-
-fn sha256_hex(data: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(data))
-}
-
-/// Deterministic incompressible bytes (xorshift64*).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        out.extend_from_slice(&seed.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-enum Item<'a> {
-    Dir(&'a str, u32),
-    File(&'a str, u32, &'a [u8]),
-    /// A hard link (path, target).
-    Link(&'a str, &'a str),
-}
-
-fn tar_of(items: &[Item]) -> Result<Vec<u8>> {
-    let mut b = tar::Builder::new(Vec::new());
-    for item in items {
-        let mut h = tar::Header::new_ustar();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        match item {
-            Item::Dir(path, mode) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(*mode);
-                h.set_size(0);
-                h.set_cksum();
-                b.append_data(&mut h, path, std::io::empty())?;
-            }
-            Item::File(path, mode, data) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(*mode);
-                h.set_size(data.len() as u64);
-                h.set_cksum();
-                b.append_data(&mut h, path, *data)?;
-            }
-            Item::Link(path, target) => {
-                h.set_entry_type(tar::EntryType::Link);
-                h.set_mode(0o644);
-                h.set_size(0);
-                h.set_link_name(target)?;
-                h.set_cksum();
-                b.append_data(&mut h, path, std::io::empty())?;
-            }
-        }
-    }
-    Ok(b.into_inner()?)
-}
-
-/// Write `blob` into the layout; returns its descriptor fields.
-fn put_blob(layout: &Path, blob: &[u8]) -> Result<(String, usize)> {
-    let hex = sha256_hex(blob);
-    let dir = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(&hex), blob)?;
-    Ok((format!("sha256:{hex}"), blob.len()))
-}
-
-/// An OCI layout with one image of gzip layers made from `tars` (lowest
-/// first), tagged `t`. Returns the layer digests.
-fn write_layout(layout: &Path, tars: &[Vec<u8>]) -> Result<Vec<String>> {
-    std::fs::create_dir_all(layout)?;
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )?;
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    for t in tars {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(t)?;
-        let (digest, size) = put_blob(layout, &gz.finish()?)?;
-        diff_ids.push(format!("sha256:{}", sha256_hex(t)));
-        layers.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest, "size": size,
-        }));
-    }
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        a => a,
-    };
-    let config = serde_json::json!({
-        "architecture": arch, "os": "linux",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let (cdigest, csize) = put_blob(layout, &serde_json::to_vec(&config)?)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": cdigest, "size": csize},
-        "layers": layers,
-    });
-    let (mdigest, msize) = put_blob(layout, &serde_json::to_vec(&manifest)?)?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": mdigest, "size": msize,
-                       "annotations": {"org.opencontainers.image.ref.name": "t"}}],
-    });
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
-    Ok(layers
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect())
-}
-
-struct Image {
-    _tmp: tempfile::TempDir,
-    layout: PathBuf,
-    /// The big base layer (the one held) and its compressed size.
-    base: (String, u64),
-    big: Vec<u8>,
-}
-
-/// Base layer: small files, then 24 MiB of noise, then one more file; a
-/// small top layer deletes one base file by whiteout and adds one.
-fn build_image() -> Result<Image> {
-    let tmp = tempfile::tempdir()?;
-    let layout = tmp.path().join("layout");
-    let big = noise(BIG, 0x5eed);
-    let base = tar_of(&[
-        Item::Dir("./", 0o751),
-        Item::Dir("etc/", 0o755),
-        Item::File("etc/early.txt", 0o644, b"read me while the pass runs\n"),
-        Item::Link("etc/early-link.txt", "etc/early.txt"),
-        Item::File("etc/gone.txt", 0o600, b"deleted by the top layer\n"),
-        Item::Dir("big/", 0o750),
-        Item::File("big/blob.bin", 0o644, &big),
-        Item::File("zz-late.txt", 0o644, b"after the big file\n"),
-    ])?;
-    let top = tar_of(&[
-        Item::Dir("etc/", 0o755),
-        Item::File("etc/.wh.gone.txt", 0o644, b""),
-        Item::File("etc/top.txt", 0o640, b"from the top layer\n"),
-    ])?;
-    let digests = write_layout(&layout, &[base, top])?;
-    let size = std::fs::metadata(layout.join("blobs/sha256").join(&digests[0][7..]))?.len();
-    Ok(Image {
-        _tmp: tmp,
-        layout,
-        base: (digests[0].clone(), size),
-        big,
-    })
-}
-
-/// Run `f` on a thread; its result if it finishes within `within`.
-struct Pending<T> {
-    rx: mpsc::Receiver<T>,
-}
-
-fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Pending<T> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    Pending { rx }
-}
-
-impl<T> Pending<T> {
-    fn within(&self, d: Duration) -> Option<T> {
-        self.rx.recv_timeout(d).ok()
-    }
-}
 
 fn read_range(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut f = std::fs::File::open(path)?;
@@ -210,61 +30,6 @@ fn read_range(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> 
     let mut buf = vec![0u8; len];
     f.read_exact(&mut buf)?;
     Ok(buf)
-}
-
-/// The image pushed to a fresh registry as `repo:t` behind a [`Gate`] that
-/// holds the base layer's stream after half of it; `damage` flips bytes of
-/// the registry's copy three quarters in, past the hold point.
-struct Held {
-    img: Image,
-    _reg: Registry,
-    gate: Gate,
-    tmp: tempfile::TempDir,
-    reference: String,
-    base: String,
-}
-
-fn held(repo: &str, damage: bool) -> Result<Held> {
-    let img = build_image()?;
-    let reg = Registry::start()?;
-    common::push(&img.layout, "t", &reg, &format!("{repo}:t"))?;
-    let (base, size) = img.base.clone();
-    if damage {
-        let blob = reg.blob_path(&base);
-        let mut bad = std::fs::read(&blob)?;
-        let at = bad.len() * 3 / 4;
-        for b in &mut bad[at..at + 64] {
-            *b ^= 0x5a;
-        }
-        std::fs::write(&blob, &bad)?;
-    }
-    let gate = Gate::start(&reg.addr)?;
-    gate.hold(&base, size / 2);
-    let reference = gate.reference(&format!("{repo}:t"));
-    Ok(Held {
-        img,
-        _reg: reg,
-        gate,
-        tmp: tempfile::tempdir()?,
-        reference,
-        base,
-    })
-}
-
-impl Held {
-    fn cache(&self) -> PathBuf {
-        self.tmp.path().join("cache")
-    }
-
-    /// `lazyboot mount` of the image, as soon as it says it is mounted.
-    fn mount(&self, extra: &[&str]) -> Result<Mount> {
-        Mount::start(
-            &self.reference,
-            &self.cache(),
-            &self.tmp.path().join("mnt"),
-            extra,
-        )
-    }
 }
 
 #[test]
@@ -525,5 +290,222 @@ fn a_stalled_pass_gives_eio_within_the_read_timeout_then_recovers() -> Result<()
         "the big file after the pass"
     );
     m.stop()?;
+    Ok(())
+}
+
+/// `serve` of `h`'s image to the node `pc` of `lab` with an ephemeral root
+/// (its upper starts empty), `server_extra` in `[server]`; and a way to
+/// connect to its NFS port from the node's address.
+fn serve_nfs(
+    h: &common::held::Held,
+    lab: &NetLab,
+    server_extra: &str,
+) -> Result<(Server, impl Fn() -> Result<Client> + Clone + Send + 'static)> {
+    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    let config = pc_config(
+        lab,
+        h.tmp.path(),
+        &h.reference,
+        (tftp_port, nfs_port),
+        server_extra,
+        "",
+    )?;
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        text.replace("root = \"readonly\"", "root = \"ephemeral\""),
+    )?;
+    let serve = Serve::new(&config).start()?;
+    let server = std::net::SocketAddr::from((lab.server_ip, nfs_port));
+    let (ns, node_ip) = (lab.ns.clone(), lab.client_ip);
+    Ok((serve, move || {
+        Client::connect_in_netns(&ns, node_ip, server)
+    }))
+}
+
+/// With `verified_only`, no byte of a layer is served before its digest is
+/// checked: the node's MNT waits for the end of the pass.
+#[test]
+fn nfs_with_verified_only_waits_for_the_end_of_the_pass() -> Result<()> {
+    if !common::require_root_and_tools("nfs_with_verified_only_waits", &["ip"]) {
+        return Ok(());
+    }
+    let h = held("prog/nfsv", false)?;
+    let lab = NetLab::new(true)?;
+    let (_serve, connect) = serve_nfs(&h, &lab, "verified_only = true")?;
+    h.gate.wait_held(DONE)?;
+    let mounting = spawn(move || -> Result<Vec<u8>> {
+        let mut c = connect()?;
+        let root = c.mnt("/nodes/pc").map_err(anyhow::Error::msg)?;
+        let f = c
+            .walk(&root, "etc/early.txt")
+            .map_err(|s| anyhow::anyhow!("{s:?}"))?;
+        c.read_all(&f).map_err(|s| anyhow::anyhow!("{s:?}"))
+    });
+    assert!(
+        mounting.within(PENDING).is_none(),
+        "verified_only answered a node mid-pass"
+    );
+    h.gate.release();
+    assert_eq!(
+        mounting.within(DONE).context("never answered")??,
+        b"read me while the pass runs\n"
+    );
+    Ok(())
+}
+
+/// `serve`'s NFS export of a node whose image is still streaming: MNT,
+/// LOOKUP, GETATTR and READ of what the pass has passed are answered while
+/// the pass is held; a name past the hold point, a whited-out name, a
+/// listing and a change wait for the end of the pass; and every handle given
+/// out before it names the same file afterwards (same handle, same file id).
+#[test]
+fn nfs_answers_what_the_pass_has_passed_before_it_ends() -> Result<()> {
+    use common::nfsrpc::ROOT;
+    use nfs3_server::nfs3_types::nfs3::{nfs_fh3, nfsstat3};
+
+    if !common::require_root_and_tools("nfs_answers_what_the_pass_has_passed", &["ip"]) {
+        return Ok(());
+    }
+    let h = held("prog/nfs", false)?;
+    let lab = NetLab::new(true)?;
+    let (_serve, connect) = serve_nfs(&h, &lab, "")?;
+    h.gate.wait_held(DONE)?;
+
+    // Mounted and answered while the base layer's stream is held.
+    let early = spawn({
+        let connect = connect.clone();
+        move || -> Result<_> {
+            let mut c = connect()?;
+            let root = c.mnt("/nodes/pc").map_err(anyhow::Error::msg)?;
+            let root_attr = c.getattr(&root).map_err(|s| anyhow::anyhow!("{s:?}"))?;
+            let file = c
+                .walk(&root, "etc/early.txt")
+                .map_err(|s| anyhow::anyhow!("{s:?}"))?;
+            let link = c
+                .walk(&root, "etc/early-link.txt")
+                .map_err(|s| anyhow::anyhow!("{s:?}"))?;
+            let (fa, la) = (c.getattr(&file).unwrap(), c.getattr(&link).unwrap());
+            let text = c.read_all(&file).unwrap();
+            let top = c.walk(&root, "etc/top.txt").and_then(|f| c.read_all(&f));
+            let big = c
+                .walk(&root, "big/blob.bin")
+                .map_err(|s| anyhow::anyhow!("{s:?}"))?;
+            let big_size = c.getattr(&big).unwrap().size;
+            let head = c.read_range(&big, 0, Some(1 << 20));
+            Ok((
+                root,
+                root_attr,
+                file,
+                (fa, la),
+                text,
+                top,
+                big,
+                big_size,
+                head,
+            ))
+        }
+    });
+    let (root, root_attr, file, (fa, la), text, top, big, big_size, head) =
+        early
+            .within(DONE)
+            .context("nothing was answered while the pass was held")??;
+    assert_eq!(text, b"read me while the pass runs\n");
+    assert_eq!(top.unwrap(), b"from the top layer\n");
+    assert_eq!(big_size, BIG as u64);
+    assert_eq!(head.unwrap(), &h.img.big[..1 << 20]);
+    assert_eq!((fa.fileid, fa.nlink), (la.fileid, 2), "one file, two names");
+    // The root as the base layer's `./` entry describes it.
+    assert_eq!(
+        (root_attr.mode & 0o7777, root_attr.mtime.seconds),
+        (0o751, 1_700_000_000)
+    );
+
+    // Not known yet, so not answered yet: each on a connection of its own.
+    type Call = Box<dyn FnOnce(&mut Client, &nfs_fh3) -> Result<Vec<u8>, nfsstat3> + Send>;
+    let pending = |f: Call| {
+        let (connect, root) = (connect.clone(), root.clone());
+        spawn(move || -> Result<Result<Vec<u8>, nfsstat3>> {
+            let mut c = connect()?;
+            Ok(f(&mut c, &root))
+        })
+    };
+    let tail_at = (BIG - (1 << 20)) as u64;
+    let tail = pending(Box::new(move |c, r| {
+        let big = c.walk(r, "big/blob.bin")?;
+        c.read_range(&big, tail_at, None)
+    }));
+    let late = pending(Box::new(|c, r| {
+        c.walk(r, "zz-late.txt").and_then(|f| c.read_all(&f))
+    }));
+    let gone = pending(Box::new(|c, r| {
+        c.walk(r, "etc/gone.txt").map(|_| Vec::new())
+    }));
+    let listing = pending(Box::new(|c, r| {
+        let etc = c.walk(r, "etc")?;
+        let mut names: Vec<String> = c
+            .readdirplus(&etc)?
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect();
+        names.sort();
+        Ok(names.join(",").into_bytes())
+    }));
+    let change = pending(Box::new(|c, r| {
+        c.mkdir(r, b"made", 0o755, ROOT).map(|_| Vec::new())
+    }));
+    assert!(
+        tail.within(PENDING).is_none(),
+        "bytes past the hold point were served"
+    );
+    for (what, p) in [
+        ("a name past the hold point", &late),
+        ("a whited-out name", &gone),
+        ("a listing", &listing),
+        ("a change", &change),
+    ] {
+        assert!(
+            p.within(Duration::ZERO).is_none(),
+            "{what} was answered mid-pass"
+        );
+    }
+
+    h.gate.release();
+    assert_eq!(
+        tail.within(DONE).context("tail")??.unwrap(),
+        &h.img.big[BIG - (1 << 20)..]
+    );
+    assert_eq!(
+        late.within(DONE).context("late")??.unwrap(),
+        b"after the big file\n"
+    );
+    assert_eq!(
+        gone.within(DONE).context("gone")??,
+        Err(nfsstat3::NFS3ERR_NOENT)
+    );
+    assert_eq!(
+        String::from_utf8(listing.within(DONE).context("listing")??.unwrap())?,
+        "early-link.txt,early.txt,top.txt"
+    );
+    change.within(DONE).context("mkdir")??.unwrap();
+
+    // Handles from before the end of the pass name the same files after it.
+    let mut c = connect()?;
+    let again = c.walk(&root, "etc/early.txt").unwrap();
+    assert_eq!(
+        again.data, file.data,
+        "a lookup after the pass gives the same handle"
+    );
+    assert_eq!(c.getattr(&file).unwrap().fileid, fa.fileid);
+    assert_eq!(c.read_all(&file).unwrap(), b"read me while the pass runs\n");
+    assert_eq!(c.getattr(&big).unwrap().size, BIG as u64);
+    assert_eq!(
+        c.read_range(&big, tail_at, None).unwrap(),
+        &h.img.big[BIG - (1 << 20)..]
+    );
+    assert!(
+        c.walk(&root, "made").is_ok(),
+        "the change made after the pass is there"
+    );
     Ok(())
 }

@@ -14,6 +14,8 @@
 //! - [`serve`]: `lazyboot serve` as a child process ([`serve::Serve`],
 //!   [`serve::Server`]) and library servers in a runtime of their own
 //!   ([`serve::InProcess`]); every test runs its servers through it.
+//! - [`held`]: an image whose streaming pass is held mid-layer by a
+//!   [`gate::Gate`] proxy, for what is served before a pass ends.
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
 //!   test targets of one theme (NFS roots, the NFS protocol, `serve`, QEMU).
 #![allow(dead_code, unused_imports)]
@@ -22,6 +24,7 @@ pub mod debian;
 pub mod dhcpc;
 pub mod fixture;
 pub mod gate;
+pub mod held;
 pub mod mount;
 pub mod netboot;
 pub mod netns;

@@ -280,7 +280,7 @@ impl Opening {
         for s in &self.slots[base + 1..] {
             tables.push(&s.index.get().expect("complete above base").entries);
         }
-        let tree = Tree::build_partial(&tables);
+        let tree = Tree::build_partial(base, &tables);
         drop(guard);
         let snap = Arc::new(Snapshot {
             generation,
@@ -347,7 +347,7 @@ impl Opening {
                 return Some(tree.clone());
             }
         }
-        let tree = Arc::new(Tree::build_partial(&tables));
+        let tree = Arc::new(Tree::build_partial(0, &tables));
         drop(guards);
         *self.settled.lock() = Some((read, tree.clone()));
         Some(tree)

@@ -3,13 +3,36 @@
 //! layers onto a disk, but without touching a byte of file data.
 //!
 //! Inode numbers are assigned by a depth-first walk in name order once the merge
-//! is complete, so the same image digest always gets the same numbers: NFS file
-//! handles built on them stay valid across restarts.
+//! is complete, so the same image digest always gets the same numbers.
+//!
+//! Every inode also has a file id ([`Inode::fid`]) that does not depend on
+//! the rest of the image, for NFS file handles: a handle given out while the
+//! image is still streaming (from a provisional tree of part of its layers)
+//! must name the same object in the final tree. A directory's id is a hash
+//! of its path; any other object's is the layer and position of the layer
+//! entry that made it, which hard links share.
 
 use crate::layer::{Entry, EntryKind};
 use std::collections::BTreeMap;
 
 pub(crate) const ROOT_INO: u64 = 1;
+
+/// Set in the file ids of non-directories, whose low bits are the making
+/// entry's layer (bits 32..62) and position (bits 0..32); directory ids are
+/// path hashes below it.
+const ENTRY_FID: u64 = 1 << 62;
+
+/// The file id of directory `name` in the directory whose file id is `parent`.
+fn dir_fid(parent: u64, name: &str) -> u64 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), parent) & (ENTRY_FID - 1);
+    // 0 is no id and 1 the root's.
+    h.max(2)
+}
+
+/// The file id of the non-directory that entry `entry` of image layer `layer` made.
+fn entry_fid(layer: u32, entry: u32) -> u64 {
+    ENTRY_FID | (u64::from(layer) & 0x3fff_ffff) << 32 | u64::from(entry)
+}
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -27,6 +50,8 @@ pub struct DataRef {
 pub struct Inode {
     /// Inode number: stable for a given image (depth-first, name order).
     pub ino: u64,
+    /// Stable file id, the same in every tree that has this object (see the module doc).
+    pub(crate) fid: u64,
     pub(crate) parent: u64,
     /// Never `Hardlink`: links are resolved to the inode they share.
     pub(crate) kind: EntryKind,
@@ -101,6 +126,8 @@ pub struct Tree {
     /// under it, and the root unless a layer has a `./` entry): their
     /// metadata is a default a lower layer may still override.
     implied: Vec<bool>,
+    /// Inode numbers by file id, made on first use.
+    by_fid: std::sync::OnceLock<std::collections::HashMap<u64, u64>>,
     pub(crate) warnings: Vec<MergeWarning>,
 }
 
@@ -114,6 +141,23 @@ impl Tree {
 
     pub(crate) fn root(&self) -> &Inode {
         &self.inodes[0]
+    }
+
+    /// The inode whose [`Inode::fid`] is `fid`.
+    pub(crate) fn by_fid(&self, fid: u64) -> Option<&Inode> {
+        let map = self.by_fid.get_or_init(|| {
+            let mut map = std::collections::HashMap::with_capacity(self.inodes.len());
+            for i in &self.inodes {
+                if let Some(other) = map.insert(i.fid, i.ino) {
+                    // Two directory paths with one 62-bit hash: the first
+                    // keeps the id, the second's handles go stale.
+                    tracing::warn!(fid = i.fid, "file id collision; inode {other} kept");
+                    map.insert(i.fid, other);
+                }
+            }
+            map
+        });
+        self.get(*map.get(&fid)?)
     }
 
     /// Whether `ino`'s metadata is a default rather than a layer entry's.
@@ -226,7 +270,7 @@ impl Tree {
 
     /// Merge layer entry tables, lowest layer first.
     pub(crate) fn build(layers: &[&[Entry]]) -> Tree {
-        let mut b = Builder::new(false);
+        let mut b = Builder::new(false, 0);
         for (li, entries) in layers.iter().enumerate() {
             b.apply_layer(li, entries);
         }
@@ -234,10 +278,11 @@ impl Tree {
     }
 
     /// Like [`build`](Self::build) for a provisional tree of incomplete
-    /// tables: problems are expected there (a hard link to a layer not yet
-    /// merged), so they are kept in `warnings` but not logged.
-    pub(crate) fn build_partial(layers: &[&[Entry]]) -> Tree {
-        let mut b = Builder::new(true);
+    /// tables of the image's layers `first..`: problems are expected there
+    /// (a hard link to a layer not yet merged), so they are kept in
+    /// `warnings` but not logged.
+    pub(crate) fn build_partial(first: usize, layers: &[&[Entry]]) -> Tree {
+        let mut b = Builder::new(true, first);
         for (li, entries) in layers.iter().enumerate() {
             b.apply_layer(li, entries);
         }
@@ -249,6 +294,8 @@ impl Tree {
 struct Node {
     entry: Entry,
     data: Option<DataRef>,
+    /// The image layer and position of the entry that made it.
+    origin: (u32, u32),
     children: BTreeMap<String, usize>,
     implied: bool,
 }
@@ -257,6 +304,8 @@ struct Builder {
     nodes: Vec<Node>,
     warnings: Vec<MergeWarning>,
     quiet: bool,
+    /// The image layer that is the builder's layer 0.
+    first: usize,
 }
 
 fn split_parent(path: &str) -> (&str, &str) {
@@ -267,18 +316,20 @@ fn split_parent(path: &str) -> (&str, &str) {
 }
 
 impl Builder {
-    fn new(quiet: bool) -> Self {
+    fn new(quiet: bool, first: usize) -> Self {
         let mut root = Entry::new(String::new(), EntryKind::Dir);
         root.mode = 0o755;
         Builder {
             nodes: vec![Node {
                 entry: root,
                 data: None,
+                origin: (0, 0),
                 children: BTreeMap::new(),
                 implied: true,
             }],
             warnings: Vec::new(),
             quiet,
+            first,
         }
     }
 
@@ -321,7 +372,7 @@ impl Builder {
                 _ => {
                     let mut e = Entry::new(walked.clone(), EntryKind::Dir);
                     e.mode = 0o755;
-                    let id = self.push(e, None);
+                    let id = self.push(e, None, (0, 0));
                     self.nodes[id].implied = true;
                     self.set_child(cur, comp, id);
                     id
@@ -331,10 +382,11 @@ impl Builder {
         cur
     }
 
-    fn push(&mut self, entry: Entry, data: Option<DataRef>) -> usize {
+    fn push(&mut self, entry: Entry, data: Option<DataRef>, origin: (u32, u32)) -> usize {
         self.nodes.push(Node {
             entry,
             data,
+            origin,
             children: BTreeMap::new(),
             implied: false,
         });
@@ -391,7 +443,7 @@ impl Builder {
                         self.nodes[n].implied = false;
                     }
                     _ => {
-                        let id = self.push(e.clone(), None);
+                        let id = self.push(e.clone(), None, (0, 0));
                         self.set_child(dir, name, id);
                     }
                 },
@@ -416,7 +468,8 @@ impl Builder {
                         layer: li as u32,
                         entry: ei as u32,
                     });
-                    let id = self.push(e.clone(), data);
+                    let origin = ((self.first + li) as u32, ei as u32);
+                    let id = self.push(e.clone(), data, origin);
                     self.set_child(dir, name, id);
                 }
             }
@@ -428,8 +481,8 @@ impl Builder {
         let mut inodes: Vec<Inode> = Vec::new();
         // Depth-first in name order; a node reached again through another
         // hard link keeps the number it got first.
-        let mut stack: Vec<(usize, u64)> = vec![(0, ROOT_INO)];
-        while let Some((id, parent)) = stack.pop() {
+        let mut stack: Vec<(usize, u64, u64)> = vec![(0, ROOT_INO, ROOT_INO)];
+        while let Some((id, parent, fid)) = stack.pop() {
             if ino_of[id] != 0 {
                 continue;
             }
@@ -438,6 +491,7 @@ impl Builder {
             let n = &self.nodes[id];
             inodes.push(Inode {
                 ino,
+                fid,
                 parent,
                 kind: n.entry.kind,
                 mode: n.entry.mode & 0o7777,
@@ -461,8 +515,13 @@ impl Builder {
                 data: n.data,
                 children: Vec::new(),
             });
-            for (_, &c) in n.children.iter().rev() {
-                stack.push((c, ino));
+            for (name, &c) in n.children.iter().rev() {
+                let child = &self.nodes[c];
+                let fid = match child.entry.kind {
+                    EntryKind::Dir => dir_fid(fid, name),
+                    _ => entry_fid(child.origin.0, child.origin.1),
+                };
+                stack.push((c, ino, fid));
             }
         }
         // Link counts come from the reachable tree, not from bookkeeping during
@@ -505,6 +564,7 @@ impl Builder {
         Tree {
             inodes,
             implied,
+            by_fid: std::sync::OnceLock::new(),
             warnings: self.warnings,
         }
     }
@@ -540,17 +600,58 @@ mod tests {
     }
 
     #[test]
+    fn file_ids_are_the_same_in_a_partial_tree_and_the_final_one() {
+        let l0 = vec![
+            dir("etc"),
+            file("etc/os-release", 0o644),
+            dir("usr"),
+            file("usr/a", 0o755),
+        ];
+        let l1 = vec![
+            dir("etc"),
+            file("etc/hostname", 0o644),
+            file("usr/b", 0o755),
+            link("usr/c", "usr/b", EntryKind::Hardlink),
+            file("etc/os-release", 0o644),
+        ];
+        let full = Tree::build(&[&l0, &l1]);
+        // The top layer as a streaming pass of it sees it, four entries in.
+        let part = Tree::build_partial(1, &[&l1[..4]]);
+        let at = |t: &Tree, p: &str| t.resolve(p).unwrap().clone();
+        for p in ["", "etc", "etc/hostname", "usr", "usr/b", "usr/c"] {
+            let (f, q) = (at(&full, p), at(&part, p));
+            assert_eq!(q.fid, f.fid, "{p}");
+            assert_eq!(full.by_fid(f.fid).map(|i| i.ino), Some(f.ino), "{p}");
+        }
+        // Inode numbers are not the same: they count what the tree has.
+        assert_ne!(at(&part, "usr/b").ino, at(&full, "usr/b").ino);
+        // Hard links share an id; a file an upper layer replaced is another object.
+        assert_eq!(at(&full, "usr/b").fid, at(&full, "usr/c").fid);
+        let lower = Tree::build(&[&l0]);
+        assert_ne!(
+            at(&lower, "etc/os-release").fid,
+            at(&full, "etc/os-release").fid
+        );
+        assert_eq!(at(&lower, "usr").fid, at(&full, "usr").fid);
+        // Every object has its own id, and the root is the root.
+        let ids: std::collections::HashSet<u64> = full.iter().map(|i| i.fid).collect();
+        assert_eq!(ids.len(), full.len());
+        assert_eq!(full.root().fid, ROOT_INO);
+        assert!(full.by_fid(ENTRY_FID | 99).is_none());
+    }
+
+    #[test]
     fn directories_no_entry_describes_are_marked_implied() {
         // `p/q` only implied by its file; `d` described; the root has no `./`.
         let l1 = vec![dir("d"), file("p/q/f", 0o644)];
-        let t = Tree::build_partial(&[&l1]);
+        let t = Tree::build_partial(0, &[&l1]);
         let ino = |p: &str| t.resolve(p).unwrap().ino;
         assert!(t.is_implied(ROOT_INO));
         assert!(t.is_implied(ino("p")) && t.is_implied(ino("p/q")));
         assert!(!t.is_implied(ino("d")) && !t.is_implied(ino("p/q/f")));
         // An upper layer describing `p` (and `./`) makes them known.
         let l2 = vec![dir(""), dir("p")];
-        let t = Tree::build_partial(&[&l1, &l2]);
+        let t = Tree::build_partial(0, &[&l1, &l2]);
         assert!(!t.is_implied(ROOT_INO));
         assert!(!t.is_implied(t.resolve("p").unwrap().ino));
         assert!(t.is_implied(t.resolve("p/q").unwrap().ino));

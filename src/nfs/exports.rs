@@ -14,9 +14,9 @@
 //!   server restart keeps its files.
 
 use super::fs::{Exports, MountError, Observed};
-use super::overlay::{node_state_dir, wipe_node_state, LowerNames, NodeOverlay};
+use super::overlay::{node_state_dir, wipe_node_state};
+use super::root::{NamesByImage, NodeRoot, RootSpec};
 use crate::config::RootMode;
-use crate::image::ImageView;
 use crate::nodes::Node;
 use crate::profile::recorder::NfsCall;
 use crate::serve::ServeContext;
@@ -35,7 +35,7 @@ pub(crate) fn export_id(name: &str) -> u32 {
 
 #[derive(Default)]
 struct Slot {
-    overlay: Option<Arc<NodeOverlay>>,
+    overlay: Option<Arc<NodeRoot>>,
     /// The boot generation the upper was last reset for (ephemeral roots).
     reset_for: Option<u64>,
     /// The generation an earlier server process left on disk (0 if none),
@@ -65,18 +65,14 @@ struct ExportIndex {
     by_id: HashMap<u32, Export>,
 }
 
-/// An image view (kept alive so its address stays unique) and its names.
-type SharedNames = (Arc<ImageView>, Arc<LowerNames>);
-
 pub(crate) struct NodeExports {
     ctx: Arc<ServeContext>,
     slots: Mutex<HashMap<String, SlotRef>>,
     /// The nodes file handles can name, for `get` on every NFS call.
     index: RwLock<ExportIndex>,
     /// Node names by export id, for the overlays opened so far.
-    by_id: Mutex<HashMap<u32, (String, Arc<NodeOverlay>)>>,
-    /// Per image view, by its address.
-    names: Mutex<HashMap<usize, SharedNames>>,
+    by_id: Mutex<HashMap<u32, (String, Arc<NodeRoot>)>>,
+    names: Arc<NamesByImage>,
 }
 
 impl NodeExports {
@@ -86,7 +82,7 @@ impl NodeExports {
             slots: Mutex::new(HashMap::new()),
             index: RwLock::new(ExportIndex::default()),
             by_id: Mutex::new(HashMap::new()),
-            names: Mutex::new(HashMap::new()),
+            names: Arc::default(),
         }
     }
 
@@ -149,28 +145,16 @@ impl NodeExports {
         }
     }
 
-    fn lower_names(&self, view: &Arc<ImageView>) -> Arc<LowerNames> {
-        let key = Arc::as_ptr(view) as usize;
-        if let Some((_, n)) = self.names.lock().get(&key) {
-            return n.clone();
-        }
-        let names = Arc::new(LowerNames::new(view.tree()));
-        self.names
-            .lock()
-            .entry(key)
-            .or_insert_with(|| (view.clone(), names))
-            .1
-            .clone()
-    }
-
-    /// The node's overlay, opened if needed; at a mount, an ephemeral upper
-    /// is reset first when the node has booted again since.
+    /// The node's root, made if needed; at a mount, an ephemeral upper
+    /// is reset first when the node has booted again since. A root on an
+    /// empty upper is handed out while its image still streams; any other
+    /// opens its overlay (on the final view) first.
     async fn overlay_for(
         &self,
         node: &Node,
         slot: &SlotRef,
         at_mount: bool,
-    ) -> Result<Arc<NodeOverlay>, MountError> {
+    ) -> Result<Arc<NodeRoot>, MountError> {
         let mut slot = slot.lock().await;
         let dir = self.node_dir(&node.name);
         if at_mount && node.root == RootMode::Ephemeral {
@@ -207,14 +191,15 @@ impl NodeExports {
                 return Ok(o.clone());
             }
         }
-        let view = self.ctx.view_for(node).await.map_err(|e| {
+        let opening = self.ctx.opening_for(node).await.map_err(|e| {
             tracing::warn!(node = %node.name, "cannot open image: {e}");
             MountError::Unavailable(e.to_string())
         })?;
+        let manifest = opening.image.manifest_digest.clone();
         if let Some(o) = &slot.overlay {
             // A node that is running keeps the image it booted; a new mount
             // (a new boot) after its image reference moved gets the new image.
-            let moved = o.view().manifest_digest() != view.manifest_digest();
+            let moved = *o.manifest() != manifest;
             if !(at_mount && moved) {
                 return Ok(o.clone());
             }
@@ -228,7 +213,7 @@ impl NodeExports {
                 .await
                 .unwrap_or_default();
             let recorded = recorded.trim();
-            if !recorded.is_empty() && recorded != view.manifest_digest().as_str() {
+            if !recorded.is_empty() && recorded != manifest.as_str() {
                 let d = dir.clone();
                 tokio::task::spawn_blocking(move || wipe_node_state(&d))
                     .await
@@ -236,23 +221,39 @@ impl NodeExports {
                     .map_err(|e| {
                         MountError::Unavailable(format!("resetting {}: {e}", dir.display()))
                     })?;
-                tracing::info!(node = %node.name, manifest = %view.manifest_digest(), "new image: root reset");
+                tracing::info!(node = %node.name, %manifest, "new image: root reset");
             }
         }
-        let names = self.lower_names(&view);
-        let read_only = node.root == RootMode::Readonly;
-        let overlay = NodeOverlay::open_with(view, names, &dir, read_only)
-            .await
-            .map_err(|e| {
-                tracing::warn!(node = %node.name, "cannot open {}: {e}", dir.display());
-                MountError::Unavailable(format!("{}: {e}", dir.display()))
-            })?;
-        let overlay = Arc::new(overlay);
+        // `verified_only`: no byte of a layer before its digest is checked.
+        let early = !self.ctx.config.server.verified_only && upper_is_empty(&dir).await;
+        let spec = RootSpec {
+            node: node.name.clone(),
+            dir,
+            read_only: node.root == RootMode::Readonly,
+            names: self.names.clone(),
+        };
+        let root = Arc::new(NodeRoot::new(opening.clone(), spec, early));
+        if !early || opening.outcome().is_some() {
+            root.overlay()
+                .await
+                .map_err(|e| MountError::Unavailable(e.to_string()))?;
+        }
+        let overlay = root;
         slot.overlay = Some(overlay.clone());
         self.by_id
             .lock()
             .insert(export_id(&node.name), (node.name.clone(), overlay.clone()));
         Ok(overlay)
+    }
+}
+
+/// Whether the node's upper has no entry (or is not there): then nothing
+/// can shadow the image, and its export may answer before the image is
+/// open.
+async fn upper_is_empty(dir: &Path) -> bool {
+    match tokio::fs::read_dir(dir.join("upper")).await {
+        Ok(mut entries) => matches!(entries.next_entry().await, Ok(None)),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -275,13 +276,9 @@ fn reset_upper(dir: &Path, generation: u64) -> std::io::Result<()> {
 }
 
 impl Exports for NodeExports {
-    type Fs = NodeOverlay;
+    type Fs = NodeRoot;
 
-    async fn mount(
-        &self,
-        path: &str,
-        client: IpAddr,
-    ) -> Result<(u32, Arc<NodeOverlay>), MountError> {
+    async fn mount(&self, path: &str, client: IpAddr) -> Result<(u32, Arc<NodeRoot>), MountError> {
         let trimmed = path.trim_end_matches('/');
         let name = trimmed
             .strip_prefix("/nodes/")
@@ -303,7 +300,7 @@ impl Exports for NodeExports {
         Ok((export_id(&node.name), fs))
     }
 
-    async fn get(&self, id: u32, client: IpAddr) -> Result<Arc<NodeOverlay>, MountError> {
+    async fn get(&self, id: u32, client: IpAddr) -> Result<Arc<NodeRoot>, MountError> {
         let export = self.export(id).ok_or(MountError::NoEntry)?;
         self.check_client(&export.node, client)?;
         self.overlay_for(&export.node, &export.slot, false).await

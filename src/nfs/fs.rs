@@ -187,6 +187,10 @@ pub enum FsError {
     /// Any other failure of the underlying storage; the text says what failed.
     #[error("I/O error: {0}")]
     Io(String),
+    /// Not possible yet, maybe later (the image is still being fetched and
+    /// made no progress for a while); the text says why. Clients retry.
+    #[error("try again later: {0}")]
+    Later(String),
 }
 
 /// The NFS status of a host file system error, for a [`NodeFs`] backed by

@@ -10,7 +10,9 @@
 //! - [`server`]: the MOUNT and NFS procedures.
 //! - [`exports`]: one export per node of the inventory, and who may use it.
 //! - [`overlay`]: a node's root, the image view under its copy-on-write
-//!   upper directory, as the [`fs::NodeFs`] of its export.
+//!   upper directory.
+//! - [`root`]: the [`fs::NodeFs`] of a node's export: the overlay, and the
+//!   image alone while it streams; stable file ids on the wire.
 //! - [`transport`]: calls over TCP (record marking) and UDP (datagrams).
 //! - [`portmap`]: portmapper / rpcbind (program 100000, versions 2-4).
 
@@ -20,6 +22,7 @@ pub mod fs;
 pub(crate) mod handles;
 pub(crate) mod overlay;
 pub(crate) mod portmap;
+pub(crate) mod root;
 pub(crate) mod rpc;
 pub(crate) mod server;
 #[cfg(test)]

@@ -67,7 +67,7 @@ fn attr_from_meta(id: FileId, m: &Metadata) -> Attr {
     }
 }
 
-pub(super) fn attr_from_inode(i: &Inode) -> Attr {
+pub(crate) fn attr_from_inode(i: &Inode) -> Attr {
     let t = Time {
         secs: i.mtime,
         nanos: 0,

@@ -58,7 +58,7 @@ mod tests;
 mod whiteout;
 
 use super::fs::{FileId, FileKind, FsError};
-use crate::image::tree::Tree;
+use crate::image::tree::{Tree, ROOT_INO};
 use crate::image::ImageView;
 use parking_lot::{Mutex, RwLock};
 use std::ffi::OsStr;
@@ -69,9 +69,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub(crate) use attr::attr_from_inode;
 pub(crate) use lower::LowerNames;
 use state::State;
 pub(crate) use state::{node_state_dir, wipe_node_state};
+pub(crate) use sys::fs_stat;
 
 /// Set in the ids of entries that were created in the upper.
 pub(crate) const UPPER_ID_BIT: u64 = 1 << 63;
@@ -199,10 +201,6 @@ impl NodeOverlay {
         &self.inner.upper
     }
 
-    pub(crate) fn view(&self) -> &Arc<ImageView> {
-        &self.inner.view
-    }
-
     /// A path naming file `id`, for boot profiles: one image path for an
     /// image file (hard links have several), "(upper)" for files the node
     /// made itself.
@@ -215,6 +213,29 @@ impl NodeOverlay {
             Some(p) => format!("/{}", p.display()),
             None => format!("(file {id})"),
         }
+    }
+
+    /// The id clients see for the overlay's id `id`: an image object goes
+    /// by its tree's stable file id ([`Inode::fid`](crate::image::Inode)),
+    /// which a provisional tree of a still-streaming image gave it too; the
+    /// root and the upper's own objects by the overlay's id.
+    pub(crate) fn wire_id(&self, id: FileId) -> FileId {
+        if id == ROOT_INO || id & UPPER_ID_BIT != 0 {
+            return id;
+        }
+        self.inner.tree().get(id).map_or(id, |i| i.fid)
+    }
+
+    /// The overlay's id for the id `wire` a client sent.
+    pub(crate) fn overlay_id(&self, wire: FileId) -> Result<FileId, FsError> {
+        if wire == ROOT_INO || wire & UPPER_ID_BIT != 0 {
+            return Ok(wire);
+        }
+        self.inner
+            .tree()
+            .by_fid(wire)
+            .map(|i| i.ino)
+            .ok_or(FsError::Stale)
     }
 
     /// Stop serving: every later call fails with `Stale` (its state is about

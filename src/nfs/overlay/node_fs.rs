@@ -2,7 +2,7 @@
 //! threads under the namespace lock, retrying when a concurrent change
 //! (another copy-up, say) made the entry it found stale.
 
-use super::sys::{cpath, mknod, open_upper};
+use super::sys::{fs_stat, mknod, open_upper};
 use super::{blocking, check_name, Inner, NodeOverlay, Obj, NAME_MAX};
 use crate::image::tree::ROOT_INO;
 use crate::nfs::fs::{
@@ -420,20 +420,7 @@ impl NodeFs for NodeOverlay {
         let inner = self.inner.clone();
         blocking(move || {
             inner.check_live()?;
-            let c = cpath(&inner.upper)?;
-            // SAFETY: zeroed statvfs is a valid out-parameter for statvfs(3).
-            let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-            // SAFETY: valid path and out-pointer.
-            if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-                return Err(io::Error::last_os_error().into());
-            }
-            let frsize = s.f_frsize as u64;
-            Ok(FsStat {
-                total_bytes: s.f_blocks as u64 * frsize,
-                free_bytes: s.f_bavail as u64 * frsize,
-                total_files: s.f_files as u64,
-                free_files: s.f_favail as u64,
-            })
+            Ok(fs_stat(&inner.upper)?)
         })
         .await
     }

@@ -189,6 +189,24 @@ pub(super) fn open_upper(u: &Upper, write: bool) -> Result<fs::File, FsError> {
     Ok(f)
 }
 
+/// Capacity and free space of the file system `p` is on.
+pub(crate) fn fs_stat(p: &Path) -> io::Result<crate::nfs::fs::FsStat> {
+    let c = cpath(p)?;
+    // SAFETY: zeroed statvfs is a valid out-parameter for statvfs(3).
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = s.f_frsize as u64;
+    Ok(crate::nfs::fs::FsStat {
+        total_bytes: s.f_blocks as u64 * frsize,
+        free_bytes: s.f_bavail as u64 * frsize,
+        total_files: s.f_files as u64,
+        free_files: s.f_favail as u64,
+    })
+}
+
 pub(super) fn chmod(path: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
 }

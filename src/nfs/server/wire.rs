@@ -27,6 +27,10 @@ pub(super) fn stat(e: FsError) -> nfsstat3 {
         FsError::XDev => nfsstat3::NFS3ERR_XDEV,
         FsError::NoSpace => nfsstat3::NFS3ERR_NOSPC,
         FsError::NotSupported => nfsstat3::NFS3ERR_NOTSUPP,
+        FsError::Later(msg) => {
+            tracing::info!("nfs: not yet: {msg}");
+            nfsstat3::NFS3ERR_JUKEBOX
+        }
         FsError::Io(msg) => {
             tracing::warn!("nfs: I/O error: {msg}");
             nfsstat3::NFS3ERR_IO
