@@ -14,7 +14,8 @@
 //!   is empty and no index exists, so the image opens with a streaming
 //!   pass. The node must get its kernel before half of the layer has
 //!   crossed the link, and its profile must count what the registry sent
-//!   (the link's own counter) within a few percent.
+//!   (the link's own counter) within a few percent. Over a slower link
+//!   the kernel mounts its NFS root while the layer still streams.
 //!
 //! The images are cached under /var/cache/lazyboot-test/debian (a build
 //! takes a few minutes). `LAZYBOOT_QEMU_KEEP=1` keeps the work dir.
@@ -323,6 +324,60 @@ fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
     assert!(
         waited_ms / 1000.0 < boot_secs,
         "{waited_ms} ms of wait in a {boot_secs:.0} s boot"
+    );
+    drop(qemu);
+    drop(tmp);
+    Ok(())
+}
+
+/// A slower link (30 Mbit/s: the layer takes about a minute to cross it),
+/// so the node's kernel mounts its NFS root while the layer still streams:
+/// the mount and the files the stream has passed are answered at once, the
+/// rest waits for the stream, and the boot reaches multi-user with zero
+/// failed units.
+#[test]
+fn cold_debian_boot_mounts_its_root_while_the_image_streams() -> Result<()> {
+    if !runnable("cold_debian_boot_mounts_its_root_while_the_image_streams") {
+        return Ok(());
+    }
+    let flavour = "initramfs-tools";
+    let layout = debian_image(flavour)?;
+    let manifest = common::layout_manifest(&layout, flavour)?;
+    let layer_size = manifest["layers"][0]["size"]
+        .as_u64()
+        .context("layer size")?;
+    let tmp = work_dir("debian-slow")?;
+    let work = tmp.path.clone();
+    let reg = ShapedRegistry::start("30mbit")?;
+    common::push(&layout, flavour, &reg.registry, "os/debian:slow")?;
+    let image = reg.reference("os/debian:slow");
+    let (tap, _ra, cfg) = lab(&work, &image)?;
+    let insecure = reg.registry.addr.clone();
+    let sent_at_start = reg.sent_bytes()?;
+    let server = Serve::new(&cfg)
+        .globals(&["--insecure-registry", &insecure])
+        .start()?;
+    let mut mounted_at: Option<(f64, u64)> = None;
+    let (qemu, marker, timeline) = boot(&tap, &server, &work, |t, timeline| {
+        if mounted_at.is_none() && server.log().contains("mounted /nodes/deb") {
+            mounted_at = Some((t, reg.sent_bytes()? - sent_at_start));
+            timeline.check(t, "NFS root mounted (server)", true);
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "cold Debian boot over 30 Mbit/s:\n{}\n{marker}",
+        timeline.show()
+    );
+    eprintln!("{}", profile_text(&work));
+    assert_eq!(failed_units(&marker)?, 0, "failed units: {marker}");
+    let (t, sent) = mounted_at.context("the server never logged the NFS mount")?;
+    eprintln!(
+        "NFS root mounted at {t:.1} s, when the registry had sent {sent} of {layer_size} bytes"
+    );
+    assert!(
+        sent < layer_size * 9 / 10,
+        "the NFS root was mounted only after {sent} of {layer_size} bytes had arrived"
     );
     drop(qemu);
     drop(tmp);
