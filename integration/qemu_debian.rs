@@ -232,26 +232,34 @@ fn stock_debian_with_dracut_boots_to_multi_user() -> Result<()> {
     boots_to_multi_user("dracut")
 }
 
-/// The headline: an image nobody indexed, an empty cache, a 100 Mbit/s
-/// registry link. The node gets its kernel while the layer still streams,
-/// boots to multi-user, and its profile accounts for what the registry sent.
-#[test]
-fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
-    if !runnable("cold_debian_boot_starts_before_its_image_has_arrived") {
-        return Ok(());
-    }
+/// A cold start of the initramfs-tools image: pushed to a registry behind
+/// a `rate` link as `os/debian:TAG`, an empty cache, no index, `serve`
+/// started (and streaming the layer).
+struct Cold {
+    layer_size: u64,
+    tmp: Work,
+    work: std::path::PathBuf,
+    reg: ShapedRegistry,
+    tap: Tap,
+    _ra: RouterAdverts,
+    /// The link's byte count before the server started.
+    sent_at_start: u64,
+    server: Server,
+}
+
+fn cold(rate: &str, tag: &str) -> Result<Cold> {
     let flavour = "initramfs-tools";
     let layout = debian_image(flavour)?;
     let manifest = common::layout_manifest(&layout, flavour)?;
     let layer_size = manifest["layers"][0]["size"]
         .as_u64()
         .context("layer size")?;
-    let tmp = work_dir("debian-cold")?;
+    let tmp = work_dir(&format!("debian-{tag}"))?;
     let work = tmp.path.clone();
-    let reg = ShapedRegistry::start("100mbit")?;
-    common::push(&layout, flavour, &reg.registry, "os/debian:cold")?;
-    let image = reg.reference("os/debian:cold");
-    let (tap, _ra, cfg) = lab(&work, &image)?;
+    let reg = ShapedRegistry::start(rate)?;
+    common::push(&layout, flavour, &reg.registry, &format!("os/debian:{tag}"))?;
+    let image = reg.reference(&format!("os/debian:{tag}"));
+    let (tap, ra, cfg) = lab(&work, &image)?;
     // The registry is not on loopback: plain HTTP must be allowed.
     let insecure = reg.registry.addr.clone();
     // The server opens the image (and starts streaming it) as it starts:
@@ -260,6 +268,36 @@ fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
     let server = Serve::new(&cfg)
         .globals(&["--insecure-registry", &insecure])
         .start()?;
+    Ok(Cold {
+        layer_size,
+        tmp,
+        work,
+        reg,
+        tap,
+        _ra: ra,
+        sent_at_start,
+        server,
+    })
+}
+
+/// The headline: an image nobody indexed, an empty cache, a 100 Mbit/s
+/// registry link. The node gets its kernel while the layer still streams,
+/// boots to multi-user, and its profile accounts for what the registry sent.
+#[test]
+fn cold_debian_boot_starts_before_its_image_has_arrived() -> Result<()> {
+    if !runnable("cold_debian_boot_starts_before_its_image_has_arrived") {
+        return Ok(());
+    }
+    let Cold {
+        layer_size,
+        tmp,
+        work,
+        reg,
+        tap,
+        _ra,
+        sent_at_start,
+        server,
+    } = cold("100mbit", "cold")?;
     let started = Instant::now();
     let mut kernel_at: Option<(f64, u64)> = None;
     let (qemu, marker, timeline) = boot(&tap, &server, &work, |t, timeline| {
@@ -340,23 +378,16 @@ fn cold_debian_boot_mounts_its_root_while_the_image_streams() -> Result<()> {
     if !runnable("cold_debian_boot_mounts_its_root_while_the_image_streams") {
         return Ok(());
     }
-    let flavour = "initramfs-tools";
-    let layout = debian_image(flavour)?;
-    let manifest = common::layout_manifest(&layout, flavour)?;
-    let layer_size = manifest["layers"][0]["size"]
-        .as_u64()
-        .context("layer size")?;
-    let tmp = work_dir("debian-slow")?;
-    let work = tmp.path.clone();
-    let reg = ShapedRegistry::start("30mbit")?;
-    common::push(&layout, flavour, &reg.registry, "os/debian:slow")?;
-    let image = reg.reference("os/debian:slow");
-    let (tap, _ra, cfg) = lab(&work, &image)?;
-    let insecure = reg.registry.addr.clone();
-    let sent_at_start = reg.sent_bytes()?;
-    let server = Serve::new(&cfg)
-        .globals(&["--insecure-registry", &insecure])
-        .start()?;
+    let Cold {
+        layer_size,
+        tmp,
+        work,
+        reg,
+        tap,
+        _ra,
+        sent_at_start,
+        server,
+    } = cold("30mbit", "slow")?;
     let mut mounted_at: Option<(f64, u64)> = None;
     let (qemu, marker, timeline) = boot(&tap, &server, &work, |t, timeline| {
         if mounted_at.is_none() && server.log().contains("mounted /nodes/deb") {
