@@ -2,8 +2,8 @@
 //! (`common::nfsrpc`) against the test double of `common::tempfs`: ACCESS
 //! and ROFS on a read-only export, attributes, permission checks and every
 //! modifying procedure, READDIR and READDIRPLUS paging through a large
-//! directory. Clients, exports, handles and the RPC layer are in
-//! integration/nfs_protocol.rs.
+//! directory, and calls sent again (the duplicate request cache). Clients,
+//! exports, handles and the RPC layer are in integration/nfs_protocol.rs.
 
 mod common;
 
@@ -506,4 +506,82 @@ fn readdir_pages_through_large_directories() {
         status(c.nfs::<READDIR3res>(16, USER, &args)),
         nfsstat3::NFS3ERR_ACCES
     );
+}
+
+/// A call that changes something, sent again with its xid (a client that
+/// lost the reply, over the same or a new connection), gets the first
+/// reply instead of being run again: REMOVE stays OK (not NOENT), a GUARDED
+/// CREATE and a MKDIR give the same handle (not EXIST), RENAME stays OK. A
+/// copy that arrives while the first still runs gets the same reply too;
+/// another xid is another call.
+#[test]
+fn a_change_sent_again_gets_the_first_reply() {
+    if !runnable("a_change_sent_again_gets_the_first_reply") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut c = lab.server.client();
+    let root = c.mnt("/nodes/a").unwrap();
+    let ok = |body: &[u8], what: &str| -> Vec<u8> {
+        let (stat, _) = nfsstat3::unpack(&mut &body[..]).unwrap();
+        assert_eq!(stat, nfsstat3::NFS3_OK, "{what}");
+        body.to_vec()
+    };
+
+    c.create(&root, b"dup.txt", 0o644, ROOT).unwrap();
+    let remove = packed(&REMOVE3args {
+        object: dirop(&root, "dup.txt"),
+    });
+    let first = ok(&c.call_xid(70_001, 12, ROOT, &remove).body, "REMOVE");
+    assert_eq!(
+        c.call_xid(70_001, 12, ROOT, &remove).body,
+        first,
+        "REMOVE again"
+    );
+    let mut reconnected = lab.server.client();
+    assert_eq!(
+        reconnected.call_xid(70_001, 12, ROOT, &remove).body,
+        first,
+        "REMOVE again from a new connection"
+    );
+    let other = c.call_xid(70_002, 12, ROOT, &remove);
+    let (stat, _) = nfsstat3::unpack(&mut &other.body[..]).unwrap();
+    assert_eq!(stat, nfsstat3::NFS3ERR_NOENT, "a new xid is a new call");
+
+    let create = packed(&CREATE3args {
+        where_: dirop(&root, "guarded.txt"),
+        how: createhow3::GUARDED(sattr3::default()),
+    });
+    let first = ok(&c.call_xid(70_003, 8, ROOT, &create).body, "CREATE");
+    assert_eq!(
+        c.call_xid(70_003, 8, ROOT, &create).body,
+        first,
+        "CREATE again"
+    );
+
+    let rename = packed(&RENAME3args {
+        from: dirop(&root, "guarded.txt"),
+        to: dirop(&root, "renamed.txt"),
+    });
+    let first = ok(&c.call_xid(70_004, 14, ROOT, &rename).body, "RENAME");
+    assert_eq!(
+        c.call_xid(70_004, 14, ROOT, &rename).body,
+        first,
+        "RENAME again"
+    );
+    assert!(lab.a.join("renamed.txt").exists() && !lab.a.join("guarded.txt").exists());
+
+    // Two copies on the wire before either reply: one MKDIR, two equal replies.
+    let mkdir = packed(&MKDIR3args {
+        where_: dirop(&root, "made"),
+        attributes: sattr3::default(),
+    });
+    c.send_xid(70_005, 9, ROOT, &mkdir);
+    c.send_xid(70_005, 9, ROOT, &mkdir);
+    let (x1, r1) = c.recv();
+    let (x2, r2) = c.recv();
+    assert_eq!((x1, x2), (70_005, 70_005));
+    ok(&r1.body, "MKDIR");
+    assert_eq!(r1.body, r2.body, "MKDIR sent twice at once");
+    assert!(lab.a.join("made").is_dir());
 }

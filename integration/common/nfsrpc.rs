@@ -221,6 +221,21 @@ impl Client {
         reply
     }
 
+    /// An NFS call with a chosen xid (a client sending a call again uses
+    /// the xid it sent it with first); its reply.
+    pub fn call_xid(&mut self, xid: u32, proc_: u32, cred: (u32, u32), args: &[u8]) -> Reply {
+        self.send_xid(xid, proc_, cred, args);
+        let (got, reply) = self.recv();
+        assert_eq!(got, xid);
+        reply
+    }
+
+    /// Send an NFS call with a chosen xid without waiting for its reply.
+    pub fn send_xid(&mut self, xid: u32, proc_: u32, cred: (u32, u32), args: &[u8]) {
+        let rec = frame(&call_record(xid, NFS, 3, proc_, cred, args));
+        self.s.write_all(&rec).unwrap();
+    }
+
     /// An NFS call that must be accepted; its decoded result.
     pub fn nfs<R: Unpack>(&mut self, proc_: u32, cred: (u32, u32), args: &impl Pack) -> R {
         let r = self.call(NFS, 3, proc_, cred, &packed(args));

@@ -12,6 +12,8 @@
 //!   WRITE, CREATE, REMOVE, RENAME, COMMIT, ...).
 //! - [`wire`]: conversions between the [`NodeFs`] seam and XDR types, and
 //!   the checks of names from the wire.
+//! - [`replies`]: the duplicate request cache, so a call sent again gets
+//!   the first reply instead of being run twice.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -40,6 +42,7 @@ macro_rules! tri {
 
 mod mount;
 mod read_procs;
+mod replies;
 mod wire;
 mod write_procs;
 
@@ -85,6 +88,7 @@ pub(crate) struct Server<E: Exports> {
     cookie_verf: [u8; 8],
     /// (client, path) of MNT calls, for DUMP.
     mounts: parking_lot::Mutex<BTreeSet<(IpAddr, String)>>,
+    replies: replies::ReplyCache,
 }
 
 /// A verified file handle: the export's file system and the file id.
@@ -128,12 +132,36 @@ impl<E: Exports> Server<E> {
             write_verf: rand::random(),
             cookie_verf: rand::random(),
             mounts: parking_lot::Mutex::new(BTreeSet::new()),
+            replies: replies::ReplyCache::default(),
         }
     }
 
     /// Run one call; the complete reply record (its first 4 bytes are the
-    /// record mark, which a datagram reply leaves out).
+    /// record mark, which a datagram reply leaves out). A call that changes
+    /// something and was answered before gets that answer again.
     pub(crate) async fn dispatch(&self, h: &Head, args: &[u8], ip: IpAddr) -> Vec<u8> {
+        let Some(key) = replies::Key::of(h, args, ip) else {
+            return self.run(h, args, ip).await;
+        };
+        let running = match self.replies.seen(key, std::time::Instant::now()) {
+            replies::Seen::New(running) => running,
+            replies::Seen::Answered(reply) => {
+                tracing::debug!("nfs: {ip} xid {} sent again: first reply resent", h.xid);
+                return reply.as_ref().clone();
+            }
+            replies::Seen::Running(rx) => {
+                if let Some(reply) = replies::Seen::wait(rx).await {
+                    return reply.as_ref().clone();
+                }
+                // The first copy never finished: this one runs.
+                return self.run(h, args, ip).await;
+            }
+        };
+        let reply = self.run(h, args, ip).await;
+        running.finish(reply).as_ref().clone()
+    }
+
+    async fn run(&self, h: &Head, args: &[u8], ip: IpAddr) -> Vec<u8> {
         let mut out = rpc::reply_header(h.xid, Outcome::Success);
         let result = match (h.prog, h.vers) {
             (NFS_PROGRAM, VERSION) => {
