@@ -231,6 +231,7 @@ impl NodeExports {
             dir,
             read_only: node.root == RootMode::Readonly,
             names: self.names.clone(),
+            running: self.ctx.recorder.nfs_running(&node.name),
         };
         let root = Arc::new(NodeRoot::new(opening.clone(), spec, early));
         if !early || opening.outcome().is_some() {

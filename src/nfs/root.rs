@@ -31,7 +31,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 
@@ -75,6 +75,19 @@ pub(crate) struct RootSpec {
     pub(crate) dir: PathBuf,
     pub(crate) read_only: bool,
     pub(crate) names: Arc<NamesByImage>,
+    /// The node's calls in progress (the boot profile's recorder reads it:
+    /// a call waiting on a streaming image is not silence).
+    pub(crate) running: Arc<AtomicUsize>,
+}
+
+/// One call in progress, counted in [`RootSpec::running`] until dropped
+/// (also when the call is abandoned).
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A node's export: see the module doc.
@@ -135,6 +148,11 @@ impl NodeRoot {
                     })
             })
             .await
+    }
+
+    fn running(&self) -> Running<'_> {
+        self.spec.running.fetch_add(1, Ordering::SeqCst);
+        Running(&self.spec.running)
     }
 
     fn check_live(&self) -> Result<(), FsError> {
@@ -308,6 +326,7 @@ impl NodeFs for NodeRoot {
     }
 
     async fn getattr(&self, id: FileId) -> Result<Attr, FsError> {
+        let _running = self.running();
         match self.early_or_overlay(id).await? {
             Either::Early(k) => Ok(self.early_attr(&k)),
             Either::Overlay(o, id) => Ok(wire_attr(o, o.getattr(id).await?)),
@@ -315,6 +334,7 @@ impl NodeFs for NodeRoot {
     }
 
     async fn lookup(&self, dir: FileId, name: &[u8]) -> Result<FileId, FsError> {
+        let _running = self.running();
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -331,6 +351,7 @@ impl NodeFs for NodeRoot {
     }
 
     async fn read(&self, id: FileId, offset: u64, count: u32) -> Result<(Bytes, bool), FsError> {
+        let _running = self.running();
         match self.early_or_overlay(id).await? {
             Either::Early(k) => self.read_early(&k, offset, count).await,
             Either::Overlay(o, id) => o.read(id, offset, count).await,
@@ -344,6 +365,7 @@ impl NodeFs for NodeRoot {
         count: u32,
         check: impl FnOnce(&Attr) -> Result<(), E> + Send,
     ) -> Result<ReadChecked<E>, FsError> {
+        let _running = self.running();
         match self.early_or_overlay(id).await? {
             Either::Early(k) => {
                 let attr = self.early_attr(&k);
@@ -361,6 +383,7 @@ impl NodeFs for NodeRoot {
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>, FsError> {
+        let _running = self.running();
         match self.early_or_overlay(id).await? {
             Either::Early(k) => match &k.node.symlink {
                 Some(target) => Ok(target.clone().into_bytes()),
@@ -376,6 +399,7 @@ impl NodeFs for NodeRoot {
         cookie: u64,
         max: usize,
     ) -> Result<(Vec<DirEntry>, bool), FsError> {
+        let _running = self.running();
         let (o, dir) = self.via_overlay(dir).await?;
         let (mut entries, eof) = o.readdir(dir, cookie, max).await?;
         for e in &mut entries {
@@ -385,6 +409,7 @@ impl NodeFs for NodeRoot {
     }
 
     async fn setattr(&self, id: FileId, set: &SetAttr, cred: &Cred) -> Result<Attr, FsError> {
+        let _running = self.running();
         let (o, id) = self.via_overlay(id).await?;
         Ok(wire_attr(o, o.setattr(id, set, cred).await?))
     }
@@ -396,6 +421,7 @@ impl NodeFs for NodeRoot {
         data: &[u8],
         cred: &Cred,
     ) -> Result<Attr, FsError> {
+        let _running = self.running();
         let (o, id) = self.via_overlay(id).await?;
         Ok(wire_attr(o, o.write(id, offset, data, cred).await?))
     }
@@ -408,6 +434,7 @@ impl NodeFs for NodeRoot {
         cred: &Cred,
         exclusive: bool,
     ) -> Result<FileId, FsError> {
+        let _running = self.running();
         let (o, dir) = self.via_overlay(dir).await?;
         let id = o.create(dir, name, mode, cred, exclusive).await?;
         Ok(o.wire_id(id))
@@ -420,6 +447,7 @@ impl NodeFs for NodeRoot {
         mode: u32,
         cred: &Cred,
     ) -> Result<FileId, FsError> {
+        let _running = self.running();
         let (o, dir) = self.via_overlay(dir).await?;
         Ok(o.wire_id(o.mkdir(dir, name, mode, cred).await?))
     }
@@ -431,6 +459,7 @@ impl NodeFs for NodeRoot {
         target: &[u8],
         cred: &Cred,
     ) -> Result<FileId, FsError> {
+        let _running = self.running();
         let (o, dir) = self.via_overlay(dir).await?;
         Ok(o.wire_id(o.symlink(dir, name, target, cred).await?))
     }
@@ -444,22 +473,26 @@ impl NodeFs for NodeRoot {
         rdev: (u32, u32),
         cred: &Cred,
     ) -> Result<FileId, FsError> {
+        let _running = self.running();
         let (o, dir) = self.via_overlay(dir).await?;
         let id = o.mknod(dir, name, kind, mode, rdev, cred).await?;
         Ok(o.wire_id(id))
     }
 
     async fn link(&self, id: FileId, dir: FileId, name: &[u8]) -> Result<(), FsError> {
+        let _running = self.running();
         let (o, id) = self.via_overlay(id).await?;
         o.link(id, o.overlay_id(dir)?, name).await
     }
 
     async fn remove(&self, dir: FileId, name: &[u8]) -> Result<(), FsError> {
+        let _running = self.running();
         let (o, dir) = self.via_overlay(dir).await?;
         o.remove(dir, name).await
     }
 
     async fn rmdir(&self, dir: FileId, name: &[u8]) -> Result<(), FsError> {
+        let _running = self.running();
         let (o, dir) = self.via_overlay(dir).await?;
         o.rmdir(dir, name).await
     }
@@ -471,11 +504,13 @@ impl NodeFs for NodeRoot {
         to_dir: FileId,
         to: &[u8],
     ) -> Result<(), FsError> {
+        let _running = self.running();
         let (o, from_dir) = self.via_overlay(from_dir).await?;
         o.rename(from_dir, from, o.overlay_id(to_dir)?, to).await
     }
 
     async fn fsstat(&self) -> Result<FsStat, FsError> {
+        let _running = self.running();
         if let Some(o) = self.settled().await? {
             return o.fsstat().await;
         }
@@ -492,6 +527,7 @@ impl NodeFs for NodeRoot {
     }
 
     async fn commit(&self, id: FileId) -> Result<(), FsError> {
+        let _running = self.running();
         let (o, id) = self.via_overlay(id).await?;
         o.commit(id).await
     }

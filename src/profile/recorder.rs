@@ -16,6 +16,7 @@ use crate::image::trace::{FetchNote, ReadTrace};
 use crate::registry::FetchStats;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -138,6 +139,9 @@ pub(crate) struct Recorder {
     live: Mutex<HashMap<String, Live>>,
     /// Nodes whose stored profile was already considered for resuming.
     resume_checked: Mutex<std::collections::HashSet<String>>,
+    /// Each node's NFS calls in progress, counted by its export: a call
+    /// that waits for a streaming image is long, not silence.
+    nfs_running: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 impl Recorder {
@@ -152,7 +156,25 @@ impl Recorder {
             cache,
             live: Mutex::new(HashMap::new()),
             resume_checked: Mutex::new(Default::default()),
+            nfs_running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The count of `node`'s NFS calls in progress, for its export to keep:
+    /// a boot is not quiet while one runs.
+    pub(crate) fn nfs_running(&self, node: &str) -> Arc<AtomicUsize> {
+        self.nfs_running
+            .lock()
+            .entry(node.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn nfs_busy(&self, node: &str) -> bool {
+        self.nfs_running
+            .lock()
+            .get(node)
+            .is_some_and(|n| n.load(Ordering::SeqCst) > 0)
     }
 
     pub(crate) fn store(&self) -> &ProfileStore {
@@ -554,10 +576,11 @@ impl Recorder {
                 .live
                 .lock()
                 .iter()
-                .filter(|(_, l)| {
+                .filter(|(n, l)| {
                     !l.done()
                         && !l.profile.nfs_mounts.is_empty()
                         && l.last_nfs.is_some_and(|t| t.elapsed() >= q)
+                        && !self.nfs_busy(n)
                 })
                 .map(|(n, _)| n.clone())
                 .collect(),
@@ -762,6 +785,28 @@ mod tests {
             "ends at the last call, not at the tick: {}",
             b.at_ms
         );
+    }
+
+    #[test]
+    fn a_boot_is_not_quiet_while_an_nfs_call_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = recorder(dir.path(), Some(Duration::from_millis(50)));
+        r.begin("n1", "ipxe", "img", "dhcp");
+        r.nfs_mount("n1", "/nodes/n1", "10.0.0.5", Instant::now());
+        // A call waiting on the image, longer than the quiet time.
+        let running = r.nfs_running("n1");
+        running.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(120));
+        r.tick();
+        assert!(r.in_progress("n1"), "a call is running: not quiet");
+        running.fetch_sub(1, Ordering::SeqCst);
+        r.nfs_call(
+            "n1",
+            call("READ", "/usr/lib/libc.so.6", ReadTrace::default()),
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        r.tick();
+        assert!(!r.in_progress("n1"), "quiet once the call ended");
     }
 
     #[test]
