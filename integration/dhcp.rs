@@ -573,9 +573,10 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> Result<bool>) -> Result<()> {
 
 /// How much the server's resident memory may grow while 2,000 made-up MACs
 /// send DISCOVERs: the pending table (256 small nodes), the offers (one per
-/// pool address) and the allocator's slack fit well within it; a server
-/// that kept a node, a timeline and an image opening per MAC did not.
-const FLOOD_RSS_GROWTH_KIB: u64 = 24 * 1024;
+/// pool address) and the allocator's slack fit well within it (about
+/// 1.5 MiB measured); a server that kept a node, a timeline and an image
+/// resolution per MAC grew by about 25 MiB.
+const FLOOD_RSS_GROWTH_KIB: u64 = 12 * 1024;
 
 #[test]
 fn a_flood_of_unknown_macs_leaves_nothing_behind() -> Result<()> {
@@ -676,16 +677,10 @@ image = "{nowhere}/os/known:1"
         "flood: {} DISCOVERs sent in {secs:.1} s, {offers} offers; server RSS {rss_before} KiB before, {rss_peak} KiB at most",
         macs.len()
     );
-    assert!(offers > 200, "the server handled too few to tell: {offers}");
-    assert!(
-        rss_peak <= rss_before + FLOOD_RSS_GROWTH_KIB,
-        "RSS grew from {rss_before} to {rss_peak} KiB"
-    );
 
     let flooders: std::collections::HashSet<String> =
         macs.iter().map(|m| format!("node-{m}")).collect();
     let listed = api_nodes(&api)?;
-    assert_eq!(listed, vec!["bios-pc".to_string()], "API lists {listed:?}");
     let profiles: Vec<String> = std::fs::read_dir(dir.path().join("state/profiles"))
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -693,20 +688,37 @@ image = "{nowhere}/os/known:1"
                 .collect()
         })
         .unwrap_or_default();
+    let leases =
+        std::fs::read_to_string(dir.path().join("state/dhcp/leases.json")).unwrap_or_default();
+    let asked = manifest_requests.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "after the flood: {} nodes listed, {} profile directories, {} registry connections",
+        listed.len(),
+        profiles.len(),
+        asked
+    );
+    assert_eq!(listed, vec!["bios-pc".to_string()], "API lists {listed:?}");
     assert!(
         profiles
             .iter()
             .all(|p| !flooders.contains(p) && !p.starts_with("node-")),
         "profiles made for {profiles:?}"
     );
-    let leases =
-        std::fs::read_to_string(dir.path().join("state/dhcp/leases.json")).unwrap_or_default();
     assert!(!leases.contains("node-"), "{leases}");
     assert!(leases.contains("bios-pc"), "{leases}");
     assert_eq!(
-        manifest_requests.load(std::sync::atomic::Ordering::SeqCst),
-        0,
+        asked, 0,
         "the registry was asked for an image on behalf of a made-up MAC"
+    );
+    assert!(
+        rss_peak <= rss_before + FLOOD_RSS_GROWTH_KIB,
+        "RSS grew from {rss_before} to {rss_peak} KiB"
+    );
+    // Answered, so handled: the checks above were not passed by a server
+    // that dropped the flood.
+    assert!(
+        offers > 1000,
+        "the server answered too few to tell: {offers}"
     );
 
     // A real unknown machine still boots: its DORA makes it a node, and its
