@@ -477,3 +477,20 @@ impl Images {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_claims_a_piece_of_work_once_at_a_time() {
+        let claims = NodeClaims::default();
+        let first = claims.claim("pc").unwrap();
+        assert!(claims.claim("pc").is_none(), "under way already");
+        let other = claims.claim("pi").unwrap();
+        drop(first);
+        assert!(claims.claim("pc").is_some(), "free again once dropped");
+        drop(other);
+        assert!(claims.0.lock().is_empty());
+    }
+}

@@ -244,7 +244,11 @@ impl Handler {
                     None => leases.offer_yielding(mac, requested, now),
                 };
                 let Some(ip) = ip else {
-                    warn!("DHCP pool exhausted: no address for {} ({mac})", node.name);
+                    // Only a node's miss is worth a warning: anyone can send
+                    // DISCOVERs from made-up MACs.
+                    if recorded.is_some() {
+                        warn!("DHCP pool exhausted: no address for {} ({mac})", node.name);
+                    }
                     return None;
                 };
                 let (node, recorded) = match (&found, node.kind) {
@@ -274,14 +278,8 @@ impl Handler {
                 };
                 info!("DHCPOFFER {ip} to {} ({mac})", node.name);
                 let reply = self.reply(msg, facts, &node, MessageType::Offer, ip, true);
-                Some(self.out(
-                    recorded.as_deref(),
-                    msg,
-                    reply,
-                    MessageType::Offer,
-                    src,
-                    Port::Dhcp,
-                ))
+                let (n, t) = (recorded.as_deref(), MessageType::Offer);
+                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
             }
             MessageType::Request => {
                 let ciaddr = msg.ciaddr();
@@ -323,28 +321,16 @@ impl Handler {
                 }
                 info!("DHCPACK {ip} to {} ({mac})", node.name);
                 let reply = self.reply(msg, facts, &node, MessageType::Ack, ip, true);
-                Some(self.out(
-                    Some(&node.name),
-                    msg,
-                    reply,
-                    MessageType::Ack,
-                    src,
-                    Port::Dhcp,
-                ))
+                let (n, t) = (Some(node.name.as_str()), MessageType::Ack);
+                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
             }
             MessageType::Inform => {
                 // RFC 2131 4.3.5: configuration without an address or lease
                 // (so a pending node stays pending).
                 let unspecified = Ipv4Addr::UNSPECIFIED;
                 let reply = self.reply(msg, facts, &node, MessageType::Ack, unspecified, false);
-                Some(self.out(
-                    recorded.as_deref(),
-                    msg,
-                    reply,
-                    MessageType::Ack,
-                    src,
-                    Port::Dhcp,
-                ))
+                let (n, t) = (recorded.as_deref(), MessageType::Ack);
+                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
             }
             MessageType::Release => {
                 let ip = msg.ciaddr();
