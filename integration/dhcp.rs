@@ -490,3 +490,252 @@ fn malformed_packets_are_dropped_and_serving_continues() -> Result<()> {
     assert!(in_pool(&lab, ip_of(&ack, "yiaddr")));
     Ok(())
 }
+
+/// Sends `count` DISCOVERs of a BIOS PXE ROM from random locally
+/// administered MACs, in bursts of 50 every 0.1 s, from an ephemeral port
+/// (so a scripted client can use port 68 meanwhile). Prints
+/// `{"macs": [HEX...], "secs": S}`.
+const FLOOD: &str = r#"
+import json, os, socket, struct, sys, time
+iface, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+s.bind(("0.0.0.0", 0))
+opts = bytes([53, 1, 1, 60, 9]) + b"PXEClient" + bytes([93, 2, 0, 0, 255])
+macs, start = [], time.time()
+for i in range(count):
+    mac = bytes([0x02]) + os.urandom(5)
+    head = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0,
+                       int.from_bytes(os.urandom(4), "big"), 0, 0x8000,
+                       bytes(4), bytes(4), bytes(4), bytes(4), mac, b"", b"")
+    s.sendto(head + bytes([99, 130, 83, 99]) + opts, ("255.255.255.255", 67))
+    macs.append(mac.hex())
+    if i % 50 == 49:
+        time.sleep(0.1)
+print(json.dumps({"macs": macs, "secs": time.time() - start}))
+"#;
+
+/// A TCP listener posing as a registry: it counts connections and answers
+/// each with a 404.
+fn counting_registry() -> Result<(String, Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+            let _ = conn.read(&mut [0u8; 4096]);
+            let _ = conn.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    Ok((addr, hits))
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()
+        .context("VmRSS")
+}
+
+/// Names of the nodes `GET /api/v1/nodes` lists.
+fn api_nodes(api: &str) -> Result<Vec<String>> {
+    let body = common::curl_get(&format!("http://{api}/api/v1/nodes"), &[])?;
+    let list: Vec<Value> = serde_json::from_slice(&body)
+        .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&body)))?;
+    Ok(list
+        .iter()
+        .filter_map(|n| n["node"]["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !ok()? {
+        if std::time::Instant::now() > deadline {
+            bail!("{what}: not within 15 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// How much the server's resident memory may grow while 2,000 made-up MACs
+/// send DISCOVERs: the pending table (256 small nodes), the offers (one per
+/// pool address) and the allocator's slack fit well within it (about
+/// 1.5 MiB measured); a server that kept a node, a timeline and an image
+/// resolution per MAC grew by about 25 MiB.
+const FLOOD_RSS_GROWTH_KIB: u64 = 12 * 1024;
+
+#[test]
+fn a_flood_of_unknown_macs_leaves_nothing_behind() -> Result<()> {
+    if !required() {
+        return Ok(());
+    }
+    let lab = new_lab()?;
+    let dir = tempfile::tempdir()?;
+    let (registry, manifest_requests) = counting_registry()?;
+    // Nothing listens there: the configured node's image fails quickly.
+    let nowhere = format!("127.0.0.1:{}", common::free_tcp_port());
+    let http = common::free_tcp_port();
+    let n = lab.subnet;
+    let config = dir.path().join("lazyboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+interface = "{iface}"
+address = "{s}"
+state_dir = "{state}"
+cache_dir = "{cache}"
+tftp_port = {tftp}
+nfs_port = {nfs}
+http_port = {http}
+
+[dhcp]
+mode = "full"
+pool_start = "10.213.{n}.100"
+pool_end = "10.213.{n}.150"
+lease_secs = 600
+
+[defaults]
+unknown_nodes = "defaults"
+image = "{registry}/os/unknown:1"
+kind = "ipxe"
+
+[[nodes]]
+name = "bios-pc"
+mac = "{BIOS_MAC}"
+kind = "ipxe"
+image = "{nowhere}/os/known:1"
+"#,
+            iface = lab.host_if,
+            s = lab.server_ip,
+            state = dir.path().join("state").display(),
+            cache = dir.path().join("cache").display(),
+            tftp = common::free_udp_port(),
+            nfs = common::free_tcp_port(),
+        ),
+    )?;
+    let server = common::serve::Serve::new(&config)
+        .rust_log("lazyboot=info")
+        .start()?;
+    let pid = server.pid();
+    let api = format!("{}:{http}", lab.server_ip);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let rss_before = rss_kib(pid)?;
+
+    // The flood, and meanwhile a configured node's DORA.
+    lab.set_client_mac(BIOS_MAC)?;
+    let flood = lab
+        .client("python3")
+        .args(["-c", FLOOD, &lab.client_if, "2000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let dora_lab = (lab.ns.clone(), lab.client_if.clone());
+    let known = std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &dora_lab.0, "python3"])
+            .arg(common::dhcpc::SCRIPT)
+            .args(["dora", "--iface", &dora_lab.1, "--timeout", "20"])
+            .args(BIOS_ROM_OPTS)
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    let mut rss_peak = rss_before;
+    let mut flood = flood;
+    while flood.try_wait()?.is_none() {
+        rss_peak = rss_peak.max(rss_kib(pid)?);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = flood.wait_with_output()?;
+    let sent: Value = serde_json::from_slice(&out.stdout).context("flood output")?;
+    let macs: Vec<String> = serde_json::from_value(sent["macs"].clone())?;
+    assert_eq!(macs.len(), 2000);
+    let secs = sent["secs"].as_f64().unwrap_or_default();
+    assert!(secs < 15.0, "the flood took {secs} s to send");
+    let known: Value = serde_json::from_str(&known.join().unwrap()?)?;
+    assert_eq!(known["ack"]["msg_type"], 5, "configured node: {known:#}");
+    // Let the server drain its socket.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    rss_peak = rss_peak.max(rss_kib(pid)?);
+    let log = server.log();
+    let offers = log.matches("DHCPOFFER").count();
+    eprintln!(
+        "flood: {} DISCOVERs sent in {secs:.1} s, {offers} offers; server RSS {rss_before} KiB before, {rss_peak} KiB at most",
+        macs.len()
+    );
+
+    let flooders: std::collections::HashSet<String> =
+        macs.iter().map(|m| format!("node-{m}")).collect();
+    let listed = api_nodes(&api)?;
+    let profiles: Vec<String> = std::fs::read_dir(dir.path().join("state/profiles"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let leases =
+        std::fs::read_to_string(dir.path().join("state/dhcp/leases.json")).unwrap_or_default();
+    let asked = manifest_requests.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "after the flood: {} nodes listed, {} profile directories, {} registry connections",
+        listed.len(),
+        profiles.len(),
+        asked
+    );
+    assert_eq!(listed, vec!["bios-pc".to_string()], "API lists {listed:?}");
+    assert!(
+        profiles
+            .iter()
+            .all(|p| !flooders.contains(p) && !p.starts_with("node-")),
+        "profiles made for {profiles:?}"
+    );
+    assert!(!leases.contains("node-"), "{leases}");
+    assert!(leases.contains("bios-pc"), "{leases}");
+    assert_eq!(
+        asked, 0,
+        "the registry was asked for an image on behalf of a made-up MAC"
+    );
+    assert!(
+        rss_peak <= rss_before + FLOOD_RSS_GROWTH_KIB,
+        "RSS grew from {rss_before} to {rss_peak} KiB"
+    );
+    // Answered, so handled: the checks above were not passed by a server
+    // that dropped the flood.
+    assert!(
+        offers > 1000,
+        "the server answered too few to tell: {offers}"
+    );
+
+    // A real unknown machine still boots: its DORA makes it a node, and its
+    // boot begins (timeline, image resolution).
+    lab.set_client_mac(UNKNOWN_MAC)?;
+    let (_, ack) = dora(&lab, BIOS_ROM_OPTS)?;
+    assert_eq!(ack["file"], "undionly.kpxe", "{ack:#}");
+    assert!(in_pool(&lab, ip_of(&ack, "yiaddr")));
+    let name = "node-020000000099";
+    assert!(api_nodes(&api)?.contains(&name.to_string()));
+    wait_until("the accepted node's profile", || {
+        Ok(dir.path().join("state/profiles").join(name).is_dir())
+    })?;
+    wait_until("a registry request for the accepted node", || {
+        Ok(manifest_requests.load(std::sync::atomic::Ordering::SeqCst) > 0)
+    })?;
+    let leases = std::fs::read_to_string(dir.path().join("state/dhcp/leases.json"))?;
+    assert!(leases.contains(name), "{leases}");
+    Ok(())
+}

@@ -325,6 +325,21 @@ pub(crate) struct DefaultsConfig {
     pub(crate) root: RootMode,
     #[serde(default)]
     pub(crate) kernel_args: String,
+    /// Unknown MACs remembered at once while they have not been given an
+    /// address (the oldest is forgotten first).
+    #[serde(default = "default_max_pending")]
+    pub(crate) max_pending: usize,
+    /// Unknown MACs accepted as nodes; past it, new ones get no answer.
+    #[serde(default = "default_max_nodes")]
+    pub(crate) max_nodes: usize,
+}
+
+fn default_max_pending() -> usize {
+    256
+}
+
+fn default_max_nodes() -> usize {
+    1024
 }
 
 fn default_ephemeral() -> RootMode {

@@ -4,12 +4,27 @@
 //! DHCP feeds it (a DISCOVER starts a boot, an ACK binds an address); TFTP and
 //! NFS ask it who a client address belongs to. Unknown machines either get
 //! nothing or a node made from `[defaults]`, named after their MAC.
+//!
+//! Such a node is *pending* at first ([`pending`]): kept in a small expiring
+//! table that nothing but DHCP sees, so that packets from made-up MACs leave
+//! nothing behind. It becomes a node of the inventory only when the DHCP
+//! server binds an address to it ([`Inventory::accept`]), and at most
+//! `[defaults] max_nodes` of them ever do.
+
+mod pending;
 
 use crate::config::{Config, DefaultsConfig, MacAddr, NodeKind, RootMode, UnknownNodes};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use pending::PendingTable;
+pub(crate) use pending::{PendingNode, PENDING_TTL};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often, at most, the inventory says it refuses unknown MACs because
+/// `[defaults] max_nodes` is reached (a flood would otherwise fill the log).
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Node {
@@ -66,10 +81,46 @@ struct Learned {
     failed: HashMap<String, String>,
 }
 
+/// What the inventory has for a MAC (see [`Inventory::lookup`]).
+#[derive(Clone, Debug)]
+pub(crate) enum Found {
+    /// A configured node, or one made from `[defaults]` and accepted.
+    Node(Arc<Node>),
+    /// Made from `[defaults]`, not accepted (yet): nobody else sees it.
+    Pending(PendingNode),
+}
+
+impl Found {
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        match self {
+            Found::Node(n) => n,
+            Found::Pending(p) => &p.node,
+        }
+    }
+}
+
+/// A pending node that is now a node of the inventory.
+#[derive(Clone, Debug)]
+pub(crate) struct Accepted {
+    pub(crate) node: Arc<Node>,
+    /// Boot firmware sent one of its packets while it was pending.
+    pub(crate) boot_firmware: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AcceptError {
+    #[error("not accepting {mac} as a node: {max} nodes were made from [defaults] already (defaults.max_nodes)")]
+    Full { mac: MacAddr, max: usize },
+}
+
 pub(crate) struct Inventory {
     nodes: RwLock<Vec<Arc<Node>>>,
     defaults: Option<DefaultsConfig>,
     learned: RwLock<Learned>,
+    /// Nodes made from `[defaults]` that have not been accepted.
+    pending: Mutex<PendingTable>,
+    /// When the last "max_nodes reached" warning was logged.
+    full_warned: Mutex<Option<Instant>>,
 }
 
 impl Inventory {
@@ -102,10 +153,13 @@ impl Inventory {
                 learned.ip_by_mac.insert(n.mac, ip);
             }
         }
+        let max_pending = cfg.defaults.as_ref().map_or(0, |d| d.max_pending);
         Inventory {
             nodes: RwLock::new(nodes),
             defaults: cfg.defaults.clone(),
             learned: RwLock::new(learned),
+            pending: Mutex::new(PendingTable::new(max_pending, PENDING_TTL)),
+            full_warned: Mutex::new(None),
         }
     }
 
@@ -126,14 +180,34 @@ impl Inventory {
             .cloned()
     }
 
-    /// The node for `mac`: a configured one, or one made from `[defaults]`
-    /// (if they allow it) using `hint` for its kind. `None`: ignore this MAC.
-    pub(crate) fn by_mac(&self, mac: MacAddr, hint: KindHint) -> Option<Arc<Node>> {
+    /// Whether `mac` is a node of the inventory (configured or accepted).
+    pub(crate) fn is_node(&self, mac: MacAddr) -> bool {
+        self.nodes.read().iter().any(|n| n.mac == mac)
+    }
+
+    /// What to make of a DHCP packet from `mac` at `now`: its node, or a
+    /// pending one made from `[defaults]` (if they allow it) using `hint`
+    /// for its kind; `boot_firmware` says the packet came from boot
+    /// firmware. `None`: ignore this MAC.
+    pub(crate) fn lookup(
+        &self,
+        mac: MacAddr,
+        hint: KindHint,
+        boot_firmware: bool,
+        now: Instant,
+    ) -> Option<Found> {
         if let Some(n) = self.nodes.read().iter().find(|n| n.mac == mac) {
-            return Some(n.clone());
+            return Some(Found::Node(n.clone()));
         }
         let d = self.defaults.as_ref()?;
         if d.unknown_nodes != UnknownNodes::Defaults {
+            return None;
+        }
+        if let Some(p) = self.pending.lock().touch(mac, boot_firmware, now) {
+            return Some(Found::Pending(p));
+        }
+        if self.accepted_count() >= d.max_nodes {
+            self.warn_full(mac, d.max_nodes, now);
             return None;
         }
         let kind = hint
@@ -155,12 +229,65 @@ impl Inventory {
             root_args: None,
             configured: false,
         });
+        self.pending.lock().insert(node.clone(), boot_firmware, now);
+        Some(Found::Pending(PendingNode {
+            node,
+            boot_firmware,
+        }))
+    }
+
+    /// Make the pending node `p` a node of the inventory (the DHCP server
+    /// binds an address to it), unless `[defaults] max_nodes` nodes were
+    /// accepted already. Accepting a MAC that is a node already gives that
+    /// node.
+    pub(crate) fn accept(&self, p: &PendingNode, now: Instant) -> Result<Accepted, AcceptError> {
+        let mac = p.node.mac;
+        let max = self.defaults.as_ref().map_or(0, |d| d.max_nodes);
         let mut nodes = self.nodes.write();
         if let Some(n) = nodes.iter().find(|n| n.mac == mac) {
-            return Some(n.clone());
+            return Ok(Accepted {
+                node: n.clone(),
+                boot_firmware: p.boot_firmware,
+            });
         }
-        nodes.push(node.clone());
-        Some(node)
+        if nodes.iter().filter(|n| !n.configured).count() >= max {
+            drop(nodes);
+            self.warn_full(mac, max, now);
+            return Err(AcceptError::Full { mac, max });
+        }
+        nodes.push(p.node.clone());
+        let boot_firmware = self.pending.lock().remove(mac) || p.boot_firmware;
+        Ok(Accepted {
+            node: p.node.clone(),
+            boot_firmware,
+        })
+    }
+
+    /// [`lookup`](Self::lookup) and, for a pending node, [`accept`](Self::accept):
+    /// for tests of the servers that come after DHCP.
+    #[cfg(test)]
+    pub(crate) fn by_mac(&self, mac: MacAddr, hint: KindHint) -> Option<Arc<Node>> {
+        let now = Instant::now();
+        match self.lookup(mac, hint, false, now)? {
+            Found::Node(n) => Some(n),
+            Found::Pending(p) => self.accept(&p, now).ok().map(|a| a.node),
+        }
+    }
+
+    /// Nodes made from `[defaults]` and accepted.
+    fn accepted_count(&self) -> usize {
+        self.nodes.read().iter().filter(|n| !n.configured).count()
+    }
+
+    fn warn_full(&self, mac: MacAddr, max: usize, now: Instant) {
+        let mut last = self.full_warned.lock();
+        if last.is_none_or(|t| now.saturating_duration_since(t) >= FULL_WARNING_EVERY) {
+            *last = Some(now);
+            tracing::warn!(
+                "{max} nodes were made from [defaults] (defaults.max_nodes): \
+                 unknown MACs such as {mac} get no answer (logged at most once a minute)"
+            );
+        }
     }
 
     /// Record the address a node uses (DHCP ACK, or a proxy-mode request).
@@ -309,6 +436,131 @@ image = "img:pi"
         // No kind at all: ignored.
         let unknown = MacAddr::parse("02:00:00:00:00:09").unwrap();
         assert!(inv.by_mac(unknown, KindHint(None)).is_none());
+    }
+
+    fn defaults_cfg(extra: &str) -> Config {
+        cfg(&format!(
+            "[defaults]\nunknown_nodes = \"defaults\"\nimage = \"img:default\"\nkind = \"ipxe\"\n{extra}"
+        ))
+    }
+
+    fn unknown(n: u16) -> MacAddr {
+        let [a, b] = n.to_be_bytes();
+        MacAddr([0x02, 0, 0, 0, a, b])
+    }
+
+    fn pending(f: Option<Found>) -> PendingNode {
+        match f {
+            Some(Found::Pending(p)) => p,
+            other => panic!("not pending: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pending_nodes_are_invisible_until_accepted_once() {
+        let inv = Inventory::from_config(&defaults_cfg(""));
+        let t0 = Instant::now();
+        let mac = unknown(1);
+        let p = pending(inv.lookup(mac, KindHint(None), true, t0));
+        assert_eq!(p.node.name, "node-020000000001");
+        let ip = Ipv4Addr::new(10, 9, 0, 77);
+        inv.learn_ip(mac, ip);
+        assert_eq!(inv.all().len(), 1, "only the configured node");
+        assert!(inv.by_name("node-020000000001").is_none());
+        assert!(inv.by_ip(ip).is_none());
+        assert!(!inv.is_node(mac));
+        // Asked again, it is the same pending node.
+        let again = pending(inv.lookup(mac, KindHint(None), false, t0));
+        assert!(Arc::ptr_eq(&again.node, &p.node));
+        assert!(again.boot_firmware, "boot firmware spoke for it before");
+
+        let a = inv.accept(&again, t0).unwrap();
+        assert!(a.boot_firmware);
+        assert_eq!(inv.all().len(), 2);
+        assert_eq!(inv.by_name("node-020000000001").unwrap().mac, mac);
+        assert_eq!(inv.by_ip(ip).unwrap().name, "node-020000000001");
+        assert_eq!(inv.pending.lock().len(), 0, "no longer pending");
+        match inv.lookup(mac, KindHint(None), false, t0) {
+            Some(Found::Node(n)) => assert!(Arc::ptr_eq(&n, &a.node)),
+            other => panic!("{other:?}"),
+        }
+        // Accepting it twice adds nothing.
+        inv.accept(&p, t0).unwrap();
+        assert_eq!(inv.all().len(), 2);
+    }
+
+    #[test]
+    fn pending_nodes_are_bounded_oldest_first() {
+        let inv = Inventory::from_config(&defaults_cfg("max_pending = 3\n"));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        for (i, mac) in (1..=3).map(unknown).enumerate() {
+            pending(inv.lookup(mac, KindHint(None), false, at(i as u64)));
+        }
+        // Heard from again: no longer the oldest.
+        pending(inv.lookup(unknown(1), KindHint(None), false, at(3)));
+        pending(inv.lookup(unknown(4), KindHint(None), false, at(4)));
+        let mut table = inv.pending.lock();
+        assert_eq!(table.len(), 3);
+        assert!(table.touch(unknown(2), false, at(5)).is_none(), "evicted");
+        for n in [1, 3, 4] {
+            assert!(table.touch(unknown(n), false, at(5)).is_some(), "{n}");
+        }
+        drop(table);
+        // A flood leaves the table at its size.
+        for n in 100..2100 {
+            pending(inv.lookup(unknown(n), KindHint(None), false, at(6)));
+        }
+        assert_eq!(inv.pending.lock().len(), 3);
+        assert_eq!(inv.all().len(), 1);
+    }
+
+    #[test]
+    fn pending_nodes_expire() {
+        let inv = Inventory::from_config(&defaults_cfg(""));
+        let t0 = Instant::now();
+        let mac = unknown(7);
+        let first = pending(inv.lookup(mac, KindHint(Some(NodeKind::Uboot)), false, t0));
+        let almost = t0 + PENDING_TTL - Duration::from_secs(1);
+        let kept = pending(inv.lookup(mac, KindHint(None), false, almost));
+        assert!(Arc::ptr_eq(&first.node, &kept.node));
+        assert_eq!(kept.node.kind, NodeKind::Uboot);
+        // Forgotten a TTL after it was last heard from: a new node is made.
+        let later = almost + PENDING_TTL;
+        assert!(inv.pending.lock().touch(mac, false, later).is_none());
+        let fresh = pending(inv.lookup(mac, KindHint(None), false, later));
+        assert!(!Arc::ptr_eq(&first.node, &fresh.node));
+        assert_eq!(fresh.node.kind, NodeKind::Ipxe, "[defaults] kind");
+        // Expired entries do not count against the size either.
+        let inv = Inventory::from_config(&defaults_cfg("max_pending = 2\n"));
+        pending(inv.lookup(unknown(1), KindHint(None), false, t0));
+        pending(inv.lookup(unknown(2), KindHint(None), false, t0 + PENDING_TTL));
+        assert_eq!(inv.pending.lock().len(), 1);
+    }
+
+    #[test]
+    fn accepted_unknown_nodes_are_capped() {
+        let inv = Inventory::from_config(&defaults_cfg("max_nodes = 2\n"));
+        let t0 = Instant::now();
+        let late = pending(inv.lookup(unknown(9), KindHint(None), false, t0));
+        for n in 1..=2 {
+            let p = pending(inv.lookup(unknown(n), KindHint(None), false, t0));
+            inv.accept(&p, t0).unwrap();
+        }
+        assert!(matches!(
+            inv.accept(&late, t0),
+            Err(AcceptError::Full { max: 2, .. })
+        ));
+        // New unknown MACs are not even remembered now; known ones still work.
+        assert!(inv.lookup(unknown(10), KindHint(None), false, t0).is_none());
+        assert!(matches!(
+            inv.lookup(unknown(1), KindHint(None), false, t0),
+            Some(Found::Node(_))
+        ));
+        let pi = MacAddr::parse("dc:a6:32:01:02:03").unwrap();
+        assert_eq!(inv.by_mac(pi, KindHint(None)).unwrap().name, "pi1");
+        // Three nodes: the configured one and two accepted.
+        assert_eq!(inv.all().len(), 3);
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct ServeContext {
     /// [`mark_bound`](Self::mark_bound)).
     bound: std::sync::atomic::AtomicUsize,
     bound_changed: tokio::sync::Notify,
+    /// Nodes whose image is being re-resolved for a new boot.
+    refreshing: NodeClaims,
+    /// Nodes whose boot waits for their image to replay its prefetch plan.
+    prefetching: NodeClaims,
 }
 
 impl ServeContext {
@@ -84,6 +88,8 @@ impl ServeContext {
             recorder,
             bound: std::sync::atomic::AtomicUsize::new(0),
             bound_changed: tokio::sync::Notify::new(),
+            refreshing: NodeClaims::default(),
+            prefetching: NodeClaims::default(),
         })
     }
 
@@ -110,19 +116,35 @@ impl ServeContext {
     /// the node's image in the background, so that re-tagging an image
     /// reboots nodes into it; then replay the image's prefetch plan, if it
     /// has one, ahead of the node's requests.
+    ///
+    /// A node has at most one re-resolution and one prefetch wait under way:
+    /// boots that come faster (a firmware that repeats its DISCOVER, or
+    /// packets forged with the node's MAC) share them, so they add no task
+    /// and no registry request.
     pub(crate) fn boot_started(self: &Arc<Self>, node: &Arc<Node>) -> u64 {
         let generation = self.inventory.boot_started(&node.name);
         self.recorder
             .begin(&node.name, node.kind.as_str(), &node.image, "dhcp");
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (ctx, node) = (self.clone(), node.clone());
-            rt.spawn(async move {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return generation;
+        };
+        let refresh = self.refreshing.claim(&node.name);
+        let prefetch = self.prefetching.claim(&node.name);
+        if refresh.is_none() && prefetch.is_none() {
+            return generation;
+        }
+        let (ctx, node) = (self.clone(), node.clone());
+        rt.spawn(async move {
+            if let Some(claim) = refresh {
                 if let Err(e) = ctx.images.refresh(&node).await {
                     tracing::warn!(node = %node.name, "re-resolving the image at boot: {e}");
                 }
+                drop(claim);
+            }
+            if let Some(_claim) = prefetch {
                 ctx.prefetch_for(&node).await;
-            });
-        }
+            }
+        });
         generation
     }
 
@@ -207,6 +229,33 @@ impl ServeContext {
     /// The NFS export path of a node's root file system.
     pub(crate) fn export_path(node: &Node) -> String {
         format!("/nodes/{}", node.name)
+    }
+}
+
+/// Node names with a piece of work under way (see
+/// [`ServeContext::boot_started`]).
+#[derive(Clone, Default)]
+struct NodeClaims(Arc<parking_lot::Mutex<HashSet<String>>>);
+
+impl NodeClaims {
+    /// `None` if `node` has this work under way already; else the claim,
+    /// which ends when it is dropped.
+    fn claim(&self, node: &str) -> Option<NodeClaim> {
+        self.0.lock().insert(node.to_string()).then(|| NodeClaim {
+            claims: self.clone(),
+            node: node.to_string(),
+        })
+    }
+}
+
+struct NodeClaim {
+    claims: NodeClaims,
+    node: String,
+}
+
+impl Drop for NodeClaim {
+    fn drop(&mut self) {
+        self.claims.0.lock().remove(&self.node);
     }
 }
 
@@ -426,5 +475,22 @@ impl Images {
                 image: node.image.clone(),
                 source: e.into(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_claims_a_piece_of_work_once_at_a_time() {
+        let claims = NodeClaims::default();
+        let first = claims.claim("pc").unwrap();
+        assert!(claims.claim("pc").is_none(), "under way already");
+        let other = claims.claim("pi").unwrap();
+        drop(first);
+        assert!(claims.claim("pc").is_some(), "free again once dropped");
+        drop(other);
+        assert!(claims.0.lock().is_empty());
     }
 }

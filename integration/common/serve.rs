@@ -225,6 +225,11 @@ impl Server {
         &self.line
     }
 
+    /// The process id of the running server (of its latest start).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The whole log (all starts, for a restarted server).
     pub fn log(&self) -> String {
         self.serve.log_text()

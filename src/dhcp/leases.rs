@@ -8,7 +8,12 @@
 //! about it: JSON to a temporary file, fsync, rename over the old file,
 //! fsync the directory. A crash leaves either the old or the new file,
 //! never a torn one. Offers and declined addresses live in memory only:
-//! losing them costs a client one more DISCOVER.
+//! losing them costs a client one more DISCOVER. Neither grows with what
+//! clients send: expired offers are dropped whenever one is made (so at
+//! most one per address of the pool is held), an offer to a machine that is
+//! not a node yet gives way to any other DISCOVER once the pool is
+//! exhausted (a flood of made-up MACs cannot starve real machines), and
+//! only addresses of the pool can be declined.
 //!
 //! Times are Unix seconds passed in by the caller, so the pool can be
 //! tested without a clock and expiry survives restarts.
@@ -106,14 +111,25 @@ fn mask_bits(prefix_len: u8) -> u32 {
     }
 }
 
+/// An address offered and held for a client.
+#[derive(Clone, Copy, Debug)]
+struct Offer {
+    ip: Ipv4Addr,
+    /// Unix seconds.
+    until: u64,
+    /// Made to a machine that is not a node of the inventory yet: anyone
+    /// may take the address when the pool has no other.
+    yielding: bool,
+}
+
 pub(crate) struct LeaseDb {
     pool: Pool,
     path: Option<PathBuf>,
     /// Bound leases (current and expired), by address.
     leases: BTreeMap<Ipv4Addr, Lease>,
     by_mac: HashMap<MacAddr, Ipv4Addr>,
-    /// Outstanding offers: address and until when it is held.
-    offers: HashMap<MacAddr, (Ipv4Addr, u64)>,
+    /// Outstanding offers.
+    offers: HashMap<MacAddr, Offer>,
     declined: HashMap<Ipv4Addr, u64>,
 }
 
@@ -231,20 +247,44 @@ impl LeaseDb {
         !self
             .offers
             .iter()
-            .any(|(m, &(a, until))| a == ip && *m != mac && until > now)
+            .any(|(m, o)| o.ip == ip && *m != mac && o.until > now)
     }
 
     /// Choose an address for `mac` and hold it as an offer. Preference: the
     /// node's fixed address; the address it had before (even expired, if
     /// still free); an outstanding offer; the address it asks for; a
-    /// never-used address; the address whose lease expired longest ago.
-    /// `None`: the pool is exhausted.
+    /// never-used address; the address whose lease expired longest ago;
+    /// the address of the oldest offer made to a machine that is not a node
+    /// yet. `None`: the pool is exhausted.
     pub(crate) fn offer(
         &mut self,
         mac: MacAddr,
         requested: Option<Ipv4Addr>,
         now: u64,
     ) -> Option<Ipv4Addr> {
+        self.offer_as(mac, requested, now, false)
+    }
+
+    /// Like [`offer`](Self::offer), for a machine that is not a node of the
+    /// inventory yet (a pending node): its offer gives way to anyone else's
+    /// DISCOVER when the pool has no other address.
+    pub(crate) fn offer_yielding(
+        &mut self,
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        now: u64,
+    ) -> Option<Ipv4Addr> {
+        self.offer_as(mac, requested, now, true)
+    }
+
+    fn offer_as(
+        &mut self,
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        now: u64,
+        yielding: bool,
+    ) -> Option<Ipv4Addr> {
+        self.offers.retain(|_, o| o.until > now);
         let fixed = self
             .pool
             .reserved
@@ -252,18 +292,35 @@ impl LeaseDb {
             .find(|(_, m)| **m == mac)
             .map(|(ip, _)| *ip);
         let previous = self.by_mac.get(&mac).copied();
-        let offered = self
-            .offers
-            .get(&mac)
-            .filter(|(_, until)| *until > now)
-            .map(|(ip, _)| *ip);
+        let offered = self.offers.get(&mac).map(|o| o.ip);
         let ip = fixed
             .or(previous.filter(|ip| self.available_to(*ip, mac, now)))
             .or(offered.filter(|ip| self.available_to(*ip, mac, now)))
             .or(requested.filter(|ip| self.available_to(*ip, mac, now)))
-            .or_else(|| self.free_address(mac, now))?;
-        self.offers.insert(mac, (ip, now + OFFER_HOLD_SECS));
+            .or_else(|| self.free_address(mac, now))
+            .or_else(|| self.take_yielding_offer(mac, now))?;
+        self.offers.insert(
+            mac,
+            Offer {
+                ip,
+                until: now + OFFER_HOLD_SECS,
+                yielding,
+            },
+        );
         Some(ip)
+    }
+
+    /// The address of the oldest offer to a machine that is not a node yet,
+    /// withdrawn from it (its REQUEST will be NAKed: it starts over).
+    fn take_yielding_offer(&mut self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
+        let (holder, ip) = self
+            .offers
+            .iter()
+            .filter(|(m, o)| o.yielding && **m != mac)
+            .min_by_key(|(_, o)| o.until)
+            .map(|(m, o)| (*m, o.ip))?;
+        self.offers.remove(&holder);
+        self.available_to(ip, mac, now).then_some(ip)
     }
 
     fn free_address(&self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
@@ -283,6 +340,14 @@ impl LeaseDb {
             }
         }
         oldest.map(|(_, ip)| ip)
+    }
+
+    /// `mac`'s offer no longer gives way to others (its machine became a
+    /// node).
+    pub(crate) fn keep_offer(&mut self, mac: MacAddr) {
+        if let Some(o) = self.offers.get_mut(&mac) {
+            o.yielding = false;
+        }
     }
 
     /// The client took another server's offer (or gave up on ours).
@@ -346,8 +411,12 @@ impl LeaseDb {
         ip: Ipv4Addr,
         now: u64,
     ) -> Result<(), DhcpError> {
-        self.declined.insert(ip, now + DECLINE_HOLD_SECS);
         self.offers.remove(&mac);
+        if self.pool.in_range(ip) || self.pool.reserved.get(&ip) == Some(&mac) {
+            // Only addresses we hand out: the map stays as small as the pool.
+            self.declined.retain(|_, until| *until > now);
+            self.declined.insert(ip, now + DECLINE_HOLD_SECS);
+        }
         if self.leases.get(&ip).is_some_and(|l| l.mac == mac) {
             self.leases.remove(&ip);
             self.by_mac.remove(&mac);
@@ -507,6 +576,37 @@ mod tests {
         assert!(!db.available_to(ip(100), mac(1), 14));
         assert_eq!(db.offer(mac(1), None, 14), Some(ip(101)));
         assert!(db.available_to(ip(100), mac(2), 14 + DECLINE_HOLD_SECS));
+    }
+
+    #[test]
+    fn offers_to_pending_machines_give_way_and_nothing_piles_up() {
+        let mut db = LeaseDb::in_memory(pool(100, 101));
+        // Two made-up MACs hold the whole pool...
+        assert_eq!(db.offer_yielding(mac(1), None, 0), Some(ip(100)));
+        assert_eq!(db.offer_yielding(mac(2), None, 1), Some(ip(101)));
+        // ...yet a node gets the address of the oldest such offer.
+        assert_eq!(db.offer(mac(3), None, 2), Some(ip(100)));
+        assert!(!db.available_to(ip(100), mac(1), 2), "mac 1 lost it");
+        // A node's offer does not give way; a pending machine's gives way
+        // to anyone.
+        assert_eq!(db.offer_yielding(mac(4), None, 3), Some(ip(101)));
+        assert_eq!(db.offer_yielding(mac(5), None, 4), Some(ip(101)));
+        assert!(db.available_to(ip(100), mac(3), 4));
+        assert!(!db.available_to(ip(100), mac(5), 4));
+        // A flood of made-up MACs holds at most one offer per address.
+        for n in 10..250 {
+            db.offer_yielding(mac(n), None, 5 + n as u64);
+        }
+        assert!(db.offers.len() <= 2, "{}", db.offers.len());
+        // Expired offers are dropped when the next one is made.
+        db.offer(mac(3), None, 1000);
+        assert_eq!(db.offers.len(), 1);
+        // Only addresses of the pool can be declined.
+        for n in 0..=255 {
+            db.decline(mac(9), Ipv4Addr::new(192, 168, 7, n), 1001)
+                .unwrap();
+        }
+        assert!(db.declined.is_empty());
     }
 
     #[test]

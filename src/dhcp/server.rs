@@ -10,6 +10,24 @@
 //! are dropped: the pool is only ever on-link), plain BOOTP (no option 53),
 //! option overload (options in sname/file), and probing an address with ARP
 //! or ping before offering it.
+//!
+//! Unknown MACs (with `[defaults] unknown_nodes = "defaults"`) get a
+//! *pending* node (see `nodes::pending`): it is offered an address (held in
+//! memory only, and given up to anyone else's DISCOVER when the pool runs
+//! out), but nothing is recorded for it - no boot, no profile, no registry
+//! request, no lease - until the server binds an address to it: the ACK of
+//! its REQUEST in full mode (the OFFER for a Raspberry Pi, whose boot ROM
+//! never sends a REQUEST), any answer in proxy mode (the site's server gave
+//! the address). Then the inventory accepts it as a node (at most
+//! `[defaults] max_nodes` of them) and its boot begins.
+//!
+//! Work is bounded by what arrives: [`serve`] handles one datagram at a
+//! time, to the end, in its own task, with no queue of its own; datagrams
+//! that arrive faster wait in the socket's receive buffer, which the kernel
+//! bounds (`net.core.rmem_default`) by dropping what does not fit, as a
+//! client that gets no answer expects. A datagram costs at most one lease
+//! file write (a bound lease), and a boot it starts spawns at most one
+//! image refresh per node at a time (`ServeContext::boot_started`).
 
 use super::leases::{LeaseDb, Pool};
 use super::options::{
@@ -18,14 +36,14 @@ use super::options::{
 use super::packet::{message_type, parse_request};
 use super::DhcpError;
 use crate::config::{DhcpMode, MacAddr, NodeKind};
-use crate::nodes::Node;
+use crate::nodes::{Accepted, Found, Node, PendingNode};
 use crate::serve::ServeContext;
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
@@ -168,12 +186,18 @@ impl Handler {
         }
     }
 
-    fn node(&self, facts: &ClientFacts, mtype: MessageType) -> Option<Arc<Node>> {
-        let node = self.ctx.inventory.by_mac(facts.mac, facts.hint());
-        if node.is_none() {
+    /// The node (or pending node) a request is from.
+    fn node(&self, facts: &ClientFacts, mtype: MessageType) -> Option<Found> {
+        let found = self.ctx.inventory.lookup(
+            facts.mac,
+            facts.hint(),
+            facts.sent_by_boot_firmware(),
+            Instant::now(),
+        );
+        if found.is_none() {
             debug!("{mtype:?} from unknown {}: not answering", facts.mac);
         }
-        node
+        found
     }
 
     fn lease_option_secs(&self) -> u32 {
@@ -201,33 +225,61 @@ impl Handler {
             debug!("{mtype:?} from {mac} is for server {}", server_id?);
             return None;
         }
-        let node = self.node(facts, mtype)?;
+        let found = self.node(facts, mtype)?;
+        let node = found.node().clone();
+        // Only nodes of the inventory get a boot timeline.
+        let recorded = matches!(found, Found::Node(_)).then(|| node.name.clone());
+        let boot_firmware = facts.sent_by_boot_firmware();
         let requested = requested_ip(msg);
         let lease_secs = self.lease_secs;
         let leases = self.leases.as_mut()?;
         match mtype {
             MessageType::Discover => {
-                if facts.sent_by_boot_firmware() {
-                    self.ctx.boot_started(&node);
+                if let (Found::Node(n), true) = (&found, boot_firmware) {
+                    self.ctx.boot_started(n);
                 }
                 let ip = match node.ip {
-                    Some(fixed) => fixed,
-                    None => match leases.offer(mac, requested, now) {
-                        Some(ip) => ip,
-                        None => {
-                            warn!("DHCP pool exhausted: no address for {} ({mac})", node.name);
-                            return None;
-                        }
-                    },
+                    Some(fixed) => Some(fixed),
+                    None if recorded.is_some() => leases.offer(mac, requested, now),
+                    None => leases.offer_yielding(mac, requested, now),
                 };
-                if node.kind == NodeKind::Raspberrypi {
+                let Some(ip) = ip else {
+                    // Only a node's miss is worth a warning: anyone can send
+                    // DISCOVERs from made-up MACs.
+                    if recorded.is_some() {
+                        warn!("DHCP pool exhausted: no address for {} ({mac})", node.name);
+                    }
+                    return None;
+                };
+                let (node, recorded) = match (&found, node.kind) {
                     // The Pi boot ROM fetches its first files with the
-                    // offered address and never sends a REQUEST for it.
-                    self.ctx.inventory.learn_ip(mac, ip);
-                }
+                    // offered address and never sends a REQUEST for it: the
+                    // offer binds it.
+                    (_, NodeKind::Raspberrypi) => {
+                        let node = match &found {
+                            Found::Node(n) => n.clone(),
+                            Found::Pending(p) => {
+                                let Some(a) = accept(&self.ctx, p) else {
+                                    leases.forget_offer(mac);
+                                    return None;
+                                };
+                                leases.keep_offer(mac);
+                                if a.boot_firmware {
+                                    self.ctx.boot_started(&a.node);
+                                }
+                                a.node
+                            }
+                        };
+                        self.ctx.inventory.learn_ip(mac, ip);
+                        let name = node.name.clone();
+                        (node, Some(name))
+                    }
+                    _ => (node, recorded),
+                };
                 info!("DHCPOFFER {ip} to {} ({mac})", node.name);
                 let reply = self.reply(msg, facts, &node, MessageType::Offer, ip, true);
-                Some(self.out(&node.name, msg, reply, MessageType::Offer, src, Port::Dhcp))
+                let (n, t) = (recorded.as_deref(), MessageType::Offer);
+                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
             }
             MessageType::Request => {
                 let ciaddr = msg.ciaddr();
@@ -243,8 +295,19 @@ impl Handler {
                     leases.forget_offer(mac);
                     info!("DHCPNAK {ip} to {} ({mac}): not available to it", node.name);
                     let nak = build_nak(msg, server, "requested address not available");
-                    return Some(self.out(&node.name, msg, nak, MessageType::Nak, src, Port::Dhcp));
+                    let (n, t) = (recorded.as_deref(), MessageType::Nak);
+                    return Some(self.out(n, msg, nak, t, src, Port::Dhcp));
                 }
+                // Binding the address makes a pending node a node; if the
+                // lease cannot be saved it stays one (it asks again).
+                let (node, begins) = match &found {
+                    Found::Node(n) => (n.clone(), false),
+                    Found::Pending(p) => {
+                        let a = accept(&self.ctx, p)?;
+                        let begins = a.boot_firmware || boot_firmware;
+                        (a.node, begins)
+                    }
+                };
                 if let Err(e) = leases.bind(mac, ip, &node.name, lease_secs, now) {
                     // A lease that is not on disk would be forgotten by a
                     // restart and handed out twice: better no answer (the
@@ -253,15 +316,21 @@ impl Handler {
                     return None;
                 }
                 self.ctx.inventory.learn_ip(mac, ip);
+                if begins {
+                    self.ctx.boot_started(&node);
+                }
                 info!("DHCPACK {ip} to {} ({mac})", node.name);
                 let reply = self.reply(msg, facts, &node, MessageType::Ack, ip, true);
-                Some(self.out(&node.name, msg, reply, MessageType::Ack, src, Port::Dhcp))
+                let (n, t) = (Some(node.name.as_str()), MessageType::Ack);
+                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
             }
             MessageType::Inform => {
-                // RFC 2131 4.3.5: configuration without an address or lease.
+                // RFC 2131 4.3.5: configuration without an address or lease
+                // (so a pending node stays pending).
                 let unspecified = Ipv4Addr::UNSPECIFIED;
                 let reply = self.reply(msg, facts, &node, MessageType::Ack, unspecified, false);
-                Some(self.out(&node.name, msg, reply, MessageType::Ack, src, Port::Dhcp))
+                let (n, t) = (recorded.as_deref(), MessageType::Ack);
+                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
             }
             MessageType::Release => {
                 let ip = msg.ciaddr();
@@ -305,36 +374,48 @@ impl Handler {
         // address (U-Boot, for one, would try to use 0.0.0.0), and must not
         // make `[defaults]` invent a node either.
         if port == Port::Dhcp && !facts.is_pxe_client() {
-            if !ciaddr.is_unspecified() && self.ctx.inventory.all().iter().any(|n| n.mac == mac) {
+            if !ciaddr.is_unspecified() && self.ctx.inventory.is_node(mac) {
                 self.ctx.inventory.learn_ip(mac, ciaddr);
             }
             debug!("proxy mode: {mtype:?} from {mac} is not from a PXE client; not answering");
             return None;
         }
-        let node = self.node(facts, mtype)?;
-        if !ciaddr.is_unspecified() {
-            self.ctx.inventory.learn_ip(mac, ciaddr);
-        }
+        let found = self.node(facts, mtype)?;
+        let boot_firmware = facts.sent_by_boot_firmware();
         let reply_type = match (port, mtype) {
-            (Port::Dhcp, MessageType::Discover) => {
-                if facts.sent_by_boot_firmware() {
-                    self.ctx.boot_started(&node);
-                }
-                MessageType::Offer
-            }
+            (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
             (Port::Pxe, MessageType::Request | MessageType::Inform) => MessageType::Ack,
             _ => {
+                if let (Found::Node(_), false) = (&found, ciaddr.is_unspecified()) {
+                    self.ctx.inventory.learn_ip(mac, ciaddr);
+                }
                 // REQUESTs on 67 go to the site's DHCP server.
                 debug!("proxy mode: ignoring {mtype:?} from {mac} on {port:?}");
                 return None;
             }
         };
+        // The site's server gave the address: answering is what binds the
+        // machine to us, so a pending node is accepted here.
+        let (node, begins) = match &found {
+            Found::Node(n) => (n.clone(), reply_type == MessageType::Offer && boot_firmware),
+            Found::Pending(p) => {
+                let a = accept(&self.ctx, p)?;
+                let begins = a.boot_firmware || boot_firmware;
+                (a.node, begins)
+            }
+        };
+        if !ciaddr.is_unspecified() {
+            self.ctx.inventory.learn_ip(mac, ciaddr);
+        }
+        if begins {
+            self.ctx.boot_started(&node);
+        }
         info!(
             "ProxyDHCP {reply_type:?} to {} ({mac}) on {port:?}",
             node.name
         );
         let reply = self.reply(msg, facts, &node, reply_type, Ipv4Addr::UNSPECIFIED, false);
-        Some(self.out(&node.name, msg, reply, reply_type, src, port))
+        Some(self.out(Some(&node.name), msg, reply, reply_type, src, port))
     }
 
     /// An OFFER or ACK for `node`: boot options always, address options and
@@ -368,9 +449,11 @@ impl Handler {
         )
     }
 
+    /// The datagram of `reply`, noted in the boot timeline of `node` (none
+    /// for a pending node: nothing is kept for it).
     fn out(
         &self,
-        node: &str,
+        node: Option<&str>,
         req: &Message,
         reply: Message,
         t: MessageType,
@@ -382,17 +465,37 @@ impl Handler {
             Some(DhcpOption::ClassIdentifier(c)) => Some(String::from_utf8_lossy(c).into_owned()),
             _ => None,
         };
-        self.ctx.recorder.dhcp(
-            node,
-            &type_name(message_type(req)),
-            &type_name(t),
-            address,
-            client,
-        );
+        if let Some(node) = node {
+            self.ctx.recorder.dhcp(
+                node,
+                &type_name(message_type(req)),
+                &type_name(t),
+                address,
+                client,
+            );
+        }
         Outgoing {
             bytes: encode(&reply),
             dest: destination(req, t, src, port),
             port,
+        }
+    }
+}
+
+/// Make pending node `p` a node of the inventory; `None` (logged) when the
+/// inventory takes no more (`[defaults] max_nodes`).
+fn accept(ctx: &ServeContext, p: &PendingNode) -> Option<Accepted> {
+    match ctx.inventory.accept(p, Instant::now()) {
+        Ok(a) => {
+            info!(
+                "{} ({}) is a node now: made from [defaults] for an unknown MAC",
+                a.node.name, a.node.mac
+            );
+            Some(a)
+        }
+        Err(e) => {
+            debug!("{e}");
+            None
         }
     }
 }
@@ -537,6 +640,9 @@ pub(crate) async fn serve(ctx: Arc<ServeContext>) -> Result<(), DhcpError> {
         }
     }
 }
+
+#[cfg(test)]
+mod unknown_tests;
 
 #[cfg(test)]
 mod tests {
