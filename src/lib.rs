@@ -13,6 +13,8 @@ pub mod config;
 pub mod dhcp;
 pub mod digest;
 pub(crate) mod fuse;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod layer;
 pub mod nfs;

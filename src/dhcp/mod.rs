@@ -15,7 +15,7 @@
 
 pub(crate) mod leases;
 pub(crate) mod options;
-mod packet;
+pub(crate) mod packet;
 mod server;
 
 use crate::serve::ServeContext;

@@ -114,12 +114,30 @@ fn walk_options(opts: &[u8]) -> Result<BTreeSet<u8>, Malformed> {
                         offset: OPTIONS_OFFSET + i,
                     });
                 }
+                if !length_allowed(code, len) {
+                    return Err(Malformed::BadOption(code));
+                }
                 codes.insert(code);
                 i = end;
             }
         }
     }
     Ok(codes)
+}
+
+/// Whether option `code` may be `len` bytes long, for the options that
+/// dhcproto decodes assuming a length (it checks them only with debug
+/// assertions, by panicking): rapid commit (80) is empty, client FQDN (81)
+/// at least 3 bytes, client network interface (94) 3, the bulk leasequery
+/// times (152-155) 4.
+fn length_allowed(code: u8, len: u8) -> bool {
+    match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        152..=155 => len == 4,
+        _ => true,
+    }
 }
 
 /// The message type of a validated request.
@@ -148,6 +166,29 @@ pub(crate) mod tests {
     }
 
     const MAC: [u8; 6] = [0xdc, 0xa6, 0x32, 1, 2, 3];
+
+    #[test]
+    fn options_of_the_wrong_length_are_malformed() {
+        // Found by the dhcp_packet fuzz target: a PXE ROM's option 94
+        // (client network interface) of 2 bytes made the decoder panic.
+        for (code, value) in [
+            (94u8, &[1u8, 2][..]),
+            (80, &[0][..]),
+            (81, &[0, 0][..]),
+            (152, &[0, 0, 0][..]),
+        ] {
+            let mut opt = vec![code, value.len() as u8];
+            opt.extend_from_slice(value);
+            let b = request_bytes(MAC, 1, &opt);
+            assert_eq!(
+                parse_request(&b).err(),
+                Some(Malformed::BadOption(code)),
+                "option {code}"
+            );
+        }
+        let b = request_bytes(MAC, 1, &[94, 3, 1, 2, 1]);
+        assert!(parse_request(&b).is_ok(), "a good option 94");
+    }
 
     #[test]
     fn accepts_a_good_discover() {

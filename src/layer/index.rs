@@ -84,6 +84,16 @@ pub enum IndexCodecError {
     },
 }
 
+/// The most the lengths inside an index file may make its decoding
+/// allocate, in all: a damaged or hostile file (a published index is its
+/// publisher's word) can then not ask for more memory than this, and a
+/// real index (tens of MB for the largest layers) is far below it.
+const DECODE_LIMIT: usize = 512 << 20;
+
+fn codec_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
 impl LayerIndex {
     /// The cache file name of the index of layer `digest`.
     pub fn cache_name(digest: &Digest) -> String {
@@ -92,16 +102,13 @@ impl LayerIndex {
 
     /// Serialise the index.
     pub fn encode(&self) -> Result<Vec<u8>, IndexCodecError> {
-        Ok(bincode::serde::encode_to_vec(
-            self,
-            bincode::config::standard(),
-        )?)
+        Ok(bincode::serde::encode_to_vec(self, codec_config())?)
     }
 
     /// Deserialise an index and check it is of this version and of layer `expected`.
     pub fn decode(bytes: &[u8], expected: &Digest) -> Result<Self, IndexCodecError> {
         let (idx, _): (LayerIndex, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+            bincode::serde::decode_from_slice(bytes, codec_config())?;
         if idx.version != INDEX_VERSION {
             return Err(IndexCodecError::Version { found: idx.version });
         }

@@ -14,7 +14,7 @@ mod auth;
 mod error;
 mod fetch;
 mod layout;
-mod manifest;
+pub(crate) mod manifest;
 mod options;
 mod referrers;
 mod remote;
