@@ -239,12 +239,11 @@ impl NodeExports {
                 .await
                 .map_err(|e| MountError::Unavailable(e.to_string()))?;
         }
-        let overlay = root;
-        slot.overlay = Some(overlay.clone());
+        slot.overlay = Some(root.clone());
         self.by_id
             .lock()
-            .insert(export_id(&node.name), (node.name.clone(), overlay.clone()));
-        Ok(overlay)
+            .insert(export_id(&node.name), (node.name.clone(), root.clone()));
+        Ok(root)
     }
 }
 

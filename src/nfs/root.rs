@@ -22,7 +22,9 @@ use super::fs::{
     Attr, Cred, DirEntry, FileId, FileKind, FsError, FsStat, NodeFs, ReadChecked, ReadFailed,
     SetAttr,
 };
-use super::overlay::{attr_from_inode, fs_stat, LowerNames, NodeOverlay};
+use super::overlay::{
+    attr_from_inode, blocking, check_lookup_name, fs_stat, LowerNames, NodeOverlay,
+};
 use crate::digest::Digest;
 use crate::image::tree::ROOT_INO;
 use crate::image::{Found, ImageView, Inode, Opening, ViewError};
@@ -34,8 +36,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
-
-const NAME_MAX: usize = 255;
 
 /// An image view (kept so its address stays unique) and its names.
 type SharedNames = (Arc<ImageView>, Arc<LowerNames>);
@@ -176,13 +176,13 @@ impl NodeRoot {
     /// What `id` is, early: the root, or an object handed out early.
     /// `None`: ask the overlay.
     async fn known(&self, id: FileId) -> Result<Option<Arc<Known>>, FsError> {
-        if id != ROOT_INO {
-            return Ok(self.known.lock().get(&id).cloned());
-        }
-        if let Some(k) = self.known.lock().get(&ROOT_INO) {
+        if let Some(k) = self.known.lock().get(&id) {
             return Ok(Some(k.clone()));
         }
-        self.look_early("").await
+        if id == ROOT_INO {
+            return self.look_early("").await;
+        }
+        Ok(None)
     }
 
     /// Look `path` up in the image while it streams, waiting until it is
@@ -335,12 +335,7 @@ impl NodeFs for NodeRoot {
 
     async fn lookup(&self, dir: FileId, name: &[u8]) -> Result<FileId, FsError> {
         let _running = self.running();
-        if name.len() > NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
-            return Err(FsError::NotFound);
-        }
+        check_lookup_name(name)?;
         if let Either::Early(d) = self.early_or_overlay(dir).await? {
             if let Some(id) = self.lookup_early(&d, name).await? {
                 return Ok(id);
@@ -520,10 +515,7 @@ impl NodeFs for NodeRoot {
             at = at.parent().ok_or(FsError::NotFound)?;
         }
         let at = at.to_path_buf();
-        tokio::task::spawn_blocking(move || fs_stat(&at))
-            .await
-            .map_err(|e| FsError::Io(format!("file system task failed: {e}")))?
-            .map_err(FsError::from)
+        blocking(move || Ok(fs_stat(&at)?)).await
     }
 
     async fn commit(&self, id: FileId) -> Result<(), FsError> {

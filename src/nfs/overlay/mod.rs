@@ -142,7 +142,18 @@ fn not_found(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
-async fn blocking<T: Send + 'static>(
+/// A name a client may look up: one component (`.` and `..` included).
+pub(crate) fn check_lookup_name(name: &[u8]) -> Result<(), FsError> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::NotFound);
+    }
+    Ok(())
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FsError> + Send + 'static,
 ) -> Result<T, FsError> {
     tokio::task::spawn_blocking(f)

@@ -3,7 +3,7 @@
 //! (another copy-up, say) made the entry it found stale.
 
 use super::sys::{fs_stat, mknod, open_upper};
-use super::{blocking, check_name, Inner, NodeOverlay, Obj, NAME_MAX};
+use super::{blocking, check_lookup_name, check_name, Inner, NodeOverlay, Obj};
 use crate::image::tree::ROOT_INO;
 use crate::nfs::fs::{
     Attr, Cred, DirEntry, FileId, FileKind, FsError, FsStat, NodeFs, ReadChecked, ReadFailed,
@@ -36,12 +36,7 @@ impl NodeFs for NodeOverlay {
     }
 
     async fn lookup(&self, dir: FileId, name: &[u8]) -> Result<FileId, FsError> {
-        if name.len() > NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
-            return Err(FsError::NotFound);
-        }
+        check_lookup_name(name)?;
         let inner = self.inner.clone();
         let name = name.to_vec();
         blocking(move || {
