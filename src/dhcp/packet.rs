@@ -114,10 +114,12 @@ fn walk_options(opts: &[u8]) -> Result<BTreeSet<u8>, Malformed> {
                         offset: OPTIONS_OFFSET + i,
                     });
                 }
-                if !length_allowed(code, len) {
+                // dhcproto joins the values of a repeated option (RFC
+                // 3396): a fixed-length one must come once.
+                let again = !codes.insert(code);
+                if !length_allowed(code, len) || (again && !length_allowed(code, 255)) {
                     return Err(Malformed::BadOption(code));
                 }
-                codes.insert(code);
                 i = end;
             }
         }
