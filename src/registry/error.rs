@@ -51,6 +51,9 @@ pub enum RegistryError {
         message: String,
         /// How many attempts were made, retries included.
         attempts: u32,
+        /// How long the registry asked to wait before the next attempt
+        /// (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The connection failed (DNS, TCP, TLS, reset) on every attempt.
     #[error("{location}: {what}: {message} (after {attempts} attempt(s))")]
@@ -223,13 +226,21 @@ impl RegistryError {
         }
     }
 
-    /// Whether another attempt could succeed: connection trouble, timeouts
-    /// and server-side (5xx) failures.
+    /// Whether another attempt could succeed: connection trouble, timeouts,
+    /// server-side (5xx) failures and "too many requests" (429).
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             RegistryError::Transport { .. } | RegistryError::Timeout { .. } => true,
-            RegistryError::Status { status, .. } => *status >= 500,
+            RegistryError::Status { status, .. } => *status >= 500 || *status == 429,
             _ => false,
+        }
+    }
+
+    /// The wait the registry asked for before another attempt.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

@@ -31,9 +31,17 @@ pub(crate) struct FakeState {
     pub(crate) token_credentials: Option<String>,
     pub(crate) token_requests: u32,
     pub(crate) probes: u32,
+    /// Sent as `Retry-After` (seconds) with the `fail_blobs` statuses.
+    pub(crate) retry_after: Option<u64>,
+    /// Bumped to revoke every token given out so far.
+    pub(crate) token_generation: u32,
 }
 
-const TOKEN: &str = "fake-token-123";
+impl FakeState {
+    fn token(&self) -> String {
+        format!("fake-token-{}", self.token_generation)
+    }
+}
 
 pub(crate) struct FakeRegistry {
     pub(crate) addr: SocketAddr,
@@ -114,9 +122,9 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<FakeState>>) {
     let range = header("range");
     let head_only = method == "HEAD";
 
-    let (bearer, wanted_basic) = {
+    let (bearer, wanted_basic, token) = {
         let st = state.lock().unwrap();
-        (st.bearer, st.token_credentials.clone())
+        (st.bearer, st.token_credentials.clone(), st.token())
     };
     if path.starts_with("/token") {
         state.lock().unwrap().token_requests += 1;
@@ -127,10 +135,10 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<FakeState>>) {
         if wanted_basic.is_some() && sent != wanted_basic {
             return respond(&mut sock, 401, &[], b"bad credentials", None, false).await;
         }
-        let body = format!(r#"{{"token":"{TOKEN}"}}"#);
+        let body = format!(r#"{{"token":"{token}"}}"#);
         return respond(&mut sock, 200, &[], body.as_bytes(), None, false).await;
     }
-    if bearer && header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
+    if bearer && header("authorization").as_deref() != Some(&format!("Bearer {token}")) {
         if path == "/v2/" {
             state.lock().unwrap().probes += 1;
         }
@@ -160,7 +168,7 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<FakeState>>) {
         };
     }
     if let Some((_, digest)) = path.split_once("/blobs/") {
-        let (data, fail, cut, stall, ignore) = {
+        let (data, fail, cut, stall, ignore, retry_after) = {
             let mut st = state.lock().unwrap();
             st.blob_ranges.push(range.clone());
             let fail = st.fail_blobs.pop_front();
@@ -181,6 +189,7 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<FakeState>>) {
                 cut,
                 stall,
                 st.ignore_range,
+                st.retry_after,
             )
         };
         if stall {
@@ -188,12 +197,18 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<FakeState>>) {
             return;
         }
         if let Some(status) = fail {
-            let code = if status == 404 {
-                "BLOB_UNKNOWN"
-            } else {
-                "DENIED"
+            let code = match status {
+                404 => "BLOB_UNKNOWN",
+                429 => "TOOMANYREQUESTS",
+                _ => "DENIED",
             };
-            return error(&mut sock, status, code).await;
+            let body =
+                format!(r#"{{"errors":[{{"code":"{code}","message":"fake says {code}"}}]}}"#);
+            let headers: Vec<_> = retry_after
+                .map(|s| ("Retry-After", s.to_string()))
+                .into_iter()
+                .collect();
+            return respond(&mut sock, status, &headers, body.as_bytes(), None, false).await;
         }
         let Some(data) = data else {
             return error(&mut sock, 404, "BLOB_UNKNOWN").await;

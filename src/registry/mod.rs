@@ -11,6 +11,7 @@
 //! - `error`: [`RegistryError`], `options`: [`RegistryOptions`].
 
 mod auth;
+mod blobs;
 mod error;
 mod fetch;
 mod layout;

@@ -1,17 +1,19 @@
-//! A registry reached over HTTP(S) through oci-client.
+//! A registry reached over HTTP(S): manifests and the token flow through
+//! oci-client, blobs through [`Blobs`](super::blobs).
 //!
-//! oci-client does the protocol work (URLs, bearer-token flow, Range
-//! headers); this layer adds what lazy mounting needs on top: a deadline on
-//! every request and every read, retries with backoff, bodies cut to exactly
-//! the requested range, streams that resume after a dropped connection, and
-//! counting of everything received.
+//! On top of the protocol this adds what lazy mounting needs: a deadline on
+//! every request and every read, retries with backoff (or the registry's
+//! `Retry-After`), a token renewed once when the registry refuses it, bodies
+//! cut to exactly the requested range, streams that resume after a dropped
+//! connection, and counting of everything received.
 
+use super::blobs::{Answer, Blobs, Credential, Trouble};
 use super::retry::Backoff;
 use super::{auth, colon, manifest, Counters, RegistryError, RegistryOptions};
 use crate::digest::Digest;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -54,14 +56,12 @@ impl Endpoint {
 }
 
 pub(crate) struct Remote {
-    /// oci-client's manifest calls store credentials in the client, after
-    /// which every request first probes `/v2/` unless a token got cached. That
-    /// is fine for the few manifest requests made while opening...
+    /// Manifests, and the token flow that gives [`Remote::blobs`] its
+    /// credential.
     manifest_client: Client,
-    /// ...but blobs are the hot path, so when the registry needs no
-    /// authentication they go through a client that never had credentials
-    /// stored and therefore sends no probe.
-    blob_client: Client,
+    blobs: Blobs,
+    /// The repository's `latest`, named when asking for a token.
+    probe: Reference,
     auth: RegistryAuth,
     /// Shown with 401/403 answers: where the credentials came from.
     auth_hint: String,
@@ -121,37 +121,48 @@ impl Remote {
             "connecting to registry"
         );
 
-        let mut remote = Remote {
-            manifest_client: Client::new(config()),
-            blob_client: Client::new(config()),
+        let manifest_client = Client::new(config());
+        let what = format!("connecting to {wire_host}");
+        let counters2 = counters.clone();
+        let backoff = Backoff::new(opts.retries);
+        let timeout = opts.timeout;
+        let token = backoff
+            .run(&what, || async {
+                counters2.request();
+                let fut = manifest_client.auth(&probe, &auth, RegistryOperation::Pull);
+                match tokio::time::timeout(timeout, fut).await {
+                    Err(_) => Err(timeout_error(&location, &what, timeout)),
+                    Ok(r) => r.map_err(|e| map_error(&location, &auth_hint, timeout, e, &what)),
+                }
+            })
+            .await?;
+        let credential = credential(token, &auth);
+        let scheme = if plain { "http" } else { "https" };
+        let blobs = Blobs::new(
+            scheme,
+            &wire_host,
+            probe.repository(),
+            USER_AGENT,
+            opts.timeout,
+            credential,
+        )
+        .map_err(|e| RegistryError::Protocol {
+            location: location.clone(),
+            what: "setting up the HTTP client".into(),
+            message: error_chain(&e),
+        })?;
+        Ok(Remote {
+            manifest_client,
+            blobs,
+            probe,
             auth,
             auth_hint,
             endpoints: vec![endpoint],
             location,
             timeout: opts.timeout,
-            backoff: Backoff::new(opts.retries),
+            backoff,
             counters,
-        };
-        let what = format!("connecting to {wire_host}");
-        let token = remote
-            .backoff
-            .run(&what, || async {
-                remote.counters.request();
-                let fut =
-                    remote
-                        .manifest_client
-                        .auth(&probe, &remote.auth, RegistryOperation::Pull);
-                remote.with_timeout(&what, fut).await
-            })
-            .await?;
-        // With credentials we cannot tell a Basic challenge (cached, no more
-        // probes) from no challenge at all (a probe per request), so keep the
-        // authenticated client: correct in both cases, slower only in the
-        // rare second one.
-        if token.is_some() || !anonymous {
-            remote.blob_client = remote.manifest_client.clone();
-        }
-        Ok(remote)
+        })
     }
 
     pub(crate) fn location(&self) -> &str {
@@ -174,9 +185,8 @@ impl Remote {
             (None, Some(t)) => format!("manifest for tag {t:?}"),
             (None, None) => "manifest".to_string(),
         };
-        let body = self
-            .backoff
-            .run(&what, || async {
+        let pull = || {
+            self.backoff.run(&what, || async {
                 self.counters.request();
                 let fut = self.manifest_client.pull_manifest_raw(
                     &reference,
@@ -187,7 +197,16 @@ impl Remote {
                 self.counters.received(body.len());
                 Ok(body)
             })
-            .await?;
+        };
+        let body = match pull().await {
+            // A token the registry revoked before its stated expiry: the
+            // token flow gives a fresh one, which answers or is refused.
+            Err(RegistryError::Denied { status: 401, .. }) => {
+                self.new_credential(&what).await?;
+                pull().await?
+            }
+            r => r?,
+        };
         let actual = Digest::of_bytes(&body);
         Ok((body, actual))
     }
@@ -389,31 +408,73 @@ impl Remote {
         len: Option<u64>,
         what: &str,
     ) -> Result<Body, RegistryError> {
-        self.counters.request();
-        let reference = self.endpoint().reference(None, Some(digest));
-        let fut =
-            self.blob_client
-                .pull_blob_stream_partial(&reference, digest.as_str(), offset, len);
-        Ok(match self.with_timeout(what, fut).await? {
-            BlobResponse::Partial(s) => Body {
-                end: s.content_length.map(|n| offset + n),
-                stream: s.stream,
-                skip: 0,
-            },
-            BlobResponse::Full(s) => {
-                if offset > 0 || len.is_some() {
-                    tracing::debug!(
-                        location = %self.location, %what,
-                        "registry ignored Range; skipping {offset} bytes"
-                    );
+        let mut renewed = false;
+        loop {
+            self.counters.request();
+            let answer = tokio::time::timeout(self.timeout, self.blobs.get(digest, offset, len))
+                .await
+                .map_err(|_| self.timeout_error(what))?;
+            let answer = answer.map_err(|t| match t {
+                Trouble::Transport(e) if e.is_timeout() => self.timeout_error(what),
+                Trouble::Transport(e) => RegistryError::Transport {
+                    location: self.location.clone(),
+                    what: what.to_string(),
+                    message: error_chain(&e),
+                    attempts: 1,
+                },
+                Trouble::WrongRange(message) => RegistryError::Protocol {
+                    location: self.location.clone(),
+                    what: what.to_string(),
+                    message,
+                },
+            })?;
+            match answer {
+                Answer::Body { stream, skip, end } => {
+                    if skip > 0 {
+                        tracing::debug!(
+                            location = %self.location, %what,
+                            "registry ignored Range; skipping {skip} bytes"
+                        );
+                    }
+                    return Ok(Body { stream, skip, end });
                 }
-                Body {
-                    end: s.content_length,
-                    stream: s.stream,
-                    skip: offset,
+                Answer::Refused { generation, .. } if !renewed => {
+                    renewed = true;
+                    let renew = self.fresh_credential(what);
+                    self.blobs.renew(generation, renew).await?;
+                }
+                Answer::Refused { message, .. } => {
+                    return Err(self.status_error(401, &message, what.to_string(), None))
+                }
+                Answer::Failed {
+                    status,
+                    message,
+                    retry_after,
+                } => {
+                    return Err(self.status_error(status, &message, what.to_string(), retry_after))
                 }
             }
-        })
+        }
+    }
+
+    /// A credential from the token flow, run again (after a 401).
+    async fn fresh_credential(&self, what: &str) -> Result<Credential, RegistryError> {
+        tracing::info!(location = %self.location, %what, "registry refused the token; asking for a new one");
+        self.counters.request();
+        let fut = self
+            .manifest_client
+            .auth(&self.probe, &self.auth, RegistryOperation::Pull);
+        let token = self.with_timeout(what, fut).await?;
+        Ok(credential(token, &self.auth))
+    }
+
+    /// Renew the credential for manifests (oci-client keeps the token the
+    /// flow returns) and blobs alike.
+    async fn new_credential(&self, what: &str) -> Result<(), RegistryError> {
+        let generation = self.blobs.generation().await;
+        self.blobs
+            .renew(generation, self.fresh_credential(what))
+            .await
     }
 
     /// The next non-empty piece of the requested range, counting every byte
@@ -463,115 +524,172 @@ impl Remote {
     }
 
     fn timeout_error(&self, what: &str) -> RegistryError {
-        RegistryError::Timeout {
-            location: self.location.clone(),
-            what: what.to_string(),
-            timeout: self.timeout,
-            attempts: 1,
-        }
+        timeout_error(&self.location, what, self.timeout)
     }
 
     fn map_error(&self, e: OciDistributionError, what: &str) -> RegistryError {
-        use OciDistributionError as E;
-        let location = self.location.clone();
-        let what = what.to_string();
-        match e {
-            E::ServerError { code, message, .. } => self.status_error(code, &message, what),
-            E::UnauthorizedError { .. } => self.status_error(401, "", what),
-            E::AuthenticationFailure(reason) => {
-                self.status_error(401, &format!("token request failed: {reason}"), what)
-            }
-            E::RegistryError { envelope, .. } => {
-                let codes: Vec<String> = envelope
-                    .errors
-                    .iter()
-                    .map(|e| {
-                        serde_json::to_value(&e.code)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                let status = codes.first().map_or(400, |c| status_for_code(c));
-                let message = envelope
-                    .errors
-                    .iter()
-                    .zip(&codes)
-                    .map(|(e, code)| format!("{code} {}", e.message).trim().to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                self.status_error(status, &message, what)
-            }
-            E::RequestError(re) if re.is_timeout() => self.timeout_error(&what),
-            E::RequestError(re) => RegistryError::Transport {
-                location,
-                what,
-                message: error_chain(&re),
-                attempts: 1,
-            },
-            E::IoError(io) => RegistryError::Transport {
-                location,
-                what,
-                message: error_chain(&io),
-                attempts: 1,
-            },
-            E::DigestError(DigestError::VerificationError { expected, actual }) => {
-                match (Digest::parse(&expected), Digest::parse(&actual)) {
-                    (Ok(expected), Ok(actual)) => RegistryError::DigestMismatch {
-                        location,
-                        what,
-                        expected,
-                        actual,
-                    },
-                    _ => RegistryError::Protocol {
-                        location,
-                        what,
-                        message: format!(
-                            "digest verification failed: expected {expected}, got {actual}"
-                        ),
-                    },
-                }
-            }
-            other => RegistryError::Protocol {
-                location,
-                what,
-                message: other.to_string(),
-            },
-        }
+        map_error(&self.location, &self.auth_hint, self.timeout, e, what)
     }
 
-    fn status_error(&self, status: u16, message: &str, what: String) -> RegistryError {
-        let mut message = message.trim().to_string();
-        if message.len() > MAX_MESSAGE_LEN {
-            let cut = (0..=MAX_MESSAGE_LEN)
-                .rev()
-                .find(|&i| message.is_char_boundary(i))
-                .unwrap_or(0);
-            message.truncate(cut);
-            message.push('…');
+    fn status_error(
+        &self,
+        status: u16,
+        message: &str,
+        what: String,
+        retry_after: Option<Duration>,
+    ) -> RegistryError {
+        status_error(
+            &self.location,
+            &self.auth_hint,
+            status,
+            message,
+            what,
+            retry_after,
+        )
+    }
+}
+
+fn timeout_error(location: &str, what: &str, timeout: Duration) -> RegistryError {
+    RegistryError::Timeout {
+        location: location.to_string(),
+        what: what.to_string(),
+        timeout,
+        attempts: 1,
+    }
+}
+
+/// The credential blobs are fetched with: the token the flow returned, or
+/// the configured Basic credentials for a registry without a token service.
+fn credential(token: Option<String>, auth: &RegistryAuth) -> Credential {
+    match (token, auth) {
+        (Some(t), _) => Credential::Bearer(t),
+        (None, RegistryAuth::Basic(u, p)) => Credential::Basic(u.clone(), p.clone()),
+        _ => Credential::Anonymous,
+    }
+}
+
+fn map_error(
+    location: &str,
+    auth_hint: &str,
+    timeout: Duration,
+    e: OciDistributionError,
+    what: &str,
+) -> RegistryError {
+    use OciDistributionError as E;
+    let status_error = |status, message: &str, what| {
+        status_error(location, auth_hint, status, message, what, None)
+    };
+    let location = location.to_string();
+    let what = what.to_string();
+    match e {
+        E::ServerError { code, message, .. } => status_error(code, &message, what),
+        E::UnauthorizedError { .. } => status_error(401, "", what),
+        E::AuthenticationFailure(reason) => {
+            status_error(401, &format!("token request failed: {reason}"), what)
         }
-        let location = self.location.clone();
-        match status {
-            404 => RegistryError::NotFound {
-                location,
-                what,
-                detail: format!("HTTP 404{}", colon(&message)),
-            },
-            401 | 403 => RegistryError::Denied {
-                location,
-                what,
-                status,
-                message,
-                hint: self.auth_hint.clone(),
-            },
-            _ => RegistryError::Status {
-                location,
-                what,
-                status,
-                message,
-                attempts: 1,
-            },
+        E::RegistryError { envelope, .. } => {
+            let codes: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| {
+                    serde_json::to_value(&e.code)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let status = codes.first().map_or(400, |c| status_for_code(c));
+            let message = envelope
+                .errors
+                .iter()
+                .zip(&codes)
+                .map(|(e, code)| format!("{code} {}", e.message).trim().to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            status_error(status, &message, what)
         }
+        E::RequestError(re) if re.is_timeout() => RegistryError::Timeout {
+            location,
+            what,
+            timeout,
+            attempts: 1,
+        },
+        E::RequestError(re) => RegistryError::Transport {
+            location,
+            what,
+            message: error_chain(&re),
+            attempts: 1,
+        },
+        E::IoError(io) => RegistryError::Transport {
+            location,
+            what,
+            message: error_chain(&io),
+            attempts: 1,
+        },
+        E::DigestError(DigestError::VerificationError { expected, actual }) => {
+            match (Digest::parse(&expected), Digest::parse(&actual)) {
+                (Ok(expected), Ok(actual)) => RegistryError::DigestMismatch {
+                    location,
+                    what,
+                    expected,
+                    actual,
+                },
+                _ => RegistryError::Protocol {
+                    location,
+                    what,
+                    message: format!(
+                        "digest verification failed: expected {expected}, got {actual}"
+                    ),
+                },
+            }
+        }
+        other => RegistryError::Protocol {
+            location,
+            what,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn status_error(
+    location: &str,
+    auth_hint: &str,
+    status: u16,
+    message: &str,
+    what: String,
+    retry_after: Option<Duration>,
+) -> RegistryError {
+    let mut message = message.trim().to_string();
+    if message.len() > MAX_MESSAGE_LEN {
+        let cut = (0..=MAX_MESSAGE_LEN)
+            .rev()
+            .find(|&i| message.is_char_boundary(i))
+            .unwrap_or(0);
+        message.truncate(cut);
+        message.push('…');
+    }
+    let location = location.to_string();
+    match status {
+        404 => RegistryError::NotFound {
+            location,
+            what,
+            detail: format!("HTTP 404{}", colon(&message)),
+        },
+        401 | 403 => RegistryError::Denied {
+            location,
+            what,
+            status,
+            message,
+            hint: auth_hint.to_string(),
+        },
+        _ => RegistryError::Status {
+            location,
+            what,
+            status,
+            message,
+            attempts: 1,
+            retry_after,
+        },
     }
 }
 
@@ -666,7 +784,7 @@ impl StreamState {
                 what = %self.what, at = self.pos, error = %e,
                 "blob stream interrupted, resuming"
             );
-            tokio::time::sleep(backoff.delay(self.failures)).await;
+            tokio::time::sleep(backoff.delay_after(self.failures, &e)).await;
             return None;
         }
         e.set_attempts(self.failures);

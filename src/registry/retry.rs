@@ -9,6 +9,10 @@ use rand::Rng;
 use std::future::Future;
 use std::time::Duration;
 
+/// The longest `Retry-After` obeyed; a read waiting for a node gives up at
+/// its own deadline anyway.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Debug)]
 pub(crate) struct Backoff {
     /// Further attempts after the first one.
@@ -42,6 +46,16 @@ impl Backoff {
         half + jitter
     }
 
+    /// Delay before retry number `failures` after `e`: what the registry
+    /// asked for when it said (`Retry-After`, bounded so that a registry
+    /// cannot park a read for hours), else [`Backoff::delay`].
+    pub(crate) fn delay_after(&self, failures: u32, e: &RegistryError) -> Duration {
+        match e.retry_after() {
+            Some(asked) => asked.min(MAX_RETRY_AFTER),
+            None => self.delay(failures),
+        }
+    }
+
     /// Runs `op` until it succeeds, fails permanently, or the retries are
     /// used up. The returned error records how many attempts were made.
     pub(crate) async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
@@ -55,7 +69,7 @@ impl Backoff {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_transient() && attempt <= self.retries => {
-                    let delay = self.delay(attempt);
+                    let delay = self.delay_after(attempt, &e);
                     tracing::debug!(%what, attempt, ?delay, error = %e, "retrying");
                     tokio::time::sleep(delay).await;
                 }

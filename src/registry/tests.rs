@@ -329,6 +329,44 @@ async fn anonymous_bearer_token_flow() {
 }
 
 #[tokio::test]
+async fn a_token_revoked_before_its_expiry_is_renewed() {
+    let f = single_image().await;
+    f.reg.state().bearer = true;
+    let (src, _) = open_fixture(&f, &opts("linux/amd64")).await;
+    src.fetch_range(&f.layer_digest, 0..10).await.unwrap();
+    let before = f.reg.state().token_requests;
+    f.reg.state().token_generation += 1;
+    let got = src.fetch_range(&f.layer_digest, 10..20).await.unwrap();
+    assert_eq!(&got[..], &f.layer[10..20]);
+    assert_eq!(f.reg.state().token_requests, before + 1);
+    // A registry that keeps refusing is a clear error, not a loop.
+    f.reg.state().fail_blobs.extend([401, 401]);
+    let e = src.fetch_range(&f.layer_digest, 0..10).await.unwrap_err();
+    assert!(
+        matches!(e, RegistryError::Denied { status: 401, .. }),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_wait_a_busy_registry_asks_for_is_kept() {
+    let f = single_image().await;
+    let (src, _) = open_fixture(&f, &opts("linux/amd64")).await;
+    f.reg.state().retry_after = Some(2);
+    f.reg.state().fail_blobs.extend([429, 503]);
+    let start = std::time::Instant::now();
+    let got = src.fetch_range(&f.layer_digest, 0..10).await.unwrap();
+    assert_eq!(&got[..], &f.layer[..10]);
+    // Two waits of at least the 2 s asked for (the backoff alone waits
+    // under a second for two retries).
+    assert!(
+        start.elapsed() >= std::time::Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn no_probe_per_request_when_registry_needs_no_auth() {
     let f = single_image().await;
     let (src, _) = open_fixture(&f, &opts("linux/amd64")).await;
