@@ -53,6 +53,15 @@ struct Common {
     /// streaming pass fails).
     #[arg(long, global = true, default_value_t = 60)]
     read_timeout: u64,
+    /// Seconds a registry request may take to answer, and a body to send
+    /// its next bytes, before the attempt counts as failed.
+    #[arg(long, global = true, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    registry_timeout: u64,
+    /// Further attempts after a transient registry failure (connection
+    /// trouble, a timeout, 429 or 5xx), with backoff or the registry's
+    /// Retry-After in between.
+    #[arg(long, global = true, default_value_t = 4)]
+    registry_retries: u32,
 }
 
 #[derive(Subcommand)]
@@ -150,6 +159,8 @@ impl Common {
             r.platform = p.clone();
         }
         r.insecure_registries = self.insecure_registries.clone();
+        r.timeout = Duration::from_secs(self.registry_timeout);
+        r.retries = self.registry_retries;
         r
     }
 
@@ -545,6 +556,8 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
         platform: common.platform.clone(),
         insecure_registries: common.insecure_registries.clone(),
         read_timeout: Duration::from_secs(common.read_timeout),
+        registry_timeout: Duration::from_secs(common.registry_timeout),
+        registry_retries: common.registry_retries,
     };
     let ctx = ServeContext::with_options(config, cache, opts);
     let cfg = &ctx.config;

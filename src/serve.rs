@@ -65,7 +65,13 @@ impl ServeContext {
         let inventory = Arc::new(Inventory::from_config(&config));
         let mut insecure = config.server.insecure_registries.clone();
         insecure.extend(opts.insecure_registries);
-        let images = Images::new(cache.clone(), insecure)
+        let registry = RegistryOptions {
+            insecure_registries: insecure,
+            timeout: opts.registry_timeout,
+            retries: opts.registry_retries,
+            ..RegistryOptions::default()
+        };
+        let images = Images::new(cache.clone(), registry)
             .with_platform(opts.platform)
             .with_read_timeout(opts.read_timeout)
             .with_publish_indexes(config.server.publish_indexes);
@@ -307,14 +313,21 @@ pub(crate) struct ServeOptions {
     /// How long a node request waits on the registry or a streaming pass
     /// before it fails.
     pub(crate) read_timeout: Duration,
+    /// Per registry request, and per read while a body streams.
+    pub(crate) registry_timeout: Duration,
+    /// Further attempts after a transient registry failure.
+    pub(crate) registry_retries: u32,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
+        let registry = RegistryOptions::default();
         ServeOptions {
             platform: None,
             insecure_registries: Vec::new(),
             read_timeout: Duration::from_secs(60),
+            registry_timeout: registry.timeout,
+            registry_retries: registry.retries,
         }
     }
 }
@@ -327,7 +340,8 @@ type ViewSlot = Arc<tokio::sync::Mutex<Option<Arc<Opening>>>>;
 /// served while a first streaming pass runs.
 pub(crate) struct Images {
     cache: Arc<ChunkCache>,
-    insecure: Vec<String>,
+    /// How to reach registries; the platform is set per node.
+    registry: RegistryOptions,
     platform: Option<Platform>,
     read_timeout: Duration,
     /// One slot per key, each with its own lock, so opening (or re-resolving)
@@ -340,10 +354,10 @@ pub(crate) struct Images {
 }
 
 impl Images {
-    pub(crate) fn new(cache: Arc<ChunkCache>, insecure: Vec<String>) -> Images {
+    pub(crate) fn new(cache: Arc<ChunkCache>, registry: RegistryOptions) -> Images {
         Images {
             cache,
-            insecure,
+            registry,
             platform: None,
             read_timeout: Duration::from_secs(60),
             slots: parking_lot::Mutex::new(HashMap::new()),
@@ -460,10 +474,7 @@ impl Images {
                         message: e.to_string(),
                     },
                 )?;
-        let mut opts = RegistryOptions {
-            insecure_registries: self.insecure.clone(),
-            ..RegistryOptions::default()
-        };
+        let mut opts = self.registry.clone();
         if let Some(p) = &self.platform {
             opts.platform = p.clone();
         } else if let Ok(p) = node.kind.default_platform().parse() {

@@ -14,6 +14,9 @@
 //! - [`serve`]: `lazyboot serve` as a child process ([`serve::Serve`],
 //!   [`serve::Server`]) and library servers in a runtime of their own
 //!   ([`serve::InProcess`]); every test runs its servers through it.
+//! - [`faults::FaultyRegistry`]: a proxy in front of a registry that
+//!   injects outages, dropped connections, stalls, revoked tokens and
+//!   redirects to blob storage, and counts each.
 //! - [`held`]: an image whose streaming pass is held mid-layer by a
 //!   [`gate::Gate`] proxy, for what is served before a pass ends.
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
@@ -22,6 +25,7 @@
 
 pub mod debian;
 pub mod dhcpc;
+pub mod faults;
 pub mod fixture;
 pub mod gate;
 pub mod held;

@@ -19,6 +19,7 @@ use std::process::Stdio;
 use anyhow::{bail, Result};
 use nfs3_server::nfs3_types::nfs3::{fattr3, ftype3, nfs_fh3};
 
+use super::faults::FaultyRegistry;
 use super::netns::NetLab;
 use super::nfsrpc::Client;
 use super::serve::{Serve, Server};
@@ -52,8 +53,23 @@ pub struct Lab {
     pub server: Server,
     pub net: NetLab,
     pub tmp: tempfile::TempDir,
+    /// The proxy the server reaches the registry through, with
+    /// [`LabOptions::faults`].
+    pub faults: Option<FaultyRegistry>,
     _registry: Registry,
     pub nfs_port: u16,
+}
+
+/// How a [`Lab`] differs from the default one.
+#[derive(Default)]
+pub struct LabOptions {
+    /// Reach the registry through a [`FaultyRegistry`], set up by this
+    /// before the server starts.
+    pub faults: Option<fn(&FaultyRegistry)>,
+    /// `[server] cache_size` (default 2G).
+    pub cache_size: Option<&'static str>,
+    /// Global flags of `lazyboot serve` (`--read-timeout 5`).
+    pub globals: Vec<&'static str>,
 }
 
 impl Lab {
@@ -61,10 +77,25 @@ impl Lab {
     /// addresses, configured on the namespace side) and start the server.
     /// `dhcp`: full DHCP on the lab interface, else DHCP off.
     pub fn start(nodes: &[NodeSpec], dhcp: bool) -> Result<Lab> {
+        Lab::start_with(nodes, dhcp, LabOptions::default())
+    }
+
+    pub fn start_with(nodes: &[NodeSpec], dhcp: bool, opts: LabOptions) -> Result<Lab> {
         let fx = super::shared_fixture()?;
         let registry = Registry::start()?;
         fx.push(&registry, REPO)?;
-        let image = registry.reference(REPO);
+        let faults = match opts.faults {
+            Some(arm) => {
+                let f = FaultyRegistry::start(&registry.addr)?;
+                arm(&f);
+                Some(f)
+            }
+            None => None,
+        };
+        let image = match &faults {
+            Some(f) => f.reference(REPO),
+            None => registry.reference(REPO),
+        };
         let net = NetLab::new(false)?;
         let tmp = tempfile::tempdir()?;
         let nfs_port = super::free_tcp_port();
@@ -79,11 +110,12 @@ impl Lab {
         };
         let mut text = format!(
             "[server]\ninterface = \"{iface}\"\naddress = \"{server}\"\nstate_dir = \"{t}/state\"\n\
-             cache_dir = \"{t}/cache\"\ncache_size = \"2G\"\ntftp_port = {tftp}\nnfs_port = {nfs_port}\n\
+             cache_dir = \"{t}/cache\"\ncache_size = \"{cache}\"\ntftp_port = {tftp}\nnfs_port = {nfs_port}\n\
              \n[dhcp]\n{dhcp}",
             iface = net.host_if,
             server = net.server_ip,
             t = tmp.path().display(),
+            cache = opts.cache_size.unwrap_or("2G"),
             tftp = super::free_udp_port(),
         );
         for n in nodes {
@@ -99,11 +131,12 @@ impl Lab {
         }
         let config = tmp.path().join("lazyboot.toml");
         std::fs::write(&config, text)?;
-        let server = Serve::new(&config).start()?;
+        let server = Serve::new(&config).globals(&opts.globals).start()?;
         Ok(Lab {
             server,
             net,
             tmp,
+            faults,
             _registry: registry,
             nfs_port,
         })

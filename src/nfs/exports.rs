@@ -232,6 +232,10 @@ impl NodeExports {
             read_only: node.root == RootMode::Readonly,
             names: self.names.clone(),
             running: self.ctx.recorder.nfs_running(&node.name),
+            errors: {
+                let (recorder, name) = (self.ctx.recorder.clone(), node.name.clone());
+                Arc::new(move |message: &str| recorder.note_error(&name, message))
+            },
         };
         let root = Arc::new(NodeRoot::new(opening.clone(), spec, early));
         if !early || opening.outcome().is_some() {

@@ -78,7 +78,12 @@ pub(crate) struct RootSpec {
     /// The node's calls in progress (the boot profile's recorder reads it:
     /// a call waiting on a streaming image is not silence).
     pub(crate) running: Arc<AtomicUsize>,
+    /// Where the node's I/O errors go besides the log: its boot profile.
+    pub(crate) errors: ErrorSink,
 }
+
+/// Takes the message of an error a node met.
+pub(crate) type ErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// One call in progress, counted in [`RootSpec::running`] until dropped
 /// (also when the call is abandoned).
@@ -127,6 +132,20 @@ impl NodeRoot {
         if let Some(o) = self.overlay.get() {
             o.retire();
         }
+    }
+
+    /// `call`'s result; an I/O error also goes into the node's profile (a
+    /// read the registry could not satisfy is what the boot's profile must
+    /// explain).
+    async fn noted<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, FsError>>,
+    ) -> Result<T, FsError> {
+        let r = call.await;
+        if let Err(FsError::Io(message)) = &r {
+            (self.spec.errors)(message);
+        }
+        r
     }
 
     /// The overlay, opened on the final view if it is not open yet.
@@ -327,30 +346,39 @@ impl NodeFs for NodeRoot {
 
     async fn getattr(&self, id: FileId) -> Result<Attr, FsError> {
         let _running = self.running();
-        match self.early_or_overlay(id).await? {
-            Either::Early(k) => Ok(self.early_attr(&k)),
-            Either::Overlay(o, id) => Ok(wire_attr(o, o.getattr(id).await?)),
-        }
+        self.noted(async {
+            match self.early_or_overlay(id).await? {
+                Either::Early(k) => Ok(self.early_attr(&k)),
+                Either::Overlay(o, id) => Ok(wire_attr(o, o.getattr(id).await?)),
+            }
+        })
+        .await
     }
 
     async fn lookup(&self, dir: FileId, name: &[u8]) -> Result<FileId, FsError> {
         let _running = self.running();
         check_lookup_name(name)?;
-        if let Either::Early(d) = self.early_or_overlay(dir).await? {
-            if let Some(id) = self.lookup_early(&d, name).await? {
-                return Ok(id);
+        self.noted(async {
+            if let Either::Early(d) = self.early_or_overlay(dir).await? {
+                if let Some(id) = self.lookup_early(&d, name).await? {
+                    return Ok(id);
+                }
             }
-        }
-        let (o, dir) = self.via_overlay(dir).await?;
-        Ok(o.wire_id(o.lookup(dir, name).await?))
+            let (o, dir) = self.via_overlay(dir).await?;
+            Ok(o.wire_id(o.lookup(dir, name).await?))
+        })
+        .await
     }
 
     async fn read(&self, id: FileId, offset: u64, count: u32) -> Result<(Bytes, bool), FsError> {
         let _running = self.running();
-        match self.early_or_overlay(id).await? {
-            Either::Early(k) => self.read_early(&k, offset, count).await,
-            Either::Overlay(o, id) => o.read(id, offset, count).await,
-        }
+        self.noted(async {
+            match self.early_or_overlay(id).await? {
+                Either::Early(k) => self.read_early(&k, offset, count).await,
+                Either::Overlay(o, id) => o.read(id, offset, count).await,
+            }
+        })
+        .await
     }
 
     async fn read_checked<E: Send>(
@@ -361,20 +389,28 @@ impl NodeFs for NodeRoot {
         check: impl FnOnce(&Attr) -> Result<(), E> + Send,
     ) -> Result<ReadChecked<E>, FsError> {
         let _running = self.running();
-        match self.early_or_overlay(id).await? {
-            Either::Early(k) => {
-                let attr = self.early_attr(&k);
-                if let Err(refused) = check(&attr) {
-                    return Ok((attr, Err(ReadFailed::Refused(refused))));
+        let r = self
+            .noted(async {
+                match self.early_or_overlay(id).await? {
+                    Either::Early(k) => {
+                        let attr = self.early_attr(&k);
+                        if let Err(refused) = check(&attr) {
+                            return Ok((attr, Err(ReadFailed::Refused(refused))));
+                        }
+                        let data = self.read_early(&k, offset, count).await;
+                        Ok((attr, data.map_err(ReadFailed::Fs)))
+                    }
+                    Either::Overlay(o, id) => {
+                        let (attr, data) = o.read_checked(id, offset, count, check).await?;
+                        Ok((wire_attr(o, attr), data))
+                    }
                 }
-                let data = self.read_early(&k, offset, count).await;
-                Ok((attr, data.map_err(ReadFailed::Fs)))
-            }
-            Either::Overlay(o, id) => {
-                let (attr, data) = o.read_checked(id, offset, count, check).await?;
-                Ok((wire_attr(o, attr), data))
-            }
+            })
+            .await;
+        if let Ok((_, Err(ReadFailed::Fs(FsError::Io(message))))) = &r {
+            (self.spec.errors)(message);
         }
+        r
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>, FsError> {
