@@ -29,7 +29,7 @@ fn a_boot_rides_out_transient_registry_faults() -> Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    let lab = Lab::start_with(
+    let mut lab = Lab::start_with(
         &[NODE],
         true,
         LabOptions {
@@ -58,17 +58,39 @@ fn a_boot_rides_out_transient_registry_faults() -> Result<()> {
     common::assert_same(&want, &got, &CompareOptions::default());
     assert!(got.entries.len() > 100, "{} paths", got.entries.len());
 
-    let f = lab.faults.as_ref().context("the lab has a faulty registry")?;
+    lab.server.stop()?;
+    let f = lab
+        .faults
+        .as_ref()
+        .context("the lab has a faulty registry")?;
     let fired = f.fired();
     let log = lab.server.log();
     eprintln!("faults injected: {fired:?}");
     assert!(fired.unavailable >= 1, "no outage happened: {fired:?}");
+    assert_eq!(fired.early_retries, 0, "Retry-After not kept: {fired:?}");
     assert!(fired.refused >= 1, "no revoked token was sent: {fired:?}");
-    assert!(fired.tokens_issued >= 2, "the token was not renewed: {fired:?}");
+    assert!(
+        fired.tokens_issued >= 2,
+        "the token was not renewed: {fired:?}"
+    );
     assert_eq!(fired.stalled, 1, "{fired:?}");
     assert!(fired.dropped >= 1, "no body was cut: {fired:?}");
-    assert!(fired.redirected >= 1 && fired.storage_gets >= 1, "{fired:?}");
-    assert_eq!(fired.storage_leaks, 0, "credentials went to storage: {fired:?}");
+    assert!(
+        fired.redirected >= 1 && fired.storage_gets >= 1,
+        "{fired:?}"
+    );
+    assert_eq!(
+        fired.storage_leaks, 0,
+        "credentials went to storage: {fired:?}"
+    );
+    // Ridden out, not failed and tried again: the boot met no error.
+    let profile = common::profile_json(&lab.state(), NODE.name, 1)?;
+    assert_eq!(
+        profile["profile"]["errors"],
+        serde_json::json!([]),
+        "{}",
+        common::tail(&log, 60)
+    );
     assert!(
         log.contains("registry refused the token"),
         "{}",
@@ -106,12 +128,17 @@ fn a_read_the_registry_cannot_serve_fails_with_eio_and_says_why() -> Result<()> 
     let (ok, _, err) = lab.tool(&["nfs-ls", &lab.url("/nodes/pc/data", "")]);
     assert!(ok, "{err}");
     let large = "/nodes/pc".to_string() + paths::LARGE_FILE;
-    let f = lab.faults.as_ref().context("the lab has a faulty registry")?;
+    let f = lab
+        .faults
+        .as_ref()
+        .context("the lab has a faulty registry")?;
 
     f.unavailable_for(Duration::from_secs(3600), 1);
     let before = f.fired();
     let asked = Instant::now();
-    let down = lab.cat(&large).expect_err("read served while the registry is down");
+    let down = lab
+        .cat(&large)
+        .expect_err("read served while the registry is down");
     let took_down = asked.elapsed();
     let fired = f.fired();
     assert!(
@@ -123,10 +150,15 @@ fn a_read_the_registry_cannot_serve_fails_with_eio_and_says_why() -> Result<()> 
     f.heal();
     f.stall_next(1000, Duration::from_secs(120));
     let asked = Instant::now();
-    let stalled = lab.cat(&large).expect_err("read served while the registry stalls");
+    let stalled = lab
+        .cat(&large)
+        .expect_err("read served while the registry stalls");
     let took_stalled = asked.elapsed();
     assert!(f.fired().stalled >= 1);
-    assert!(took_stalled < Duration::from_secs(55), "{took_stalled:?}: {stalled}");
+    assert!(
+        took_stalled < Duration::from_secs(55),
+        "{took_stalled:?}: {stalled}"
+    );
     eprintln!("EIO after {took_down:.1?} (down), {took_stalled:.1?} (stalled)");
 
     f.heal();

@@ -14,6 +14,7 @@
 //! One request per connection: the proxy asks upstream to close after each
 //! response and relays bytes as they are.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,9 @@ pub struct Fired {
     pub blob_gets: u32,
     /// 503s sent during an outage.
     pub unavailable: u32,
+    /// Requests for a blob path that came sooner after its 503 than the
+    /// `Retry-After` asked (with 0.2 s of slack).
+    pub early_retries: u32,
     pub dropped: u32,
     pub stalled: u32,
     /// Requests refused because their token was revoked.
@@ -49,6 +53,8 @@ struct Plan {
     /// Revoke the tokens when the blob GET with this number (1-based)
     /// arrives, so that it carries a revoked one.
     revoke_at_blob_get: Option<u32>,
+    /// When each blob path last got a 503.
+    last_503: HashMap<String, Instant>,
     drops: u32,
     drop_after: u64,
     stalls: u32,
@@ -244,6 +250,14 @@ impl Ctx {
                 if let Some(period) = p.outage.take() {
                     p.unavailable_until = Some(Instant::now() + period);
                 }
+                let asked =
+                    Duration::from_secs(p.retry_after).saturating_sub(Duration::from_millis(200));
+                if p.last_503
+                    .get(&req.path)
+                    .is_some_and(|t| t.elapsed() < asked)
+                {
+                    p.fired.early_retries += 1;
+                }
             }
             if p.tokens {
                 let wanted = format!("Bearer {}", p.token());
@@ -264,6 +278,7 @@ impl Ctx {
             if req.is_blob_get() {
                 if p.unavailable_until.is_some_and(|t| Instant::now() < t) {
                     p.fired.unavailable += 1;
+                    p.last_503.insert(req.path.clone(), Instant::now());
                     let after = p.retry_after.to_string();
                     drop(p);
                     let body = br#"{"errors":[{"code":"UNAVAILABLE","message":"registry under maintenance"}]}"#;
@@ -369,7 +384,12 @@ fn read_request(client: &mut TcpStream) -> Result<Option<Request>> {
     }))
 }
 
-fn respond(client: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<()> {
+fn respond(
+    client: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<()> {
     let mut out = format!(
         "HTTP/1.1 {status} Fault\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
