@@ -1,4 +1,5 @@
-//! Access to image content: a remote registry (through oci-client) or an OCI
+//! Access to image content: a remote registry (oci-client for manifests and
+//! tokens, `blobs` for blob GETs) or an OCI
 //! image layout on disk, behind one [`Source`] handle.
 //!
 //! Everything above this module reads blobs by byte range, so the contract
