@@ -14,7 +14,7 @@ use crate::registry::{RegistryOptions, Source};
 use crate::serve::ServeContext;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,19 @@ enum Cmd {
     },
     /// Show a node's recorded boot: where the seconds went, registry vs cache bytes.
     Profile(ProfileArgs),
+    /// Check the cache and serve's state (NFS key, leases, boot profiles,
+    /// node work areas) after a crash or a disk fault. Exit status: 0
+    /// clean, 1 problems repaired, 4 problems left.
+    Fsck {
+        /// The serve configuration naming the cache and state directories.
+        #[arg(long, default_value = "/etc/lazyboot/lazyboot.toml")]
+        config: PathBuf,
+        /// Put right what can be: remove damaged cache files (they are
+        /// fetched again) and leftovers of unfinished writes, move
+        /// unreadable files aside. Needs lazyboot stopped.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -245,7 +258,18 @@ pub fn main() -> Result<()> {
         Cmd::Inspect { image, json } => rt.block_on(inspect(&cli.common, &image, json)),
         Cmd::Serve { config } => rt.block_on(serve(&cli.common, &config)),
         Cmd::Profile(args) => profile(args),
+        Cmd::Fsck { config, repair } => fsck(&cli.common, &config, repair),
     }
+}
+
+fn fsck(common: &Common, config_path: &Path, repair: bool) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let cache_dir = common.cache_dir.clone().unwrap_or(config.server.cache_dir);
+    let status = crate::fsck::run(&cache_dir, &config.server.state_dir, repair)?;
+    if status != crate::fsck::CLEAN {
+        std::process::exit(status);
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -543,6 +567,15 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
     let state_dir = config.server.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    // One serve per state directory, and no `fsck --repair` under it.
+    let _state_lock = crate::lockfile::try_lock(&state_dir, true)
+        .with_context(|| format!("locking state dir {}", state_dir.display()))?
+        .with_context(|| {
+            format!(
+                "state dir {} is in use by another lazyboot serve (or fsck --repair)",
+                state_dir.display()
+            )
+        })?;
     let cache_size = match common.cache_size {
         Some(n) => n,
         None => parse_size(&config.server.cache_size)

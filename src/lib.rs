@@ -12,11 +12,13 @@ pub mod cli;
 pub mod config;
 pub mod dhcp;
 pub mod digest;
+pub(crate) mod fsck;
 pub(crate) mod fuse;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
 pub mod layer;
+pub(crate) mod lockfile;
 pub mod nfs;
 pub(crate) mod nodes;
 pub mod platform;

@@ -9,8 +9,11 @@
 //! fails its check (disk trouble, someone editing the cache) is deleted and
 //! treated as a miss.
 
+mod check;
 mod file;
 mod inflight;
+
+pub use check::{check, CacheCheck};
 
 pub(crate) use inflight::Claim;
 
@@ -33,12 +36,30 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
+    /// A repair needs the cache to itself, and a lazyboot process uses it.
+    #[error("cache directory {}: in use by a running lazyboot (mount or serve); stop it first", path.display())]
+    InUse {
+        /// The cache directory.
+        path: PathBuf,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// The cache's lock (see [`crate::lockfile`]): shared while open,
+/// exclusive for a repair; `InUse` when another process is in the way.
+pub(crate) fn lock(root: &Path, exclusive: bool) -> Result<std::fs::File, CacheError> {
+    match crate::lockfile::try_lock(root, exclusive) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(CacheError::InUse {
+            path: root.to_path_buf(),
+        }),
+        Err(e) => Err(io_err(&root.join("lock"))(e)),
     }
 }
 
@@ -89,6 +110,9 @@ pub struct ChunkCache {
     misses: AtomicU64,
     evicted: AtomicU64,
     corrupt: AtomicU64,
+    /// A shared lock on `root/lock` while the cache is open, so that a
+    /// repair (which takes it exclusively) never runs under a live process.
+    _lock: std::fs::File,
 }
 
 const HOT_CHUNKS: usize = 256;
@@ -101,11 +125,16 @@ impl ChunkCache {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        // Temp files belong to writes that never finished.
-        let tmp = root.join("tmp");
-        for e in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
-            let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+        // Temp files belong to writes that never finished, unless another
+        // process has the cache open: then they may be its writes.
+        if let Ok(_alone) = lock(root, true) {
+            let tmp = root.join("tmp");
+            for e in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
         }
+        let lock = lock(root, false)?;
         let mut found: Vec<(std::time::SystemTime, ChunkKey, u64)> = Vec::new();
         let chunks = root.join("chunks");
         for layer_dir in std::fs::read_dir(&chunks)
@@ -153,6 +182,7 @@ impl ChunkCache {
             misses: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
+            _lock: lock,
         };
         cache.evict_if_needed();
         Ok(cache)

@@ -54,6 +54,14 @@ fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&m.to_string())
 }
 
+/// The number of leases in the lease file at `path`, or why it cannot be
+/// read as one (`lazyboot fsck`; `serve` moves such a file aside).
+pub(crate) fn check_file(path: &Path) -> Result<usize, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let file: LeaseFile = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(file.leases.len())
+}
+
 #[derive(Serialize, Deserialize)]
 struct LeaseFile {
     version: u32,
