@@ -233,6 +233,20 @@ impl Lab {
         }
     }
 
+    /// A whole DHCP exchange (DISCOVER, OFFER, REQUEST, ACK) from a PXE
+    /// ROM: the node starts a boot and the server writes its lease.
+    pub fn lease(&self, spec: &NodeSpec) -> Result<()> {
+        let mac = spec.mac();
+        let args = ["--timeout", "5", "--mac", &mac, "--opt", PXE_CLASS];
+        let v = super::dhcpc::run_client(&self.net, "dora", &args)?;
+        if v["ack"]["msg_type"] != 5
+            || v["ack"]["yiaddr"] != self.ip(spec.last).to_string().as_str()
+        {
+            bail!("no ACK of the node's address to {}: {v}", spec.name);
+        }
+        Ok(())
+    }
+
     /// A DHCP DISCOVER from a PXE ROM with `mac`: the node starts a boot.
     pub fn discover(&self, spec: &NodeSpec) -> Result<()> {
         let mac = spec.mac();
