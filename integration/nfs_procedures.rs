@@ -269,6 +269,23 @@ fn permissions_attributes_and_modifying_procedures() {
     );
     let m = std::fs::metadata(a.join("incoming/f")).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (1001, 0o750));
+    // A size past what the upper's file system holds (pjdfstest
+    // truncate/12.t) is "file too large", not an I/O error; when the host
+    // file system takes it (tmpfs), it is simply done.
+    let huge = sattr3 {
+        size: Nfs3Option::Some(999_999_999_999_999),
+        ..Default::default()
+    };
+    let truncated = status(c.nfs::<SETATTR3res>(2, ROOT, &setattr(huge)));
+    let host_takes_it = std::fs::File::create(a.join("probe-size"))
+        .and_then(|f| f.set_len(999_999_999_999_999))
+        .is_ok();
+    let _ = std::fs::remove_file(a.join("probe-size"));
+    let want = match host_takes_it {
+        true => nfsstat3::NFS3_OK,
+        false => nfsstat3::NFS3ERR_FBIG,
+    };
+    assert_eq!(truncated, want);
 
     // Sticky directory: only the owner (or root, or the dir owner)
     // removes.

@@ -181,6 +181,10 @@ pub enum FsError {
     /// The upper directory's file system is out of space or quota.
     #[error("no space left")]
     NoSpace,
+    /// A size beyond what the upper directory's file system can hold
+    /// (SETATTR or WRITE past its largest file).
+    #[error("file too large")]
+    FBig,
     /// The operation is not supported by this file system.
     #[error("operation not supported")]
     NotSupported,
@@ -210,6 +214,7 @@ impl From<std::io::Error> for FsError {
             Some(libc::EINVAL) => FsError::Inval,
             Some(libc::EXDEV) => FsError::XDev,
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
+            Some(libc::EFBIG) => FsError::FBig,
             Some(libc::EOPNOTSUPP) => FsError::NotSupported,
             _ => FsError::Io(e.to_string()),
         }

@@ -26,6 +26,7 @@ pub(super) fn stat(e: FsError) -> nfsstat3 {
         FsError::Stale => nfsstat3::NFS3ERR_STALE,
         FsError::XDev => nfsstat3::NFS3ERR_XDEV,
         FsError::NoSpace => nfsstat3::NFS3ERR_NOSPC,
+        FsError::FBig => nfsstat3::NFS3ERR_FBIG,
         FsError::NotSupported => nfsstat3::NFS3ERR_NOTSUPP,
         FsError::Later(msg) => {
             tracing::info!("nfs: not yet: {msg}");
