@@ -657,14 +657,9 @@ fn boot_files_are_served_while_the_image_streams_unless_verified_only() -> Resul
     Ok(())
 }
 
-/// `curl URL`: the status code and the body.
+/// `curl URL` from the host: the status code and the body.
 fn http_get(url: &str) -> Result<(u16, String)> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", url])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').context("no status line")?;
-    Ok((code.trim().parse()?, body.to_string()))
+    common::curl_status(None, &[], url)
 }
 
 #[test]
@@ -692,6 +687,8 @@ fn api_names_are_checked_against_the_inventory_and_errors_name_no_server_path() 
     )?;
     let base = format!("http://{}:{http}/api/v1/nodes", lab.server_ip);
     let state = tmp.path().to_string_lossy().to_string();
+    let token = std::fs::read_to_string(tmp.path().join("state/api.token"))?;
+    let bearer = format!("Authorization: Bearer {}", token.trim());
     for name in ["..%2F..%2Fetc", "..%2F..%2F..%2Fetc", "%2E%2E", "nobody"] {
         for route in [
             "/profiles/latest",
@@ -701,7 +698,7 @@ fn api_names_are_checked_against_the_inventory_and_errors_name_no_server_path() 
             "",
         ] {
             let url = format!("{base}/{name}{route}");
-            let (code, body) = http_get(&url)?;
+            let (code, body) = common::curl_status(None, &["-H", &bearer], &url)?;
             assert_eq!(code, 404, "{url}: {body}");
             assert!(body.contains("no node"), "{url}: {body}");
             assert!(!body.contains(&state), "{url} reveals a path: {body}");
@@ -712,5 +709,70 @@ fn api_names_are_checked_against_the_inventory_and_errors_name_no_server_path() 
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("no boot profiles"), "{body}");
     assert!(!body.contains(&state), "reveals a path: {body}");
+    Ok(())
+}
+
+/// The API's access rules, from the host (an `api_readers` address) and
+/// from the node (its own address, not a reader): a change without the
+/// token or with a wrong one gets 401 and says why; the right token lets
+/// it through; the node may report itself booted without it; a read from
+/// outside the readers gets 403, or passes with the token. The token file
+/// is made private on first start.
+#[test]
+fn api_changes_need_the_token_and_reads_an_allowed_address() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::require_root_and_tools("api_token", &["ip", "curl", "umoci"]) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    one_layer_image(tmp.path(), "mkdir -p $r/boot $r/etc")?;
+    let reg = Registry::start()?;
+    common::push(&tmp.path().join("layout"), "os", &reg, "os/auth:1")?;
+    let lab = NetLab::new(true)?;
+    let http = common::free_tcp_port();
+    let _pc = serve_pc(
+        &lab,
+        tmp.path(),
+        &reg.reference("os/auth:1"),
+        &format!("http_port = {http}\napi_readers = [\"{}\"]", lab.server_ip),
+        "",
+        &[],
+    )?;
+    let token_file = tmp.path().join("state/api.token");
+    let mode = std::fs::metadata(&token_file)?.permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is readable by others");
+    let token = std::fs::read_to_string(&token_file)?.trim().to_string();
+    let bearer = format!("Authorization: Bearer {token}");
+    let wrong = format!("Authorization: Bearer {}x", &token[1..]);
+    let base = format!("http://{}:{http}/api/v1/nodes", lab.server_ip);
+    let booted = format!("{base}/pc/booted");
+    let host = |args: &[&str], url: &str| common::curl_status(None, args, url);
+    let node = |args: &[&str], url: &str| common::curl_status(Some(&lab.ns), args, url);
+
+    // A change from the host (not the node): the token or nothing.
+    let (code, body) = host(&["-X", "POST"], &booted)?;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Bearer TOKEN") && !body.contains(&token), "{body}");
+    let (code, body) = host(&["-X", "POST", "-H", &wrong], &booted)?;
+    assert_eq!((code, body.contains("wrong API token")), (401, true), "{body}");
+    let (code, body) = host(&["-X", "POST", "-H", &bearer], &booted)?;
+    assert_eq!(code, 409, "the token let it through to the route: {body}");
+    // GET is no way around it.
+    assert_eq!(host(&[], &booted)?.0, 401);
+    // The node itself may say it has booted.
+    let (code, body) = node(&["-X", "POST"], &booted)?;
+    assert_eq!(code, 409, "from the node's own address: {body}");
+    // ...but not for another node (nor may it guess the token).
+    let (code, _) = node(&["-X", "POST"], &format!("{base}/other/booted"))?;
+    assert_eq!(code, 401);
+
+    // Reads: open to the readers, 403 elsewhere unless the token comes.
+    let (code, body) = host(&[], &base)?;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = node(&[], &base)?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("api_readers"), "{body}");
+    assert_eq!(node(&["-H", &bearer], &base)?.0, 200);
+    assert_eq!(node(&["-H", &wrong], &base)?.0, 401);
     Ok(())
 }

@@ -599,6 +599,8 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
     // reported before any image is opened.
     let key = crate::nfs::load_or_create_key(&state_dir.join("nfs.key"))
         .context("NFS file handle key")?;
+    let access = Arc::new(crate::api::auth::Access::from_config(&ctx.config, &state_dir)?);
+    tracing::info!("HTTP API: changes need the token from {}", access.source);
     let nfs_addr = std::net::SocketAddr::from((ctx.server_ip, cfg.server.nfs_port));
     let listener = tokio::net::TcpListener::bind(nfs_addr)
         .await
@@ -673,7 +675,7 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
         servers += 1;
     }
     let a = ctx.clone();
-    tasks.spawn(async move { crate::api::run(a).await.context("HTTP API") });
+    tasks.spawn(async move { crate::api::run(a, access).await.context("HTTP API") });
     servers += 1;
     tokio::spawn(ctx.recorder.clone().run(std::time::Duration::from_secs(1)));
     // "serving" (which scripts wait for) only once every socket is bound.

@@ -254,6 +254,16 @@ pub(crate) struct ServerConfig {
     /// checked, so nodes boot while the image downloads.
     #[serde(default)]
     pub(crate) verified_only: bool,
+    /// The bearer token every API call that changes state must carry
+    /// (and that opens the read-only calls to any address). Default: the
+    /// token in `state_dir/api.token`, made (mode 0600) on first start.
+    #[serde(default)]
+    pub(crate) api_token: Option<Spanned<String>>,
+    /// Addresses (CIDR or single address) that may use the read-only API
+    /// calls without the token. Default: loopback and the served network
+    /// (`address` with `dhcp.prefix_len`).
+    #[serde(default)]
+    pub(crate) api_readers: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -457,6 +467,16 @@ impl Config {
                 key: key.to_string(),
                 message,
             };
+        if let Some(t) = &self.server.api_token {
+            if let Err(why) = crate::api::auth::check_token_text(t.get_ref()) {
+                return Err(invalid(t.span(), "server.api_token", why));
+            }
+        }
+        for r in self.server.api_readers.iter().flatten() {
+            if let Err(why) = crate::api::auth::parse_net(r.get_ref()) {
+                return Err(invalid(r.span(), "server.api_readers", why));
+            }
+        }
         let mut names = std::collections::HashMap::new();
         let mut macs = std::collections::HashMap::new();
         let mut serials = std::collections::HashMap::new();

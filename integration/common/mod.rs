@@ -177,6 +177,29 @@ pub fn curl_get(url: &str, accept: &[&str]) -> Result<Vec<u8>> {
     run(&mut cmd)
 }
 
+/// `curl ARGS URL` (inside the network namespace `netns` if given): the
+/// HTTP status and the body, whatever the status.
+pub fn curl_status(netns: Option<&str>, args: &[&str], url: &str) -> Result<(u16, String)> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "curl"]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = cmd
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text
+        .rsplit_once('\n')
+        .with_context(|| format!("curl {url}: no status line: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok((code.trim().parse()?, body.to_string()))
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

@@ -7,11 +7,17 @@
 //! - `GET /api/v1/nodes/NAME/profiles`: its recorded boots.
 //! - `GET /api/v1/nodes/NAME/profiles/BOOT?format=json|text|html|trace`:
 //!   one boot's profile (`latest` for the newest).
+//!
+//! Who may call what: [`auth`].
+
+pub(crate) mod auth;
 
 use crate::profile::{html, report, BootedBy, ProfileError};
 use crate::serve::ServeContext;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use auth::{Access, Credentials};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -33,26 +39,94 @@ pub(crate) enum ApiError {
 }
 
 /// Serve the API until an I/O error on the listening socket.
-pub(crate) async fn run(ctx: Arc<ServeContext>) -> Result<(), ApiError> {
+pub(crate) async fn run(ctx: Arc<ServeContext>, access: Arc<Access>) -> Result<(), ApiError> {
     let addr = SocketAddr::from((ctx.server_ip, ctx.config.server.http_port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
     tracing::info!("HTTP API on http://{addr}/api/v1/nodes");
     ctx.mark_bound();
-    axum::serve(listener, router(ctx))
-        .await
-        .map_err(ApiError::Serve)
+    let app = router(ctx, access).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await.map_err(ApiError::Serve)
 }
 
-pub(crate) fn router(ctx: Arc<ServeContext>) -> Router {
+pub(crate) fn router(ctx: Arc<ServeContext>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{name}", get(node))
         .route("/api/v1/nodes/{name}/booted", get(booted).post(booted))
         .route("/api/v1/nodes/{name}/profiles", get(profiles))
         .route("/api/v1/nodes/{name}/profiles/{boot}", get(profile))
+        .layer(axum::middleware::from_fn_with_state(
+            (ctx.clone(), access),
+            guard,
+        ))
         .with_state(ctx)
+}
+
+/// Lets a request through to its route, or answers 401 (a call that
+/// changes state without the token, or any call with a wrong one) or 403
+/// (a read from outside `api_readers` without the token). See [`auth`].
+async fn guard(
+    State((ctx, access)): State<(Arc<ServeContext>, Arc<Access>)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let creds = access.credentials(req.headers());
+    if creds == Credentials::Wrong {
+        return unauthorized("wrong API token");
+    }
+    let booted_by = booted_node(req.uri().path());
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD) || booted_by.is_some();
+    if creds == Credentials::Valid {
+        return next.run(req).await;
+    }
+    if changes {
+        // A node's own booted callback: its address is its credential.
+        let from_the_node = match (booted_by, peer.ip()) {
+            (Some(name), std::net::IpAddr::V4(ip)) => ctx
+                .inventory
+                .by_ip(ip)
+                .is_some_and(|n| n.name == name),
+            _ => false,
+        };
+        if from_the_node {
+            return next.run(req).await;
+        }
+        return unauthorized(
+            "this call changes state and needs `Authorization: Bearer TOKEN` (server.api_token, \
+             or the api.token file in the server's state directory); a node may report itself \
+             booted from its own address",
+        );
+    }
+    if access.may_read(peer.ip()) {
+        return next.run(req).await;
+    }
+    error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} may not read the API without the token (send `Authorization: Bearer TOKEN`, or \
+             add it to server.api_readers)",
+            peer.ip()
+        ),
+    )
+}
+
+/// `NAME` of `/api/v1/nodes/NAME/booted`.
+fn booted_node(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/v1/nodes/")?
+        .strip_suffix("/booted")
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"lazyboot\""),
+    );
+    r
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
