@@ -482,3 +482,89 @@ fn ephemeral_root_resets_at_the_first_boot_after_a_server_restart() -> Result<()
     );
     Ok(())
 }
+
+/// `/metrics` as the Prometheus client library's own parser reads it
+/// (Debian's python3-prometheus-client): sample name with labels -> value.
+fn scrape(lab: &Lab) -> Result<std::collections::BTreeMap<String, f64>> {
+    let url = format!("http://{}:8080/metrics", lab.net.server_ip);
+    let text = common::curl_get(&url, &[])?;
+    let parse = "import sys, json\n\
+        from prometheus_client.parser import text_string_to_metric_families as families\n\
+        out = {}\n\
+        for f in families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+        \x20       out[s.name + '{' + labels + '}'] = s.value\n\
+        print(json.dumps(out))\n";
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&text)?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&text)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `/metrics` parses with the Prometheus client library's parser, and its
+/// counters move while a node boots: DHCP answers, MOUNT and NFS calls,
+/// bytes read, registry traffic, cache lookups, and the node shows as
+/// booting.
+#[test]
+fn metrics_parse_and_move_during_a_boot() -> Result<()> {
+    if !runnable("metrics_parse_and_move_during_a_boot") || !common::have_tool("/usr/bin/python3") {
+        return Ok(());
+    }
+    let spec = NodeSpec::new("m1", 2, "readonly");
+    let lab = Lab::start(&[spec], true)?;
+    lab.prefer_source(2);
+    let before = scrape(&lab)?;
+    lab.lease(&NodeSpec::new("m1", 2, "readonly"))?;
+    let data = lab
+        .cat(&format!("/nodes/m1{}", paths::TEXT_FILE))
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(data, fixture_file(paths::TEXT_FILE));
+    let after = scrape(&lab)?;
+    let moved =
+        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    assert!(
+        moved("lazyboot_dhcp_packets_total{outcome=answered}") >= 2.0,
+        "{after:?}"
+    );
+    assert!(
+        moved("lazyboot_nfs_calls_total{program=mount}") >= 1.0,
+        "{after:?}"
+    );
+    assert!(
+        moved("lazyboot_nfs_calls_total{program=nfs}") >= 2.0,
+        "{after:?}"
+    );
+    assert!(
+        moved("lazyboot_nfs_read_bytes_total{}") >= data.len() as f64,
+        "{after:?}"
+    );
+    assert!(
+        after["lazyboot_registry_received_bytes_total{}"] > 0.0,
+        "{after:?}"
+    );
+    assert!(
+        after["lazyboot_registry_latency_seconds_count{}"] > 0.0,
+        "{after:?}"
+    );
+    assert!(
+        moved("lazyboot_cache_lookups_total{result=hit}")
+            + moved("lazyboot_cache_lookups_total{result=miss}")
+            >= 1.0,
+        "{after:?}"
+    );
+    assert_eq!(after["lazyboot_nodes{state=booting}"], 1.0, "{after:?}");
+    Ok(())
+}

@@ -752,9 +752,16 @@ fn api_changes_need_the_token_and_reads_an_allowed_address() -> Result<()> {
     // A change from the host (not the node): the token or nothing.
     let (code, body) = host(&["-X", "POST"], &booted)?;
     assert_eq!(code, 401, "{body}");
-    assert!(body.contains("Bearer TOKEN") && !body.contains(&token), "{body}");
+    assert!(
+        body.contains("Bearer TOKEN") && !body.contains(&token),
+        "{body}"
+    );
     let (code, body) = host(&["-X", "POST", "-H", &wrong], &booted)?;
-    assert_eq!((code, body.contains("wrong API token")), (401, true), "{body}");
+    assert_eq!(
+        (code, body.contains("wrong API token")),
+        (401, true),
+        "{body}"
+    );
     let (code, body) = host(&["-X", "POST", "-H", &bearer], &booted)?;
     assert_eq!(code, 409, "the token let it through to the route: {body}");
     // GET is no way around it.

@@ -599,7 +599,10 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
     // reported before any image is opened.
     let key = crate::nfs::load_or_create_key(&state_dir.join("nfs.key"))
         .context("NFS file handle key")?;
-    let access = Arc::new(crate::api::auth::Access::from_config(&ctx.config, &state_dir)?);
+    let access = Arc::new(crate::api::auth::Access::from_config(
+        &ctx.config,
+        &state_dir,
+    )?);
     tracing::info!("HTTP API: changes need the token from {}", access.source);
     let nfs_addr = std::net::SocketAddr::from((ctx.server_ip, cfg.server.nfs_port));
     let listener = tokio::net::TcpListener::bind(nfs_addr)

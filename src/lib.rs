@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod image;
 pub mod layer;
 pub(crate) mod lockfile;
+pub(crate) mod metrics;
 pub mod nfs;
 pub(crate) mod nodes;
 pub mod platform;

@@ -383,6 +383,30 @@ impl Images {
         self
     }
 
+    /// What every open image has fetched from its registry so far, and
+    /// the cache's counters.
+    pub(crate) fn gauges(&self) -> crate::metrics::Gauges {
+        let slots: Vec<ViewSlot> = self.slots.lock().values().cloned().collect();
+        let mut g = crate::metrics::Gauges::default();
+        for slot in slots {
+            // An image being opened right now counts at the next scrape.
+            if let Ok(guard) = slot.try_lock() {
+                if let Some(o) = guard.as_ref() {
+                    let s = o.source().stats();
+                    g.registry_requests += s.requests;
+                    g.registry_bytes += s.bytes;
+                }
+            }
+        }
+        let c = self.cache.stats();
+        g.cache_bytes = c.stored_bytes;
+        g.cache_hits = c.hits;
+        g.cache_misses = c.misses;
+        g.cache_evictions = c.evicted_chunks;
+        g.cache_corrupt = c.corrupt_chunks;
+        g
+    }
+
     fn slot(&self, node: &Node) -> ViewSlot {
         self.slots
             .lock()

@@ -194,9 +194,12 @@ pub fn curl_status(netns: Option<&str>, args: &[&str], url: &str) -> Result<(u16
         .arg(url)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text
-        .rsplit_once('\n')
-        .with_context(|| format!("curl {url}: no status line: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let (body, code) = text.rsplit_once('\n').with_context(|| {
+        format!(
+            "curl {url}: no status line: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     Ok((code.trim().parse()?, body.to_string()))
 }
 

@@ -212,7 +212,10 @@ mod tests {
     fn credentials_and_readers() {
         let access = Access {
             token: "0123456789abcdef0123".into(),
-            readers: vec![parse_net("10.1.2.0/24").unwrap(), parse_net("127.0.0.1").unwrap()],
+            readers: vec![
+                parse_net("10.1.2.0/24").unwrap(),
+                parse_net("127.0.0.1").unwrap(),
+            ],
             source: "test".into(),
         };
         let with = |v: &str| {

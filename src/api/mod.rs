@@ -8,6 +8,8 @@
 //! - `GET /api/v1/nodes/NAME/profiles/BOOT?format=json|text|html|trace`:
 //!   one boot's profile (`latest` for the newest).
 //!
+//! - `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
+//!
 //! Who may call what: [`auth`].
 
 pub(crate) mod auth;
@@ -57,6 +59,7 @@ pub(crate) fn router(ctx: Arc<ServeContext>, access: Arc<Access>) -> Router {
         .route("/api/v1/nodes/{name}/booted", get(booted).post(booted))
         .route("/api/v1/nodes/{name}/profiles", get(profiles))
         .route("/api/v1/nodes/{name}/profiles/{boot}", get(profile))
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             (ctx.clone(), access),
             guard,
@@ -85,10 +88,9 @@ async fn guard(
     if changes {
         // A node's own booted callback: its address is its credential.
         let from_the_node = match (booted_by, peer.ip()) {
-            (Some(name), std::net::IpAddr::V4(ip)) => ctx
-                .inventory
-                .by_ip(ip)
-                .is_some_and(|n| n.name == name),
+            (Some(name), std::net::IpAddr::V4(ip)) => {
+                ctx.inventory.by_ip(ip).is_some_and(|n| n.name == name)
+            }
             _ => false,
         };
         if from_the_node {
@@ -127,6 +129,34 @@ fn unauthorized(message: &str) -> Response {
         header::HeaderValue::from_static("Bearer realm=\"lazyboot\""),
     );
     r
+}
+
+/// Prometheus text exposition (see [`crate::metrics`]).
+async fn metrics(State(ctx): State<Arc<ServeContext>>) -> Response {
+    let mut g = ctx.images.gauges();
+    let store = ctx.recorder.store();
+    let mut by_state = [("unknown", 0u64), ("booting", 0), ("up", 0), ("failed", 0)];
+    for n in ctx.inventory.all() {
+        let i = if ctx.inventory.failure(&n.name).is_some() {
+            3
+        } else if ctx.recorder.in_progress(&n.name) {
+            1
+        } else if !store.boots(&n.name).is_empty() {
+            2
+        } else {
+            0
+        };
+        by_state[i].1 += 1;
+    }
+    g.nodes = by_state.to_vec();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&g),
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -629,13 +629,16 @@ pub(crate) async fn serve(ctx: Arc<ServeContext>) -> Result<(), DhcpError> {
             Port::Pxe => &buf_pxe[..n],
         };
         let Some(out) = handler.handle(data, src, port, unix_now()) else {
+            crate::metrics::METRICS.dhcp_unanswered.inc();
             continue;
         };
+        crate::metrics::METRICS.dhcp_replies.inc();
         let sock = match out.port {
             Port::Dhcp => &dhcp,
             Port::Pxe => pxe.as_ref().unwrap_or(&dhcp),
         };
         if let Err(e) = sock.send_to(&out.bytes, out.dest).await {
+            crate::metrics::METRICS.dhcp_send_errors.inc();
             warn!("DHCP reply to {}: {e}", out.dest);
         }
     }

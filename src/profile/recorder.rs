@@ -537,6 +537,14 @@ impl Recorder {
             how.describe()
         );
         l.refresh_traffic();
+        let metrics = &crate::metrics::METRICS;
+        match how {
+            BootedBy::Quiet { .. } => metrics.boots_quiet.inc(),
+            _ => metrics.boots_booted.inc(),
+        }
+        metrics
+            .boot_duration
+            .observe(std::time::Duration::from_secs_f64(at_ms.max(0.0) / 1000.0));
         l.profile.booted = Some(Booted { at_ms, how });
         l.dirty = true;
         self.learn_plan(l);

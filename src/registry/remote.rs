@@ -411,9 +411,13 @@ impl Remote {
         let mut renewed = false;
         loop {
             self.counters.request();
+            let asked = std::time::Instant::now();
             let answer = tokio::time::timeout(self.timeout, self.blobs.get(digest, offset, len))
                 .await
                 .map_err(|_| self.timeout_error(what))?;
+            crate::metrics::METRICS
+                .registry_latency
+                .observe(asked.elapsed());
             let answer = answer.map_err(|t| match t {
                 Trouble::Transport(e) if e.is_timeout() => self.timeout_error(what),
                 Trouble::Transport(e) => RegistryError::Transport {

@@ -163,8 +163,10 @@ impl<E: Exports> Server<E> {
 
     async fn run(&self, h: &Head, args: &[u8], ip: IpAddr) -> Vec<u8> {
         let mut out = rpc::reply_header(h.xid, Outcome::Success);
+        let metrics = &crate::metrics::METRICS;
         let result = match (h.prog, h.vers) {
             (NFS_PROGRAM, VERSION) => {
+                metrics.nfs_calls.inc();
                 let started = std::time::Instant::now();
                 let trace = SharedTrace::default();
                 let r = traced(trace.clone(), self.nfs(h, args, ip, &mut out)).await;
@@ -182,13 +184,17 @@ impl<E: Exports> Server<E> {
                 }
                 r
             }
-            (MOUNT_PROGRAM, 3) => self.mount(h, args, ip, &mut out).await,
+            (MOUNT_PROGRAM, 3) => {
+                metrics.mount_calls.inc();
+                self.mount(h, args, ip, &mut out).await
+            }
             (NFS_PROGRAM, _) | (MOUNT_PROGRAM, _) => Err(Outcome::ProgMismatch { low: 3, high: 3 }),
             _ => Err(Outcome::ProgUnavail),
         };
         match result {
             Ok(()) => rpc::finish_record(out),
             Err(outcome) => {
+                metrics.nfs_errors.inc();
                 tracing::debug!(
                     "nfs: {ip} xid {} prog {} vers {} proc {}: {outcome:?}",
                     h.xid,
@@ -393,7 +399,10 @@ impl<E: Exports> Server<E> {
 /// vanished is STALE (the handle is no longer good), not NOENT.
 fn handle_stat(e: FsError) -> nfsstat3 {
     match e {
-        FsError::NotFound | FsError::Stale => nfsstat3::NFS3ERR_STALE,
+        FsError::NotFound | FsError::Stale => {
+            crate::metrics::METRICS.nfs_errors.inc();
+            nfsstat3::NFS3ERR_STALE
+        }
         e => stat(e),
     }
 }

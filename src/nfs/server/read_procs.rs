@@ -103,6 +103,9 @@ impl<E: Exports> Server<E> {
         let mut data: Vec<u8> = data.into();
         data.truncate(count as usize);
         trace::note_bytes_out(data.len() as u64);
+        crate::metrics::METRICS
+            .nfs_read_bytes
+            .add(data.len() as u64);
         Nfs3Result::Ok(READ3resok {
             file_attributes: post(obj.export, Some(&a)),
             count: data.len() as u32,

@@ -12,6 +12,11 @@ use super::NAME_MAX;
 use crate::nfs::fs::{Attr, FileKind, FsError, SetAttr, SetTime, Time};
 
 pub(super) fn stat(e: FsError) -> nfsstat3 {
+    // A name not found is an answer (LOOKUP misses are routine), not a
+    // failure worth counting.
+    if e != FsError::NotFound {
+        crate::metrics::METRICS.nfs_errors.inc();
+    }
     match e {
         FsError::NotFound => nfsstat3::NFS3ERR_NOENT,
         FsError::Exists => nfsstat3::NFS3ERR_EXIST,
