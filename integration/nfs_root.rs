@@ -9,7 +9,7 @@ mod common;
 use std::time::Instant;
 
 use anyhow::Result;
-use common::nfsroot::{fixture_file, owner, runnable, snapshot_nfs, Lab, NodeSpec};
+use common::nfsroot::{fixture_file, owner, runnable, snapshot_nfs, Lab, LabOptions, NodeSpec};
 use common::nfsrpc;
 use common::snapshot::Kind;
 use common::{paths, pseudo_random, sha256_hex, CompareOptions};
@@ -566,5 +566,124 @@ fn metrics_parse_and_move_during_a_boot() -> Result<()> {
         "{after:?}"
     );
     assert_eq!(after["lazyboot_nodes{state=booting}"], 1.0, "{after:?}");
+    Ok(())
+}
+
+/// A two-platform image in `reg` as `repo:1`: an OCI index of an amd64
+/// and an arm64 image whose /etc/arch says which one it is.
+fn push_two_platform_image(
+    dir: &std::path::Path,
+    reg: &common::Registry,
+    repo: &str,
+) -> Result<()> {
+    let mut entries = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let d = dir.join(arch);
+        std::fs::create_dir_all(&d)?;
+        common::netboot::one_layer_image(
+            &d,
+            &format!("mkdir -p $r/etc && echo {arch} > $r/etc/arch"),
+        )?;
+        common::sh(&format!(
+            "umoci config --image {l}:os --os linux --architecture {arch}",
+            l = d.join("layout").display()
+        ))?;
+        common::push(&d.join("layout"), "os", reg, &format!("{repo}:{arch}"))?;
+        let url = format!("{}/v2/{repo}/manifests/{arch}", reg.url());
+        let body = common::curl_get(&url, &["application/vnd.oci.image.manifest.v1+json"])?;
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha256_hex(&body)),
+            "size": body.len(),
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let file = dir.join("index.json");
+    std::fs::write(&file, serde_json::to_vec(&index)?)?;
+    common::run(std::process::Command::new("curl").args([
+        "-sSf",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.index.v1+json",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{}/v2/{repo}/manifests/1", reg.url()),
+    ]))?;
+    Ok(())
+}
+
+/// One tag, two platforms, each node its own: the configured platform wins
+/// over what the node's firmware says; the client architecture a node's
+/// DHCP request names (option 93) picks the platform of a node that
+/// configures none; without either, the node kind's default. A platform
+/// the image does not have is a clear error, in the inventory and the
+/// node's boot profile.
+#[test]
+fn each_node_boots_its_own_platform_of_one_tag() -> Result<()> {
+    if !runnable("each_node_boots_its_own_platform_of_one_tag") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let reg = common::Registry::start()?;
+    push_two_platform_image(tmp.path(), &reg, "multi/os")?;
+    let configured = NodeSpec::new("configured", 2, "readonly").with_platform("linux/amd64");
+    let by_dhcp = NodeSpec::new("by-dhcp", 3, "readonly");
+    let by_kind = NodeSpec::new("by-kind", 4, "readonly");
+    let missing = NodeSpec::new("missing", 5, "readonly").with_platform("linux/riscv64");
+    let lab = Lab::start_with(
+        &[
+            NodeSpec::new("configured", 2, "readonly").with_platform("linux/amd64"),
+            NodeSpec::new("by-dhcp", 3, "readonly"),
+            NodeSpec::new("by-kind", 4, "readonly"),
+            NodeSpec::new("missing", 5, "readonly").with_platform("linux/riscv64"),
+        ],
+        true,
+        LabOptions {
+            image: Some(reg.reference("multi/os:1")),
+            ..LabOptions::default()
+        },
+    )?;
+    // Both firmware say "ARM 64-bit UEFI" (11).
+    lab.discover_with(&configured, &["93=h:000b"])?;
+    lab.discover_with(&by_dhcp, &["93=h:000b"])?;
+    lab.discover_with(&missing, &["93=h:000b"])?;
+    for (spec, want) in [
+        (&configured, "amd64"),
+        (&by_dhcp, "arm64"),
+        (&by_kind, "amd64"),
+    ] {
+        lab.prefer_source(spec.last);
+        let got = lab
+            .cat(&format!("/nodes/{}/etc/arch", spec.name))
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(String::from_utf8_lossy(&got).trim(), want, "{}", spec.name);
+    }
+    lab.prefer_source(missing.last);
+    let err = lab
+        .cat("/nodes/missing/etc/arch")
+        .expect_err("a platform the image lacks");
+    assert!(!err.is_empty());
+    let url = format!("http://{}:8080/api/v1/nodes/missing", lab.net.server_ip);
+    let node: serde_json::Value = serde_json::from_slice(&common::curl_get(&url, &[])?)?;
+    let failed = node["failed"].as_str().unwrap_or_default().to_string();
+    assert!(
+        failed.contains("no image for platform linux/riscv64") && failed.contains("linux/arm64"),
+        "{node}"
+    );
+    let mut lab = lab;
+    lab.server.stop()?;
+    let profile = common::profile_json(&lab.state(), "missing", 1)?;
+    let errors = profile["profile"]["errors"].to_string();
+    assert!(
+        errors.contains("no image for platform linux/riscv64"),
+        "{errors}\n{}",
+        common::tail(&lab.server.log(), 30)
+    );
     Ok(())
 }

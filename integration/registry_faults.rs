@@ -121,6 +121,7 @@ fn a_read_the_registry_cannot_serve_fails_with_eio_and_says_why() -> Result<()> 
             faults: Some(|_: &FaultyRegistry| {}),
             cache_size: Some("4M"),
             globals: vec!["--read-timeout", "5", "--registry-retries", "2"],
+            ..LabOptions::default()
         },
     )?;
     lab.discover(&NODE)?;

@@ -716,6 +716,7 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
         }
     }
     eprintln!("stopping");
+    ctx.recorder.flush();
     // Unregistered from the host's rpcbind here, before the process ends.
     drop(registration);
     Ok(())

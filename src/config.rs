@@ -3,9 +3,10 @@
 //! checks across keys (duplicate names, pool outside the subnet) use spans
 //! kept on the values they talk about.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
@@ -316,6 +317,10 @@ pub(crate) struct NodeConfig {
     /// `{export}`, `{port}`).
     #[serde(default)]
     pub(crate) root_args: Option<String>,
+    /// The platform to boot from a multi-platform image (`linux/arm64`),
+    /// over what the node's DHCP request says and the kind's default.
+    #[serde(default)]
+    pub(crate) platform: Option<Spanned<String>>,
 }
 
 fn default_root() -> RootMode {
@@ -328,6 +333,10 @@ pub(crate) struct DefaultsConfig {
     pub(crate) unknown_nodes: UnknownNodes,
     #[serde(default)]
     pub(crate) image: Option<String>,
+    /// The platform of nodes that neither set one nor send their client
+    /// architecture in DHCP (before each kind's default).
+    #[serde(default)]
+    pub(crate) platform: Option<String>,
     /// Kind to assume when the request does not tell.
     #[serde(default)]
     pub(crate) kind: Option<NodeKind>,
@@ -468,12 +477,12 @@ impl Config {
                 message,
             };
         if let Some(t) = &self.server.api_token {
-            if let Err(why) = crate::api::auth::check_token_text(t.get_ref()) {
+            if let Err(why) = check_token_text(t.get_ref()) {
                 return Err(invalid(t.span(), "server.api_token", why));
             }
         }
         for r in self.server.api_readers.iter().flatten() {
-            if let Err(why) = crate::api::auth::parse_net(r.get_ref()) {
+            if let Err(why) = parse_net(r.get_ref()) {
                 return Err(invalid(r.span(), "server.api_readers", why));
             }
         }
@@ -590,7 +599,24 @@ impl Config {
                 }
             }
         }
+        for n in &self.nodes {
+            if let Some(p) = &n.platform {
+                if let Err(e) = p.get_ref().parse::<crate::platform::Platform>() {
+                    return Err(invalid(p.span(), "nodes.platform", e.to_string()));
+                }
+            }
+        }
         if let Some(d) = &self.defaults {
+            if let Some(p) = &d.platform {
+                if let Err(e) = p.parse::<crate::platform::Platform>() {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_string(),
+                        line: text.find("[defaults]").map_or(1, |o| line_of(text, o)),
+                        key: "defaults.platform".into(),
+                        message: e.to_string(),
+                    });
+                }
+            }
             if d.unknown_nodes == UnknownNodes::Defaults && d.image.is_none() {
                 return Err(ConfigError::Invalid {
                     path: path.to_string(),
@@ -602,6 +628,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A token's text: long enough not to be guessed, and no characters an
+/// HTTP header cannot carry.
+pub(crate) fn check_token_text(t: &str) -> Result<(), String> {
+    if t.len() < 16 {
+        return Err(format!(
+            "the token must be at least 16 characters long, this one has {}",
+            t.len()
+        ));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token may hold only visible ASCII characters (no spaces)".into());
+    }
+    Ok(())
+}
+
+/// `10.0.0.0/24`, or one address (`10.0.0.5`).
+pub(crate) fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an address nor a network (CIDR, e.g. 10.0.0.0/24)"))
 }
 
 #[cfg(test)]

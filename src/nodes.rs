@@ -12,8 +12,10 @@
 //! `[defaults] max_nodes` of them ever do.
 
 mod pending;
+pub(crate) mod platform;
 
 use crate::config::{Config, DefaultsConfig, MacAddr, NodeKind, RootMode, UnknownNodes};
+use crate::platform::Platform;
 use parking_lot::{Mutex, RwLock};
 use pending::PendingTable;
 pub(crate) use pending::{PendingNode, PENDING_TTL};
@@ -48,6 +50,16 @@ pub(crate) struct Node {
     pub(crate) root_args: Option<String>,
     /// False for nodes made on the fly from `[defaults]`.
     pub(crate) configured: bool,
+    /// The platform set in the configuration (see [`platform::choose`]).
+    #[serde(serialize_with = "ser_platform")]
+    pub(crate) platform: Option<Platform>,
+}
+
+fn ser_platform<S: serde::Serializer>(p: &Option<Platform>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_some(&p.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -76,6 +88,8 @@ pub(crate) fn is_raspberry_pi_mac(mac: MacAddr) -> bool {
 #[derive(Default)]
 struct Learned {
     ip_by_mac: HashMap<MacAddr, Ipv4Addr>,
+    /// The client architecture (DHCP option 93) each MAC last sent.
+    arch_by_mac: HashMap<MacAddr, u16>,
     boots: HashMap<String, u64>,
     /// Why a node cannot be served (its image reference does not resolve).
     failed: HashMap<String, String>,
@@ -143,6 +157,7 @@ impl Inventory {
                     initrd: n.initrd.clone(),
                     root_args: n.root_args.clone(),
                     configured: true,
+                    platform: n.platform.as_ref().and_then(|p| p.get_ref().parse().ok()),
                 })
             })
             .collect();
@@ -228,6 +243,7 @@ impl Inventory {
             initrd: None,
             root_args: None,
             configured: false,
+            platform: None,
         });
         self.pending.lock().insert(node.clone(), boot_firmware, now);
         Some(Found::Pending(PendingNode {
@@ -299,6 +315,24 @@ impl Inventory {
         // One address belongs to one node: forget whoever had it before.
         l.ip_by_mac.retain(|m, a| *a != ip || *m == mac);
         l.ip_by_mac.insert(mac, ip);
+    }
+
+    /// `mac`'s boot firmware said it is of client architecture `arch`.
+    pub(crate) fn learn_arch(&self, mac: MacAddr, arch: u16) {
+        if self.learned.read().arch_by_mac.get(&mac) != Some(&arch) {
+            self.learned.write().arch_by_mac.insert(mac, arch);
+        }
+    }
+
+    /// The platform `node` boots, and why (see [`platform::choose`]).
+    pub(crate) fn platform_of(&self, node: &Node) -> (Platform, platform::PlatformSource) {
+        let arch = self.learned.read().arch_by_mac.get(&node.mac).copied();
+        let defaults = self
+            .defaults
+            .as_ref()
+            .and_then(|d| d.platform.as_ref())
+            .and_then(|p| p.parse().ok());
+        platform::choose(node, arch, defaults.as_ref())
     }
 
     pub(crate) fn ip_of(&self, name: &str) -> Option<Ipv4Addr> {

@@ -3,7 +3,7 @@
 //! `main.rs` starts DHCP, TFTP and NFS with one `ServeContext`.
 
 use crate::cache::ChunkCache;
-use crate::config::{Config, NodeKind};
+use crate::config::Config;
 use crate::digest::Digest;
 use crate::image::prefetch::{self, PrefetchPlan};
 use crate::image::trace::{traced, SharedTrace};
@@ -71,7 +71,7 @@ impl ServeContext {
             retries: opts.registry_retries,
             ..RegistryOptions::default()
         };
-        let images = Images::new(cache.clone(), registry)
+        let images = Images::new(cache.clone(), registry, inventory.clone())
             .with_platform(opts.platform)
             .with_read_timeout(opts.read_timeout)
             .with_publish_indexes(config.server.publish_indexes);
@@ -335,7 +335,8 @@ impl Default for ServeOptions {
 /// An image being opened (or open); its lock is held while resolving.
 type ViewSlot = Arc<tokio::sync::Mutex<Option<Arc<Opening>>>>;
 
-/// Images by (reference, node kind): the kind picks the platform. Each is an
+/// Images by (reference, platform): each node boots the platform
+/// `nodes::platform` chooses for it. Each is an
 /// [`Opening`] from the moment its reference resolves, so boot files can be
 /// served while a first streaming pass runs.
 pub(crate) struct Images {
@@ -344,9 +345,11 @@ pub(crate) struct Images {
     registry: RegistryOptions,
     platform: Option<Platform>,
     read_timeout: Duration,
+    /// Which platform each node boots.
+    inventory: Arc<Inventory>,
     /// One slot per key, each with its own lock, so opening (or re-resolving)
     /// one image never holds up readers of another.
-    slots: parking_lot::Mutex<HashMap<(String, NodeKind), ViewSlot>>,
+    slots: parking_lot::Mutex<HashMap<(String, Platform), ViewSlot>>,
     /// Manifests whose prefetch plan is being replayed.
     prefetching: parking_lot::Mutex<HashSet<Digest>>,
     /// Push every image's indexes once its streaming passes are done.
@@ -354,10 +357,15 @@ pub(crate) struct Images {
 }
 
 impl Images {
-    pub(crate) fn new(cache: Arc<ChunkCache>, registry: RegistryOptions) -> Images {
+    pub(crate) fn new(
+        cache: Arc<ChunkCache>,
+        registry: RegistryOptions,
+        inventory: Arc<Inventory>,
+    ) -> Images {
         Images {
             cache,
             registry,
+            inventory,
             platform: None,
             read_timeout: Duration::from_secs(60),
             slots: parking_lot::Mutex::new(HashMap::new()),
@@ -407,10 +415,19 @@ impl Images {
         g
     }
 
+    /// The platform `node` boots: `--platform`, else the inventory's
+    /// choice (see `nodes::platform`).
+    pub(crate) fn platform_for(&self, node: &Node) -> Platform {
+        match &self.platform {
+            Some(p) => p.clone(),
+            None => self.inventory.platform_of(node).0,
+        }
+    }
+
     fn slot(&self, node: &Node) -> ViewSlot {
         self.slots
             .lock()
-            .entry((node.image.clone(), node.kind))
+            .entry((node.image.clone(), self.platform_for(node)))
             .or_default()
             .clone()
     }
@@ -499,11 +516,12 @@ impl Images {
                     },
                 )?;
         let mut opts = self.registry.clone();
-        if let Some(p) = &self.platform {
-            opts.platform = p.clone();
-        } else if let Ok(p) = node.kind.default_platform().parse() {
-            opts.platform = p;
-        }
+        opts.platform = self.platform_for(node);
+        let why = match &self.platform {
+            Some(_) => "--platform".to_string(),
+            None => self.inventory.platform_of(node).1.to_string(),
+        };
+        tracing::info!(node = %node.name, "opening {} for {} (from {why})", node.image, opts.platform);
         Source::open(&reference, &opts)
             .await
             .map_err(|e| ImageOpenError::View {

@@ -38,11 +38,25 @@ pub struct NodeSpec {
     /// Last byte of the MAC and of the address (10.213.SUBNET.LAST).
     pub last: u8,
     pub root: &'static str,
+    /// `platform` in the node's configuration.
+    pub platform: Option<&'static str>,
 }
 
 impl NodeSpec {
     pub const fn new(name: &'static str, last: u8, root: &'static str) -> NodeSpec {
-        NodeSpec { name, last, root }
+        NodeSpec {
+            name,
+            last,
+            root,
+            platform: None,
+        }
+    }
+
+    pub const fn with_platform(self, platform: &'static str) -> NodeSpec {
+        NodeSpec {
+            platform: Some(platform),
+            ..self
+        }
     }
     pub fn mac(&self) -> String {
         format!("52:54:00:aa:00:{:02x}", self.last)
@@ -70,6 +84,8 @@ pub struct LabOptions {
     pub cache_size: Option<&'static str>,
     /// Global flags of `lazyboot serve` (`--read-timeout 5`).
     pub globals: Vec<&'static str>,
+    /// Serve this image reference instead of the shared fixture's.
+    pub image: Option<String>,
 }
 
 impl Lab {
@@ -92,9 +108,10 @@ impl Lab {
             }
             None => None,
         };
-        let image = match &faults {
-            Some(f) => f.reference(REPO),
-            None => registry.reference(REPO),
+        let image = match (&opts.image, &faults) {
+            (Some(i), _) => i.clone(),
+            (None, Some(f)) => f.reference(REPO),
+            (None, None) => registry.reference(REPO),
         };
         let net = NetLab::new(false)?;
         let tmp = tempfile::tempdir()?;
@@ -128,6 +145,9 @@ impl Lab {
                 n.mac(),
                 n.root
             ));
+            if let Some(p) = n.platform {
+                text.push_str(&format!("platform = \"{p}\"\n"));
+            }
         }
         let config = tmp.path().join("lazyboot.toml");
         std::fs::write(&config, text)?;
@@ -249,8 +269,17 @@ impl Lab {
 
     /// A DHCP DISCOVER from a PXE ROM with `mac`: the node starts a boot.
     pub fn discover(&self, spec: &NodeSpec) -> Result<()> {
+        self.discover_with(spec, &[])
+    }
+
+    /// [`Lab::discover`] with more options (`CODE=FORMAT:VALUE`, e.g. the
+    /// client architecture `93=h:000b`).
+    pub fn discover_with(&self, spec: &NodeSpec, opts: &[&str]) -> Result<()> {
         let mac = spec.mac();
-        let args = ["--timeout", "5", "--mac", &mac, "--opt", PXE_CLASS];
+        let mut args = vec!["--timeout", "5", "--mac", &mac, "--opt", PXE_CLASS];
+        for o in opts {
+            args.extend(["--opt", o]);
+        }
         let v = super::dhcpc::run_client(&self.net, "discover", &args)?;
         let offer = &v["replies"][0];
         if offer["msg_type"] != 2 || offer["yiaddr"] != self.ip(spec.last).to_string().as_str() {

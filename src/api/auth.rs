@@ -10,7 +10,7 @@
 //! - a node's `booted` callback is also accepted from that node's own
 //!   address, so a node's init can call it without holding a secret.
 
-use crate::config::Config;
+use crate::config::{check_token_text, parse_net, Config};
 use axum::http::{header, HeaderMap};
 use ipnet::{IpNet, Ipv4Net};
 use std::io::Write;
@@ -112,29 +112,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A token's text: long enough not to be guessed, and no characters an
-/// HTTP header cannot carry.
-pub(crate) fn check_token_text(t: &str) -> Result<(), String> {
-    if t.len() < 16 {
-        return Err(format!(
-            "the token must be at least 16 characters long, this one has {}",
-            t.len()
-        ));
-    }
-    if !t.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the token may hold only visible ASCII characters (no spaces)".into());
-    }
-    Ok(())
-}
-
-/// `10.0.0.0/24`, or one address (`10.0.0.5`).
-pub(crate) fn parse_net(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{s:?} is neither an address nor a network (CIDR, e.g. 10.0.0.0/24)"))
 }
 
 /// The token in `path`, or a new random one written there (mode 0600, via

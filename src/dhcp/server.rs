@@ -230,6 +230,11 @@ impl Handler {
         // Only nodes of the inventory get a boot timeline.
         let recorded = matches!(found, Found::Node(_)).then(|| node.name.clone());
         let boot_firmware = facts.sent_by_boot_firmware();
+        // What the firmware says it is picks the platform the node boots
+        // (unless its configuration names one).
+        if let (Found::Node(_), true, Some(arch)) = (&found, boot_firmware, facts.arch) {
+            self.ctx.inventory.learn_arch(mac, arch);
+        }
         let requested = requested_ip(msg);
         let lease_secs = self.lease_secs;
         let leases = self.leases.as_mut()?;

@@ -598,6 +598,12 @@ impl Recorder {
             let quiet_secs = self.rules.quiet.map_or(0, |q| q.as_secs());
             self.booted(&node, BootedBy::Quiet { quiet_secs });
         }
+        self.flush();
+    }
+
+    /// Save every changed timeline now (also what a stopping server does
+    /// last, so the latest second of every boot is kept).
+    pub(crate) fn flush(&self) {
         let mut live = self.live.lock();
         for l in live.values_mut().filter(|l| !l.done()) {
             l.refresh_traffic();
