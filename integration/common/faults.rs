@@ -15,13 +15,14 @@
 //! response and relays bytes as they are.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+
+use super::relay::{read_request, relay, respond, AtStop};
 
 /// How many times each fault was injected, and what the proxy saw.
 #[derive(Clone, Copy, Debug, Default)]
@@ -205,28 +206,6 @@ struct Ctx {
     plan: Arc<Mutex<Plan>>,
 }
 
-/// One request's head, and the body bytes read along with it.
-struct Request {
-    method: String,
-    path: String,
-    /// Header lines as sent, without `Connection`.
-    headers: Vec<String>,
-    rest: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    fn is_blob_get(&self) -> bool {
-        self.method == "GET" && self.path.contains("/blobs/sha256:")
-    }
-}
-
 impl Ctx {
     fn front(&self, mut client: TcpStream) -> Result<()> {
         let Some(req) = read_request(&mut client)? else {
@@ -301,7 +280,7 @@ impl Ctx {
                 cut = take_drop(&mut p);
             }
         }
-        if relay(&mut client, &req, &self.upstream, cut)? {
+        if relay(&mut client, &req, &self.upstream, cut, || AtStop::Cut)? {
             count_drop(&self.plan);
         }
         Ok(())
@@ -323,7 +302,7 @@ impl Ctx {
             p.fired.storage_gets += 1;
             take_drop(&mut p)
         };
-        if relay(&mut client, &req, &self.upstream, cut)? {
+        if relay(&mut client, &req, &self.upstream, cut, || AtStop::Cut)? {
             count_drop(&self.plan);
         }
         Ok(())
@@ -340,116 +319,4 @@ fn count_drop(plan: &Mutex<Plan>) {
     let mut p = plan.lock().unwrap();
     p.drops = p.drops.saturating_sub(1);
     p.fired.dropped += 1;
-}
-
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-fn read_request(client: &mut TcpStream) -> Result<Option<Request>> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 16384];
-    let end = loop {
-        if let Some(end) = head_end(&buf) {
-            break end;
-        }
-        let n = client.read(&mut tmp)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let first = lines.next().context("empty request")?;
-    let mut words = first.split(' ');
-    let method = words.next().unwrap_or("").to_string();
-    let path = words.next().unwrap_or("").to_string();
-    let headers = lines
-        .filter(|l| !l.is_empty())
-        .filter(|l| {
-            !l.split(':')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("connection")
-        })
-        .map(str::to_string)
-        .collect();
-    Ok(Some(Request {
-        method,
-        path,
-        headers,
-        rest: buf[end..].to_vec(),
-    }))
-}
-
-fn respond(
-    client: &mut TcpStream,
-    status: u16,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {status} Fault\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str("\r\n");
-    client.write_all(out.as_bytes())?;
-    client.write_all(body)?;
-    Ok(())
-}
-
-/// Send `req` upstream and relay the answer, closing after `cut` body bytes
-/// when given; whether it was cut.
-fn relay(client: &mut TcpStream, req: &Request, upstream: &str, cut: Option<u64>) -> Result<bool> {
-    let mut up = TcpStream::connect(upstream).context("connecting upstream")?;
-    let mut out = format!("{} {} HTTP/1.1\r\n", req.method, req.path);
-    for h in &req.headers {
-        out.push_str(h);
-        out.push_str("\r\n");
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    up.write_all(out.as_bytes())?;
-    up.write_all(&req.rest)?;
-    let mut tmp = [0u8; 16384];
-    let mut head = Vec::new();
-    let mut body_sent: Option<u64> = None;
-    loop {
-        let n = up.read(&mut tmp)?;
-        if n == 0 {
-            return Ok(false);
-        }
-        let mut data = &tmp[..n];
-        if body_sent.is_none() {
-            head.extend_from_slice(data);
-            match head_end(&head) {
-                Some(e) => {
-                    let in_this = head.len() - e;
-                    client.write_all(&data[..n - in_this])?;
-                    data = &data[n - in_this..];
-                    body_sent = Some(0);
-                }
-                None => {
-                    client.write_all(data)?;
-                    continue;
-                }
-            }
-        }
-        let sent = body_sent.as_mut().expect("in the body");
-        if let Some(limit) = cut {
-            let room = limit.saturating_sub(*sent) as usize;
-            if data.len() >= room {
-                client.write_all(&data[..room])?;
-                // The connection drops: no more bytes, no clean end.
-                let _ = client.shutdown(std::net::Shutdown::Both);
-                return Ok(true);
-            }
-        }
-        client.write_all(data)?;
-        *sent += data.len() as u64;
-    }
 }

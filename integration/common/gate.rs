@@ -6,13 +6,14 @@
 //! One request per connection: the proxy asks upstream to close after each
 //! response and relays bytes as they are, so the client reconnects.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+
+use super::relay::{read_request, relay, AtStop};
 
 #[derive(Default)]
 struct Hold {
@@ -45,7 +46,7 @@ impl Gate {
                 let Ok(conn) = conn else { continue };
                 let (h, up) = (h.clone(), up.clone());
                 std::thread::spawn(move || {
-                    if let Err(e) = relay(conn, &up, &h) {
+                    if let Err(e) = serve_one(conn, &up, &h) {
                         eprintln!("gate: {e:#}");
                     }
                 });
@@ -94,102 +95,34 @@ impl Drop for Gate {
     }
 }
 
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-fn relay(mut client: TcpStream, upstream: &str, hold: &(Mutex<Hold>, Condvar)) -> Result<()> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 16384];
-    let end = loop {
-        if let Some(end) = head_end(&buf) {
-            break end;
-        }
-        let n = client.read(&mut tmp)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&tmp[..n]);
+fn serve_one(mut client: TcpStream, upstream: &str, hold: &(Mutex<Hold>, Condvar)) -> Result<()> {
+    let Some(req) = read_request(&mut client)? else {
+        return Ok(());
     };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().context("empty request")?.to_string();
-    let mut out = format!("{request_line}\r\n");
-    let mut ranged = false;
-    for l in lines.filter(|l| !l.is_empty()) {
-        let name = l
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        // An open-ended range (`bytes=N-`) is how a pass asks for the
-        // stream; a bounded one is a read of part of the blob.
-        ranged |= name == "range" && !l.trim_end().ends_with('-');
-        if name != "connection" {
-            out.push_str(l);
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+    // An open-ended range (`bytes=N-`) is how a pass asks for the stream; a
+    // bounded one is a read of part of the blob.
+    let ranged = req.header("range").is_some_and(|r| !r.ends_with('-'));
     let limit = {
         let h = hold.0.lock().unwrap();
         match &h.blob {
             Some((digest, at))
                 if !ranged
-                    && request_line.starts_with("GET ")
-                    && path.ends_with(&format!("/blobs/{digest}")) =>
+                    && req.method == "GET"
+                    && req.path.ends_with(&format!("/blobs/{digest}")) =>
             {
                 Some(*at)
             }
             _ => None,
         }
     };
-    let mut up = TcpStream::connect(upstream).context("connecting upstream")?;
-    up.write_all(out.as_bytes())?;
-    up.write_all(&buf[end..])?;
-    // Relay the response; count body bytes once the head has gone by.
-    let mut head = Vec::new();
-    let mut body_sent: Option<u64> = None;
-    loop {
-        let n = up.read(&mut tmp)?;
-        if n == 0 {
-            return Ok(());
+    relay(&mut client, &req, upstream, limit, || {
+        let mut h = hold.0.lock().unwrap();
+        h.held += 1;
+        hold.1.notify_all();
+        while !h.released {
+            h = hold.1.wait(h).unwrap();
         }
-        let mut data = &tmp[..n];
-        if body_sent.is_none() {
-            head.extend_from_slice(data);
-            match head_end(&head) {
-                Some(e) => {
-                    let in_this = head.len() - e;
-                    client.write_all(&data[..n - in_this])?;
-                    data = &data[n - in_this..];
-                    body_sent = Some(0);
-                }
-                None => {
-                    client.write_all(data)?;
-                    continue;
-                }
-            }
-        }
-        let sent = body_sent.as_mut().expect("in the body");
-        if let Some(at) = limit {
-            if *sent < at && *sent + data.len() as u64 >= at {
-                let before = (at - *sent) as usize;
-                client.write_all(&data[..before])?;
-                client.flush()?;
-                *sent += before as u64;
-                data = &data[before..];
-                let mut h = hold.0.lock().unwrap();
-                h.held += 1;
-                hold.1.notify_all();
-                while !h.released {
-                    h = hold.1.wait(h).unwrap();
-                }
-            }
-        }
-        client.write_all(data)?;
-        *sent += data.len() as u64;
-    }
+        AtStop::Carry
+    })?;
+    Ok(())
 }

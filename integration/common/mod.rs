@@ -36,6 +36,7 @@ pub mod nfsroot;
 pub mod nfsrpc;
 pub mod qemu;
 pub mod registry;
+pub mod relay;
 pub mod serve;
 pub mod shaped;
 pub mod snapshot;
