@@ -115,14 +115,8 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::tests::key;
     use crate::cache::ChunkCache;
-
-    fn key(id: u64) -> ChunkKey {
-        ChunkKey {
-            layer: Digest::of_bytes(b"layer"),
-            id,
-        }
-    }
 
     #[test]
     fn finds_damaged_swapped_unfinished_and_stray_files_and_repairs() {

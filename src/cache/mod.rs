@@ -478,7 +478,7 @@ impl Drop for Staging<'_> {
 mod tests {
     use super::*;
 
-    fn key(id: u64) -> ChunkKey {
+    pub(super) fn key(id: u64) -> ChunkKey {
         ChunkKey {
             layer: Digest::of_bytes(b"layer"),
             id,

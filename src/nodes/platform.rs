@@ -11,9 +11,12 @@ use crate::platform::Platform;
 /// or that no image is built for.
 pub(crate) fn of_client_arch(arch: u16) -> Option<Platform> {
     let (arch, variant) = match arch {
-        // x86 BIOS (a 64-bit PC in practice), x64 UEFI (7, and 9 as the
-        // registry had it once), their HTTP boot forms, PC/AT BIOS HTTP.
-        0 | 7 | 9 | 16 | 20 => ("amd64", None),
+        // 0 ("x86 BIOS") is also what the Raspberry Pi boot ROM and many
+        // other firmwares send without meaning it: it tells nothing.
+        0 => return None,
+        // x64 UEFI (7, and 9 as the registry had it once), their HTTP boot
+        // forms, PC/AT BIOS over HTTP.
+        7 | 9 | 16 | 20 => ("amd64", None),
         6 | 15 => ("386", None),
         // ARM 32-bit UEFI and U-Boot, and their HTTP boot forms.
         10 | 18 | 21 | 23 => ("arm", Some("v7")),
@@ -77,7 +80,7 @@ mod tests {
     #[test]
     fn client_architectures_name_platforms() {
         let s = |a| of_client_arch(a).map(|p| p.to_string());
-        assert_eq!(s(0).as_deref(), Some("linux/amd64"));
+        assert_eq!(s(0), None, "sent by Pi firmware too");
         assert_eq!(s(7).as_deref(), Some("linux/amd64"));
         assert_eq!(s(9).as_deref(), Some("linux/amd64"));
         assert_eq!(s(6).as_deref(), Some("linux/386"));
