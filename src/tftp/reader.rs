@@ -3,7 +3,7 @@
 //!
 //! The engine asks for one block at a time, in order, as it first sends
 //! it; a block is a slice of what was fetched (no copy), except one that
-//! straddles two fetches. Until the client has acknowledged data, an
+//! straddles two fetches and the first window (below). Until the client has acknowledged data, an
 //! image file is read only as far as the first send window needs (see
 //! [`TftpReader::first_read`]): a client that only probes (tsize, then
 //! "Early terminate") or never answers costs one window. After that, the
@@ -209,6 +209,14 @@ impl ImageSource {
         if bytes.is_empty() {
             return Err(ReadError::Short { offset: at, size });
         }
+        // What the view returns may be a slice of a whole cache chunk: kept
+        // by a client that has not answered yet, it would pin the chunk for
+        // a few hundred bytes. Until then, keep a copy of just what was read.
+        let bytes = if self.read_ahead {
+            bytes
+        } else {
+            Bytes::copy_from_slice(&bytes)
+        };
         self.window = bytes;
         self.window_start = at;
         self.window_reads = 0;
