@@ -878,6 +878,35 @@ fn duplicate_acks_are_not_answered_and_a_window_resumes_after_a_loss() {
     );
 }
 
+/// A client that goes silent gets retransmissions further and further
+/// apart: 1 s, then 2 s, then 4 s (async-tftp resent every second).
+#[test]
+fn retransmissions_back_off_when_the_client_is_silent() {
+    let Some(b) = setup("retransmissions_back_off_when_the_client_is_silent") else {
+        return;
+    };
+    let pi = b.pi_ip.to_string();
+    let file = format!("{PI_PREFIX}/config.txt");
+    let r = b
+        .py(&["silent", &file, "--bind", &pi, "--listen", "5.5"])
+        .unwrap();
+    let at: Vec<f64> = r["arrivals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a[0], 6, "only the OACK comes: {r}");
+            a[1].as_f64().unwrap()
+        })
+        .collect();
+    // The OACK at once, again after 1 s, then 2 s later; the next is due
+    // 4 s after that, past the listening.
+    assert_eq!(at.len(), 3, "{r}");
+    let gaps = [at[1] - at[0], at[2] - at[1]];
+    assert!((0.8..1.6).contains(&gaps[0]), "{r}");
+    assert!((1.8..2.6).contains(&gaps[1]), "{r}");
+}
+
 /// blksize, windowsize and tsize negotiated with atftp and curl come out
 /// as the file's bytes, including block sizes the link caps, windows the
 /// server caps, and small blocks whose numbers roll over past 65535.

@@ -35,6 +35,10 @@ Every command prints one JSON object on stdout.
       RRQ with "windowsize 4" and "blksize 512": take blocks 1-4, ACK 2 as
       if block 3 were lost, list the DATA blocks within --listen seconds.
 
+  silent HOST PORT FILE [--bind IP] [--listen SECS]
+      RRQ with "tsize 0", then never answer: report when each packet came
+      (seconds after the request) within --listen seconds.
+
   hold HOST PORT FILE --from IP:N[:FILE] [--from ...]
       Start N transfers from IP (of FILE, if given), each from a new port,
       one after the other, all kept open: report each one's first reply.
@@ -319,6 +323,27 @@ def cmd_window_loss(a):
     return {"oack": oack, "first": first, "after": [b for op, b, _ in after if op == DATA]}
 
 
+def cmd_silent(a):
+    s = new_socket(a.bind, a.timeout)
+    t0 = time.monotonic()
+    s.sendto(rrq(a.file, [("tsize", 0)]), (a.host, a.port))
+    arrivals = []
+    deadline = t0 + a.listen
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            data, addr = s.recvfrom(70000)
+        except socket.timeout:
+            break
+        arrivals.append([struct.unpack("!H", data[:2])[0], round(time.monotonic() - t0, 3)])
+    if arrivals:
+        end(s, addr)
+    return {"arrivals": arrivals}
+
+
 def raise_fd_limit(n):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n + 64:
@@ -389,14 +414,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("get", "probe", "raw", "put", "abort-after-oack", "dup-acks", "window-loss",
-                 "hold", "flood"):
+                 "silent", "hold", "flood"):
         c = sub.add_parser(name)
         c.add_argument("host")
         c.add_argument("port", type=int)
         c.add_argument("hex" if name == "raw" else "file")
         c.add_argument("--bind")
         c.add_argument("--timeout", type=float, default=2.0)
-        if name in ("abort-after-oack", "dup-acks", "window-loss"):
+        if name in ("abort-after-oack", "dup-acks", "window-loss", "silent"):
             c.add_argument("--listen", type=float, default=1.5)
         if name == "hold":
             c.add_argument("--from", dest="source", action="append", required=True)
@@ -414,7 +439,7 @@ def main():
     a = p.parse_args()
     result = {"get": cmd_get, "probe": cmd_probe, "raw": cmd_raw, "put": cmd_put,
               "abort-after-oack": cmd_abort_after_oack, "dup-acks": cmd_dup_acks,
-              "window-loss": cmd_window_loss, "hold": cmd_hold,
+              "window-loss": cmd_window_loss, "silent": cmd_silent, "hold": cmd_hold,
               "flood": cmd_flood}[a.cmd](a)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
