@@ -211,12 +211,16 @@ impl<O: Open> Engine<O> {
                     "TFTP: {peer}: {} refused: too many transfers (server busy)",
                     req.filename
                 );
-                let busy = packet::error(packet::code::UNDEFINED, BUSY);
-                let _ = listener.try_send_to(&busy, peer);
             }
         }
-        if matches!(admission, Admission::Start) {
-            self.start(req);
+        let busy = match admission {
+            Admission::Start => !self.start(req),
+            Admission::Duplicate => false,
+            Admission::Busy => true,
+        };
+        if busy {
+            let busy = packet::error(packet::code::UNDEFINED, BUSY);
+            let _ = listener.try_send_to(&busy, peer);
         }
     }
 
@@ -233,26 +237,24 @@ impl<O: Open> Engine<O> {
     }
 
     /// Open the transfer's socket and start its task, registered in the
-    /// table until the task ends (or is aborted).
-    fn start(self: &Arc<Self>, req: Request) {
+    /// table until the task ends (or is aborted). `false` if there is no
+    /// socket to be had (out of file descriptors or ports): the client
+    /// should retry. Only the listener calls it, one request at a time, so
+    /// the admission just made still holds.
+    fn start(self: &Arc<Self>, req: Request) -> bool {
         let peer = req.client;
         let socket = match transfer_socket(self.local_ip, peer) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::warn!("TFTP: {peer}: cannot open a transfer socket: {e}");
-                return;
+                return false;
             }
         };
         let heard = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut table = self.table.lock();
-        // Checked again under the lock the task's slot needs: a request of
-        // the same peer may have been admitted meanwhile.
-        if table.by_peer.contains_key(&peer)
-            || matches!(self.admit(&mut table, peer), Admission::Busy)
-        {
-            return;
-        }
+        // Held while the task starts: its slot cannot be given back before
+        // it is in the table.
         let engine = self.clone();
         let (s, h) = (socket.clone(), heard.clone());
         let task = tokio::spawn(async move {
@@ -275,6 +277,7 @@ impl<O: Open> Engine<O> {
             },
         );
         *table.per_ip.entry(peer.ip()).or_default() += 1;
+        true
     }
 }
 
