@@ -6,7 +6,8 @@ that libFuzzer starts from inputs that get past the first checks: the DHCP
 requests of a PXE ROM, iPXE, U-Boot and a Raspberry Pi; NFS, MOUNT and
 portmapper calls as the Linux client, klibc nfsmount and rpcinfo send them;
 tar streams in ustar, PAX and GNU format; an eStargz footer and TOC; OCI
-manifests and indexes; and the example configuration. Layer index seeds are
+manifests and indexes; the example configuration; and TFTP packets as a
+Raspberry Pi, U-Boot, iPXE, atftp and tftp-hpa send them. Layer index seeds are
 real index files: scripts/fuzz adds them from `lazyboot index` of a small
 image. Run from anywhere: python3 fuzz/make-seeds.py
 """
@@ -218,6 +219,32 @@ docker = dict(manifest, mediaType="application/vnd.docker.distribution.manifest.
 put("oci_manifest", "docker-v2", json.dumps(docker).encode())
 put("oci_manifest", "docker-list", json.dumps(dict(
     index, mediaType="application/vnd.docker.distribution.manifest.list.v2+json")).encode())
+
+# --- TFTP -------------------------------------------------------------------
+
+def tftp_request(opcode, name, mode=b"octet", options=()):
+    pkt = struct.pack("!H", opcode) + name + b"\0" + mode + b"\0"
+    for k, v in options:
+        pkt += k + b"\0" + v + b"\0"
+    return pkt
+
+
+put("tftp_packet", "pi-probe-rrq", tftp_request(1, b"8b07bcc6/start4.elf", options=[
+    (b"tsize", b"0"), (b"blksize", b"1024")]))
+put("tftp_packet", "uboot-rrq", tftp_request(1, b"boot.scr.uimg", options=[
+    (b"timeout", b"5"), (b"blksize", b"1468"), (b"tsize", b"0")]))
+put("tftp_packet", "ipxe-rrq", tftp_request(1, b"boot.ipxe", options=[
+    (b"blksize", b"1432"), (b"tsize", b"0")]))
+put("tftp_packet", "atftp-windowsize-rrq", tftp_request(1, b"kernel8.img", options=[
+    (b"blksize", b"1468"), (b"windowsize", b"16"), (b"tsize", b"0")]))
+put("tftp_packet", "hpa-netascii-rrq", tftp_request(1, b"pxelinux.cfg/default", b"netascii"))
+put("tftp_packet", "wrq", tftp_request(2, b"upload.bin", options=[(b"tsize", b"1000")]))
+put("tftp_packet", "ack", struct.pack("!HH", 4, 1))
+put("tftp_packet", "ack-rollover", struct.pack("!HH", 4, 0))
+put("tftp_packet", "error-early-terminate", struct.pack("!HH", 5, 0) + b"Early terminate\0")
+put("tftp_packet", "error-unknown-tid", struct.pack("!HH", 5, 5) + b"Unknown transfer ID\0")
+put("tftp_packet", "oack", struct.pack("!H", 6) + b"tsize\0002228224\0blksize\0001024\0")
+put("tftp_packet", "data", struct.pack("!HH", 3, 7) + bytes(range(256)) * 2)
 
 # --- configuration ----------------------------------------------------------
 

@@ -532,6 +532,22 @@ fn metrics_parse_and_move_during_a_boot() -> Result<()> {
         .cat(&format!("/nodes/m1{}", paths::TEXT_FILE))
         .map_err(anyhow::Error::msg)?;
     assert_eq!(data, fixture_file(paths::TEXT_FILE));
+    // The iPXE ROM a PXE node chains into, over TFTP.
+    let script = lab
+        .net
+        .client("curl")
+        .args(["-sSf", "--max-time", "30"])
+        .arg(format!(
+            "tftp://{}:{}/undionly.kpxe",
+            lab.net.server_ip, lab.tftp_port
+        ))
+        .output()?;
+    assert!(
+        script.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&script.stderr),
+        common::tail(&lab.server.log(), 20)
+    );
     let after = scrape(&lab)?;
     let moved =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
@@ -549,6 +565,12 @@ fn metrics_parse_and_move_during_a_boot() -> Result<()> {
     );
     assert!(
         moved("lazyboot_nfs_read_bytes_total{}") >= data.len() as f64,
+        "{after:?}"
+    );
+    assert!(!script.stdout.is_empty(), "an empty iPXE ROM");
+    assert!(moved("lazyboot_tftp_requests_total{}") >= 1.0, "{after:?}");
+    assert!(
+        moved("lazyboot_tftp_sent_bytes_total{}") >= script.stdout.len() as f64,
         "{after:?}"
     );
     assert!(

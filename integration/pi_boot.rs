@@ -366,8 +366,9 @@ root = "persistent"
     let said = curl(&lab, &format!("{api}/booted"))?;
     assert_eq!(said["boot"], 1, "{said}");
     let state = tmp.path().join("state");
-    // async-tftp reports a transfer whose client stopped early only when its
-    // resends run out (~11 s): wait until every request is in the profile.
+    // A transfer is in the profile once it ends: at once for one the client
+    // ended with an ERROR, only after the retransmissions for one whose
+    // client went silent; wait until every request is in the profile.
     let first = profile_settled(&state, "cm4-1", 1, log.len())?;
     let p = &first["profile"];
     assert_eq!(p["booted"]["how"]["by"], "api", "{p}");

@@ -223,7 +223,8 @@ fn python_client() -> PathBuf {
 }
 
 impl Bench {
-    fn start() -> Result<Bench> {
+    /// The bench with `server_extra` (TOML) in the config's `[server]`.
+    fn start(server_extra: &str) -> Result<Bench> {
         logs();
         let img = pi_image();
         let registry = Registry::start()?;
@@ -246,6 +247,7 @@ state_dir = "{tmp}/state"
 cache_dir = "{tmp}/cache"
 tftp_port = {port}
 nfs_port = {NFS_PORT}
+{server_extra}
 [dhcp]
 mode = "off"
 [[nodes]]
@@ -365,11 +367,16 @@ ip = "{pc_ip}"
 }
 
 fn setup(test: &str) -> Option<Bench> {
+    setup_with(test, "")
+}
+
+/// [`setup`] with `server_extra` in the config's `[server]`.
+fn setup_with(test: &str, server_extra: &str) -> Option<Bench> {
     if !require_root_and_tools(test, TOOLS) {
         return None;
     }
     let started = Instant::now();
-    let b = Bench::start().unwrap();
+    let b = Bench::start(server_extra).unwrap();
     eprintln!("[{test}] bench ready in {:.1?}", started.elapsed());
     Some(b)
 }
@@ -467,7 +474,12 @@ fn pi_gets_its_boot_files_by_serial_mac_and_address() {
 /// not logged as failures.
 #[test]
 fn probes_early_terminates_and_parallel_reads_are_normal() {
-    let Some(b) = setup("probes_early_terminates_and_parallel_reads_are_normal") else {
+    // One address plays eleven clients at once here: above the default
+    // per-client limit of 8.
+    let Some(b) = setup_with(
+        "probes_early_terminates_and_parallel_reads_are_normal",
+        "tftp_max_sessions_per_client = 16",
+    ) else {
         return;
     };
     let pi = b.pi_ip.to_string();
@@ -781,4 +793,376 @@ fn options_are_negotiated_and_malformed_packets_are_ignored() {
     // And the server still works.
     let r = b.get(b.pi_ip, &f, &["blksize=1468"]);
     b.expect_bytes(&r, &start4, "after malformed packets");
+}
+
+/// The retransmission timeout the server starts from (lazyboot's
+/// `RETRANSMIT_TIMEOUT`), for "nothing more came within one interval".
+const RETRANSMIT: Duration = Duration::from_secs(1);
+
+/// A client's ERROR ends its transfer at once: after the Raspberry Pi's
+/// "Early terminate" in answer to the tsize OACK, nothing more comes within
+/// a retransmission interval and a margin (async-tftp resent the OACK
+/// every second for about 11 s).
+#[test]
+fn a_client_error_after_the_oack_ends_the_transfer() {
+    let Some(b) = setup("a_client_error_after_the_oack_ends_the_transfer") else {
+        return;
+    };
+    let pi = b.pi_ip.to_string();
+    let listen = (RETRANSMIT + Duration::from_millis(600))
+        .as_secs_f64()
+        .to_string();
+    for name in ["start4.elf", "config.txt"] {
+        let want = b.img.bytes(&format!("boot/firmware/{name}"));
+        let file = format!("{PI_PREFIX}/{name}");
+        let r = b
+            .py(&[
+                "abort-after-oack",
+                &file,
+                "--bind",
+                &pi,
+                "--listen",
+                &listen,
+            ])
+            .unwrap();
+        assert_eq!(r["oack"]["tsize"], want.len().to_string(), "{r}");
+        assert_eq!(
+            r["after_error"],
+            serde_json::json!([]),
+            "{name}: the server went on after the client's ERROR: {r}"
+        );
+    }
+    // And the re-request that follows is served in full.
+    let r = b
+        .py(&[
+            "probe",
+            &format!("{PI_PREFIX}/start4.elf"),
+            "--bind",
+            &pi,
+            "--same-port",
+        ])
+        .unwrap();
+    b.expect_bytes(&r, &b.img.bytes("boot/firmware/start4.elf"), "re-request");
+}
+
+/// The same ACK three times brings one DATA (no sorcerer's apprentice),
+/// and in a window an ACK of a block before the window's end resumes the
+/// window right after it (RFC 7440).
+#[test]
+fn duplicate_acks_are_not_answered_and_a_window_resumes_after_a_loss() {
+    let Some(b) = setup("duplicate_acks_are_not_answered_and_a_window_resumes_after_a_loss") else {
+        return;
+    };
+    let pi = b.pi_ip.to_string();
+    let file = format!("{PI_PREFIX}/start4.elf");
+    // Well inside the retransmission timeout: only answers to ACKs count.
+    let listen = (RETRANSMIT * 6 / 10).as_secs_f64().to_string();
+    let r = b
+        .py(&["dup-acks", &file, "--bind", &pi, "--listen", &listen])
+        .unwrap();
+    assert_eq!(r["first"], 1, "{r}");
+    assert_eq!(
+        r["data_after"],
+        serde_json::json!([2]),
+        "three ACKs of block 1 should bring block 2 once: {r}"
+    );
+    let r = b
+        .py(&["window-loss", &file, "--bind", &pi, "--listen", &listen])
+        .unwrap();
+    assert_eq!(r["oack"]["windowsize"], "4", "{r}");
+    assert_eq!(r["first"], serde_json::json!([1, 2, 3, 4]), "{r}");
+    assert_eq!(
+        r["after"],
+        serde_json::json!([3, 4, 5, 6]),
+        "after ACK 2 the window should start again at block 3: {r}"
+    );
+}
+
+/// A client that goes silent gets retransmissions further and further
+/// apart: 1 s, then 2 s, then 4 s (async-tftp resent every second).
+#[test]
+fn retransmissions_back_off_when_the_client_is_silent() {
+    let Some(b) = setup("retransmissions_back_off_when_the_client_is_silent") else {
+        return;
+    };
+    let pi = b.pi_ip.to_string();
+    let file = format!("{PI_PREFIX}/config.txt");
+    let r = b
+        .py(&["silent", &file, "--bind", &pi, "--listen", "5.5"])
+        .unwrap();
+    let at: Vec<f64> = r["arrivals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a[0], 6, "only the OACK comes: {r}");
+            a[1].as_f64().unwrap()
+        })
+        .collect();
+    // The OACK at once, again after 1 s, then 2 s later; the next is due
+    // 4 s after that, past the listening.
+    assert_eq!(at.len(), 3, "{r}");
+    let gaps = [at[1] - at[0], at[2] - at[1]];
+    assert!((0.8..1.6).contains(&gaps[0]), "{r}");
+    assert!((1.8..2.6).contains(&gaps[1]), "{r}");
+}
+
+/// blksize, windowsize and tsize negotiated with atftp and curl come out
+/// as the file's bytes, including block sizes the link caps, windows the
+/// server caps, and small blocks whose numbers roll over past 65535.
+#[test]
+fn atftp_and_curl_negotiate_blksize_windowsize_and_tsize() {
+    let Some(b) = setup("atftp_and_curl_negotiate_blksize_windowsize_and_tsize") else {
+        return;
+    };
+    let start4 = b.img.bytes("boot/firmware/start4.elf");
+    let file = format!("{PI_PREFIX}/start4.elf");
+    // 2,228,224 bytes in 32-byte blocks: 69,633 blocks, past 65535.
+    for blksize in ["512", "1024", "1468", "8192", "32"] {
+        let out = b.fetched(&format!("curl-{blksize}"));
+        let mut c = b.lab.client("timeout");
+        c.args([
+            "120",
+            "curl",
+            "-sS",
+            "--tftp-blksize",
+            blksize,
+            "--interface",
+        ])
+        .arg(b.pi_ip.to_string())
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("tftp://{}:{}/{file}", b.server(), b.port));
+        run(&mut c).unwrap();
+        assert!(
+            fs::read(&out).unwrap() == start4,
+            "curl blksize {blksize}: bytes differ"
+        );
+    }
+    for (blksize, window, granted) in [
+        ("1468", "1", "1"),
+        ("1468", "4", "4"),
+        ("9000", "64", "64"),
+        ("1024", "200", "64"),
+        ("32", "16", "16"),
+    ] {
+        let out = b.fetched(&format!("atftp-{blksize}-{window}"));
+        // The trace (on stderr) names every packet: not for 69,633 blocks.
+        let traced = blksize != "32";
+        let mut c = b.lab.client("timeout");
+        c.args(["120", "atftp", "--get", "-r"])
+            .arg(&file)
+            .arg("-l")
+            .arg(&out)
+            .args(["--option", &format!("blksize {blksize}")])
+            .args(["--option", &format!("windowsize {window}")])
+            // ("tsize enable" would send the word "enable" as the value.)
+            .args(["--option", "tsize 0"]);
+        if traced {
+            c.arg("--trace");
+        }
+        c.arg(b.server()).arg(b.port.to_string());
+        let done = c.stdin(std::process::Stdio::null()).output().unwrap();
+        let trace = String::from_utf8_lossy(&done.stderr).into_owned();
+        assert!(done.status.success(), "atftp: {}", common::tail(&trace, 20));
+        assert!(
+            fs::read(&out).unwrap() == start4,
+            "atftp blksize {blksize} windowsize {window}: bytes differ"
+        );
+        if !traced {
+            continue;
+        }
+        let oack = trace
+            .lines()
+            .find(|l| l.contains("received OACK"))
+            .unwrap_or_default()
+            .to_string();
+        let want_blksize = if blksize == "9000" { "1468" } else { blksize };
+        for want in [
+            format!("blksize: {want_blksize}"),
+            format!("windowsize: {granted}"),
+            format!("tsize: {}", start4.len()),
+        ] {
+            assert!(
+                oack.contains(&want),
+                "atftp's OACK {oack:?} lacks {want:?}:\n{}",
+                trace
+                    .lines()
+                    .filter(|l| l.contains("RRQ"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+}
+
+/// `tftp_max_sessions_per_client` (8 by default) and `tftp_max_sessions`:
+/// the request past either limit, while the others are still open, gets
+/// "server busy, retry" (code 0); the ones within get their first block.
+#[test]
+fn session_limits_per_client_and_in_all_answer_server_busy() {
+    let Some(b) = setup_with(
+        "session_limits_per_client_and_in_all_answer_server_busy",
+        "tftp_max_sessions = 12",
+    ) else {
+        return;
+    };
+    let pi = format!("{}:9:{PI_PREFIX}/start4.elf", b.pi_ip);
+    let mars = format!("{}:5:vmlinuz", b.mars_ip);
+    let r = b
+        .py(&["hold", "unused", "--from", &pi, "--from", &mars])
+        .unwrap();
+    let replies = r["replies"].as_array().unwrap();
+    let kinds: Vec<String> = replies
+        .iter()
+        .map(|r| format!("{} {}", r[0].as_str().unwrap(), r[1].as_str().unwrap()))
+        .collect();
+    let busy = serde_json::json!(["error", 0, "server busy, retry"]);
+    let (pi, mars) = (b.pi_ip.to_string(), b.mars_ip.to_string());
+    let want: Vec<String> = std::iter::repeat_n(format!("{pi} data"), 8)
+        .chain([format!("{pi} error")])
+        .chain(std::iter::repeat_n(format!("{mars} data"), 4))
+        .chain([format!("{mars} error")])
+        .collect();
+    assert_eq!(kinds, want, "{r}");
+    for i in [8, 13] {
+        assert_eq!(
+            replies[i].as_array().unwrap()[1..],
+            busy.as_array().unwrap()[..],
+            "{r}"
+        );
+    }
+    // Nothing was kept of the refused requests, and the held transfers
+    // ended with the client's ERROR: a new one is served.
+    let r = b.get(
+        b.pi_ip,
+        &format!("{PI_PREFIX}/config.txt"),
+        &["blksize=1468"],
+    );
+    b.expect_bytes(&r, &b.img.bytes("boot/firmware/config.txt"), "after");
+}
+
+/// The flood's limits: every one of the 3,000 requests gets a transfer.
+const FLOOD_LIMITS: &str = "tftp_max_sessions = 4000\ntftp_max_sessions_per_client = 4000";
+
+/// 3,000 requests from 3,000 ports that never acknowledge anything, all
+/// admitted (the limits are raised for it): the server's memory stays
+/// small (each transfer holds its first block, not a read-ahead window)
+/// and is given back once they end, and a normal client is served during
+/// the flood. The figures are printed; only a generous bound is asserted.
+#[test]
+fn a_flood_of_unacknowledged_requests_keeps_memory_bounded() -> Result<()> {
+    if !require_root_and_tools(
+        "a_flood_of_unacknowledged_requests",
+        &["ip", "python3", "curl"],
+    ) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    common::netboot::build_boot_image(tmp.path(), "flood")?;
+    let reg = Registry::start()?;
+    common::push(&tmp.path().join("layout"), "os", &reg, "os/flood:1")?;
+    let lab = NetLab::new(true)?;
+    let pc = common::netboot::serve_pc(
+        &lab,
+        tmp.path(),
+        &reg.reference("os/flood:1"),
+        FLOOD_LIMITS,
+        "",
+        &[],
+    )?;
+    let pid = pc.server.pid();
+    let want = fs::read(tmp.path().join("bundle/rootfs/boot/vmlinuz-6.1.0-test"))?;
+    let curl = |name: &str| -> Result<Vec<u8>> {
+        let out = tmp.path().join(name);
+        let mut c = lab.client("timeout");
+        c.args(["60", "curl", "-sS", "--tftp-blksize", "1468", "-o"])
+            .arg(&out)
+            .arg(format!("tftp://{}:{}/vmlinuz", lab.server_ip, pc.tftp_port));
+        run(&mut c)?;
+        Ok(fs::read(&out)?)
+    };
+    // Until the image is open, a file is an error to retry on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl("warm").ok().as_deref() != Some(&want[..]) {
+        assert!(
+            Instant::now() < deadline,
+            "vmlinuz never served\n{}",
+            pc.server.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let before = common::vm_rss_kib(pid)?;
+    // Twice: the second flood shows whether the first left anything behind
+    // (the allocator keeps freed memory for reuse, so RSS need not fall).
+    for round in 1..=2 {
+        let mut flood = lab.client("timeout");
+        flood
+            .arg("120")
+            .arg("python3")
+            .arg(python_client())
+            .args([
+                "flood",
+                &lab.server_ip.to_string(),
+                &pc.tftp_port.to_string(),
+            ])
+            .args(["vmlinuz", "--bind", &lab.client_ip.to_string()])
+            .args(["--count", "3000", "--rate", "1000", "--hold", "4"])
+            .stdout(std::process::Stdio::piped());
+        let flood = flood.spawn()?;
+        let t0 = Instant::now();
+        let mut peak = common::vm_rss_kib(pid)?;
+        let mut during = None;
+        while t0.elapsed() < Duration::from_secs(9) {
+            peak = peak.max(common::vm_rss_kib(pid)?);
+            if during.is_none() && t0.elapsed() > Duration::from_secs(2) {
+                during = Some(curl("during")? == want);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = flood.wait_with_output()?;
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;
+        // The flood's ports are closed now. A transfer ends at its next
+        // retransmission if the ICMP "port unreachable" reaches it (the
+        // kernel rate-limits those), else when its retransmissions run out:
+        // about 40 s after its request.
+        let ended = |log: &str| log.matches("vmlinuz ended after 512 of").count();
+        let t1 = Instant::now();
+        while ended(&pc.server.log()) < 3000 * round && t1.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let gone = t1.elapsed();
+        let after = common::vm_rss_kib(pid)?;
+        let served_after = curl("after")? == want;
+        eprintln!(
+            "[flood {round}] {report}; serve VmRSS: {} MiB before the first flood, {} MiB peak, \
+             {} MiB once all {} transfers had ended ({:.1?} after the flood)",
+            before / 1024,
+            peak / 1024,
+            after / 1024,
+            ended(&pc.server.log()),
+            gone
+        );
+        assert_eq!(report["first_replies"]["data"], 3000, "{report}");
+        assert_eq!(
+            during,
+            Some(true),
+            "a normal client was not served during the flood"
+        );
+        assert!(
+            served_after,
+            "a normal client was not served after the flood"
+        );
+        assert!(
+            ended(&pc.server.log()) >= 3000 * round,
+            "transfers still live"
+        );
+        assert!(
+            peak < 256 * 1024,
+            "serve's VmRSS reached {} MiB",
+            peak / 1024
+        );
+    }
+    Ok(())
 }

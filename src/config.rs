@@ -209,6 +209,15 @@ fn default_tftp_port() -> u16 {
 fn default_http_port() -> u16 {
     8080
 }
+fn default_tftp_max_sessions() -> usize {
+    256
+}
+fn default_tftp_max_sessions_per_client() -> usize {
+    8
+}
+/// Each TFTP transfer holds a socket: more than this would run out of
+/// file descriptors long before it helped anyone.
+const TFTP_SESSIONS_LIMIT: usize = 65536;
 fn default_lease_secs() -> u64 {
     3600
 }
@@ -232,6 +241,12 @@ pub(crate) struct ServerConfig {
     pub(crate) tftp_port: u16,
     #[serde(default = "default_http_port")]
     pub(crate) http_port: u16,
+    /// TFTP transfers at once; a request beyond is answered "server busy".
+    #[serde(default = "default_tftp_max_sessions")]
+    pub(crate) tftp_max_sessions: usize,
+    /// TFTP transfers at once from one client address.
+    #[serde(default = "default_tftp_max_sessions_per_client")]
+    pub(crate) tftp_max_sessions_per_client: usize,
     #[serde(default)]
     pub(crate) insecure_registries: Vec<String>,
     /// Fetch every image completely in the background once it is open, so
@@ -606,6 +621,25 @@ impl Config {
                 }
             }
         }
+        for (key, value) in [
+            ("tftp_max_sessions", self.server.tftp_max_sessions),
+            (
+                "tftp_max_sessions_per_client",
+                self.server.tftp_max_sessions_per_client,
+            ),
+        ] {
+            if !(1..=TFTP_SESSIONS_LIMIT).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_string(),
+                    line: text
+                        .find(&format!("{key} "))
+                        .or_else(|| text.find(&format!("{key}=")))
+                        .map_or(1, |o| line_of(text, o)),
+                    key: format!("server.{key}"),
+                    message: format!("{value} is not between 1 and {TFTP_SESSIONS_LIMIT}"),
+                });
+            }
+        }
         if let Some(d) = &self.defaults {
             if let Some(p) = &d.platform {
                 if let Err(e) = p.parse::<crate::platform::Platform>() {
@@ -749,6 +783,34 @@ boot_dir = "/boot/efi"
 
         let e = err(&GOOD.replace("serial = \"100000008b07bcc6\"", "serial = \"zz\""));
         assert!(e.contains("nodes.serial") && e.contains("line 15"), "{e}");
+    }
+
+    #[test]
+    fn tftp_session_limits() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.server.tftp_max_sessions, 256);
+        assert_eq!(c.server.tftp_max_sessions_per_client, 8);
+        let with = |extra: &str| GOOD.replacen("[server]", &format!("[server]\n{extra}"), 1);
+        let c = Config::parse(
+            &with("tftp_max_sessions = 4000\ntftp_max_sessions_per_client = 1"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.server.tftp_max_sessions,
+                c.server.tftp_max_sessions_per_client
+            ),
+            (4000, 1)
+        );
+        let e = err(&with("tftp_max_sessions = 0"));
+        assert!(
+            e.contains("server.tftp_max_sessions") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = err(&with("tftp_max_sessions_per_client = 100000"));
+        assert!(e.contains("server.tftp_max_sessions_per_client"), "{e}");
+        assert!(err(&with("tftp_max_sessions = -1")).contains("tftp_max_sessions"));
     }
 
     #[test]

@@ -112,6 +112,25 @@ pub fn oci_manifest(data: &[u8]) {
     let _ = crate::registry::manifest::parse(data);
 }
 
+/// A TFTP datagram: whatever parses encodes back to bytes that parse to
+/// the same packet, and a request's options negotiate.
+pub fn tftp_packet(data: &[u8]) {
+    use crate::tftp::engine::{options, packet};
+    let Ok(p) = packet::parse(data) else {
+        return;
+    };
+    let bytes = packet::encode(&p);
+    let again = packet::parse(&bytes).expect("an encoded packet parses");
+    assert_eq!(again, p, "encode then parse changed the packet");
+    if let packet::Packet::Rrq(r) = &p {
+        let caps = options::Caps {
+            block_size: 1468,
+            window_size: 64,
+        };
+        let _ = options::negotiate(&r.options, u64::MAX, caps);
+    }
+}
+
 /// A `serve` configuration file.
 pub fn config_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -135,6 +154,7 @@ mod tests {
             "estargz" => super::estargz,
             "oci_manifest" => super::oci_manifest,
             "config_file" => super::config_file,
+            "tftp_packet" => super::tftp_packet,
             other => panic!("no fuzz target {other}"),
         }
     }

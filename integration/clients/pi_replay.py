@@ -89,9 +89,9 @@ def parse_oack(body):
 class Tftp:
     def __init__(self, server, port, bind, timeout):
         self.server, self.port, self.bind, self.timeout = server, port, bind, timeout
-        # Sockets of aborted probes stay open until the replay ends: the
-        # server (async-tftp) keeps resending its OACK for a while after our
-        # "Early terminate", and if the OS gave the same port to a later
+        # Sockets of aborted probes stay open until the replay ends: an OACK
+        # retransmitted just before the server read our "Early terminate"
+        # may still arrive, and if the OS gave the same port to a later
         # request, that stale OACK would be taken for the new file's reply.
         self.lingering = []
 

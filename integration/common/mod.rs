@@ -270,3 +270,15 @@ pub fn dir_size(dir: &Path) -> Result<u64> {
     }
     Ok(total)
 }
+
+/// The resident set size of process `pid` (`VmRSS` in /proc/PID/status),
+/// in KiB.
+pub fn vm_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}

@@ -72,6 +72,7 @@ pub struct Lab {
     pub faults: Option<FaultyRegistry>,
     _registry: Registry,
     pub nfs_port: u16,
+    pub tftp_port: u16,
 }
 
 /// How a [`Lab`] differs from the default one.
@@ -116,6 +117,7 @@ impl Lab {
         let net = NetLab::new(false)?;
         let tmp = tempfile::tempdir()?;
         let nfs_port = super::free_tcp_port();
+        let tftp_port = super::free_udp_port();
         let prefix = format!("10.213.{}", net.subnet);
         let dhcp = if dhcp {
             format!(
@@ -133,7 +135,7 @@ impl Lab {
             server = net.server_ip,
             t = tmp.path().display(),
             cache = opts.cache_size.unwrap_or("2G"),
-            tftp = super::free_udp_port(),
+            tftp = tftp_port,
         );
         for n in nodes {
             let ip = Ipv4Addr::new(10, 213, net.subnet, n.last);
@@ -159,6 +161,7 @@ impl Lab {
             faults,
             _registry: registry,
             nfs_port,
+            tftp_port,
         })
     }
 

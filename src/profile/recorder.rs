@@ -41,7 +41,7 @@ pub(crate) struct TftpDone {
     pub(crate) size: u64,
     pub(crate) bytes: u64,
     /// Blocks read for the client: a tsize probe takes at most the first
-    /// (async-tftp reads it before sending the OACK).
+    /// (none after an OACK, which goes out before any block is read).
     pub(crate) reads: u32,
     pub(crate) generated: bool,
     pub(crate) failed: bool,

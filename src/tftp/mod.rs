@@ -9,35 +9,31 @@
 //! - `generated`: `cmdline.txt`, `boot.scr.uimg`, `pxelinux.cfg/*`,
 //!   `boot.ipxe`, and kernel/initrd/device-tree discovery.
 //! - `uimage`: the legacy U-Boot image encoder for the boot script.
-//! - `reader`: the `AsyncRead` async-tftp pulls blocks from, with read-ahead.
+//! - `reader`: what a transfer reads its blocks from, with read-ahead.
+//! - `engine`: the TFTP protocol itself (RFC 1350 with the blksize, tsize,
+//!   timeout and windowsize options), lazyboot's own.
 //!
-//! The protocol engine is async-tftp 0.4 (RFC 1350 with the blksize, tsize,
-//! timeout and windowsize options). How it is set up here:
+//! How the engine is set up here:
 //!
 //! - blksize: the client's value, capped at the server interface's MTU
 //!   minus 32 (1468 on a 1500-byte link, so no IP fragmentation, which
 //!   U-Boot cannot reassemble); the OACK never exceeds what was asked.
-//! - timeout: the client's value is echoed and used for retransmission
-//!   (U-Boot aborts if the OACK differs); without one, 1 s.
+//! - timeout: the client's value is echoed and starts the retransmission
+//!   timeout (U-Boot aborts if the OACK differs); without one, 1 s. It
+//!   doubles per retransmission up to [`MAX_RETRANSMIT_TIMEOUT`], and a
+//!   transfer is abandoned after [`MAX_SEND_RETRIES`] without an answer.
 //! - windowsize: the client's value up to [`WINDOW_SIZE_LIMIT`].
-//! - tsize: answered with the file size when the client sends `tsize 0`.
+//! - tsize: answered with the file size.
 //! - WRQ: refused with "access violation".
-//!
-//! What async-tftp does not do (and how this module copes):
-//!
-//! - It ignores ERROR packets from the client during a transfer. The
-//!   Raspberry Pi's "tsize probe, Error 0 Early terminate, re-request from a
-//!   new port" therefore leaves the probe's transfer retransmitting its OACK
-//!   to a closed port until the retries run out ([`MAX_SEND_RETRIES`] x the
-//!   timeout, about 11 s). Harmless: the re-request is a separate transfer.
-//!   A re-request from the *same* port is dropped as a duplicate while that
-//!   transfer lives, but its OACK retransmission (after 1 s) reaches the
-//!   same port and the client carries on with it: about 1 s lost.
-//! - It ignores an RRQ from an address and port that already has a transfer
-//!   (plain retransmissions of the RRQ are thus deduplicated).
-//! - It holds one lock around the handler while a request is opened, so
-//!   opens are serialised: opening must be quick. Images are opened ahead
-//!   of time at start (warm-up). While a first streaming pass runs, a
+//! - An ERROR from the client ends its transfer at once: the Raspberry
+//!   Pi's "tsize probe, Error 0 Early terminate, re-request" costs nothing
+//!   more, and a re-request from the probe's own port starts a new transfer.
+//! - Limits: `tftp_max_sessions` transfers at once and
+//!   `tftp_max_sessions_per_client` from one address; a request over
+//!   either is answered "server busy, retry" and forgotten.
+//! - Opening a file runs in the transfer's own task, so a slow open (an
+//!   image still streaming in) holds up no other client. Images are opened
+//!   ahead of time at start (warm-up). While a first streaming pass runs, a
 //!   request is answered from a tree settled for the node's boot dir
 //!   (`Opening::settled_tree`) as soon as every pass has left that dir; it
 //!   waits at most [`VIEW_OPEN_WAIT`] for that, then a boot script gets a
@@ -47,11 +43,11 @@
 //!   outside 8..=65464, timeout 0 or over 255, windowsize 0) are ignored,
 //!   as if not sent.
 //! - `netascii` transfers are sent as raw bytes.
-//! - It logs through the `log` crate, at trace level only; what matters is
-//!   logged here, and normal Pi traffic (probes, not-found lookups,
-//!   early terminations) stays at debug level.
+//! - Normal Pi traffic (probes, not-found lookups, early terminations) is
+//!   logged at debug level.
 
 pub(crate) mod bootfs;
+pub(crate) mod engine;
 pub(crate) mod flavour;
 pub(crate) mod generated;
 pub(crate) mod reader;
@@ -62,19 +58,16 @@ use crate::image::ImageView;
 use crate::image::{Opening, Settled};
 use crate::nodes::Node;
 use crate::serve::ServeContext;
-use async_tftp::packet;
-use async_tftp::server::{Handler, TftpServerBuilder};
 use bootfs::{parse_request, select_node, BootDir, NoNode};
 use bytes::Bytes;
+use engine::packet::Refusal;
 use generated::Generated;
 use reader::{FileRef, Label, Recording, TftpReader};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::runtime::Handle;
 
@@ -86,6 +79,9 @@ pub(crate) const WINDOW_SIZE_LIMIT: u16 = 64;
 pub(crate) const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Retransmissions of one window before a transfer is given up.
 pub(crate) const MAX_SEND_RETRIES: u32 = 10;
+/// The retransmission timeout doubles up to this (or the client's own
+/// timeout, if longer): about 40 s of silence before a transfer is given up.
+pub(crate) const MAX_RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long a request waits for its node's image view to open.
 pub(crate) const VIEW_OPEN_WAIT: Duration = Duration::from_secs(10);
 /// How long a wait-and-retry boot script sleeps before asking again.
@@ -117,47 +113,49 @@ pub enum TftpError {
         #[source]
         source: io::Error,
     },
-    /// The TFTP server failed.
+    /// Receiving on the TFTP port failed.
     #[error("TFTP server: {0}")]
-    Server(#[from] async_tftp::Error),
+    Server(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Serve TFTP on `ctx.server_ip:ctx.config.server.tftp_port` until an I/O
 /// error on the listening socket.
 pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
     let addr = SocketAddr::from((ctx.server_ip, ctx.config.server.tftp_port));
-    let socket =
-        std::net::UdpSocket::bind(addr).map_err(|source| TftpError::Bind { addr, source })?;
+    let socket = tokio::net::UdpSocket::bind(addr)
+        .await
+        .map_err(|source| TftpError::Bind { addr, source })?;
     let blksize = block_size_limit(&ctx.config.server.interface);
     warm_up(&ctx);
-    let ctx_bound = ctx.clone();
-    let handler = LazyHandler::new(ctx, Handle::current(), PathBuf::from(IPXE_ROM_DIR));
-    let server = TftpServerBuilder::with_handler(handler)
-        .std_socket(socket)?
-        .block_size_limit(blksize)
-        .window_size_limit(WINDOW_SIZE_LIMIT)
-        .timeout(RETRANSMIT_TIMEOUT)
-        .max_send_retries(MAX_SEND_RETRIES)
-        .build()
-        .await?;
+    let server = &ctx.config.server;
+    let settings = engine::Settings {
+        caps: engine::options::Caps {
+            block_size: blksize,
+            window_size: WINDOW_SIZE_LIMIT,
+        },
+        retransmit_timeout: RETRANSMIT_TIMEOUT,
+        max_retransmit_timeout: MAX_RETRANSMIT_TIMEOUT,
+        max_retries: MAX_SEND_RETRIES,
+        max_sessions: server.tftp_max_sessions,
+        max_sessions_per_client: server.tftp_max_sessions_per_client,
+    };
     tracing::info!(
-        "TFTP: serving on {addr} (blksize up to {blksize}, windowsize up to {WINDOW_SIZE_LIMIT})"
+        "TFTP: serving on {addr} (blksize up to {blksize}, windowsize up to {WINDOW_SIZE_LIMIT}, \
+         {} transfers at most, {} per client)",
+        settings.max_sessions,
+        settings.max_sessions_per_client
     );
-    ctx_bound.mark_bound();
-    // async-tftp's sockets live on async-io's reactor: polling them from a
-    // tokio worker costs a thread hand-off for every block's ACK. Its own
-    // thread runs them directly; file reads still go to the tokio runtime.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("tftp".into())
-        .spawn(move || {
-            let _ = tx.send(async_io::block_on(server.serve()));
-        })
-        .map_err(|e| TftpError::Server(async_tftp::Error::Io(e)))?;
-    rx.await.map_err(|_| {
-        TftpError::Server(async_tftp::Error::Io(io::Error::other("TFTP thread died")))
-    })??;
-    Ok(())
+    let files = Arc::new(Files {
+        ctx: ctx.clone(),
+        rt: Handle::current(),
+        rom_dir: PathBuf::from(IPXE_ROM_DIR),
+    });
+    let engine = engine::Engine::new(files, settings, IpAddr::V4(ctx.server_ip));
+    ctx.mark_bound();
+    engine
+        .serve(socket)
+        .await
+        .map_err(|e| TftpError::Server(Box::new(e)))
 }
 
 /// Largest blksize that fits the MTU of `interface` without IP
@@ -189,85 +187,30 @@ fn warm_up(ctx: &Arc<ServeContext>) {
     }
 }
 
-/// The async-tftp handler: resolves requests on the tokio runtime.
-pub(crate) struct LazyHandler {
-    files: Arc<Files>,
-}
-
-struct Files {
+/// The engine's file lookup: a node's boot files, generated files and the
+/// iPXE ROMs.
+pub(crate) struct Files {
     ctx: Arc<ServeContext>,
     rt: Handle,
     rom_dir: PathBuf,
 }
 
-impl LazyHandler {
-    pub(crate) fn new(ctx: Arc<ServeContext>, rt: Handle, rom_dir: PathBuf) -> LazyHandler {
-        LazyHandler {
-            files: Arc::new(Files { ctx, rt, rom_dir }),
-        }
+impl engine::Open for Files {
+    fn open(
+        &self,
+        client: SocketAddr,
+        path: &str,
+    ) -> impl Future<Output = Result<TftpReader, Refusal>> + Send {
+        self.lookup(client, path.to_string())
     }
 }
 
-/// Writes are refused before a writer is ever made; this type only exists
-/// because the handler trait names one.
-pub(crate) struct ReadOnly;
-
-impl futures_io::AsyncWrite for ReadOnly {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::ErrorKind::PermissionDenied.into()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Handler for LazyHandler {
-    type Reader = TftpReader;
-    type Writer = ReadOnly;
-
-    fn read_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-    ) -> impl Future<Output = Result<(TftpReader, Option<u64>), packet::Error>> + Send {
-        let files = self.files.clone();
-        let client = *client;
-        let raw = path.to_string_lossy().into_owned();
-        async move {
-            let rt = files.rt.clone();
-            match rt.spawn(async move { files.open(client, raw).await }).await {
-                Ok(r) => r.map(|reader| {
-                    let size = reader.size();
-                    (reader, Some(size))
-                }),
-                Err(e) => {
-                    tracing::error!("TFTP: request from {client} failed: {e}");
-                    Err(packet::Error::Msg("lazyboot: internal error".into()))
-                }
-            }
-        }
-    }
-
-    fn write_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-        _size: Option<u64>,
-    ) -> impl Future<Output = Result<ReadOnly, packet::Error>> + Send {
-        tracing::debug!("TFTP: refused write of {} from {client}", path.display());
-        std::future::ready(Err(packet::Error::PermissionDenied))
-    }
-}
-
-fn not_found() -> packet::Error {
-    packet::Error::FileNotFound
+fn not_found() -> Refusal {
+    Refusal::not_found()
 }
 
 impl Files {
-    async fn open(&self, client: SocketAddr, raw: String) -> Result<TftpReader, packet::Error> {
+    async fn lookup(&self, client: SocketAddr, raw: String) -> Result<TftpReader, Refusal> {
         let opened = std::time::Instant::now();
         let ip = match client.ip() {
             IpAddr::V4(v4) => v4,
@@ -340,7 +283,7 @@ impl Files {
                     );
                 }
                 record(false).failed(&node.name, &path);
-                return Err(packet::Error::Msg(format!(
+                return Err(Refusal::msg(format!(
                     "lazyboot: image of {} is loading, retry",
                     node.name
                 )));
@@ -365,7 +308,7 @@ impl Files {
                         );
                     }
                     record(true).failed(&node.name, &path);
-                    Err(packet::Error::Msg(format!(
+                    Err(Refusal::msg(format!(
                         "lazyboot: image of {} is loading, retry",
                         node.name
                     )))
@@ -393,7 +336,7 @@ impl Files {
                         .recorder
                         .note_error(&node.name, &format!("cannot make {path}: {why}"));
                     tracing::error!("TFTP: {client} ({}): cannot make {path}: {why}", node.name);
-                    Err(packet::Error::Msg(format!("lazyboot: {why}")))
+                    Err(Refusal::msg(format!("lazyboot: {why}")))
                 }
             };
         }
@@ -424,7 +367,7 @@ impl Files {
     /// or (while a first streaming pass runs, unless `verified_only`) a tree
     /// settled for the boot directory. `None` if that takes longer than [`VIEW_OPEN_WAIT`]: the
     /// client must retry.
-    async fn image(&self, node: &Arc<Node>) -> Result<Option<Img>, packet::Error> {
+    async fn image(&self, node: &Arc<Node>) -> Result<Option<Img>, Refusal> {
         let (ctx, n) = (self.ctx.clone(), node.clone());
         let task = self.rt.spawn(async move {
             let opening = ctx.opening_for(&n).await?;
@@ -447,14 +390,14 @@ impl Files {
             Ok(Ok(Err(e))) => {
                 tracing::warn!("TFTP: image of node {}: {e}", node.name);
                 self.ctx.recorder.note_error(&node.name, &e.to_string());
-                Err(packet::Error::Msg(format!(
+                Err(Refusal::msg(format!(
                     "lazyboot: image of {} unavailable",
                     node.name
                 )))
             }
             Ok(Err(e)) => {
                 tracing::error!("TFTP: opening the image of node {}: {e}", node.name);
-                Err(packet::Error::Msg("lazyboot: internal error".into()))
+                Err(Refusal::msg("lazyboot: internal error"))
             }
             Err(_) => {
                 tracing::info!(
@@ -467,12 +410,7 @@ impl Files {
     }
 
     /// A generated file, or why there is none yet or at all.
-    async fn generate(
-        &self,
-        node: &Node,
-        img: &Img,
-        what: Generated,
-    ) -> Result<Made, packet::Error> {
+    async fn generate(&self, node: &Node, img: &Img, what: Generated) -> Result<Made, Refusal> {
         let server = &self.ctx.config.server;
         let export = ServeContext::export_path(node);
         let boot = BootDir::open(img.tree(), &node.boot_dir);
@@ -629,13 +567,13 @@ impl Img {
     }
 }
 
-async fn read(img: &Img, node: &Node, ino: u64, len: u32) -> Result<Bytes, packet::Error> {
+async fn read(img: &Img, node: &Node, ino: u64, len: u32) -> Result<Bytes, Refusal> {
     let Some(file) = img.file(ino) else {
         return Err(not_found());
     };
     file.read(0, len).await.map_err(|e| {
         tracing::warn!("TFTP: reading the image of node {}: {e}", node.name);
-        packet::Error::Msg(format!(
+        Refusal::msg(format!(
             "lazyboot: reading the image of {} failed",
             node.name
         ))

@@ -1,25 +1,25 @@
 //! What a transfer reads from: bytes in memory (generated files, iPXE
 //! ROMs) or a file of an image view, fetched lazily a window at a time.
 //!
-//! async-tftp reads one block (up to blksize bytes) per call and never
-//! seeks. An image file is read in windows of [`READ_AHEAD`] bytes through
-//! `ImageView::read` on the tokio runtime; once the client has taken a
-//! second block from a window, the next window is fetched in the background,
-//! so a transfer rarely waits for the registry. A client that only probes
-//! (tsize, then "Early terminate") costs one window.
+//! The engine asks for one block at a time, in order, as it first sends
+//! it; a block is a slice of what was fetched (no copy), except one that
+//! straddles two fetches and the first window (below). Until the client has acknowledged data, an
+//! image file is read only as far as the first send window needs (see
+//! [`TftpReader::first_read`]): a client that only probes (tsize, then
+//! "Early terminate") or never answers costs one window. After that, the
+//! file is read in windows of up to [`READ_AHEAD`] bytes, aligned to it,
+//! through `ImageView::read` on the tokio runtime; once the client has
+//! taken a second block from a window, the next window is fetched in the
+//! background, so a transfer rarely waits for the registry.
 
 use crate::image::trace::{traced, SharedTrace};
 use crate::image::tree::Inode;
 use crate::image::Opening;
 use crate::image::{ImageView, ViewError};
 use crate::profile::recorder::{Recorder, TftpDone};
-use bytes::Bytes;
-use std::future::Future;
-use std::io;
+use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -29,6 +29,28 @@ use tokio::task::JoinHandle;
 pub(crate) const READ_AHEAD: u32 = 256 * 1024;
 
 type Fetch = JoinHandle<Result<Bytes, crate::image::ViewError>>;
+
+/// Why a block could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("reading {len} bytes at byte {offset}: {source}")]
+    View {
+        offset: u64,
+        len: u32,
+        #[source]
+        source: ViewError,
+    },
+    #[error("the read task at byte {offset} failed: {source}")]
+    Task {
+        offset: u64,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    // The view is immutable, so this means the file is shorter than its
+    // inode said: the transfer ends rather than loop.
+    #[error("image file ended at byte {offset} of {size}")]
+    Short { offset: u64, size: u64 },
+}
 
 /// Names a transfer in log lines.
 #[derive(Clone, Debug)]
@@ -44,7 +66,7 @@ pub(crate) struct TftpReader {
     pos: u64,
     size: u64,
     record: Option<Box<Recording>>,
-    /// Blocks handed to async-tftp, and when the last one was.
+    /// Blocks handed to the engine, and when the last one was.
     reads: u32,
     last_read: Option<Instant>,
 }
@@ -132,23 +154,105 @@ struct ImageSource {
     /// The window being served and where it starts in the file.
     window: Bytes,
     window_start: u64,
-    /// Reads served from the current window.
+    /// Blocks served from the current window.
     window_reads: u32,
-    /// A fetch under way: (offset, task).
-    pending: Option<(u64, Fetch)>,
     /// The background fetch of the window after the current one.
     next: Option<(u64, Fetch)>,
     trace: Option<SharedTrace>,
+    /// Bytes of the first fetch (what the first send window needs).
+    first_read: u32,
+    /// The client has acknowledged data: fetch whole windows, and the next
+    /// one in the background.
+    read_ahead: bool,
 }
 
 impl ImageSource {
-    fn spawn(&self, offset: u64) -> Fetch {
+    fn spawn(&self, offset: u64, len: u32) -> Fetch {
         let file = self.file.clone();
-        let read = async move { file.read(offset, READ_AHEAD).await };
+        let read = async move { file.read(offset, len).await };
         match self.trace.clone() {
             Some(t) => self.rt.spawn(traced(t, read)),
             None => self.rt.spawn(read),
         }
+    }
+
+    /// How much to fetch at `offset`: up to the next [`READ_AHEAD`]
+    /// boundary (one cache chunk) once reading ahead, else the first window.
+    fn fetch_len(&self, offset: u64) -> u32 {
+        let to_boundary = READ_AHEAD - (offset % READ_AHEAD as u64) as u32;
+        if self.read_ahead {
+            to_boundary
+        } else {
+            self.first_read.clamp(1, READ_AHEAD).min(to_boundary)
+        }
+    }
+
+    /// Make the window hold byte `at` of a file of `size` bytes.
+    async fn load(&mut self, at: u64, size: u64) -> Result<(), ReadError> {
+        let len = self.fetch_len(at);
+        let task = match self.next.take() {
+            Some((o, task)) if o == at => task,
+            // Never happens with sequential reads; the stale fetch is dropped.
+            _ => self.spawn(at, len),
+        };
+        let bytes = match task.await {
+            Ok(Ok(b)) => b,
+            Ok(Err(source)) => {
+                return Err(ReadError::View {
+                    offset: at,
+                    len,
+                    source,
+                })
+            }
+            Err(source) => return Err(ReadError::Task { offset: at, source }),
+        };
+        if bytes.is_empty() {
+            return Err(ReadError::Short { offset: at, size });
+        }
+        // What the view returns may be a slice of a whole cache chunk: kept
+        // by a client that has not answered yet, it would pin the chunk for
+        // a few hundred bytes. Until then, keep a copy of just what was read.
+        let bytes = if self.read_ahead {
+            bytes
+        } else {
+            Bytes::copy_from_slice(&bytes)
+        };
+        self.window = bytes;
+        self.window_start = at;
+        self.window_reads = 0;
+        Ok(())
+    }
+
+    /// `want` bytes at `pos` (all inside a file of `size` bytes).
+    async fn block(&mut self, pos: u64, want: usize, size: u64) -> Result<Bytes, ReadError> {
+        let mut joined: Option<BytesMut> = None;
+        let (mut at, mut need) = (pos, want);
+        let block = loop {
+            let end = self.window_start + self.window.len() as u64;
+            if at < self.window_start || at >= end {
+                self.load(at, size).await?;
+                continue;
+            }
+            let off = (at - self.window_start) as usize;
+            let take = need.min(self.window.len() - off);
+            let part = self.window.slice(off..off + take);
+            self.window_reads += 1;
+            if joined.is_none() && take == need {
+                break part;
+            }
+            // A block across two fetches: the one copy of the read path.
+            let buf = joined.get_or_insert_with(|| BytesMut::with_capacity(want));
+            buf.extend_from_slice(&part);
+            (at, need) = (at + take as u64, need - take);
+            if need == 0 {
+                break joined.take().expect("set above").freeze();
+            }
+        };
+        let end = self.window_start + self.window.len() as u64;
+        if self.read_ahead && self.window_reads >= 2 && self.next.is_none() && end < size {
+            self.next = Some((end, self.spawn(end, self.fetch_len(end))));
+        }
+        Ok(block)
     }
 }
 
@@ -183,9 +287,10 @@ impl TftpReader {
                 window: Bytes::new(),
                 window_start: 0,
                 window_reads: 0,
-                pending: None,
                 next: None,
                 trace: None,
+                first_read: READ_AHEAD,
+                read_ahead: false,
             })),
             pos: 0,
             size,
@@ -198,96 +303,48 @@ impl TftpReader {
     pub(crate) fn size(&self) -> u64 {
         self.size
     }
-}
 
-fn poll_image(
-    src: &mut ImageSource,
-    pos: u64,
-    size: u64,
-    cx: &mut Context<'_>,
-    buf: &mut [u8],
-) -> Poll<io::Result<usize>> {
-    loop {
-        let window_end = src.window_start + src.window.len() as u64;
-        if pos >= src.window_start && pos < window_end {
-            let at = (pos - src.window_start) as usize;
-            let n = buf.len().min(src.window.len() - at);
-            buf[..n].copy_from_slice(&src.window[at..at + n]);
-            src.window_reads += 1;
-            if src.window_reads >= 2 && src.next.is_none() && window_end < size {
-                src.next = Some((window_end, src.spawn(window_end)));
-            }
-            return Poll::Ready(Ok(n));
+    /// Fetch only `bytes` from the image (the first send window) until
+    /// [`TftpReader::read_ahead`] is called.
+    pub(crate) fn first_read(&mut self, bytes: u64) {
+        if let Source::Image(src) = &mut self.source {
+            src.first_read = bytes.clamp(1, READ_AHEAD as u64) as u32;
         }
-        if src.pending.as_ref().is_some_and(|(o, _)| *o != pos) {
-            // Never happens with sequential reads; drop the stale fetch.
-            src.pending = None;
-        }
-        if src.pending.is_none() {
-            src.pending = match src.next.take() {
-                Some((o, task)) if o == pos => Some((o, task)),
-                _ => Some((pos, src.spawn(pos))),
-            };
-        }
-        let (offset, task) = src.pending.as_mut().expect("set above");
-        let offset = *offset;
-        let result = match Pin::new(task).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(r) => r,
-        };
-        src.pending = None;
-        let bytes = match result {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
-            Err(e) => return Poll::Ready(Err(io::Error::other(e))),
-        };
-        if bytes.is_empty() {
-            // The view is immutable, so this means the file is shorter than
-            // its inode said: end the transfer rather than loop.
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("image file ended at {offset} of {size} bytes"),
-            )));
-        }
-        src.window = bytes;
-        src.window_start = offset;
-        src.window_reads = 0;
     }
-}
 
-impl futures_io::AsyncRead for TftpReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.pos >= this.size || buf.is_empty() {
-            return Poll::Ready(Ok(0));
+    /// The client has acknowledged data: read ahead of it from now on.
+    pub(crate) fn read_ahead(&mut self) {
+        if let Source::Image(src) = &mut self.source {
+            src.read_ahead = true;
         }
-        let r = match &mut this.source {
+    }
+
+    /// The next block of up to `len` bytes; short only at the end of the
+    /// file, and empty after it (the final block of a file whose size is a
+    /// multiple of the block size).
+    pub(crate) async fn next_block(&mut self, len: usize) -> Result<Bytes, ReadError> {
+        let want = (self.size - self.pos).min(len as u64) as usize;
+        let r = match &mut self.source {
+            _ if want == 0 => Ok(Bytes::new()),
             Source::Memory(data) => {
-                let at = this.pos as usize;
-                let n = buf.len().min(data.len() - at);
-                buf[..n].copy_from_slice(&data[at..at + n]);
-                Poll::Ready(Ok(n))
+                let at = self.pos as usize;
+                Ok(data.slice(at..at + want))
             }
-            Source::Image(src) => poll_image(src, this.pos, this.size, cx, buf),
+            Source::Image(src) => src.block(self.pos, want, self.size).await,
         };
         match &r {
-            Poll::Ready(Ok(n)) => {
-                this.pos += *n as u64;
-                this.reads += 1;
-                this.last_read = Some(Instant::now());
+            Ok(b) => {
+                self.pos += b.len() as u64;
+                self.reads += 1;
+                self.last_read = Some(Instant::now());
             }
-            Poll::Ready(Err(e)) => tracing::warn!(
-                client = %this.label.client,
-                node = %this.label.node,
+            Err(e) => tracing::warn!(
+                client = %self.label.client,
+                node = %self.label.node,
                 "TFTP: reading {} failed at byte {}: {e}",
-                this.label.path,
-                this.pos
+                self.label.path,
+                self.pos
             ),
-            Poll::Pending => {}
         }
         r
     }
@@ -305,9 +362,9 @@ impl Drop for TftpReader {
                 TftpDone {
                     file: self.label.path.clone(),
                     started: r.started,
-                    // async-tftp ignores a client's ERROR and keeps resending
-                    // until its retries run out, then drops the reader: the
-                    // client stopped at the last block it took.
+                    // The engine reads a block as it first sends it: the
+                    // transfer's end, whether the client acknowledged it,
+                    // sent an ERROR or went silent, is the last block read.
                     ended: self.last_read.unwrap_or(r.started),
                     size: self.size,
                     bytes: self.pos,
@@ -318,9 +375,10 @@ impl Drop for TftpReader {
                 },
             );
         }
-        // async-tftp drops the reader when a transfer ends for any reason;
-        // it does not say whether the client took the last block. Probes
-        // and early terminations are normal traffic: debug level.
+        // The engine drops the reader when its transfer ends, for any
+        // reason: the last block acknowledged, an ERROR from the client
+        // (a probe's "Early terminate"), or the retransmissions run out.
+        // Probes and early terminations are normal traffic: debug level.
         if self.pos >= self.size {
             tracing::debug!(
                 client = %self.label.client,
@@ -354,17 +412,17 @@ mod tests {
         }
     }
 
-    /// Read to the end with a blksize-sized buffer, the way async-tftp does.
+    /// Read to the end in blocks of `block` bytes, the way the engine does.
     fn drain(r: &mut TftpReader, block: usize) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let mut out = Vec::new();
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut buf = vec![0u8; block];
         loop {
-            match futures_io::AsyncRead::poll_read(Pin::new(&mut *r), &mut cx, &mut buf) {
-                Poll::Ready(Ok(0)) => return out,
-                Poll::Ready(Ok(n)) => out.extend_from_slice(&buf[..n]),
-                other => panic!("unexpected {other:?}"),
+            let b = rt.block_on(r.next_block(block)).unwrap();
+            out.extend_from_slice(&b);
+            if b.len() < block {
+                return out;
             }
         }
     }
