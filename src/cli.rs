@@ -262,6 +262,26 @@ pub fn main() -> Result<()> {
     }
 }
 
+/// Every TFTP transfer has a socket and every NFS client a connection: a
+/// fleet booting at once needs more descriptors than the usual soft limit
+/// of 1024, so take what the hard limit allows.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let from = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!("open file limit raised from {from} to {}", lim.rlim_max);
+            }
+        }
+    }
+}
+
 fn fsck(common: &Common, config_path: &Path, repair: bool) -> Result<()> {
     let config = Config::load(config_path)?;
     let cache_dir = common.cache_dir.clone().unwrap_or(config.server.cache_dir);
@@ -567,6 +587,7 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
     let state_dir = config.server.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    raise_open_file_limit();
     // One serve per state directory, and no `fsck --repair` under it.
     let _state_lock = crate::lockfile::try_lock(&state_dir, true)
         .with_context(|| format!("locking state dir {}", state_dir.display()))?

@@ -99,6 +99,7 @@ root = "readonly"
 /// A running `serve` of [`pc_config`]'s one node, and its TFTP port.
 pub struct PcServer {
     pub tftp_port: u16,
+    pub nfs_port: u16,
     pub server: Server,
 }
 
@@ -115,5 +116,9 @@ pub fn serve_pc(
     let (tftp_port, nfs_port) = (free_udp_port(), free_tcp_port());
     let config = pc_config(lab, dir, image, (tftp_port, nfs_port), server_extra, extra)?;
     let server = Serve::new(&config).globals(globals).start()?;
-    Ok(PcServer { tftp_port, server })
+    Ok(PcServer {
+        tftp_port,
+        nfs_port,
+        server,
+    })
 }
