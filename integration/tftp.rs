@@ -801,8 +801,8 @@ const RETRANSMIT: Duration = Duration::from_secs(1);
 
 /// A client's ERROR ends its transfer at once: after the Raspberry Pi's
 /// "Early terminate" in answer to the tsize OACK, nothing more comes within
-/// a retransmission interval and a margin (async-tftp resent the OACK
-/// every second for about 11 s).
+/// a retransmission interval and a margin (a server that ignores the
+/// ERROR keeps resending the OACK, wasting the link for many seconds).
 #[test]
 fn a_client_error_after_the_oack_ends_the_transfer() {
     let Some(b) = setup("a_client_error_after_the_oack_ends_the_transfer") else {
@@ -879,7 +879,8 @@ fn duplicate_acks_are_not_answered_and_a_window_resumes_after_a_loss() {
 }
 
 /// A client that goes silent gets retransmissions further and further
-/// apart: 1 s, then 2 s, then 4 s (async-tftp resent every second).
+/// apart: 1 s, then 2 s, then 4 s, so that many silent clients do not
+/// keep the link busy.
 #[test]
 fn retransmissions_back_off_when_the_client_is_silent() {
     let Some(b) = setup("retransmissions_back_off_when_the_client_is_silent") else {
