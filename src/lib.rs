@@ -27,6 +27,7 @@ pub mod profile;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub(crate) mod secret_file;
 pub mod serve;
 pub mod tftp;
 

@@ -13,11 +13,11 @@
 use crate::config::{check_token_text, parse_net, Config};
 use axum::http::{header, HeaderMap};
 use ipnet::{IpNet, Ipv4Net};
-use std::io::Write;
 use std::net::IpAddr;
 #[cfg(test)]
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+#[cfg(test)]
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why the API's credentials could not be set up.
@@ -114,53 +114,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The token in `path`, or a new random one written there (mode 0600, via
-/// a temp file linked into place, so a crash never leaves half a token).
+/// The token in `path`, or a new random one written there (see
+/// [`crate::secret_file`]: mode 0600, crash-safely).
 fn load_or_create(path: &Path) -> Result<String, AuthError> {
-    let io = |source| AuthError::Io {
+    let bytes = crate::secret_file::load_or_create(path, "API token", || {
+        Ok(format!("{}\n", hex::encode(rand::random::<[u8; 32]>())).into_bytes())
+    })
+    .map_err(|source| AuthError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let meta = std::fs::metadata(path).map_err(io)?;
-            if meta.permissions().mode() & 0o077 != 0 {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io)?;
-                tracing::warn!("{}: was readable by others; made mode 0600", path.display());
-            }
-            let token = text.trim().to_string();
-            check_token_text(&token).map_err(|why| AuthError::Bad {
-                path: path.to_path_buf(),
-                why,
-            })?;
-            return Ok(token);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(".api.token.tmp-{}", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        writeln!(f, "{token}")?;
-        f.sync_all()?;
-        match std::fs::hard_link(&tmp, path) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
-            _ => Ok(()),
-        }
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    written.map_err(io)?;
-    // Another process may have linked its token first: that one counts.
-    load_or_create(path)
+    })?;
+    let token = String::from_utf8_lossy(&bytes).trim().to_string();
+    check_token_text(&token).map_err(|why| AuthError::Bad {
+        path: path.to_path_buf(),
+        why,
+    })?;
+    Ok(token)
 }
 
 #[cfg(test)]

@@ -14,8 +14,6 @@
 //! restarts because the key is persisted ([`load_or_create_key`]) and
 //! export and file ids are stable.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
@@ -83,56 +81,17 @@ impl HandleKey {
 }
 
 /// The server key at `path`: read if it exists (exactly 32 bytes), else a
-/// fresh random key written crash-safely (temp file with mode 0600, fsync,
-/// link into place so a concurrent creator cannot be overwritten, fsync of
-/// the directory). A key file readable by others is tightened to 0600.
+/// fresh random key, written as [`crate::secret_file`] writes secrets
+/// (mode 0600, crash-safely, a concurrent creator's key wins). A key file
+/// readable by others is tightened to 0600.
 pub fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    use std::io::{Error, ErrorKind};
-    match read_key(path) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        other => return other,
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let mut key = [0u8; 32];
-    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut key)
-        .map_err(|e| Error::other(format!("no randomness for the NFS key: {e}")))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "key path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&key)?;
-        f.sync_all()?;
-        drop(f);
-        // `hard_link` fails if `path` appeared meanwhile: then that key wins.
-        match std::fs::hard_link(&tmp, path) {
-            Ok(()) => std::fs::File::open(&dir)?.sync_all(),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
-        }
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result?;
-    read_key(path)
-}
-
-fn read_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    let data = std::fs::read(path)?;
-    let key: [u8; 32] = data.as_slice().try_into().map_err(|_| {
+    let data = crate::secret_file::load_or_create(path, "NFS key", || {
+        let mut key = [0u8; 32];
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut key)
+            .map_err(|e| std::io::Error::other(format!("no randomness for the NFS key: {e}")))?;
+        Ok(key.to_vec())
+    })?;
+    data.as_slice().try_into().map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
@@ -141,22 +100,13 @@ fn read_key(path: &Path) -> std::io::Result<[u8; 32]> {
                 data.len()
             ),
         )
-    })?;
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            "{}: NFS key file had mode {:o}, setting 0600",
-            path.display(),
-            mode & 0o7777
-        );
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(key)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn sign_and_verify() {
