@@ -181,6 +181,11 @@ impl Blobs {
         }
     }
 
+    /// The credential to start with (the token flow's first answer).
+    pub(super) fn set(&mut self, credential: Credential) {
+        self.current.get_mut().credential = credential;
+    }
+
     /// How many times the credential was renewed.
     pub(super) async fn generation(&self) -> u64 {
         self.current.lock().await.generation

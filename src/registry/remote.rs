@@ -121,38 +121,23 @@ impl Remote {
             "connecting to registry"
         );
 
-        let manifest_client = Client::new(config());
-        let what = format!("connecting to {wire_host}");
-        let counters2 = counters.clone();
-        let backoff = Backoff::new(opts.retries);
-        let timeout = opts.timeout;
-        let token = backoff
-            .run(&what, || async {
-                counters2.request();
-                let fut = manifest_client.auth(&probe, &auth, RegistryOperation::Pull);
-                match tokio::time::timeout(timeout, fut).await {
-                    Err(_) => Err(timeout_error(&location, &what, timeout)),
-                    Ok(r) => r.map_err(|e| map_error(&location, &auth_hint, timeout, e, &what)),
-                }
-            })
-            .await?;
-        let credential = credential(token, &auth);
         let scheme = if plain { "http" } else { "https" };
+        // Anonymous until the token flow below says otherwise.
         let blobs = Blobs::new(
             scheme,
             &wire_host,
             probe.repository(),
             USER_AGENT,
             opts.timeout,
-            credential,
+            Credential::Anonymous,
         )
         .map_err(|e| RegistryError::Protocol {
             location: location.clone(),
             what: "setting up the HTTP client".into(),
             message: error_chain(&e),
         })?;
-        Ok(Remote {
-            manifest_client,
+        let mut remote = Remote {
+            manifest_client: Client::new(config()),
             blobs,
             probe,
             auth,
@@ -160,9 +145,16 @@ impl Remote {
             endpoints: vec![endpoint],
             location,
             timeout: opts.timeout,
-            backoff,
+            backoff: Backoff::new(opts.retries),
             counters,
-        })
+        };
+        let what = format!("connecting to {wire_host}");
+        let credential = remote
+            .backoff
+            .run(&what, || remote.token_credential(&what))
+            .await?;
+        remote.blobs.set(credential);
+        Ok(remote)
     }
 
     pub(crate) fn location(&self) -> &str {
@@ -461,15 +453,25 @@ impl Remote {
         }
     }
 
-    /// A credential from the token flow, run again (after a 401).
-    async fn fresh_credential(&self, what: &str) -> Result<Credential, RegistryError> {
-        tracing::info!(location = %self.location, %what, "registry refused the token; asking for a new one");
+    /// The credential blobs are fetched with, from the token flow: its
+    /// token, or the configured Basic credentials for a registry without a
+    /// token service. oci-client keeps the token for manifests too.
+    async fn token_credential(&self, what: &str) -> Result<Credential, RegistryError> {
         self.counters.request();
         let fut = self
             .manifest_client
             .auth(&self.probe, &self.auth, RegistryOperation::Pull);
-        let token = self.with_timeout(what, fut).await?;
-        Ok(credential(token, &self.auth))
+        Ok(match (self.with_timeout(what, fut).await?, &self.auth) {
+            (Some(t), _) => Credential::Bearer(t),
+            (None, RegistryAuth::Basic(u, p)) => Credential::Basic(u.clone(), p.clone()),
+            _ => Credential::Anonymous,
+        })
+    }
+
+    /// A credential from the token flow, run again (after a 401).
+    async fn fresh_credential(&self, what: &str) -> Result<Credential, RegistryError> {
+        tracing::info!(location = %self.location, %what, "registry refused the token; asking for a new one");
+        self.token_credential(what).await
     }
 
     /// Renew the credential for manifests (oci-client keeps the token the
@@ -528,11 +530,83 @@ impl Remote {
     }
 
     fn timeout_error(&self, what: &str) -> RegistryError {
-        timeout_error(&self.location, what, self.timeout)
+        RegistryError::Timeout {
+            location: self.location.clone(),
+            what: what.to_string(),
+            timeout: self.timeout,
+            attempts: 1,
+        }
     }
 
     fn map_error(&self, e: OciDistributionError, what: &str) -> RegistryError {
-        map_error(&self.location, &self.auth_hint, self.timeout, e, what)
+        use OciDistributionError as E;
+        let status_error =
+            |status, message: &str, what| self.status_error(status, message, what, None);
+        let location = self.location.clone();
+        let what = what.to_string();
+        match e {
+            E::ServerError { code, message, .. } => status_error(code, &message, what),
+            E::UnauthorizedError { .. } => status_error(401, "", what),
+            E::AuthenticationFailure(reason) => {
+                status_error(401, &format!("token request failed: {reason}"), what)
+            }
+            E::RegistryError { envelope, .. } => {
+                let codes: Vec<String> = envelope
+                    .errors
+                    .iter()
+                    .map(|e| {
+                        serde_json::to_value(&e.code)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let status = codes.first().map_or(400, |c| status_for_code(c));
+                let message = envelope
+                    .errors
+                    .iter()
+                    .zip(&codes)
+                    .map(|(e, code)| format!("{code} {}", e.message).trim().to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                status_error(status, &message, what)
+            }
+            E::RequestError(re) if re.is_timeout() => self.timeout_error(&what),
+            E::RequestError(re) => RegistryError::Transport {
+                location,
+                what,
+                message: error_chain(&re),
+                attempts: 1,
+            },
+            E::IoError(io) => RegistryError::Transport {
+                location,
+                what,
+                message: error_chain(&io),
+                attempts: 1,
+            },
+            E::DigestError(DigestError::VerificationError { expected, actual }) => {
+                match (Digest::parse(&expected), Digest::parse(&actual)) {
+                    (Ok(expected), Ok(actual)) => RegistryError::DigestMismatch {
+                        location,
+                        what,
+                        expected,
+                        actual,
+                    },
+                    _ => RegistryError::Protocol {
+                        location,
+                        what,
+                        message: format!(
+                            "digest verification failed: expected {expected}, got {actual}"
+                        ),
+                    },
+                }
+            }
+            other => RegistryError::Protocol {
+                location,
+                what,
+                message: other.to_string(),
+            },
+        }
     }
 
     fn status_error(
@@ -542,158 +616,38 @@ impl Remote {
         what: String,
         retry_after: Option<Duration>,
     ) -> RegistryError {
-        status_error(
-            &self.location,
-            &self.auth_hint,
-            status,
-            message,
-            what,
-            retry_after,
-        )
-    }
-}
-
-fn timeout_error(location: &str, what: &str, timeout: Duration) -> RegistryError {
-    RegistryError::Timeout {
-        location: location.to_string(),
-        what: what.to_string(),
-        timeout,
-        attempts: 1,
-    }
-}
-
-/// The credential blobs are fetched with: the token the flow returned, or
-/// the configured Basic credentials for a registry without a token service.
-fn credential(token: Option<String>, auth: &RegistryAuth) -> Credential {
-    match (token, auth) {
-        (Some(t), _) => Credential::Bearer(t),
-        (None, RegistryAuth::Basic(u, p)) => Credential::Basic(u.clone(), p.clone()),
-        _ => Credential::Anonymous,
-    }
-}
-
-fn map_error(
-    location: &str,
-    auth_hint: &str,
-    timeout: Duration,
-    e: OciDistributionError,
-    what: &str,
-) -> RegistryError {
-    use OciDistributionError as E;
-    let status_error = |status, message: &str, what| {
-        status_error(location, auth_hint, status, message, what, None)
-    };
-    let location = location.to_string();
-    let what = what.to_string();
-    match e {
-        E::ServerError { code, message, .. } => status_error(code, &message, what),
-        E::UnauthorizedError { .. } => status_error(401, "", what),
-        E::AuthenticationFailure(reason) => {
-            status_error(401, &format!("token request failed: {reason}"), what)
+        let mut message = message.trim().to_string();
+        if message.len() > MAX_MESSAGE_LEN {
+            let cut = (0..=MAX_MESSAGE_LEN)
+                .rev()
+                .find(|&i| message.is_char_boundary(i))
+                .unwrap_or(0);
+            message.truncate(cut);
+            message.push('…');
         }
-        E::RegistryError { envelope, .. } => {
-            let codes: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|e| {
-                    serde_json::to_value(&e.code)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
-                })
-                .collect();
-            let status = codes.first().map_or(400, |c| status_for_code(c));
-            let message = envelope
-                .errors
-                .iter()
-                .zip(&codes)
-                .map(|(e, code)| format!("{code} {}", e.message).trim().to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
-            status_error(status, &message, what)
+        let location = self.location.clone();
+        match status {
+            404 => RegistryError::NotFound {
+                location,
+                what,
+                detail: format!("HTTP 404{}", colon(&message)),
+            },
+            401 | 403 => RegistryError::Denied {
+                location,
+                what,
+                status,
+                message,
+                hint: self.auth_hint.clone(),
+            },
+            _ => RegistryError::Status {
+                location,
+                what,
+                status,
+                message,
+                attempts: 1,
+                retry_after,
+            },
         }
-        E::RequestError(re) if re.is_timeout() => RegistryError::Timeout {
-            location,
-            what,
-            timeout,
-            attempts: 1,
-        },
-        E::RequestError(re) => RegistryError::Transport {
-            location,
-            what,
-            message: error_chain(&re),
-            attempts: 1,
-        },
-        E::IoError(io) => RegistryError::Transport {
-            location,
-            what,
-            message: error_chain(&io),
-            attempts: 1,
-        },
-        E::DigestError(DigestError::VerificationError { expected, actual }) => {
-            match (Digest::parse(&expected), Digest::parse(&actual)) {
-                (Ok(expected), Ok(actual)) => RegistryError::DigestMismatch {
-                    location,
-                    what,
-                    expected,
-                    actual,
-                },
-                _ => RegistryError::Protocol {
-                    location,
-                    what,
-                    message: format!(
-                        "digest verification failed: expected {expected}, got {actual}"
-                    ),
-                },
-            }
-        }
-        other => RegistryError::Protocol {
-            location,
-            what,
-            message: other.to_string(),
-        },
-    }
-}
-
-fn status_error(
-    location: &str,
-    auth_hint: &str,
-    status: u16,
-    message: &str,
-    what: String,
-    retry_after: Option<Duration>,
-) -> RegistryError {
-    let mut message = message.trim().to_string();
-    if message.len() > MAX_MESSAGE_LEN {
-        let cut = (0..=MAX_MESSAGE_LEN)
-            .rev()
-            .find(|&i| message.is_char_boundary(i))
-            .unwrap_or(0);
-        message.truncate(cut);
-        message.push('…');
-    }
-    let location = location.to_string();
-    match status {
-        404 => RegistryError::NotFound {
-            location,
-            what,
-            detail: format!("HTTP 404{}", colon(&message)),
-        },
-        401 | 403 => RegistryError::Denied {
-            location,
-            what,
-            status,
-            message,
-            hint: auth_hint.to_string(),
-        },
-        _ => RegistryError::Status {
-            location,
-            what,
-            status,
-            message,
-            attempts: 1,
-            retry_after,
-        },
     }
 }
 
