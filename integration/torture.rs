@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::nfsroot::{fixture_file, runnable, Lab, LabOptions, NodeSpec};
+use common::nfsroot::{fixture_file, nfs_url, runnable, Lab, LabOptions, NodeSpec};
 use common::{paths, pseudo_random, sha256_hex};
 
 const NODES: [NodeSpec; 3] = [
@@ -142,9 +142,7 @@ fn kill_loop_loses_no_write_and_serves_no_wrong_byte() -> Result<()> {
                     c.args(["netns", "exec", &ns, "timeout", "60"]);
                     c
                 };
-                let url = |p: &str| {
-                    format!("nfs://{server}{p}?version=3&nfsport={port}&mountport={port}")
-                };
+                let url = |p: &str| nfs_url(server, port, p, "");
                 node_work(tool, url, name, round, seed, &stop)
             })
         };

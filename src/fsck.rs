@@ -182,22 +182,8 @@ fn check_profiles(state_dir: &Path, c: &mut StateCheck) -> Result<()> {
     Ok(())
 }
 
-/// The entries of `dir`, sorted; none if it does not exist.
 fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        out.push(
-            e.with_context(|| format!("listing {}", dir.display()))?
-                .path(),
-        );
-    }
-    out.sort();
-    Ok(out)
+    cache::sorted_entries(dir).with_context(|| format!("listing {}", dir.display()))
 }
 
 /// Exit status of `lazyboot fsck`, as e2fsck's: nothing wrong, problems

@@ -130,6 +130,8 @@ pub(crate) enum AcceptError {
 pub(crate) struct Inventory {
     nodes: RwLock<Vec<Arc<Node>>>,
     defaults: Option<DefaultsConfig>,
+    /// `[defaults] platform` (see [`platform::choose`]).
+    default_platform: Option<Platform>,
     learned: RwLock<Learned>,
     /// Nodes made from `[defaults]` that have not been accepted.
     pending: Mutex<PendingTable>,
@@ -172,6 +174,11 @@ impl Inventory {
         Inventory {
             nodes: RwLock::new(nodes),
             defaults: cfg.defaults.clone(),
+            default_platform: cfg
+                .defaults
+                .as_ref()
+                .and_then(|d| d.platform.as_ref())
+                .and_then(|p| p.parse().ok()),
             learned: RwLock::new(learned),
             pending: Mutex::new(PendingTable::new(max_pending, PENDING_TTL)),
             full_warned: Mutex::new(None),
@@ -327,12 +334,7 @@ impl Inventory {
     /// The platform `node` boots, and why (see [`platform::choose`]).
     pub(crate) fn platform_of(&self, node: &Node) -> (Platform, platform::PlatformSource) {
         let arch = self.learned.read().arch_by_mac.get(&node.mac).copied();
-        let defaults = self
-            .defaults
-            .as_ref()
-            .and_then(|d| d.platform.as_ref())
-            .and_then(|p| p.parse().ok());
-        platform::choose(node, arch, defaults.as_ref())
+        platform::choose(node, arch, self.default_platform.as_ref())
     }
 
     pub(crate) fn ip_of(&self, name: &str) -> Option<Ipv4Addr> {

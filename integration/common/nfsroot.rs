@@ -209,11 +209,7 @@ impl Lab {
     }
 
     pub fn url(&self, path: &str, extra: &str) -> String {
-        let p = self.nfs_port;
-        format!(
-            "nfs://{}{path}?version=3&nfsport={p}&mountport={p}{extra}",
-            self.net.server_ip
-        )
+        nfs_url(self.net.server_ip, self.nfs_port, path, extra)
     }
 
     /// A libnfs tool in the namespace: (success, stdout, stderr).
@@ -290,6 +286,12 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// A libnfs URL of `path` on the NFS server at `server:port` (MOUNT on the
+/// same port), with `extra` query parameters (`&uid=1000`).
+pub fn nfs_url(server: Ipv4Addr, port: u16, path: &str, extra: &str) -> String {
+    format!("nfs://{server}{path}?version=3&nfsport={port}&mountport={port}{extra}")
 }
 
 pub fn fixture_file(image_path: &str) -> Vec<u8> {

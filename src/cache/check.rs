@@ -97,17 +97,20 @@ pub fn check(root: &Path, repair: bool) -> Result<CacheCheck, CacheError> {
     Ok(c)
 }
 
-/// The entries of `dir`, sorted; none if it does not exist.
 fn entries(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
+    sorted_entries(dir).map_err(io_err(dir))
+}
+
+/// The entries of `dir`, sorted; none if it does not exist.
+pub(crate) fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(dir)(e)),
+        Err(e) => return Err(e),
     };
-    let mut out = Vec::new();
-    for e in rd {
-        out.push(e.map_err(io_err(dir))?.path());
-    }
+    let mut out = rd
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?;
     out.sort();
     Ok(out)
 }

@@ -13,6 +13,7 @@ mod check;
 mod file;
 mod inflight;
 
+pub(crate) use check::sorted_entries;
 pub use check::{check, CacheCheck};
 
 pub(crate) use inflight::Claim;
