@@ -178,9 +178,21 @@ pub enum FsError {
     /// that comes from the image); the client falls back to copying.
     #[error("cross-device link")]
     XDev,
-    /// The upper directory's file system is out of space or quota.
+    /// The upper directory's file system is out of space.
     #[error("no space left")]
     NoSpace,
+    /// The owner's disk quota on the upper directory's file system is used up.
+    #[error("disk quota exceeded")]
+    DQuot,
+    /// One more hard link than the upper's file system allows.
+    #[error("too many links")]
+    MLink,
+    /// The device a node names does not exist (or is not served).
+    #[error("no such device")]
+    NoDev,
+    /// No such device or address.
+    #[error("no such device or address")]
+    NxIo,
     /// A size beyond what the upper directory's file system can hold
     /// (SETATTR or WRITE past its largest file).
     #[error("file too large")]
@@ -213,9 +225,19 @@ impl From<std::io::Error> for FsError {
             Some(libc::ENAMETOOLONG) => FsError::NameTooLong,
             Some(libc::EINVAL) => FsError::Inval,
             Some(libc::EXDEV) => FsError::XDev,
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
-            Some(libc::EFBIG) => FsError::FBig,
-            Some(libc::EOPNOTSUPP) => FsError::NotSupported,
+            Some(libc::ENOSPC) => FsError::NoSpace,
+            Some(libc::EDQUOT) => FsError::DQuot,
+            Some(libc::EMLINK) => FsError::MLink,
+            Some(libc::ENODEV) => FsError::NoDev,
+            Some(libc::ENXIO) => FsError::NxIo,
+            Some(libc::EFBIG) | Some(libc::E2BIG) => FsError::FBig,
+            Some(libc::ESTALE) => FsError::Stale,
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => FsError::NotSupported,
+            // Passing conditions of the server, not of the file: the client
+            // is told to retry (NFS3ERR_JUKEBOX), as knfsd does.
+            Some(libc::EAGAIN) | Some(libc::ENOMEM) | Some(libc::ETIMEDOUT) => {
+                FsError::Later(e.to_string())
+            }
             _ => FsError::Io(e.to_string()),
         }
     }

@@ -3,6 +3,7 @@
 //! an entry that is already in the upper.
 
 use super::lower::lower_kind;
+use super::sys;
 use super::sys::{chmod, kind_of, set_times, set_xattr};
 use super::{Inner, Obj, PRIVATE_XATTR_PREFIX};
 use crate::image::tree::Inode;
@@ -16,7 +17,7 @@ use std::path::Path;
 /// Give a freshly made copy the lower inode's owner, mode, xattrs and mtime.
 /// chown comes first: it clears set-uid bits.
 pub(super) fn apply_lower_meta(path: &Path, inode: &Inode) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(inode.uid), Some(inode.gid))?;
+    sys::lchown(path, Some(inode.uid), Some(inode.gid))?;
     if inode.kind != EntryKind::Symlink {
         chmod(path, inode.mode)?;
     }
@@ -120,7 +121,7 @@ impl Inner {
         if let Some(size) = set.size {
             match o.kind {
                 FileKind::File => {
-                    let f = fs::OpenOptions::new().write(true).open(&u.path)?;
+                    let f = sys::open(fs::OpenOptions::new().write(true), &u.path)?;
                     f.set_len(size)?;
                 }
                 FileKind::Dir => return Err(FsError::IsDir),
@@ -128,7 +129,7 @@ impl Inner {
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            std::os::unix::fs::lchown(&u.path, set.uid, set.gid)?;
+            sys::lchown(&u.path, set.uid, set.gid)?;
         }
         if let Some(mode) = set.mode {
             if o.kind != FileKind::Symlink {

@@ -10,6 +10,7 @@
 //! in them.
 
 use super::attr::apply_lower_meta;
+use super::sys;
 use super::sys::{lstat, mknod, rename_noreplace};
 use super::whiteout::is_opaque;
 use super::{blocking, not_found, Inner, NodeOverlay, Obj, COPY_CHUNK, UPPER_ID_BIT};
@@ -51,11 +52,11 @@ impl Inner {
                         .and_then(|l| self.tree().get(l))
                         .ok_or(FsError::NotFound)?;
                     let tmp = self.tmp_path();
-                    fs::create_dir(&tmp)?;
+                    sys::create_dir(&tmp)?;
                     let made =
                         apply_lower_meta(&tmp, inode).and_then(|_| rename_noreplace(&tmp, &next));
                     if let Err(e) = made {
-                        let _ = fs::remove_dir(&tmp);
+                        let _ = sys::remove_dir(&tmp);
                         return Err(e.into());
                     }
                     let m = lstat(&next)?;
@@ -75,7 +76,7 @@ impl Inner {
     pub(super) fn finish_copy_up(&self, l: u64, tmp: Option<PathBuf>) -> Result<(), FsError> {
         let result = self.finish_copy_up_inner(l, tmp.as_deref());
         if let Some(t) = tmp {
-            let _ = fs::remove_file(t);
+            let _ = sys::remove_file(t);
         }
         result
     }
@@ -117,10 +118,9 @@ impl Inner {
                         let tmp = self.tmp_path();
                         let dev = (inode.rdev_major, inode.rdev_minor);
                         match inode.kind {
-                            EntryKind::Symlink => std::os::unix::fs::symlink(
-                                inode.symlink.as_deref().unwrap_or(""),
-                                &tmp,
-                            ),
+                            EntryKind::Symlink => {
+                                sys::symlink(inode.symlink.as_deref().unwrap_or(""), &tmp)
+                            }
                             EntryKind::CharDevice => mknod(&tmp, libc::S_IFCHR | 0o600, dev),
                             EntryKind::BlockDevice => mknod(&tmp, libc::S_IFBLK | 0o600, dev),
                             EntryKind::Fifo => mknod(&tmp, libc::S_IFIFO | 0o600, (0, 0)),
@@ -131,11 +131,11 @@ impl Inner {
                     }
                 };
                 let made = apply_lower_meta(&copy, inode).and_then(|_| {
-                    let _ = fs::remove_file(&idx);
-                    fs::hard_link(&copy, &idx)
+                    let _ = sys::remove_file(&idx);
+                    sys::hard_link(&copy, &idx)
                 });
                 if data.is_none() {
-                    let _ = fs::remove_file(&copy);
+                    let _ = sys::remove_file(&copy);
                 }
                 made?;
                 let ino = lstat(&idx)?.ino();
@@ -151,7 +151,7 @@ impl Inner {
                 continue;
             };
             let (pu, pino) = self.ensure_dir_upper(parent_rel)?;
-            fs::hard_link(&idx, pu.join(name))?;
+            sys::hard_link(&idx, pu.join(name))?;
             self.state.lock().add_link(up_ino, pino, name.as_bytes());
             linked += 1;
         }

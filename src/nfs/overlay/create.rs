@@ -3,11 +3,11 @@
 //! half-made entry in the upper.
 
 use super::resolve::upper_id;
+use super::sys;
 use super::sys::{chmod, lstat, rename2, rename_noreplace, set_xattr, unsupported};
 use super::whiteout::is_whiteout;
 use super::{check_name, name_os, Inner, Obj, OPAQUE_XATTR};
 use crate::nfs::fs::{Cred, FileId, FileKind, FsError};
-use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -23,15 +23,15 @@ impl Inner {
                     // A directory cannot replace a device: swap, then drop
                     // the whiteout that is now at `tmp`.
                     match rename2(tmp, &target, libc::RENAME_EXCHANGE) {
-                        Ok(()) => fs::remove_file(tmp),
+                        Ok(()) => sys::remove_file(tmp),
                         Err(e) if unsupported(&e) => {
-                            fs::remove_file(&target)?;
-                            fs::rename(tmp, &target)
+                            sys::remove_file(&target)?;
+                            sys::rename(tmp, &target)
                         }
                         Err(e) => Err(e),
                     }
                 } else {
-                    fs::rename(tmp, &target)
+                    sys::rename(tmp, &target)
                 }
             }
             Ok(_) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
@@ -100,7 +100,7 @@ impl Inner {
         let tmp = self.tmp_path();
         make(&tmp)?;
         let finish = || -> io::Result<()> {
-            std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))?;
+            sys::lchown(&tmp, Some(uid), Some(gid))?;
             if kind != FileKind::Symlink {
                 chmod(&tmp, mode)?;
             }
@@ -110,7 +110,7 @@ impl Inner {
             self.place(&tmp, &pu, name, is_dir)
         };
         if let Err(e) = finish() {
-            let _ = fs::remove_dir_all(&tmp).or_else(|_| fs::remove_file(&tmp));
+            let _ = sys::remove_dir_all(&tmp).or_else(|_| sys::remove_file(&tmp));
             return Err(e.into());
         }
         let m = lstat(&pu.join(name_os(name)))?;

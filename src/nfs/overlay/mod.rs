@@ -46,6 +46,8 @@
 mod attr;
 mod copy_up;
 mod create;
+#[cfg(test)]
+mod deep_tests;
 mod lower;
 mod node_fs;
 mod readdir;

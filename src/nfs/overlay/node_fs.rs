@@ -2,6 +2,7 @@
 //! threads under the namespace lock, retrying when a concurrent change
 //! (another copy-up, say) made the entry it found stale.
 
+use super::sys;
 use super::sys::{fs_stat, mknod, open_upper};
 use super::{blocking, check_lookup_name, check_name, Inner, NodeOverlay, Obj};
 use crate::image::tree::ROOT_INO;
@@ -102,7 +103,7 @@ impl NodeFs for NodeOverlay {
                 return Err(FsError::Inval);
             }
             match (&o.upper, o.lower) {
-                (Some(u), _) => Ok(fs::read_link(&u.path)?.into_os_string().into_vec()),
+                (Some(u), _) => Ok(sys::read_link(&u.path)?.into_os_string().into_vec()),
                 (None, Some(l)) => Ok(inner
                     .tree()
                     .get(l)
@@ -267,7 +268,7 @@ impl NodeFs for NodeOverlay {
         let (inner, name, cred) = (self.inner.clone(), name.to_vec(), cred.clone());
         blocking(move || {
             inner.create_entry(dir, &name, FileKind::Dir, mode, &cred, |tmp| {
-                fs::create_dir(tmp)
+                sys::create_dir(tmp)
             })
         })
         .await
@@ -288,7 +289,7 @@ impl NodeFs for NodeOverlay {
         let target = target.to_vec();
         blocking(move || {
             inner.create_entry(dir, &name, FileKind::Symlink, 0o777, &cred, |tmp| {
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), tmp)
+                sys::symlink(OsStr::from_bytes(&target), tmp)
             })
         })
         .await
@@ -348,9 +349,9 @@ impl NodeFs for NodeOverlay {
                 }
                 let (pu, pino) = inner.ensure_dir_upper(&d.rel)?;
                 let tmp = inner.tmp_path();
-                fs::hard_link(&su.path, &tmp)?;
+                sys::hard_link(&su.path, &tmp)?;
                 if let Err(e) = inner.place(&tmp, &pu, &name, false) {
-                    let _ = fs::remove_file(&tmp);
+                    let _ = sys::remove_file(&tmp);
                     return Err(e.into());
                 }
                 inner.state.lock().add_link(su.meta.ino(), pino, &name);

@@ -1,6 +1,7 @@
 //! Listing merged directories.
 
 use super::resolve::upper_id;
+use super::sys;
 use super::whiteout::{is_opaque, is_whiteout};
 use super::{name_os, Inner};
 use crate::nfs::fs::{DirEntry, FileId, FsError};
@@ -46,7 +47,7 @@ impl Inner {
         }
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
         let mut all: Vec<(Vec<u8>, Src)> = Vec::new();
-        for e in fs::read_dir(&du.path)? {
+        for e in sys::read_dir(&du.path)? {
             let e = e?;
             let name = e.file_name().as_bytes().to_vec();
             let ft = e.file_type()?;

@@ -5,11 +5,11 @@
 //! Directories created in the upper can be renamed freely. Lower directories
 //! therefore never move, which keeps lower ids resolvable by path.
 
+use super::sys;
 use super::sys::{lstat, rename2, set_xattr, unsupported};
 use super::whiteout::{is_whiteout, mknod_whiteout};
 use super::{check_name, name_os, Inner, Obj, OPAQUE_XATTR};
 use crate::nfs::fs::{FileId, FsError};
-use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 
@@ -64,16 +64,16 @@ impl Inner {
         let target_whiteout = tmeta.as_ref().is_some_and(is_whiteout);
         if tmeta.as_ref().is_some_and(|m| m.is_dir()) {
             // An empty merged directory: only whiteouts, which go with it.
-            for e in fs::read_dir(&target)? {
-                fs::remove_file(e?.path())?;
+            for e in sys::read_dir(&target)? {
+                sys::remove_file(target.join(e?.file_name()))?;
             }
         }
         if src.is_dir() && target_whiteout {
             rename2(&su.path, &target, libc::RENAME_EXCHANGE)
                 .or_else(|e| {
                     if unsupported(&e) {
-                        fs::remove_file(&target)?;
-                        fs::rename(&su.path, &target)?;
+                        sys::remove_file(&target)?;
+                        sys::rename(&su.path, &target)?;
                         if need_whiteout {
                             mknod_whiteout(&su.path)?;
                         }
@@ -85,7 +85,7 @@ impl Inner {
                 .and_then(|_| {
                     // The old whiteout is now at the source.
                     if !need_whiteout && lstat(&su.path).is_ok_and(|m| is_whiteout(&m)) {
-                        fs::remove_file(&su.path)?;
+                        sys::remove_file(&su.path)?;
                     }
                     Ok(())
                 })?;
@@ -93,13 +93,13 @@ impl Inner {
             match rename2(&su.path, &target, libc::RENAME_WHITEOUT) {
                 Ok(()) => {}
                 Err(e) if unsupported(&e) => {
-                    fs::rename(&su.path, &target)?;
+                    sys::rename(&su.path, &target)?;
                     mknod_whiteout(&su.path)?;
                 }
                 Err(e) => return Err(e.into()),
             }
         } else {
-            fs::rename(&su.path, &target)?;
+            sys::rename(&su.path, &target)?;
         }
         if src.is_dir() {
             set_xattr(&target, OPAQUE_XATTR, b"y")?;

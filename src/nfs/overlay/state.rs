@@ -3,6 +3,7 @@
 //! disk whenever an overlay is opened.
 
 use super::attr::apply_lower_meta;
+use super::sys;
 use super::sys::{chmod, lstat};
 use super::whiteout::is_whiteout;
 use super::{Inner, LowerNames};
@@ -60,7 +61,7 @@ impl State {
 
 /// Remove what an interrupted change left in `dir`, then recreate it.
 fn reset_dir(dir: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(dir) {
+    match sys::remove_dir_all(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
@@ -77,7 +78,7 @@ pub(crate) fn wipe_node_state(dir: &Path) -> io::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     for name in ["upper", "index", "index.image"] {
-        match fs::rename(dir.join(name), work.join(format!("old-{name}-{stamp}"))) {
+        match sys::rename(dir.join(name), work.join(format!("old-{name}-{stamp}"))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
@@ -101,9 +102,9 @@ impl Inner {
                 return Err(e);
             }
             let tmp = work.join("new-upper");
-            fs::create_dir(&tmp)?;
+            sys::create_dir(&tmp)?;
             apply_lower_meta(&tmp, view.tree().root())?;
-            fs::rename(&tmp, &upper)?;
+            sys::rename(&tmp, &upper)?;
         }
         // Index numbers only mean something for the image they were made for.
         let image_file = dir.join("index.image");
@@ -114,16 +115,16 @@ impl Inner {
             let tmp = work.join("index.image");
             fs::write(&tmp, format!("{image_id}\n"))?;
             fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, &image_file)?;
+            sys::rename(&tmp, &image_file)?;
         } else {
             fs::create_dir_all(&index)?;
         }
         let root_meta = lstat(&upper)?;
         let mut state = State::default();
         scan_upper(&upper, root_meta.ino(), root_meta.dev(), &mut state.links)?;
-        for e in fs::read_dir(&index)? {
+        for e in sys::read_dir(&index)? {
             let e = e?;
-            let path = e.path();
+            let path = index.join(e.file_name());
             let lower = std::str::from_utf8(e.file_name().as_bytes())
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok());
@@ -142,9 +143,9 @@ impl Inner {
                 }
                 _ => {
                     if m.is_dir() {
-                        fs::remove_dir_all(&path)?;
+                        sys::remove_dir_all(&path)?;
                     } else {
-                        fs::remove_file(&path)?;
+                        sys::remove_file(&path)?;
                     }
                 }
             }
@@ -171,7 +172,7 @@ impl Inner {
             st.links.remove(&ino);
         }
         drop(st);
-        let _ = fs::remove_file(self.index_path(l));
+        let _ = sys::remove_file(self.index_path(l));
     }
 
     /// Forget the name (parent, name) of upper inode `ino`; a copied-up file
@@ -187,7 +188,7 @@ impl Inner {
             if let Some(l) = st.origin.remove(&ino) {
                 st.index.remove(&l);
                 drop(st);
-                let _ = fs::remove_file(self.index_path(l));
+                let _ = sys::remove_file(self.index_path(l));
             }
         }
     }
@@ -202,7 +203,7 @@ fn scan_upper(
 ) -> io::Result<()> {
     let mut todo = vec![(root.to_path_buf(), root_ino)];
     while let Some((dir, dir_ino)) = todo.pop() {
-        for e in fs::read_dir(&dir)? {
+        for e in sys::read_dir(&dir)? {
             let e = e?;
             let ft = e.file_type()?;
             if ft.is_char_device() && is_whiteout(&e.metadata()?) {
@@ -211,7 +212,7 @@ fn scan_upper(
             let name = e.file_name().as_bytes().to_vec();
             links.entry(e.ino()).or_default().push((dir_ino, name));
             if ft.is_dir() && e.metadata()?.dev() == dev {
-                todo.push((e.path(), e.ino()));
+                todo.push((dir.join(e.file_name()), e.ino()));
             }
         }
     }

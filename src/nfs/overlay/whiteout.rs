@@ -15,11 +15,12 @@
 //! directory, also not with one a later image adds); directories copied up
 //! from the image are not.
 
+use super::sys;
 use super::sys::{get_xattr, mknod, rename2, unsupported};
 use super::{check_name, name_os, Inner, Obj, OPAQUE_XATTR};
 use crate::nfs::fs::{FileId, FsError};
 use std::collections::HashSet;
-use std::fs::{self, Metadata};
+use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -43,7 +44,7 @@ impl Inner {
     pub(super) fn is_empty(&self, o: &Obj) -> Result<bool, FsError> {
         let mut whiteouts: HashSet<Vec<u8>> = HashSet::new();
         if let Some(u) = &o.upper {
-            for e in fs::read_dir(&u.path)? {
+            for e in sys::read_dir(&u.path)? {
                 let e = e?;
                 if e.file_type()?.is_char_device() && is_whiteout(&e.metadata()?) {
                     whiteouts.insert(e.file_name().as_bytes().to_vec());
@@ -69,23 +70,23 @@ impl Inner {
         let wh = self.tmp_path();
         mknod_whiteout(&wh)?;
         if !is_dir {
-            let r = fs::rename(&wh, path);
+            let r = sys::rename(&wh, path);
             if r.is_err() {
-                let _ = fs::remove_file(&wh);
+                let _ = sys::remove_file(&wh);
             }
             return r;
         }
         match rename2(&wh, path, libc::RENAME_EXCHANGE) {
             // The directory is now at `wh`.
-            Ok(()) => fs::remove_dir_all(&wh),
+            Ok(()) => sys::remove_dir_all(&wh),
             Err(e) if unsupported(&e) => {
                 let trash = self.tmp_path();
-                fs::rename(path, &trash)?;
-                fs::rename(&wh, path)?;
-                fs::remove_dir_all(&trash)
+                sys::rename(path, &trash)?;
+                sys::rename(&wh, path)?;
+                sys::remove_dir_all(&trash)
             }
             Err(e) => {
-                let _ = fs::remove_file(&wh);
+                let _ = sys::remove_file(&wh);
                 Err(e)
             }
         }
@@ -115,10 +116,10 @@ impl Inner {
                     self.whiteout_over(&u.path, want_dir)?;
                 } else if want_dir {
                     let trash = self.tmp_path();
-                    fs::rename(&u.path, &trash)?;
-                    fs::remove_dir_all(&trash)?;
+                    sys::rename(&u.path, &trash)?;
+                    sys::remove_dir_all(&trash)?;
                 } else {
-                    fs::remove_file(&u.path)?;
+                    sys::remove_file(&u.path)?;
                 }
                 if want_dir {
                     self.state.lock().links.remove(&u.meta.ino());

@@ -31,6 +31,10 @@ pub(super) fn stat(e: FsError) -> nfsstat3 {
         FsError::Stale => nfsstat3::NFS3ERR_STALE,
         FsError::XDev => nfsstat3::NFS3ERR_XDEV,
         FsError::NoSpace => nfsstat3::NFS3ERR_NOSPC,
+        FsError::DQuot => nfsstat3::NFS3ERR_DQUOT,
+        FsError::MLink => nfsstat3::NFS3ERR_MLINK,
+        FsError::NoDev => nfsstat3::NFS3ERR_NODEV,
+        FsError::NxIo => nfsstat3::NFS3ERR_NXIO,
         FsError::FBig => nfsstat3::NFS3ERR_FBIG,
         FsError::NotSupported => nfsstat3::NFS3ERR_NOTSUPP,
         FsError::Later(msg) => {
@@ -202,6 +206,42 @@ pub(super) fn verifier_times(v: &[u8; 8]) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_errno_of_the_upper_maps_to_its_nfs_status() {
+        use nfsstat3::*;
+        let table = [
+            (libc::EPERM, NFS3ERR_PERM),
+            (libc::ENOENT, NFS3ERR_NOENT),
+            (libc::EIO, NFS3ERR_IO),
+            (libc::ENXIO, NFS3ERR_NXIO),
+            (libc::EACCES, NFS3ERR_ACCES),
+            (libc::EEXIST, NFS3ERR_EXIST),
+            (libc::EXDEV, NFS3ERR_XDEV),
+            (libc::ENODEV, NFS3ERR_NODEV),
+            (libc::ENOTDIR, NFS3ERR_NOTDIR),
+            (libc::EISDIR, NFS3ERR_ISDIR),
+            (libc::EINVAL, NFS3ERR_INVAL),
+            (libc::EFBIG, NFS3ERR_FBIG),
+            (libc::E2BIG, NFS3ERR_FBIG),
+            (libc::ENOSPC, NFS3ERR_NOSPC),
+            (libc::EROFS, NFS3ERR_ROFS),
+            (libc::EMLINK, NFS3ERR_MLINK),
+            (libc::ENAMETOOLONG, NFS3ERR_NAMETOOLONG),
+            (libc::ENOTEMPTY, NFS3ERR_NOTEMPTY),
+            (libc::EDQUOT, NFS3ERR_DQUOT),
+            (libc::ESTALE, NFS3ERR_STALE),
+            (libc::EOPNOTSUPP, NFS3ERR_NOTSUPP),
+            (libc::ENOSYS, NFS3ERR_NOTSUPP),
+            (libc::EAGAIN, NFS3ERR_JUKEBOX),
+            (libc::ENOMEM, NFS3ERR_JUKEBOX),
+            (libc::ETXTBSY, NFS3ERR_IO),
+        ];
+        for (errno, want) in table {
+            let e = FsError::from(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(stat(e), want, "errno {errno}");
+        }
+    }
 
     #[test]
     fn attributes_show_special_bits_and_devices() {
