@@ -107,6 +107,33 @@ pub fn estargz(data: &[u8]) {
     let _ = parse_toc(data, 0, None);
 }
 
+/// A zstd layer blob as the indexing pass reads it; whatever it indexes,
+/// its first chunk decodes again from the same bytes through the index.
+pub fn zstd_layer(data: &[u8]) {
+    use crate::layer::format::{ChunkSink, StreamIndexer};
+    struct Discard;
+    impl ChunkSink for Discard {
+        fn put(&mut self, _: u64, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let stream = crate::layer::zstd::ZstdStream;
+    let Ok((detail, size)) = stream.index_stream(&mut &data[..], &mut Discard, &mut |_| {}) else {
+        return;
+    };
+    let codec = detail.codec();
+    if let Err(e) = codec.check_consistent(data.len() as u64, size) {
+        panic!("the pass made an index it refuses: {e}");
+    }
+    if codec.chunk_count() > 0 {
+        let f = codec.plan(0..1);
+        let part = bytes::Bytes::copy_from_slice(&data[f.blob.start as usize..f.blob.end as usize]);
+        if let Err(e) = codec.decode(&f, &part) {
+            panic!("indexed bytes do not decode again: {e}");
+        }
+    }
+}
+
 /// A manifest, image index or manifest list as a registry serves it.
 pub fn oci_manifest(data: &[u8]) {
     let _ = crate::registry::manifest::parse(data);

@@ -195,6 +195,11 @@ pub(crate) fn indexing_for(media_type: &str) -> Result<Indexing, FormatError> {
             tail: None,
             stream: &super::tar::TarStream,
         },
+        LayerFormat::Zstd => Indexing {
+            format,
+            tail: None,
+            stream: &super::zstd::ZstdStream,
+        },
     })
 }
 

@@ -6,6 +6,7 @@ use super::estargz::EstargzIndex;
 use super::format::Codec;
 use super::tar::TarChunks;
 use super::zran::ZranIndex;
+use super::zstd::ZstdFrames;
 use super::{Entry, LayerFormat};
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Bump when the serialized layout changes: old indexes are then rebuilt.
 pub const INDEX_VERSION: u32 = 2;
 
-/// Uncompressed bytes per cached chunk for gzip and tar layers. Small enough
+/// Uncompressed bytes per cached chunk for gzip, zstd and tar layers. Small enough
 /// that a cold read of a small file fetches little, large enough to keep the
 /// number of cache files reasonable.
 pub(crate) const CHUNK_SIZE: u64 = 256 << 10;
@@ -27,6 +28,8 @@ pub enum IndexDetail {
     Tar(TarChunks),
     /// An eStargz layer: its TOC's chunk table.
     Estargz(EstargzIndex),
+    /// A zstd layer: its frames and chunk hashes.
+    Zstd(ZstdFrames),
 }
 
 impl IndexDetail {
@@ -37,6 +40,7 @@ impl IndexDetail {
             IndexDetail::Gzip(z) => z,
             IndexDetail::Tar(t) => t,
             IndexDetail::Estargz(e) => e,
+            IndexDetail::Zstd(z) => z,
         }
     }
 }

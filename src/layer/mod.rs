@@ -3,6 +3,7 @@
 //!
 //! - `gzip` (zran checkpoints over the one gzip stream) via [`zran`],
 //! - `estargz` (per-file gzip members located by a TOC) via [`estargz`],
+//! - `zstd` (one or more zstd frames over the tar) via [`zstd`],
 //! - uncompressed `tar`.
 //!
 //! Everything here is pure: no network and no cache. The view drives fetching.
@@ -15,6 +16,7 @@ mod tar;
 pub use tar::TarChunks;
 pub(crate) mod tar_entries;
 pub mod zran;
+pub(crate) mod zstd;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +98,7 @@ pub(crate) enum LayerFormat {
     Gzip,
     Estargz,
     Tar,
+    Zstd,
 }
 
 impl std::fmt::Display for LayerFormat {
@@ -104,6 +107,7 @@ impl std::fmt::Display for LayerFormat {
             LayerFormat::Gzip => "gzip",
             LayerFormat::Estargz => "estargz",
             LayerFormat::Tar => "tar",
+            LayerFormat::Zstd => "zstd",
         })
     }
 }
@@ -112,7 +116,7 @@ impl std::fmt::Display for LayerFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The layer's media type is not one lazyboot can read; the text is that media type.
-    #[error("unsupported layer media type {0:?} (lazyboot reads gzip, eStargz and uncompressed tar layers)")]
+    #[error("unsupported layer media type {0:?} (lazyboot reads gzip, eStargz, zstd and uncompressed tar layers)")]
     Unsupported(String),
 }
 
@@ -127,6 +131,8 @@ pub(crate) fn format_from_media_type(media_type: &str) -> Result<LayerFormat, Fo
         "application/vnd.oci.image.layer.v1.tar"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar"
         | "application/vnd.docker.image.rootfs.diff.tar" => Ok(LayerFormat::Tar),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(LayerFormat::Zstd),
         other => Err(FormatError::Unsupported(other.to_string())),
     }
 }
@@ -149,14 +155,14 @@ mod tests {
     }
 
     #[test]
-    fn refuses_zstd_and_encrypted_by_name() {
-        let err =
-            format_from_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap_err();
-        assert!(err.to_string().contains("tar+zstd"));
-        assert!(
-            format_from_media_type("application/vnd.oci.image.layer.v1.tar+gzip+encrypted")
-                .is_err()
+    fn knows_formats_by_media_type_and_refuses_encrypted_ones() {
+        assert_eq!(
+            format_from_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(),
+            LayerFormat::Zstd
         );
+        let err = format_from_media_type("application/vnd.oci.image.layer.v1.tar+gzip+encrypted")
+            .unwrap_err();
+        assert!(err.to_string().contains("encrypted"), "{err}");
         assert_eq!(
             format_from_media_type("application/vnd.oci.image.layer.v1.tar").unwrap(),
             LayerFormat::Tar
