@@ -266,6 +266,21 @@ impl<R: Read> Read for ChunkSplitter<'_, R> {
     }
 }
 
+/// What every stream indexer does with its decoded stream: read the tar
+/// headers from `stream` (handing each entry to `found`) while cutting it
+/// into chunks for `chunks`. Returns the stream reader, the stream's size
+/// and the chunk hashes (if asked for).
+pub(crate) fn split_tar_stream<R: Read>(
+    stream: R,
+    chunks: &mut dyn ChunkSink,
+    found: &mut dyn FnMut(Entry),
+    hash_chunks: bool,
+) -> Result<(R, u64, Vec<[u8; 32]>), String> {
+    let mut split = ChunkSplitter::new(stream, chunks, hash_chunks);
+    super::tar_entries::read_entries(&mut split, found).map_err(|e| e.to_string())?;
+    split.finish().map_err(|e| e.to_string())
+}
+
 /// Split sorted ids into runs of consecutive values.
 pub(crate) fn runs(ids: &[u64]) -> Vec<Range<u64>> {
     let mut out: Vec<Range<u64>> = Vec::new();

@@ -2,11 +2,11 @@
 //! zran checkpoints recorded by the indexing pass ([`super::zran`]).
 
 use super::format::{
-    cut_runs, ChunkMap, ChunkSink, ChunkSplitter, Codec, Fetch, StreamChunks, StreamIndexer,
+    cut_runs, split_tar_stream, ChunkMap, ChunkSink, Codec, Fetch, StreamChunks, StreamIndexer,
 };
 use super::index::{IndexDetail, CHUNK_SIZE};
 use super::zran::{Checkpoint, ReadPlan, ZranIndex, ZranReader, BLOCK_SIZE};
-use super::{tar_entries, Entry};
+use super::Entry;
 use bytes::{Bytes, BytesMut};
 use std::io::Read;
 use std::ops::Range;
@@ -173,9 +173,7 @@ impl StreamIndexer for GzipStream {
         found: &mut dyn FnMut(Entry),
     ) -> Result<(IndexDetail, u64), String> {
         let mut z = ZranReader::new(input);
-        let mut split = ChunkSplitter::new(&mut z, chunks, false);
-        tar_entries::read_entries(&mut split, found).map_err(|e| e.to_string())?;
-        let (_, size, _) = split.finish().map_err(|e| e.to_string())?;
+        let (_, size, _) = split_tar_stream(&mut z, chunks, found, false)?;
         let zi = z.finish().map_err(|e| e.to_string())?;
         Ok((IndexDetail::Gzip(zi), size))
     }

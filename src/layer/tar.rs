@@ -3,10 +3,10 @@
 //! digest-verified indexing pass.
 
 use super::format::{
-    cut_runs, ChunkMap, ChunkSink, ChunkSplitter, Codec, Fetch, StreamChunks, StreamIndexer,
+    cut_runs, split_tar_stream, ChunkMap, ChunkSink, Codec, Fetch, StreamChunks, StreamIndexer,
 };
 use super::index::{IndexDetail, CHUNK_SIZE};
-use super::{tar_entries, Entry};
+use super::Entry;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -90,9 +90,7 @@ impl StreamIndexer for TarStream {
         chunks: &mut dyn ChunkSink,
         found: &mut dyn FnMut(Entry),
     ) -> Result<(IndexDetail, u64), String> {
-        let mut split = ChunkSplitter::new(input, chunks, true);
-        tar_entries::read_entries(&mut split, found).map_err(|e| e.to_string())?;
-        let (_, size, chunk_sha256) = split.finish().map_err(|e| e.to_string())?;
+        let (_, size, chunk_sha256) = split_tar_stream(input, chunks, found, true)?;
         Ok((IndexDetail::Tar(TarChunks { size, chunk_sha256 }), size))
     }
 }

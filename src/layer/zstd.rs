@@ -19,10 +19,10 @@
 //! multi-frame layers cost a re-read from the frame's start.
 
 use super::format::{
-    cut_runs, ChunkMap, ChunkSink, ChunkSplitter, Codec, Fetch, StreamChunks, StreamIndexer,
+    cut_runs, split_tar_stream, ChunkMap, ChunkSink, Codec, Fetch, StreamChunks, StreamIndexer,
 };
 use super::index::{IndexDetail, CHUNK_SIZE};
-use super::{tar_entries, Entry};
+use super::Entry;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -338,9 +338,7 @@ impl StreamIndexer for ZstdStream {
         found: &mut dyn FnMut(Entry),
     ) -> Result<(IndexDetail, u64), String> {
         let z = FrameReader::new(input).map_err(|e| e.to_string())?;
-        let mut split = ChunkSplitter::new(z, chunks, true);
-        tar_entries::read_entries(&mut split, found).map_err(|e| e.to_string())?;
-        let (z, size, chunk_sha256) = split.finish().map_err(|e| e.to_string())?;
+        let (z, size, chunk_sha256) = split_tar_stream(z, chunks, found, true)?;
         let (compressed_size, frames, chunk_input_end) = z.finish()?;
         Ok((
             IndexDetail::Zstd(ZstdFrames {
