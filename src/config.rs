@@ -1,7 +1,8 @@
 //! `lazyboot serve` configuration (TOML). Every error names the key and the
 //! line: syntax and type errors come from the TOML parser with their span;
 //! checks across keys (duplicate names, pool outside the subnet) use spans
-//! kept on the values they talk about.
+//! kept on the values they talk about. `[[dhcp.subnets]]` (relayed
+//! networks) and their checks are in `subnets`.
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
@@ -10,6 +11,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
+
+mod subnets;
+pub(crate) use subnets::{link_network, SubnetConfig};
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +303,9 @@ pub(crate) struct DhcpConfig {
     pub(crate) dns: Vec<Ipv4Addr>,
     #[serde(default)]
     pub(crate) domain: Option<String>,
+    /// `[[dhcp.subnets]]`: networks served through relay agents.
+    #[serde(default)]
+    pub(crate) subnets: Vec<SubnetConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -614,6 +621,7 @@ impl Config {
                 }
             }
         }
+        subnets::validate(self, text, &invalid)?;
         for n in &self.nodes {
             if let Some(p) = &n.platform {
                 if let Err(e) = p.get_ref().parse::<crate::platform::Platform>() {

@@ -4,6 +4,7 @@
 use super::netns::NetLab;
 use anyhow::{Context, Result};
 use serde_json::Value;
+use std::process::Command;
 
 /// The client script.
 pub const SCRIPT: &str = concat!(
@@ -14,11 +15,15 @@ pub const SCRIPT: &str = concat!(
 /// Run the client's `action` (`dora`, `discover`, `raw`, ...) with `args`
 /// (any of its options) on the lab's client interface; its JSON output.
 pub fn run_client(lab: &NetLab, action: &str, args: &[&str]) -> Result<Value> {
+    run_client_in(&lab.ns, &lab.client_if, action, args)
+}
+
+/// [`run_client`] on interface `iface` of network namespace `ns`.
+pub fn run_client_in(ns: &str, iface: &str, action: &str, args: &[&str]) -> Result<Value> {
     let out = super::run(
-        lab.client("python3")
-            .arg(SCRIPT)
-            .arg(action)
-            .args(["--iface", &lab.client_if])
+        Command::new("ip")
+            .args(["netns", "exec", ns, "python3", SCRIPT, action])
+            .args(["--iface", iface])
             .args(args),
     )?;
     serde_json::from_slice(&out).with_context(|| {

@@ -19,11 +19,14 @@
 //!   redirects to blob storage, and counts each.
 //! - [`held`]: an image whose streaming pass is held mid-layer by a
 //!   [`gate::Gate`] proxy, for what is served before a pass ends.
+//! - [`dhcp_relay::RelayLab`]: server, router and client namespaces with
+//!   ISC `dhcrelay` on the router, for DHCP through a relay agent.
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
 //!   test targets of one theme (NFS roots, the NFS protocol, `serve`, QEMU).
 #![allow(dead_code, unused_imports)]
 
 pub mod debian;
+pub mod dhcp_relay;
 pub mod dhcpc;
 pub mod faults;
 pub mod fixture;

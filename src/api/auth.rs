@@ -6,7 +6,8 @@
 //!   `state_dir/api.token`, made with mode 0600 on first start); a missing
 //!   or wrong token gets 401 and says which;
 //! - read-only calls are open to the `api_readers` networks (default:
-//!   loopback and the served network) and to anyone with the token;
+//!   loopback, the served network and the `[[dhcp.subnets]]` ones) and to
+//!   anyone with the token;
 //! - a node's `booted` callback is also accepted from that node's own
 //!   address, so a node's init can call it without holding a secret.
 
@@ -70,8 +71,10 @@ impl Access {
                 let served = Ipv4Net::new(config.server.address, prefix)
                     .map(|n| IpNet::V4(n.trunc()))
                     .ok();
+                // Nodes behind relay agents are served networks too.
+                let relayed = config.dhcp.subnets.iter().map(|s| IpNet::V4(s.net()));
                 let loopback = ["127.0.0.0/8", "::1/128"].map(|n| n.parse().unwrap());
-                loopback.into_iter().chain(served).collect()
+                loopback.into_iter().chain(served).chain(relayed).collect()
             }
         };
         Ok(Access {
@@ -186,5 +189,31 @@ mod tests {
         assert!(!access.may_read("127.0.0.2".parse().unwrap()));
         assert!(parse_net("10.0.0.0/33").is_err());
         assert!(check_token_text("has a space in it!!").is_err());
+    }
+
+    #[test]
+    fn default_readers_are_the_served_networks() {
+        let text = r#"
+[server]
+interface = "lb0"
+address = "10.9.0.1"
+api_token = "0123456789abcdef0123"
+[dhcp]
+mode = "full"
+pool_start = "10.9.0.100"
+pool_end = "10.9.0.150"
+[[dhcp.subnets]]
+network = "10.218.5.0/24"
+pool_start = "10.218.5.100"
+pool_end = "10.218.5.150"
+router = "10.218.5.1"
+"#;
+        let config = Config::parse(text, "t.toml").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let access = Access::from_config(&config, dir.path()).unwrap();
+        for ip in ["10.9.0.77", "10.218.5.120", "127.0.0.1"] {
+            assert!(access.may_read(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!access.may_read("10.218.6.1".parse().unwrap()));
     }
 }

@@ -1,8 +1,11 @@
 //! The full-mode address pool and its leases.
 //!
-//! Leases are keyed by MAC (chaddr), like the node inventory: option 61
-//! client identifiers are not used, so a machine keeps its address across
-//! firmware stages (ROM, iPXE, U-Boot, Linux) that identify differently.
+//! The pool is one range per subnet served (the link's, and each relayed
+//! `[[dhcp.subnets]]` one); a DISCOVER is offered an address of the range
+//! of the subnet it comes from. Leases are one table for all of them, keyed
+//! by MAC (chaddr), like the node inventory: option 61 client identifiers
+//! are not used, so a machine keeps its address across firmware stages
+//! (ROM, iPXE, U-Boot, Linux) that identify differently.
 //!
 //! Every change to a bound lease is written to disk before the client hears
 //! about it: JSON to a temporary file, fsync, rename over the old file,
@@ -20,6 +23,7 @@
 
 use crate::config::MacAddr;
 use crate::dhcp::DhcpError;
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -68,54 +72,59 @@ struct LeaseFile {
     leases: Vec<Lease>,
 }
 
-/// The addresses the pool hands out and the subnet they live in.
+/// The addresses handed out: one range per subnet served, and the fixed
+/// addresses of configured nodes.
 #[derive(Clone, Debug)]
 pub(crate) struct Pool {
-    pub(crate) start: Ipv4Addr,
-    pub(crate) end: Ipv4Addr,
-    /// The server's own address: never handed out.
-    pub(crate) server: Ipv4Addr,
-    pub(crate) prefix_len: u8,
+    /// The on-link subnet's range first, then those of `[[dhcp.subnets]]`
+    /// in order (callers name a range by its index); their subnets do not
+    /// overlap.
+    pub(crate) ranges: Vec<Range>,
     /// Fixed addresses of configured nodes: each only ever goes to its MAC,
     /// wherever it lies.
     pub(crate) reserved: HashMap<Ipv4Addr, MacAddr>,
 }
 
-impl Pool {
-    pub(crate) fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(mask_bits(self.prefix_len))
-    }
+/// The addresses of one subnet that may be handed out.
+#[derive(Clone, Debug)]
+pub(crate) struct Range {
+    pub(crate) start: Ipv4Addr,
+    pub(crate) end: Ipv4Addr,
+    /// The subnet the range lies in.
+    pub(crate) subnet: Ipv4Net,
+    /// Addresses of the subnet that are never a client's: the server's own,
+    /// the router's.
+    pub(crate) excluded: Vec<Ipv4Addr>,
+}
 
-    pub(crate) fn network(&self) -> u32 {
-        u32::from(self.server) & mask_bits(self.prefix_len)
-    }
-
-    pub(crate) fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.network() | !mask_bits(self.prefix_len))
-    }
-
-    pub(crate) fn in_subnet(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask_bits(self.prefix_len) == self.network()
-    }
-
-    fn in_range(&self, ip: Ipv4Addr) -> bool {
+impl Range {
+    fn holds(&self, ip: Ipv4Addr) -> bool {
         (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
     }
 
-    /// Addresses that can never be a client's: ours, the subnet's network
-    /// and broadcast addresses, anything outside the subnet.
-    fn unusable(&self, ip: Ipv4Addr) -> bool {
-        ip == self.server
-            || !self.in_subnet(ip)
-            || u32::from(ip) == self.network()
-            || ip == self.broadcast()
+    /// Whether `ip` may be a client's address in this subnet: inside it,
+    /// neither its network nor its broadcast address, not excluded.
+    fn usable(&self, ip: Ipv4Addr) -> bool {
+        self.subnet.contains(&ip)
+            && ip != self.subnet.network()
+            && ip != self.subnet.broadcast()
+            && !self.excluded.contains(&ip)
     }
 }
 
-fn mask_bits(prefix_len: u8) -> u32 {
-    match prefix_len {
-        0 => 0,
-        p => u32::MAX << (32 - p.min(32) as u32),
+impl Pool {
+    /// Whether `ip` lies in one of the ranges.
+    fn in_range(&self, ip: Ipv4Addr) -> bool {
+        self.ranges.iter().any(|r| r.holds(ip))
+    }
+
+    /// Addresses that can never be a client's: outside every subnet served,
+    /// or unusable in the one they lie in.
+    fn unusable(&self, ip: Ipv4Addr) -> bool {
+        !self
+            .ranges
+            .iter()
+            .any(|r| r.subnet.contains(&ip) && r.usable(ip))
     }
 }
 
@@ -233,9 +242,10 @@ impl LeaseDb {
         self.leases.values()
     }
 
-    /// Whether `ip` may be bound to `mac` now: inside the pool (or `mac`'s
-    /// fixed address), not held by anyone else's current lease or offer,
-    /// not declined.
+    /// Whether `ip` may be bound to `mac` now: inside one of the ranges (or
+    /// `mac`'s fixed address), not held by anyone else's current lease or
+    /// offer, not declined. Which subnet the client is on is the caller's
+    /// to check.
     pub(crate) fn available_to(&self, ip: Ipv4Addr, mac: MacAddr, now: u64) -> bool {
         match self.pool.reserved.get(&ip) {
             Some(owner) => return *owner == mac && !self.pool.unusable(ip),
@@ -258,55 +268,65 @@ impl LeaseDb {
             .any(|(m, o)| o.ip == ip && *m != mac && o.until > now)
     }
 
-    /// Choose an address for `mac` and hold it as an offer. Preference: the
-    /// node's fixed address; the address it had before (even expired, if
-    /// still free); an outstanding offer; the address it asks for; a
-    /// never-used address; the address whose lease expired longest ago;
-    /// the address of the oldest offer made to a machine that is not a node
-    /// yet. `None`: the pool is exhausted.
+    /// Choose an address in range `range` (an index into
+    /// [`Pool::ranges`]: the subnet the request comes from) for `mac` and
+    /// hold it as an offer. Preference: the node's fixed address; the
+    /// address it had before (even expired, if still free); an outstanding
+    /// offer; the address it asks for; a never-used address; the address
+    /// whose lease expired longest ago; the address of the oldest offer made
+    /// to a machine that is not a node yet. Only addresses of that subnet
+    /// qualify. `None`: the range is exhausted (or there is no such range).
     pub(crate) fn offer(
         &mut self,
+        range: usize,
         mac: MacAddr,
         requested: Option<Ipv4Addr>,
         now: u64,
     ) -> Option<Ipv4Addr> {
-        self.offer_as(mac, requested, now, false)
+        self.offer_as(range, mac, requested, now, false)
     }
 
     /// Like [`offer`](Self::offer), for a machine that is not a node of the
     /// inventory yet (a pending node): its offer gives way to anyone else's
-    /// DISCOVER when the pool has no other address.
+    /// DISCOVER when the range has no other address.
     pub(crate) fn offer_yielding(
         &mut self,
+        range: usize,
         mac: MacAddr,
         requested: Option<Ipv4Addr>,
         now: u64,
     ) -> Option<Ipv4Addr> {
-        self.offer_as(mac, requested, now, true)
+        self.offer_as(range, mac, requested, now, true)
     }
 
     fn offer_as(
         &mut self,
+        range: usize,
         mac: MacAddr,
         requested: Option<Ipv4Addr>,
         now: u64,
         yielding: bool,
     ) -> Option<Ipv4Addr> {
         self.offers.retain(|_, o| o.until > now);
+        let subnet = self.pool.ranges.get(range)?.subnet;
+        // A machine that moved to another subnet gets nothing of its old one.
+        let here = |ip: &Ipv4Addr| subnet.contains(ip);
         let fixed = self
             .pool
             .reserved
             .iter()
             .find(|(_, m)| **m == mac)
-            .map(|(ip, _)| *ip);
-        let previous = self.by_mac.get(&mac).copied();
-        let offered = self.offers.get(&mac).map(|o| o.ip);
+            .map(|(ip, _)| *ip)
+            .filter(here);
+        let previous = self.by_mac.get(&mac).copied().filter(here);
+        let offered = self.offers.get(&mac).map(|o| o.ip).filter(here);
+        let requested = requested.filter(here);
         let ip = fixed
             .or(previous.filter(|ip| self.available_to(*ip, mac, now)))
             .or(offered.filter(|ip| self.available_to(*ip, mac, now)))
             .or(requested.filter(|ip| self.available_to(*ip, mac, now)))
-            .or_else(|| self.free_address(mac, now))
-            .or_else(|| self.take_yielding_offer(mac, now))?;
+            .or_else(|| self.free_address(range, mac, now))
+            .or_else(|| self.take_yielding_offer(subnet, mac, now))?;
         self.offers.insert(
             mac,
             Offer {
@@ -318,22 +338,24 @@ impl LeaseDb {
         Some(ip)
     }
 
-    /// The address of the oldest offer to a machine that is not a node yet,
-    /// withdrawn from it (its REQUEST will be NAKed: it starts over).
-    fn take_yielding_offer(&mut self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
+    /// The address in `subnet` of the oldest offer to a machine that is not
+    /// a node yet, withdrawn from it (its REQUEST will be NAKed: it starts
+    /// over).
+    fn take_yielding_offer(&mut self, subnet: Ipv4Net, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
         let (holder, ip) = self
             .offers
             .iter()
-            .filter(|(m, o)| o.yielding && **m != mac)
+            .filter(|(m, o)| o.yielding && **m != mac && subnet.contains(&o.ip))
             .min_by_key(|(_, o)| o.until)
             .map(|(m, o)| (*m, o.ip))?;
         self.offers.remove(&holder);
         self.available_to(ip, mac, now).then_some(ip)
     }
 
-    fn free_address(&self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
+    fn free_address(&self, range: usize, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
+        let r = &self.pool.ranges[range];
         let mut oldest: Option<(u64, Ipv4Addr)> = None;
-        for n in u32::from(self.pool.start)..=u32::from(self.pool.end) {
+        for n in u32::from(r.start)..=u32::from(r.end) {
             let ip = Ipv4Addr::from(n);
             if !self.available_to(ip, mac, now) {
                 continue;
@@ -478,55 +500,118 @@ mod tests {
         Ipv4Addr::new(10, 9, 0, n)
     }
 
-    fn pool(start: u8, end: u8) -> Pool {
-        Pool {
+    /// The on-link range .start..=.end of 10.9.0.0/24, the server at .1.
+    fn range(start: u8, end: u8) -> Range {
+        Range {
             start: ip(start),
             end: ip(end),
-            server: ip(1),
-            prefix_len: 24,
+            subnet: "10.9.0.0/24".parse().unwrap(),
+            excluded: vec![ip(1)],
+        }
+    }
+
+    fn pool(start: u8, end: u8) -> Pool {
+        Pool {
+            ranges: vec![range(start, end)],
+            reserved: HashMap::new(),
+        }
+    }
+
+    /// A relayed subnet's address.
+    fn far(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 218, 5, n)
+    }
+
+    /// The on-link range .100..=.101 and the relayed 10.218.5.100..=.101,
+    /// its router at .1.
+    fn two_subnets() -> Pool {
+        let relayed = Range {
+            start: far(100),
+            end: far(101),
+            subnet: "10.218.5.0/24".parse().unwrap(),
+            excluded: vec![far(1)],
+        };
+        Pool {
+            ranges: vec![range(100, 101), relayed],
             reserved: HashMap::new(),
         }
     }
 
     #[test]
-    fn subnet_arithmetic() {
-        let p = pool(100, 150);
-        assert_eq!(p.mask(), Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!(p.broadcast(), ip(255));
-        assert!(p.in_subnet(ip(7)));
-        assert!(!p.in_subnet(Ipv4Addr::new(10, 9, 1, 7)));
-        let p16 = Pool {
-            prefix_len: 16,
-            ..pool(100, 150)
+    fn usable_addresses() {
+        let r = Range {
+            subnet: "10.9.0.0/16".parse().unwrap(),
+            ..range(100, 150)
         };
-        assert_eq!(p16.broadcast(), Ipv4Addr::new(10, 9, 255, 255));
+        assert!(r.usable(ip(7)));
+        assert!(r.usable(Ipv4Addr::new(10, 9, 1, 7)));
+        assert!(!r.usable(ip(1)), "excluded");
+        assert!(!r.usable(Ipv4Addr::new(10, 9, 0, 0)), "network");
+        assert!(!r.usable(Ipv4Addr::new(10, 9, 255, 255)), "broadcast");
+        assert!(!r.usable(Ipv4Addr::new(10, 10, 0, 7)), "outside");
+        assert!(r.holds(ip(150)) && !r.holds(ip(151)));
+        let p = two_subnets();
+        assert!(!p.unusable(far(7)) && p.unusable(far(1)) && p.unusable(far(255)));
+        assert!(p.unusable(Ipv4Addr::new(10, 218, 6, 7)), "in no subnet");
+        assert!(p.in_range(far(101)) && !p.in_range(far(102)));
+    }
+
+    #[test]
+    fn each_subnet_offers_from_its_own_range() {
+        let mut db = LeaseDb::in_memory(two_subnets());
+        assert_eq!(db.offer(1, mac(1), None, 0), Some(far(100)));
+        assert_eq!(db.offer(0, mac(2), None, 0), Some(ip(100)));
+        // An address of another subnet is not offered, even when asked for.
+        assert_eq!(db.offer(1, mac(3), Some(ip(101)), 0), Some(far(101)));
+        assert_eq!(
+            db.offer(1, mac(4), None, 0),
+            None,
+            "the relayed range is full"
+        );
+        assert_eq!(db.offer(0, mac(4), None, 0), Some(ip(101)));
+        assert_eq!(db.offer(2, mac(5), None, 0), None, "no such range");
+        // A node that moves to the other subnet gets an address there; its
+        // old lease stays until it is bound elsewhere.
+        db.bind(mac(2), ip(100), "a", 1000, 1).unwrap();
+        let later = 1 + OFFER_HOLD_SECS;
+        assert_eq!(db.offer(1, mac(2), None, later), Some(far(100)));
+        db.bind(mac(2), far(100), "a", 1000, later).unwrap();
+        assert_eq!(db.lease_of(mac(2)).unwrap().ip, far(100));
+        assert!(db.available_to(ip(100), mac(9), later));
+        // Offers to pending machines give way only within their subnet.
+        let mut db = LeaseDb::in_memory(two_subnets());
+        assert_eq!(db.offer_yielding(0, mac(1), None, 0), Some(ip(100)));
+        assert_eq!(db.offer_yielding(0, mac(2), None, 0), Some(ip(101)));
+        assert_eq!(db.offer(1, mac(3), None, 1), Some(far(100)));
+        assert_eq!(db.offer(1, mac(4), None, 1), Some(far(101)));
+        assert_eq!(db.offer(1, mac(5), None, 1), None);
+        assert!(!db.available_to(ip(100), mac(5), 1), "mac 1 kept it");
     }
 
     #[test]
     fn allocates_in_order_and_holds_offers() {
         let mut db = LeaseDb::in_memory(pool(100, 102));
-        assert_eq!(db.offer(mac(1), None, 0), Some(ip(100)));
+        assert_eq!(db.offer(0, mac(1), None, 0), Some(ip(100)));
         // Asking again gets the same offer, not a new address.
-        assert_eq!(db.offer(mac(1), None, 1), Some(ip(100)));
-        assert_eq!(db.offer(mac(2), None, 1), Some(ip(101)));
+        assert_eq!(db.offer(0, mac(1), None, 1), Some(ip(100)));
+        assert_eq!(db.offer(0, mac(2), None, 1), Some(ip(101)));
         // A requested address is honoured when free...
-        assert_eq!(db.offer(mac(3), Some(ip(102)), 1), Some(ip(102)));
+        assert_eq!(db.offer(0, mac(3), Some(ip(102)), 1), Some(ip(102)));
         // ...and the pool is now exhausted while the offers are held.
-        assert_eq!(db.offer(mac(4), None, 2), None);
+        assert_eq!(db.offer(0, mac(4), None, 2), None);
         // Offers lapse.
-        assert_eq!(db.offer(mac(4), None, 2 + OFFER_HOLD_SECS), Some(ip(100)));
+        assert_eq!(
+            db.offer(0, mac(4), None, 2 + OFFER_HOLD_SECS),
+            Some(ip(100))
+        );
     }
 
     #[test]
     fn skips_server_network_and_broadcast_addresses() {
-        let mut db = LeaseDb::in_memory(Pool {
-            start: ip(0),
-            end: ip(2),
-            ..pool(0, 2)
-        });
+        let mut db = LeaseDb::in_memory(pool(0, 2));
         // .0 is the network, .1 the server: .2 is the only one.
-        assert_eq!(db.offer(mac(1), None, 0), Some(ip(2)));
-        assert_eq!(db.offer(mac(2), None, 0), None);
+        assert_eq!(db.offer(0, mac(1), None, 0), Some(ip(2)));
+        assert_eq!(db.offer(0, mac(2), None, 0), None);
         assert!(!db.available_to(ip(1), mac(2), 0));
         assert!(!db.available_to(ip(200), mac(2), 0), "outside the pool");
     }
@@ -536,20 +621,20 @@ mod tests {
         let mut db = LeaseDb::in_memory(pool(100, 101));
         db.bind(mac(1), ip(100), "a", 100, 0).unwrap();
         db.bind(mac(2), ip(101), "b", 200, 0).unwrap();
-        assert_eq!(db.offer(mac(3), None, 50), None, "both leases current");
+        assert_eq!(db.offer(0, mac(3), None, 50), None, "both leases current");
         assert!(!db.available_to(ip(100), mac(3), 50));
         assert!(db.available_to(ip(100), mac(1), 50), "own lease");
         // At 150 only .100 has expired.
-        assert_eq!(db.offer(mac(3), None, 150), Some(ip(100)));
+        assert_eq!(db.offer(0, mac(3), None, 150), Some(ip(100)));
         // The old owner comes back: its address is on offer to someone
         // else, so it gets nothing now.
-        assert_eq!(db.offer(mac(1), None, 151), None);
+        assert_eq!(db.offer(0, mac(1), None, 151), None);
         // Once everything has lapsed, a newcomer gets the address whose
         // lease expired longest ago...
         let later = 300 + OFFER_HOLD_SECS;
-        assert_eq!(db.offer(mac(4), None, later), Some(ip(100)));
+        assert_eq!(db.offer(0, mac(4), None, later), Some(ip(100)));
         // ...and a returning client its previous address.
-        assert_eq!(db.offer(mac(2), None, later), Some(ip(101)));
+        assert_eq!(db.offer(0, mac(2), None, later), Some(ip(101)));
     }
 
     #[test]
@@ -559,11 +644,11 @@ mod tests {
         p.reserved.insert(ip(20), mac(8));
         let mut db = LeaseDb::in_memory(p);
         // .100 is reserved: others skip it.
-        assert_eq!(db.offer(mac(1), None, 0), Some(ip(101)));
-        assert_eq!(db.offer(mac(2), Some(ip(100)), 0), None);
+        assert_eq!(db.offer(0, mac(1), None, 0), Some(ip(101)));
+        assert_eq!(db.offer(0, mac(2), Some(ip(100)), 0), None);
         // The owners always get theirs, even outside the pool.
-        assert_eq!(db.offer(mac(9), None, 0), Some(ip(100)));
-        assert_eq!(db.offer(mac(8), None, 0), Some(ip(20)));
+        assert_eq!(db.offer(0, mac(9), None, 0), Some(ip(100)));
+        assert_eq!(db.offer(0, mac(8), None, 0), Some(ip(20)));
         assert!(db.available_to(ip(20), mac(8), 0));
         assert!(!db.available_to(ip(20), mac(1), 0));
     }
@@ -577,12 +662,12 @@ mod tests {
         assert_eq!(db.lease_of(mac(1)).unwrap().expires, 10);
         assert!(db.available_to(ip(100), mac(2), 11));
         // The releasing client still gets its address back first.
-        assert_eq!(db.offer(mac(1), None, 11), Some(ip(100)));
+        assert_eq!(db.offer(0, mac(1), None, 11), Some(ip(100)));
         db.bind(mac(1), ip(100), "a", 1000, 12).unwrap();
         db.decline(mac(1), ip(100), 13).unwrap();
         assert!(db.lease_of(mac(1)).is_none());
         assert!(!db.available_to(ip(100), mac(1), 14));
-        assert_eq!(db.offer(mac(1), None, 14), Some(ip(101)));
+        assert_eq!(db.offer(0, mac(1), None, 14), Some(ip(101)));
         assert!(db.available_to(ip(100), mac(2), 14 + DECLINE_HOLD_SECS));
     }
 
@@ -590,24 +675,24 @@ mod tests {
     fn offers_to_pending_machines_give_way_and_nothing_piles_up() {
         let mut db = LeaseDb::in_memory(pool(100, 101));
         // Two made-up MACs hold the whole pool...
-        assert_eq!(db.offer_yielding(mac(1), None, 0), Some(ip(100)));
-        assert_eq!(db.offer_yielding(mac(2), None, 1), Some(ip(101)));
+        assert_eq!(db.offer_yielding(0, mac(1), None, 0), Some(ip(100)));
+        assert_eq!(db.offer_yielding(0, mac(2), None, 1), Some(ip(101)));
         // ...yet a node gets the address of the oldest such offer.
-        assert_eq!(db.offer(mac(3), None, 2), Some(ip(100)));
+        assert_eq!(db.offer(0, mac(3), None, 2), Some(ip(100)));
         assert!(!db.available_to(ip(100), mac(1), 2), "mac 1 lost it");
         // A node's offer does not give way; a pending machine's gives way
         // to anyone.
-        assert_eq!(db.offer_yielding(mac(4), None, 3), Some(ip(101)));
-        assert_eq!(db.offer_yielding(mac(5), None, 4), Some(ip(101)));
+        assert_eq!(db.offer_yielding(0, mac(4), None, 3), Some(ip(101)));
+        assert_eq!(db.offer_yielding(0, mac(5), None, 4), Some(ip(101)));
         assert!(db.available_to(ip(100), mac(3), 4));
         assert!(!db.available_to(ip(100), mac(5), 4));
         // A flood of made-up MACs holds at most one offer per address.
         for n in 10..250 {
-            db.offer_yielding(mac(n), None, 5 + n as u64);
+            db.offer_yielding(0, mac(n), None, 5 + n as u64);
         }
         assert!(db.offers.len() <= 2, "{}", db.offers.len());
         // Expired offers are dropped when the next one is made.
-        db.offer(mac(3), None, 1000);
+        db.offer(0, mac(3), None, 1000);
         assert_eq!(db.offers.len(), 1);
         // Only addresses of the pool can be declined.
         for n in 0..=255 {
@@ -653,8 +738,8 @@ mod tests {
         // A current lease is still held against others after the restart.
         assert!(!db.available_to(ip(100), mac(3), 2000));
         assert!(db.available_to(ip(100), mac(1), 2000));
-        assert_eq!(db.offer(mac(1), None, 2000), Some(ip(100)));
-        assert_eq!(db.offer(mac(3), None, 2000), Some(ip(102)));
+        assert_eq!(db.offer(0, mac(1), None, 2000), Some(ip(100)));
+        assert_eq!(db.offer(0, mac(3), None, 2000), Some(ip(102)));
 
         // A smaller pool drops leases that no longer fit.
         let db = LeaseDb::open(pool(101, 150), &path).unwrap();

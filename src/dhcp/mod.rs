@@ -7,16 +7,21 @@
 //!   node kind (pure, unit-tested byte for byte).
 //! - [`leases`]: the address pool and crash-safe lease persistence
 //!   (`state_dir/dhcp/leases.json`).
+//! - `subnets`: the networks full mode serves (the link's and the
+//!   `[[dhcp.subnets]]` behind relay agents), which one a request comes
+//!   from, and how replies to relayed requests are addressed.
 //! - `server`: the RFC 2131 / ProxyDHCP state machine and the socket loop.
 //!
 //! It listens only on `server.interface` (SO_BINDTODEVICE), on UDP 67, and
-//! in proxy mode also on 4011. Requests through relay agents (giaddr set)
-//! are ignored: the pool is on-link only.
+//! in proxy mode also on 4011. In full mode, requests through relay agents
+//! (giaddr set) are served from the `[[dhcp.subnets]]` network that holds
+//! giaddr and answered to the relay; proxy mode ignores them.
 
 pub(crate) mod leases;
 pub(crate) mod options;
 pub(crate) mod packet;
 mod server;
+pub(crate) mod subnets;
 
 use crate::serve::ServeContext;
 use std::path::PathBuf;

@@ -372,7 +372,15 @@ pub(crate) fn build_nak(req: &Message, server: Ipv4Addr, why: &str) -> Message {
 /// first, as dnsmasq and ISC send them (dhcproto writes options in code
 /// order, and small boot ROMs are not all known to search for 53), padded
 /// to [`MIN_REPLY_LEN`].
+#[cfg(test)]
 pub(crate) fn encode(msg: &Message) -> Vec<u8> {
+    encode_with(msg, &[])
+}
+
+/// [`encode`], with `last` (whole options, as received) after every other
+/// option: the relay agent information a reply echoes, which goes last as
+/// the relay agent put it (RFC 3046 2.1).
+pub(crate) fn encode_with(msg: &Message, last: &[u8]) -> Vec<u8> {
     // Encoding into a Vec only fails for oversized sname/file, which the
     // setters above already refuse.
     let mut bytes = msg.to_vec().expect("DHCP reply encodes");
@@ -397,6 +405,7 @@ pub(crate) fn encode(msg: &Message) -> Vec<u8> {
     bytes.truncate(start);
     bytes.extend(first);
     bytes.extend(rest);
+    bytes.extend_from_slice(last);
     bytes.push(255);
     if bytes.len() < MIN_REPLY_LEN {
         bytes.resize(MIN_REPLY_LEN, 0);

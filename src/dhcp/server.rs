@@ -6,10 +6,16 @@
 //! saving leases, so the protocol is testable without sockets. [`serve`]
 //! owns the sockets.
 //!
-//! Not supported, on purpose: relay agents (requests with a non-zero giaddr
-//! are dropped: the pool is only ever on-link), plain BOOTP (no option 53),
-//! option overload (options in sname/file), and probing an address with ARP
-//! or ping before offering it.
+//! Full mode serves the link and the `[[dhcp.subnets]]` behind relay
+//! agents: `subnets` picks the subnet a request is from (by giaddr, or the
+//! ciaddr of a unicast renewal) and addresses replies to relays; here the
+//! address comes from that subnet's range, and a node whose fixed address
+//! is not in it is refused. Proxy mode answers only on the link (a relayed
+//! request has no offer of the site's server beside it to complete).
+//!
+//! Not supported, on purpose: plain BOOTP (no option 53), option overload
+//! (options in sname/file), and probing an address with ARP or ping before
+//! offering it.
 //!
 //! Unknown MACs (with `[defaults] unknown_nodes = "defaults"`) get a
 //! *pending* node (see `nodes::pending`): it is offered an address (held in
@@ -29,18 +35,16 @@
 //! file write (a bound lease), and a boot it starts spawns at most one
 //! image refresh per node at a time (`ServeContext::boot_started`).
 
-use super::leases::{LeaseDb, Pool};
-use super::options::{
-    boot_plan, build_nak, build_reply, encode, ClientFacts, NetworkOptions, Reply,
-};
+use super::leases::LeaseDb;
+use super::options::{boot_plan, build_nak, build_reply, encode_with, ClientFacts, Reply};
 use super::packet::{message_type, parse_request};
+use super::subnets::{Subnets, Throttle, Via};
 use super::DhcpError;
-use crate::config::{DhcpMode, MacAddr, NodeKind};
+use crate::config::{DhcpMode, NodeKind};
 use crate::nodes::{Accepted, Found, Node, PendingNode};
 use crate::serve::ServeContext;
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -74,59 +78,31 @@ pub(crate) struct Handler {
     proxy: bool,
     /// Full mode only.
     leases: Option<LeaseDb>,
-    network: Option<NetworkOptions>,
-    lease_secs: u64,
+    /// Full mode only: the link's network and the relayed ones.
+    subnets: Option<Subnets>,
+    /// For what clients and relays can make us log at will.
+    throttle: Throttle,
+}
+
+/// Where a request came from: its sender, our socket it arrived on, and
+/// the subnet (and relay) it is served through.
+struct Origin {
+    src: SocketAddrV4,
+    port: Port,
+    via: Via,
 }
 
 impl Handler {
     /// Full mode loads the pool and its saved leases; proxy mode has none.
     pub(crate) fn new(ctx: Arc<ServeContext>) -> Result<Handler, DhcpError> {
-        let cfg = &ctx.config.dhcp;
-        let proxy = cfg.mode == DhcpMode::Proxy;
-        let (leases, network) = if proxy {
+        let proxy = ctx.config.dhcp.mode == DhcpMode::Proxy;
+        let (leases, subnets) = if proxy {
             (None, None)
         } else {
-            let (Some(start), Some(end)) = (&cfg.pool_start, &cfg.pool_end) else {
-                return Err(DhcpError::Config(
-                    "mode = \"full\" needs pool_start and pool_end".into(),
-                ));
-            };
-            let mut reserved: HashMap<Ipv4Addr, MacAddr> = HashMap::new();
-            let pool = Pool {
-                start: *start.get_ref(),
-                end: *end.get_ref(),
-                server: ctx.server_ip,
-                prefix_len: cfg.prefix_len.unwrap_or(24).min(32),
-                reserved: HashMap::new(),
-            };
-            for n in ctx.inventory.all() {
-                if let Some(ip) = n.ip {
-                    if !pool.in_subnet(ip) {
-                        warn!(
-                            "node {}: fixed address {ip} is outside the served subnet {}/{}",
-                            n.name,
-                            Ipv4Addr::from(pool.network()),
-                            pool.prefix_len
-                        );
-                    }
-                    if let Some(other) = reserved.insert(ip, n.mac) {
-                        warn!(
-                            "fixed address {ip} is configured for both {other} and {}",
-                            n.mac
-                        );
-                    }
-                }
-            }
-            let pool = Pool { reserved, ..pool };
-            let network = NetworkOptions {
-                mask: pool.mask(),
-                broadcast: pool.broadcast(),
-                router: cfg.router,
-                dns: cfg.dns.clone(),
-                domain: cfg.domain.clone(),
-            };
+            let subnets = Subnets::from_config(&ctx.config)?;
+            let reserved = subnets.reserved(&ctx.inventory.all());
             let path = ctx.state_dir.join("dhcp").join("leases.json");
-            let db = LeaseDb::open(pool, &path)?;
+            let db = LeaseDb::open(subnets.pool(ctx.server_ip, reserved), &path)?;
             info!(
                 "DHCP leases: {} loaded from {}",
                 db.leases().count(),
@@ -139,13 +115,13 @@ impl Handler {
             for l in db.leases() {
                 ctx.inventory.learn_ip(l.mac, l.ip);
             }
-            (Some(db), Some(network))
+            (Some(db), Some(subnets))
         };
         Ok(Handler {
             proxy,
             leases,
-            network,
-            lease_secs: cfg.lease_secs.max(1),
+            subnets,
+            throttle: Throttle::default(),
             ctx,
         })
     }
@@ -170,19 +146,24 @@ impl Handler {
                 return None;
             }
         };
-        if !msg.giaddr().is_unspecified() {
-            debug!(
-                "ignoring request relayed by {}: relay agents are not supported",
-                msg.giaddr()
-            );
-            return None;
-        }
         let facts = ClientFacts::from_message(&msg)?;
         let mtype = message_type(&msg);
+        let via = match &self.subnets {
+            Some(subnets) => subnets.route(&msg, buf),
+            None => Via::proxy(&msg, buf),
+        };
+        let via = match via {
+            Ok(via) => via,
+            Err(e) => {
+                self.throttle.unserved(&e, mtype, facts.mac, Instant::now());
+                return None;
+            }
+        };
+        let origin = Origin { src, port, via };
         if self.proxy {
-            self.proxy_reply(&msg, &facts, mtype, src, port)
+            self.proxy_reply(&msg, &facts, mtype, &origin)
         } else {
-            self.full_reply(&msg, &facts, mtype, src, now)
+            self.full_reply(&msg, &facts, mtype, &origin, now)
         }
     }
 
@@ -200,17 +181,12 @@ impl Handler {
         found
     }
 
-    fn lease_option_secs(&self) -> u32 {
-        // 0xffffffff would mean "infinite".
-        self.lease_secs.min(u32::MAX as u64 - 1) as u32
-    }
-
     fn full_reply(
         &mut self,
         msg: &Message,
         facts: &ClientFacts,
         mtype: MessageType,
-        src: SocketAddrV4,
+        origin: &Origin,
         now: u64,
     ) -> Option<Outgoing> {
         let server = self.ctx.server_ip;
@@ -236,7 +212,19 @@ impl Handler {
             self.ctx.inventory.learn_arch(mac, arch);
         }
         let requested = requested_ip(msg);
-        let lease_secs = self.lease_secs;
+        let subnet = self.subnets.as_ref()?.get(origin.via.subnet);
+        if let Some(fixed) = node.ip.filter(|ip| !subnet.contains(*ip)) {
+            if matches!(mtype, MessageType::Discover | MessageType::Request) {
+                warn!(
+                    "{mtype:?} from {} ({mac}) comes from the {subnet}, but its fixed \
+                     address {fixed} is not in it: not answering",
+                    node.name
+                );
+            }
+            return None;
+        }
+        let lease_secs = subnet.lease_secs;
+        let range = origin.via.subnet;
         let leases = self.leases.as_mut()?;
         match mtype {
             MessageType::Discover => {
@@ -245,14 +233,17 @@ impl Handler {
                 }
                 let ip = match node.ip {
                     Some(fixed) => Some(fixed),
-                    None if recorded.is_some() => leases.offer(mac, requested, now),
-                    None => leases.offer_yielding(mac, requested, now),
+                    None if recorded.is_some() => leases.offer(range, mac, requested, now),
+                    None => leases.offer_yielding(range, mac, requested, now),
                 };
                 let Some(ip) = ip else {
                     // Only a node's miss is worth a warning: anyone can send
                     // DISCOVERs from made-up MACs.
                     if recorded.is_some() {
-                        warn!("DHCP pool exhausted: no address for {} ({mac})", node.name);
+                        warn!(
+                            "DHCP pool of the {subnet} exhausted: no address for {} ({mac})",
+                            node.name
+                        );
                     }
                     return None;
                 };
@@ -282,9 +273,9 @@ impl Handler {
                     _ => (node, recorded),
                 };
                 info!("DHCPOFFER {ip} to {} ({mac})", node.name);
-                let reply = self.reply(msg, facts, &node, MessageType::Offer, ip, true);
+                let reply = self.reply(msg, facts, &node, MessageType::Offer, ip, origin);
                 let (n, t) = (recorded.as_deref(), MessageType::Offer);
-                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
+                Some(self.out(n, msg, reply, t, origin))
             }
             MessageType::Request => {
                 let ciaddr = msg.ciaddr();
@@ -292,16 +283,19 @@ impl Handler {
                     debug!("REQUEST from {mac} names no address");
                     return None;
                 };
-                let allowed = match node.ip {
-                    Some(fixed) => ip == fixed,
-                    None => leases.available_to(ip, mac, now),
-                };
+                // An address of another subnet is no good where the client is
+                // now (RFC 2131 4.3.2: NAK a client on the wrong network).
+                let allowed = subnet.contains(ip)
+                    && match node.ip {
+                        Some(fixed) => ip == fixed,
+                        None => leases.available_to(ip, mac, now),
+                    };
                 if !allowed {
                     leases.forget_offer(mac);
                     info!("DHCPNAK {ip} to {} ({mac}): not available to it", node.name);
                     let nak = build_nak(msg, server, "requested address not available");
                     let (n, t) = (recorded.as_deref(), MessageType::Nak);
-                    return Some(self.out(n, msg, nak, t, src, Port::Dhcp));
+                    return Some(self.out(n, msg, nak, t, origin));
                 }
                 // Binding the address makes a pending node a node; if the
                 // lease cannot be saved it stays one (it asks again).
@@ -325,17 +319,17 @@ impl Handler {
                     self.ctx.boot_started(&node);
                 }
                 info!("DHCPACK {ip} to {} ({mac})", node.name);
-                let reply = self.reply(msg, facts, &node, MessageType::Ack, ip, true);
+                let reply = self.reply(msg, facts, &node, MessageType::Ack, ip, origin);
                 let (n, t) = (Some(node.name.as_str()), MessageType::Ack);
-                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
+                Some(self.out(n, msg, reply, t, origin))
             }
             MessageType::Inform => {
                 // RFC 2131 4.3.5: configuration without an address or lease
                 // (so a pending node stays pending).
                 let unspecified = Ipv4Addr::UNSPECIFIED;
-                let reply = self.reply(msg, facts, &node, MessageType::Ack, unspecified, false);
+                let reply = self.reply(msg, facts, &node, MessageType::Ack, unspecified, origin);
                 let (n, t) = (recorded.as_deref(), MessageType::Ack);
-                Some(self.out(n, msg, reply, t, src, Port::Dhcp))
+                Some(self.out(n, msg, reply, t, origin))
             }
             MessageType::Release => {
                 let ip = msg.ciaddr();
@@ -369,10 +363,9 @@ impl Handler {
         msg: &Message,
         facts: &ClientFacts,
         mtype: MessageType,
-        src: SocketAddrV4,
-        port: Port,
+        origin: &Origin,
     ) -> Option<Outgoing> {
-        let mac = facts.mac;
+        let (mac, port) = (facts.mac, origin.port);
         let ciaddr = msg.ciaddr();
         // PXE clients send 60 "PXEClient" on port 67; a request on 4011 is
         // PXE by definition. Anyone else must not see an offer without an
@@ -419,12 +412,13 @@ impl Handler {
             "ProxyDHCP {reply_type:?} to {} ({mac}) on {port:?}",
             node.name
         );
-        let reply = self.reply(msg, facts, &node, reply_type, Ipv4Addr::UNSPECIFIED, false);
-        Some(self.out(Some(&node.name), msg, reply, reply_type, src, port))
+        let reply = self.reply(msg, facts, &node, reply_type, Ipv4Addr::UNSPECIFIED, origin);
+        Some(self.out(Some(&node.name), msg, reply, reply_type, origin))
     }
 
-    /// An OFFER or ACK for `node`: boot options always, address options and
-    /// a lease when `with_lease` (full-mode OFFER and ACK).
+    /// An OFFER or ACK for `node`: boot options always; in full mode the
+    /// address options of the subnet it is served from, and a lease when it
+    /// is given an address (OFFER and ACK, not INFORM's ACK).
     fn reply(
         &self,
         msg: &Message,
@@ -432,7 +426,7 @@ impl Handler {
         node: &Node,
         msg_type: MessageType,
         yiaddr: Ipv4Addr,
-        with_lease: bool,
+        origin: &Origin,
     ) -> Message {
         let plan = boot_plan(node.kind, facts, self.ctx.server_ip, self.proxy);
         if node.kind == NodeKind::Ipxe && plan.file.is_none() {
@@ -441,14 +435,18 @@ impl Handler {
                 node.name, facts.arch
             );
         }
+        let via = &origin.via;
+        let subnet = self.subnets.as_ref().map(|s| s.get(via.subnet));
+        let network = subnet.map(|s| s.network_options());
+        let with_lease = !yiaddr.is_unspecified();
         build_reply(
             msg,
             &Reply {
                 msg_type,
                 yiaddr,
                 server: self.ctx.server_ip,
-                lease_secs: with_lease.then(|| self.lease_option_secs()),
-                network: self.network.as_ref(),
+                lease_secs: subnet.filter(|_| with_lease).map(|s| s.lease_option_secs()),
+                network: network.as_ref(),
                 boot: Some(&plan),
             },
         )
@@ -460,10 +458,9 @@ impl Handler {
         &self,
         node: Option<&str>,
         req: &Message,
-        reply: Message,
+        mut reply: Message,
         t: MessageType,
-        src: SocketAddrV4,
-        port: Port,
+        origin: &Origin,
     ) -> Outgoing {
         let address = (!reply.yiaddr().is_unspecified()).then(|| reply.yiaddr().to_string());
         let client = match req.opts().get(OptionCode::ClassIdentifier) {
@@ -479,10 +476,15 @@ impl Handler {
                 client,
             );
         }
+        let via = &origin.via;
+        via.prepare(&mut reply, t);
+        let dest = via
+            .relay_destination()
+            .unwrap_or_else(|| destination(req, t, origin.src, origin.port));
         Outgoing {
-            bytes: encode(&reply),
-            dest: destination(req, t, src, port),
-            port,
+            bytes: encode_with(&reply, &via.agent_info),
+            dest,
+            port: origin.port,
         }
     }
 }
@@ -524,11 +526,12 @@ fn requested_ip(msg: &Message) -> Option<Ipv4Addr> {
     }
 }
 
-/// Where a reply goes (RFC 2131 4.1, giaddr being always 0 here): a client
-/// with an address (ciaddr) gets a unicast; one without gets a broadcast,
-/// whether or not it set the broadcast flag (unicasting to yiaddr would
-/// need an ARP entry forged for a machine that has no address yet). NAKs
-/// are always broadcast. Replies to port 4011 go back to the sender's port.
+/// Where a reply to a request that no relay forwarded goes (RFC 2131 4.1;
+/// relayed ones go to the relay, see `subnets`): a client with an address
+/// (ciaddr) gets a unicast; one without gets a broadcast, whether or not it
+/// set the broadcast flag (unicasting to yiaddr would need an ARP entry
+/// forged for a machine that has no address yet). NAKs are always
+/// broadcast. Replies to port 4011 go back to the sender's port.
 pub(crate) fn destination(
     req: &Message,
     reply: MessageType,
@@ -656,7 +659,7 @@ mod unknown_tests;
 mod tests {
     use super::*;
     use crate::cache::ChunkCache;
-    use crate::config::Config;
+    use crate::config::{Config, MacAddr};
     use crate::dhcp::packet::tests::request_bytes;
     use dhcproto::Decodable;
 
