@@ -48,8 +48,6 @@ const TOOLS: &[&str] = &[
     "depmod",
     "cpio",
 ];
-/// QEMU's virtio-net option ROM (Debian `ipxe-qemu`).
-const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 const TAG: &str = "boot";
 const MARKER: &str = "LAZYBOOT-MARKER: booted from nfs root";
 /// TCG is slow and the two cores are shared; a boot takes ~15-40 s.
@@ -215,12 +213,7 @@ fn qemu_pxe_boots_from_lazyboot() -> Result<()> {
     if !common::require_root_and_tools("qemu_pxe_boots_from_lazyboot", TOOLS) {
         return Ok(());
     }
-    if !Path::new(VIRTIO_ROM).exists() {
-        let msg = format!("qemu_pxe_boots_from_lazyboot: skipped: no {VIRTIO_ROM} (ipxe-qemu)");
-        if std::env::var_os(common::REQUIRE_ENV).is_some_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("NOTICE: {msg}");
+    if !common::qemu::require_virtio_rom("qemu_pxe_boots_from_lazyboot") {
         return Ok(());
     }
     let layout = boot_image("amd64", TAG)?;

@@ -17,6 +17,23 @@ use std::time::{Duration, Instant};
 
 use super::{run, tail};
 
+/// QEMU's virtio-net option ROM (Debian `ipxe-qemu`): the guests' PXE client.
+pub const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+
+/// `true` if [`VIRTIO_ROM`] exists; otherwise prints why `test` is skipped
+/// and returns `false`, or panics under `LAZYBOOT_INTEGRATION_REQUIRED=1`.
+pub fn require_virtio_rom(test: &str) -> bool {
+    if Path::new(VIRTIO_ROM).exists() {
+        return true;
+    }
+    let msg = format!("{test}: skipped: no {VIRTIO_ROM} (ipxe-qemu)");
+    if std::env::var_os(super::REQUIRE_ENV).is_some_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("NOTICE: {msg}");
+    false
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures")
 }
