@@ -12,7 +12,7 @@
 use super::attr::apply_lower_meta;
 use super::sys;
 use super::sys::{lstat, mknod, rename_noreplace};
-use super::whiteout::is_opaque;
+use super::whiteout::{is_opaque, mknod_zero_device};
 use super::{blocking, not_found, Inner, NodeOverlay, Obj, COPY_CHUNK, UPPER_ID_BIT};
 use crate::image::tree::ROOT_INO;
 use crate::layer::EntryKind;
@@ -121,6 +121,7 @@ impl Inner {
                             EntryKind::Symlink => {
                                 sys::symlink(inode.symlink.as_deref().unwrap_or(""), &tmp)
                             }
+                            EntryKind::CharDevice if dev == (0, 0) => mknod_zero_device(&tmp),
                             EntryKind::CharDevice => mknod(&tmp, libc::S_IFCHR | 0o600, dev),
                             EntryKind::BlockDevice => mknod(&tmp, libc::S_IFBLK | 0o600, dev),
                             EntryKind::Fifo => mknod(&tmp, libc::S_IFIFO | 0o600, (0, 0)),

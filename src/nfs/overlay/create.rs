@@ -18,7 +18,7 @@ impl Inner {
     pub(super) fn place(&self, tmp: &Path, pu: &Path, name: &[u8], is_dir: bool) -> io::Result<()> {
         let target = pu.join(name_os(name));
         match lstat(&target) {
-            Ok(m) if is_whiteout(&m) => {
+            Ok(m) if is_whiteout(&target, &m)? => {
                 if is_dir {
                     // A directory cannot replace a device: swap, then drop
                     // the whiteout that is now at `tmp`.
@@ -129,7 +129,7 @@ mod tests {
 
     #[tokio::test]
     async fn creations_land_in_upper_owned_by_caller() {
-        let env = Env::new().await;
+        let mut env = Env::new().await;
         let fs = &env.fs;
         let me = user();
         let home = look(fs, "home/user").await.unwrap();
@@ -195,12 +195,35 @@ mod tests {
             .unwrap()
             .file_type()
             .is_fifo());
-        // A whiteout cannot be made from outside.
+        // A device 0:0 is a device, not a whiteout: listed, looked up,
+        // removed like any other, also after a restart.
+        let zero = fs
+            .mknod(home, b"zero", FileKind::CharDevice, 0o640, (0, 0), &me)
+            .await
+            .unwrap();
+        let a = fs.getattr(zero).await.unwrap();
         assert_eq!(
-            fs.mknod(home, b"wh", FileKind::CharDevice, 0o600, (0, 0), &me)
-                .await,
-            Err(FsError::Inval)
+            (a.kind, a.rdev, a.mode),
+            (FileKind::CharDevice, (0, 0), 0o640)
         );
+        assert!(!whiteout_at(&env.upper("home/user/zero")));
+        env.restart().await;
+        let fs = &env.fs;
+        assert_eq!(fs.lookup(home, b"zero").await.unwrap(), zero);
+        assert!(list(fs, "home/user").await.contains(&"zero".to_string()));
+        fs.remove(home, b"zero").await.unwrap();
+        assert_eq!(fs.lookup(home, b"zero").await, Err(FsError::NotFound));
+        // Over a deleted lower file: the device replaces its whiteout.
+        let opt = look(fs, "opt").await.unwrap();
+        fs.remove(opt, b"x").await.unwrap();
+        fs.mknod(opt, b"x", FileKind::CharDevice, 0o600, (0, 0), &me)
+            .await
+            .unwrap();
+        let p = look(fs, "opt/x").await.unwrap();
+        assert_eq!(fs.getattr(p).await.unwrap().kind, FileKind::CharDevice);
+        fs.remove(opt, b"x").await.unwrap();
+        assert!(whiteout_at(&env.upper("opt/x")));
+        assert_eq!(look(fs, "opt/x").await, Err(FsError::NotFound));
 
         fs.link(f, d, b"hard").await.unwrap();
         assert_eq!(fs.lookup(d, b"hard").await.unwrap(), f);

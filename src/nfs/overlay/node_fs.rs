@@ -4,6 +4,7 @@
 
 use super::sys;
 use super::sys::{fs_stat, mknod, open_upper};
+use super::whiteout::mknod_zero_device;
 use super::{blocking, check_lookup_name, check_name, Inner, NodeOverlay, Obj};
 use crate::image::tree::ROOT_INO;
 use crate::nfs::fs::{
@@ -306,8 +307,6 @@ impl NodeFs for NodeOverlay {
     ) -> Result<FileId, FsError> {
         self.inner.check_writable()?;
         let (ty, rdev) = match kind {
-            // 0:0 is how the upper records a deletion.
-            FileKind::CharDevice if rdev == (0, 0) => return Err(FsError::Inval),
             FileKind::CharDevice => (libc::S_IFCHR, rdev),
             FileKind::BlockDevice => (libc::S_IFBLK, rdev),
             FileKind::Fifo => (libc::S_IFIFO, (0, 0)),
@@ -317,7 +316,12 @@ impl NodeFs for NodeOverlay {
         let (inner, name, cred) = (self.inner.clone(), name.to_vec(), cred.clone());
         blocking(move || {
             inner.create_entry(dir, &name, kind, mode, &cred, |tmp| {
-                mknod(tmp, ty | 0o600, rdev)
+                if ty == libc::S_IFCHR && rdev == (0, 0) {
+                    // Not a whiteout: marked as a device.
+                    mknod_zero_device(tmp)
+                } else {
+                    mknod(tmp, ty | 0o600, rdev)
+                }
             })
         })
         .await

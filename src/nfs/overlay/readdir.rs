@@ -51,7 +51,7 @@ impl Inner {
             let e = e?;
             let name = e.file_name().as_bytes().to_vec();
             let ft = e.file_type()?;
-            if ft.is_char_device() && is_whiteout(&e.metadata()?) {
+            if ft.is_char_device() && is_whiteout(&du.path.join(e.file_name()), &e.metadata()?)? {
                 hidden.insert(name);
                 continue;
             }

@@ -61,7 +61,10 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
-        let target_whiteout = tmeta.as_ref().is_some_and(is_whiteout);
+        let target_whiteout = match &tmeta {
+            Some(m) => is_whiteout(&target, m)?,
+            None => false,
+        };
         if tmeta.as_ref().is_some_and(|m| m.is_dir()) {
             // An empty merged directory: only whiteouts, which go with it.
             for e in sys::read_dir(&target)? {
@@ -84,7 +87,10 @@ impl Inner {
                 })
                 .and_then(|_| {
                     // The old whiteout is now at the source.
-                    if !need_whiteout && lstat(&su.path).is_ok_and(|m| is_whiteout(&m)) {
+                    let left = lstat(&su.path).ok();
+                    if !need_whiteout
+                        && left.is_some_and(|m| is_whiteout(&su.path, &m).unwrap_or(false))
+                    {
                         sys::remove_file(&su.path)?;
                     }
                     Ok(())
@@ -104,7 +110,7 @@ impl Inner {
         if src.is_dir() {
             set_xattr(&target, OPAQUE_XATTR, b"y")?;
         }
-        if let Some(m) = tmeta.filter(|m| !is_whiteout(m)) {
+        if let Some(m) = tmeta.filter(|_| !target_whiteout) {
             if m.is_dir() {
                 self.state.lock().links.remove(&m.ino());
             } else {
@@ -121,9 +127,8 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sys::lstat;
     use super::super::tests::*;
-    use super::super::whiteout::{is_opaque, is_whiteout};
+    use super::super::whiteout::is_opaque;
     use crate::nfs::fs::{FsError, NodeFs, SetAttr};
 
     #[tokio::test]
@@ -168,7 +173,7 @@ mod tests {
         fs.rename(etc, b"hostname", d, b"h").await.unwrap();
         assert_eq!(look(fs, "etc/d2/h").await.unwrap(), hostname);
         assert_eq!(read_all(fs, hostname).await, b"node1\n");
-        assert!(is_whiteout(&lstat(&env.upper("etc/hostname")).unwrap()));
+        assert!(whiteout_at(&env.upper("etc/hostname")));
         // Over an existing lower file: it is replaced.
         fs.rename(d, b"h", etc, b"shadow").await.unwrap();
         assert_eq!(look(fs, "etc/shadow").await.unwrap(), hostname);

@@ -123,7 +123,7 @@ impl Inner {
         if let Some(u) = &dir.upper {
             let path = u.path.join(name_os(name));
             match lstat(&path) {
-                Ok(m) if is_whiteout(&m) => return Ok(None),
+                Ok(m) if is_whiteout(&path, &m)? => return Ok(None),
                 Ok(m) => return self.upper_obj(dir.lower, name, rel, path, m).map(Some),
                 Err(e) if not_found(&e) => {}
                 Err(e) => return Err(e),
@@ -226,7 +226,7 @@ impl Inner {
             .ok_or(FsError::Stale)?;
         let path = self.upper.join(&rel);
         let meta = match lstat(&path) {
-            Ok(m) if m.ino() == ino && !is_whiteout(&m) => m,
+            Ok(m) if m.ino() == ino && !is_whiteout(&path, &m)? => m,
             Ok(_) => return Err(FsError::Stale),
             Err(e) if not_found(&e) => return Err(FsError::Stale),
             Err(e) => return Err(e.into()),

@@ -206,7 +206,7 @@ fn scan_upper(
         for e in sys::read_dir(&dir)? {
             let e = e?;
             let ft = e.file_type()?;
-            if ft.is_char_device() && is_whiteout(&e.metadata()?) {
+            if ft.is_char_device() && is_whiteout(&dir.join(e.file_name()), &e.metadata()?)? {
                 continue;
             }
             let name = e.file_name().as_bytes().to_vec();

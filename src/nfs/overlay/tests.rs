@@ -161,6 +161,12 @@ pub(super) async fn contents(fs: &NodeOverlay, path: &str) -> Vec<u8> {
     read_all(fs, look(fs, path).await.unwrap()).await
 }
 
+/// Whether the upper entry at `p` is a whiteout.
+pub(super) fn whiteout_at(p: &std::path::Path) -> bool {
+    let m = super::sys::lstat(p).unwrap();
+    super::whiteout::is_whiteout(p, &m).unwrap()
+}
+
 pub(super) fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }

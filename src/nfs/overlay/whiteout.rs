@@ -3,10 +3,11 @@
 //! Exactly as overlayfs writes them, so an upper directory can also be
 //! inspected (or mounted) with `mount -t overlay`:
 //!
-//! - a deleted lower entry is a character device 0:0 in the upper; creating
-//!   such a device through [`NodeFs::mknod`](crate::nfs::fs::NodeFs::mknod)
-//!   is refused with `Inval`, so a node can never make a file that reads
-//!   back as a whiteout;
+//! - a deleted lower entry is a character device 0:0 in the upper. A node
+//!   may make a real device 0:0 too (POSIX allows it, and test suites do
+//!   it): that one carries the xattr `trusted.overlay.lazyboot.device` and
+//!   is never read as a whiteout here (kernel overlayfs, which refuses to
+//!   create such devices, would take it for one);
 //! - an opaque directory carries the xattr `trusted.overlay.opaque = "y"`.
 //!   NFSv3 cannot set xattrs, and xattrs in `trusted.overlay.*` are not copied
 //!   up from the image, so the marker cannot come from a user either.
@@ -16,7 +17,7 @@
 //! from the image are not.
 
 use super::sys;
-use super::sys::{get_xattr, mknod, rename2, unsupported};
+use super::sys::{get_xattr, mknod, rename2, set_xattr, unsupported};
 use super::{check_name, name_os, Inner, Obj, OPAQUE_XATTR};
 use crate::nfs::fs::{FileId, FsError};
 use std::collections::HashSet;
@@ -26,9 +27,24 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-/// How overlayfs records a deleted lower entry: a character device 0:0.
-pub(super) fn is_whiteout(m: &Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
+/// Marks a character device 0:0 at its name as a device, not a whiteout.
+/// In the overlay's private namespace: never copied up, never set by a node.
+const DEVICE_XATTR: &str = "trusted.overlay.lazyboot.device";
+
+/// Whether the upper entry at `path` (with metadata `m`) records a deleted
+/// lower entry: a character device 0:0 without the device marker. Only
+/// such a device costs an xattr read.
+pub(super) fn is_whiteout(path: &Path, m: &Metadata) -> io::Result<bool> {
+    if !(m.file_type().is_char_device() && m.rdev() == 0) {
+        return Ok(false);
+    }
+    Ok(get_xattr(path, DEVICE_XATTR)?.is_none())
+}
+
+/// Make a character device 0:0 that is a device, not a whiteout.
+pub(super) fn mknod_zero_device(path: &Path) -> io::Result<()> {
+    mknod(path, libc::S_IFCHR | 0o600, (0, 0))?;
+    set_xattr(path, DEVICE_XATTR, b"y")
 }
 
 pub(super) fn mknod_whiteout(path: &Path) -> io::Result<()> {
@@ -46,7 +62,9 @@ impl Inner {
         if let Some(u) = &o.upper {
             for e in sys::read_dir(&u.path)? {
                 let e = e?;
-                if e.file_type()?.is_char_device() && is_whiteout(&e.metadata()?) {
+                let wh = e.file_type()?.is_char_device()
+                    && is_whiteout(&u.path.join(e.file_name()), &e.metadata()?)?;
+                if wh {
                     whiteouts.insert(e.file_name().as_bytes().to_vec());
                     continue;
                 }
@@ -138,7 +156,6 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sys::lstat;
     use super::super::tests::*;
     use super::*;
     use crate::nfs::fs::NodeFs;
@@ -152,13 +169,12 @@ mod tests {
         assert_eq!(look(&env.fs, "etc/passwd").await, Err(FsError::NotFound));
         assert_eq!(env.fs.getattr(passwd).await, Err(FsError::Stale));
         assert_eq!(list(&env.fs, "etc").await, strs(&["hostname", "shadow"]));
-        let m = lstat(&env.upper("etc/passwd")).unwrap();
-        assert!(is_whiteout(&m));
+        assert!(whiteout_at(&env.upper("etc/passwd")));
         // A copied-up file removed also leaves a whiteout.
         let shadow = look(&env.fs, "etc/shadow").await.unwrap();
         env.fs.write(shadow, 0, b"S", &root()).await.unwrap();
         env.fs.remove(etc, b"shadow").await.unwrap();
-        assert!(is_whiteout(&lstat(&env.upper("etc/shadow")).unwrap()));
+        assert!(whiteout_at(&env.upper("etc/shadow")));
         // Lower devices and links go the same way.
         let dev = look(&env.fs, "dev").await.unwrap();
         env.fs.remove(dev, b"null").await.unwrap();
@@ -179,7 +195,7 @@ mod tests {
         assert_eq!(read_all(fs, n).await, b"");
         assert_eq!(list(fs, "etc").await, strs(&["hostname", "passwd"]));
         fs.remove(etc, b"passwd").await.unwrap();
-        assert!(is_whiteout(&lstat(&env.upper("etc/passwd")).unwrap()));
+        assert!(whiteout_at(&env.upper("etc/passwd")));
         assert_eq!(look(fs, "etc/passwd").await, Err(FsError::NotFound));
     }
 
@@ -197,7 +213,7 @@ mod tests {
         fs.remove(opt, b"y").await.unwrap();
         assert_eq!(list(fs, "opt").await, Vec::<String>::new());
         fs.rmdir(root_id, b"opt").await.unwrap();
-        assert!(is_whiteout(&lstat(&env.upper("opt")).unwrap()));
+        assert!(whiteout_at(&env.upper("opt")));
         assert_eq!(fs.getattr(opt).await, Err(FsError::Stale));
         let new = fs.mkdir(root_id, b"opt", 0o700, &root()).await.unwrap();
         assert_ne!(new, opt);
@@ -216,7 +232,7 @@ mod tests {
         let opt = look(fs, "opt").await.unwrap();
         fs.remove(opt, b"mine").await.unwrap();
         fs.rmdir(fs.root(), b"opt").await.unwrap();
-        assert!(is_whiteout(&lstat(&env.upper("opt")).unwrap()));
+        assert!(whiteout_at(&env.upper("opt")));
         assert_eq!(look(fs, "opt").await, Err(FsError::NotFound));
     }
 }
