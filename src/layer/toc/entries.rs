@@ -211,13 +211,15 @@ pub(crate) fn build_tables(
             entry.size = e.size;
             let first_chunk = chunks.len();
             let end_offset = match e.end_offset {
-                Some(end) if end <= e.offset || end > data_end => return Err(bad(
-                    &e.name,
-                    format!(
+                Some(end) if end <= e.offset || end > data_end => {
+                    return Err(bad(
+                        &e.name,
+                        format!(
                         "endOffset {end} is not after offset {} and before the TOC at {data_end}",
                         e.offset
                     ),
-                )),
+                    ))
+                }
                 other => other,
             };
             if e.size == 0 {
