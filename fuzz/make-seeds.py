@@ -5,13 +5,15 @@ Seeds are well-formed examples of what each parser meets in real use, so
 that libFuzzer starts from inputs that get past the first checks: the DHCP
 requests of a PXE ROM, iPXE, U-Boot and a Raspberry Pi; NFS, MOUNT and
 portmapper calls as the Linux client, klibc nfsmount and rpcinfo send them;
-tar streams in ustar, PAX and GNU format; an eStargz footer and TOC; OCI
+tar streams in ustar, PAX and GNU format; an eStargz footer and TOC; a
+zstd:chunked blob as podman 4.3 writes it; OCI
 manifests and indexes; the example configuration; and TFTP packets as a
 Raspberry Pi, U-Boot, iPXE, atftp and tftp-hpa send them. Layer index seeds are
 real index files: scripts/fuzz adds them from `lazyboot index` of a small
 image. Run from anywhere: python3 fuzz/make-seeds.py
 """
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -200,6 +202,45 @@ zstd_tar = tar_of(tarfile.PAX_FORMAT, long_names=True, xattrs=True)
 put("zstd_layer", "one-frame", zstd_raw(zstd_tar))
 put("zstd_layer", "frames", zstd_raw(zstd_tar[:700]) + zstd_skippable(b"toc") +
     zstd_raw(zstd_tar[700:]))
+
+
+# --- zstd:chunked -----------------------------------------------------------
+# As podman 4.3 writes it: a frame per tar header run and per file chunk, the
+# manifest (zstd in a skippable frame), a 40-byte footer frame.
+
+zc_blob = zstd_raw(b"tar headers")
+zc_data = b"hello world\n" * 20
+zc_entries = [{"type": "dir", "name": "etc/", "mode": 0o755,
+               "modtime": "2022-04-15T05:20:00Z"}]
+for name, chunks in (("etc/hostname", [zc_data[:240]]),
+                     ("big", [zc_data[:100], zc_data[100:]])):
+    whole = b"".join(chunks)
+    entry = {"type": "reg", "name": name, "mode": 0o644, "size": len(whole),
+             "modtime": "2022-04-15T05:20:00Z",
+             "digest": "sha256:" + hashlib.sha256(whole).hexdigest()}
+    more = []
+    at = 0
+    for i, c in enumerate(chunks):
+        offset = len(zc_blob)
+        zc_blob += zstd_raw(c)
+        fields = {"offset": offset, "chunkSize": len(c), "chunkOffset": at,
+                  "chunkDigest": "sha256:" + hashlib.sha256(c).hexdigest()}
+        if i == 0:
+            entry.update(fields if len(chunks) > 1 else {"offset": offset})
+        else:
+            more.append({"type": "chunk", "name": name, **fields})
+        at += len(c)
+    entry["endOffset"] = len(zc_blob)
+    zc_entries += [entry] + more
+    zc_blob += zstd_raw(b"\0" * 512)
+zc_json = json.dumps({"version": 1, "entries": zc_entries}).encode()
+zc_manifest = zstd_raw(zc_json)
+zc_at = len(zc_blob) + 8
+zc_blob += zstd_skippable(zc_manifest)
+zc_blob += zstd_skippable(struct.pack("<QQQQ", zc_at, len(zc_manifest), len(zc_json), 1) +
+                          b"GnUlInUx")
+put("zstd_chunked", "podman-4.3", zc_blob)
+put("zstd_chunked", "plain-zstd", zstd_raw(zstd_tar))
 
 
 # --- eStargz ----------------------------------------------------------------

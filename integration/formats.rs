@@ -1,5 +1,5 @@
 //! Layer formats other than plain gzip tar (eStargz, uncompressed tar,
-//! zstd), and the `inspect` / `index` / `pull` commands and reference
+//! zstd, zstd:chunked), and the `inspect` / `index` / `pull` commands and reference
 //! errors as a user sees them.
 
 mod common;
@@ -20,6 +20,10 @@ const ESTARGZ_TOOLS: &[&str] = &["fusermount3", "containerd", "ctr-remote"];
 const MEDIA_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const MEDIA_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// The annotation podman 4.3 puts on a zstd:chunked layer.
+const ZSTD_CHUNKED_POSITION: &str = "io.containers.zstd-chunked.manifest-position";
+/// `podman` converts to zstd:chunked (in a mount namespace of `unshare`).
+const ZSTD_CHUNKED_TOOLS: &[&str] = &["fusermount3", "podman", "unshare"];
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -173,6 +177,56 @@ fn skopeo_manifest(image: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&raw)?)
 }
 
+/// Mount `image` (a fresh cache), read one small file and check that this
+/// fetched less than 5% of the `total` compressed bytes of its layers.
+fn small_read_is_small(format: &str, image: &str, total: u64) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let m = Mount::start(
+        image,
+        &tmp.path().join("cache"),
+        &tmp.path().join("mnt"),
+        &["--no-background-fill"],
+    )?;
+    let got = std::fs::read(m.dir.join(paths::DEEP_FILE.trim_start_matches('/')))?;
+    assert_eq!(text(&got), paths::DEEP_CONTENT);
+    let (requests, bytes) = m.stop()?;
+    eprintln!(
+        "{format}: mount + read {}: {requests} requests, {bytes} of {total} compressed bytes ({:.2}%)",
+        paths::DEEP_FILE,
+        bytes as f64 * 100.0 / total as f64
+    );
+    assert!(requests >= 1, "the footers and TOCs come from the registry");
+    assert!(
+        bytes * 20 < total,
+        "fetched {bytes} of {total} bytes (>= 5%) for one small file"
+    );
+    Ok(())
+}
+
+/// `image`, whose layers are all of a format found from the blob's tail,
+/// shows `format` in `inspect` before and after a mount (indexed then), and
+/// its mount equals `umoci unpack` of the fixture. Returns the mount's
+/// snapshot.
+fn tail_format_mount_equals_umoci(
+    image: &str,
+    manifest: &serde_json::Value,
+    format: &str,
+    tmp: &Path,
+) -> Result<Snapshot> {
+    let cache = tmp.join("cache");
+    // Before any index exists, inspect probes the footer of each layer.
+    assert_inspect_layers(&inspect_json(&cache, image)?, manifest, format)?;
+    let got = mount_snapshot(image, tmp)?;
+    assert_no_diffs(&umoci_snapshot()?, &got, &CompareOptions::default());
+    // After the mount the cached indexes say so too.
+    let v = inspect_json(&cache, image)?;
+    assert_inspect_layers(&v, manifest, format)?;
+    for row in inspect_layers(&v)? {
+        assert_eq!(row["indexed"], true, "{row}");
+    }
+    Ok(got)
+}
+
 #[test]
 fn estargz_image_mount_equals_umoci_unpack() -> Result<()> {
     if !common::require_root_and_tools("estargz_image_mount_equals_umoci_unpack", ESTARGZ_TOOLS) {
@@ -192,21 +246,9 @@ fn estargz_image_mount_equals_umoci_unpack() -> Result<()> {
     assert!(chunks > 100, "large.bin has only {chunks} TOC entries");
 
     let tmp = tempfile::tempdir()?;
-    let cache = tmp.path().join("cache");
-    // Before any index exists, inspect probes the footer of each layer.
-    assert_inspect_layers(&inspect_json(&cache, &image)?, &manifest, "estargz")?;
-
-    let got = mount_snapshot(&image, tmp.path())?;
-    assert_no_diffs(&umoci_snapshot()?, &got, &CompareOptions::default());
+    let got = tail_format_mount_equals_umoci(&image, &manifest, "estargz", tmp.path())?;
     // ctr-remote adds this marker entry to every layer; it is not image content.
     assert!(!got.contains("/.no.prefetch.landmark"));
-
-    // After the mount the cached indexes say eStargz too.
-    let v = inspect_json(&cache, &image)?;
-    assert_inspect_layers(&v, &manifest, "estargz")?;
-    for row in inspect_layers(&v)? {
-        assert_eq!(row["indexed"], true, "{row}");
-    }
     Ok(())
 }
 
@@ -222,27 +264,107 @@ fn estargz_small_read_fetches_a_small_fraction() -> Result<()> {
         .iter()
         .map(|l| l.1)
         .sum();
-    let tmp = tempfile::tempdir()?;
-    let m = Mount::start(
-        &image,
-        &tmp.path().join("cache"),
-        &tmp.path().join("mnt"),
-        &["--no-background-fill"],
+    small_read_is_small("eStargz", &image, total)
+}
+
+/// Debian's podman with all its state under `dir`, in a mount namespace
+/// where its blob-info cache (`/var/lib/containers/cache` for root) is an
+/// empty tmpfs: a remembered blob of another compression is then never
+/// reused for the one asked for, and nothing is left behind.
+fn podman(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let script = r#"mkdir -p /var/lib/containers/cache &&
+        mount -t tmpfs lazyboot-podman /var/lib/containers/cache && exec podman "$@""#;
+    run(Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "podman",
+        ])
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .arg("--tmpdir")
+        .arg(dir.join("tmp"))
+        .args(["--storage-driver", "vfs", "--events-backend", "none"])
+        .args(args))
+}
+
+/// Convert the shared fixture to zstd:chunked with podman (into an OCI
+/// layout under `tmp`) and push that, blobs as they are, to `reg` as
+/// `repo:zc`. Returns the image reference.
+fn push_zstd_chunked(reg: &Registry, repo: &str, tmp: &Path) -> Result<String> {
+    let fx = shared_fixture()?;
+    let state = tmp.join("podman");
+    let t = Instant::now();
+    let id = text(&podman(&state, &["pull", "-q", &fixture_layout_ref()?])?);
+    let layout = tmp.join("zc");
+    podman(
+        &state,
+        &[
+            "push",
+            "-q",
+            "--compression-format",
+            "zstd:chunked",
+            id.trim(),
+            &format!("oci:{}:zc", layout.display()),
+        ],
     )?;
-    let got = std::fs::read(m.dir.join(paths::DEEP_FILE.trim_start_matches('/')))?;
-    assert_eq!(text(&got), paths::DEEP_CONTENT);
-    let (requests, bytes) = m.stop()?;
-    eprintln!(
-        "eStargz: mount + read {}: {requests} requests, {bytes} of {total} compressed bytes ({:.2}%)",
-        paths::DEEP_FILE,
-        bytes as f64 * 100.0 / total as f64
-    );
-    assert!(requests >= 1, "the footers and TOCs come from the registry");
-    assert!(
-        bytes * 20 < total,
-        "fetched {bytes} of {total} bytes (>= 5%) for one small file"
-    );
+    common::push(&layout, "zc", reg, &format!("{repo}:zc"))?;
+    eprintln!("[zstd:chunked] converted in {:.1?}", t.elapsed());
+    // The conversion really happened: new zstd blobs, each with its
+    // manifest's position.
+    let m = reg.get_manifest(repo, "zc")?;
+    let src = fx.layer_digests()?;
+    let layers = manifest_layers(&m)?;
+    assert_eq!(layers.len(), src.len(), "{m}");
+    for (digest, _, media, ann) in &layers {
+        assert!(!src.contains(digest), "layer {digest} was not converted");
+        assert_eq!(media, MEDIA_ZSTD, "{m}");
+        assert!(
+            ann[ZSTD_CHUNKED_POSITION].is_string(),
+            "no zstd:chunked manifest position on {digest}: {m}"
+        );
+    }
+    Ok(reg.reference(&format!("{repo}:zc")))
+}
+
+#[test]
+fn zstd_chunked_image_mount_equals_umoci_unpack() -> Result<()> {
+    if !common::require_root_and_tools(
+        "zstd_chunked_image_mount_equals_umoci_unpack",
+        ZSTD_CHUNKED_TOOLS,
+    ) {
+        return Ok(());
+    }
+    let reg = Registry::start()?;
+    let tmp = tempfile::tempdir()?;
+    let image = push_zstd_chunked(&reg, "fixture/zc", tmp.path())?;
+    let manifest = reg.get_manifest("fixture/zc", "zc")?;
+    tail_format_mount_equals_umoci(&image, &manifest, "zstd:chunked", tmp.path())?;
     Ok(())
+}
+
+#[test]
+fn zstd_chunked_small_read_fetches_a_small_fraction() -> Result<()> {
+    if !common::require_root_and_tools(
+        "zstd_chunked_small_read_fetches_a_small_fraction",
+        ZSTD_CHUNKED_TOOLS,
+    ) {
+        return Ok(());
+    }
+    let reg = Registry::start()?;
+    let tmp = tempfile::tempdir()?;
+    let image = push_zstd_chunked(&reg, "fixture/zc-lazy", tmp.path())?;
+    let total: u64 = manifest_layers(&reg.get_manifest("fixture/zc-lazy", "zc")?)?
+        .iter()
+        .map(|l| l.1)
+        .sum();
+    small_read_is_small("zstd:chunked", &image, total)
 }
 
 #[test]

@@ -134,6 +134,32 @@ pub fn zstd_layer(data: &[u8]) {
     }
 }
 
+/// A zstd:chunked blob: its footer, then (if the footer locates one) its
+/// manifest; whatever that indexes, its first chunk is decoded (and checked)
+/// from the blob's bytes without panicking.
+pub fn zstd_chunked(data: &[u8]) {
+    use crate::layer::format::TailIndexer;
+    let tail = crate::layer::zstd_chunked::ZstdChunkedTail;
+    let size = data.len() as u64;
+    let from = size.saturating_sub(tail.tail_len()) as usize;
+    let Ok(Some(region)) = tail.locate(&data[from..], size) else {
+        return;
+    };
+    let Ok(indexed) = tail.index(
+        &data[region.start as usize..],
+        region.start,
+        &Default::default(),
+    ) else {
+        return;
+    };
+    let codec = indexed.detail.codec();
+    if codec.chunk_count() > 0 {
+        let f = codec.plan(0..1);
+        let part = bytes::Bytes::copy_from_slice(&data[f.blob.start as usize..f.blob.end as usize]);
+        let _ = codec.decode(&f, &part);
+    }
+}
+
 /// A manifest, image index or manifest list as a registry serves it.
 pub fn oci_manifest(data: &[u8]) {
     let _ = crate::registry::manifest::parse(data);

@@ -195,9 +195,9 @@ pub(crate) fn indexing_for(media_type: &str) -> Result<Indexing, FormatError> {
             tail: None,
             stream: &super::tar::TarStream,
         },
-        LayerFormat::Zstd => Indexing {
-            format,
-            tail: None,
+        LayerFormat::Zstd | LayerFormat::ZstdChunked => Indexing {
+            format: LayerFormat::Zstd,
+            tail: Some(&super::zstd_chunked::ZstdChunkedTail),
             stream: &super::zstd::ZstdStream,
         },
     })

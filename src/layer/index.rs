@@ -7,6 +7,7 @@ use super::format::Codec;
 use super::tar::TarChunks;
 use super::zran::ZranIndex;
 use super::zstd::ZstdFrames;
+use super::zstd_chunked::ZstdChunkedIndex;
 use super::{Entry, LayerFormat};
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,8 @@ pub enum IndexDetail {
     Estargz(EstargzIndex),
     /// A zstd layer: its frames and chunk hashes.
     Zstd(ZstdFrames),
+    /// A zstd:chunked layer: its manifest's chunk table.
+    ZstdChunked(ZstdChunkedIndex),
 }
 
 impl IndexDetail {
@@ -41,6 +44,7 @@ impl IndexDetail {
             IndexDetail::Tar(t) => t,
             IndexDetail::Estargz(e) => e,
             IndexDetail::Zstd(z) => z,
+            IndexDetail::ZstdChunked(z) => z,
         }
     }
 }
@@ -55,7 +59,7 @@ pub struct LayerIndex {
     /// Size of the blob.
     pub compressed_size: u64,
     /// Size of the uncompressed tar stream (gzip and tar layers), or the sum of
-    /// file sizes (eStargz).
+    /// file sizes (eStargz, zstd:chunked).
     pub(crate) uncompressed_size: u64,
     /// The layer's tar entries, in stream order.
     pub entries: Vec<Entry>,

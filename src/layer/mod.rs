@@ -4,6 +4,8 @@
 //! - `gzip` (zran checkpoints over the one gzip stream) via [`zran`],
 //! - `estargz` (per-file gzip members located by a TOC) via [`estargz`],
 //! - `zstd` (one or more zstd frames over the tar) via [`zstd`],
+//! - `zstd:chunked` (per-file zstd frames located by a manifest) via
+//!   [`zstd_chunked`], sharing its TOC code with eStargz ([`toc`]),
 //! - uncompressed `tar`.
 //!
 //! Everything here is pure: no network and no cache. The view drives fetching.
@@ -15,8 +17,10 @@ pub mod index;
 mod tar;
 pub use tar::TarChunks;
 pub(crate) mod tar_entries;
+pub(crate) mod toc;
 pub mod zran;
 pub(crate) mod zstd;
+pub(crate) mod zstd_chunked;
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +103,7 @@ pub(crate) enum LayerFormat {
     Estargz,
     Tar,
     Zstd,
+    ZstdChunked,
 }
 
 impl std::fmt::Display for LayerFormat {
@@ -108,6 +113,7 @@ impl std::fmt::Display for LayerFormat {
             LayerFormat::Estargz => "estargz",
             LayerFormat::Tar => "tar",
             LayerFormat::Zstd => "zstd",
+            LayerFormat::ZstdChunked => "zstd:chunked",
         })
     }
 }
@@ -120,8 +126,9 @@ pub enum FormatError {
     Unsupported(String),
 }
 
-/// Classify a layer by media type. eStargz is a gzip layer with a footer, so a
-/// gzip answer is refined later by probing the footer (see `view`).
+/// Classify a layer by media type. eStargz is a gzip layer with a footer, and
+/// zstd:chunked a zstd one, so a gzip or zstd answer is refined later by
+/// probing the footer (see `image::build`).
 pub(crate) fn format_from_media_type(media_type: &str) -> Result<LayerFormat, FormatError> {
     match media_type {
         "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -96,6 +96,28 @@ fn decoder() -> io::Result<Decoder<'static>> {
     Ok(d)
 }
 
+/// The first `limit` bytes (fewer if the data ends first) that `input`, one
+/// or more frames, decodes to; the output grows only as data arrives, so a
+/// hostile `limit` costs nothing.
+pub(crate) fn decode_prefix(input: &[u8], limit: u64) -> io::Result<Vec<u8>> {
+    let mut d = decoder()?;
+    let mut input = InBuffer::around(input);
+    let mut buf = vec![0u8; 1 << 17];
+    let mut out = Vec::new();
+    while (out.len() as u64) < limit {
+        let before = input.pos();
+        let mut output = OutBuffer::around(&mut buf[..]);
+        d.run(&mut input, &mut output)?;
+        let n = output.pos();
+        let take = (n as u64).min(limit - out.len() as u64) as usize;
+        out.extend_from_slice(&buf[..take]);
+        if n == 0 && input.pos() == before {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 impl Codec for ZstdFrames {
     fn plan(&self, want: Range<u64>) -> Fetch {
         let frame = self.frame_at(want.start * CHUNK_SIZE);

@@ -16,24 +16,23 @@
 //! of a file therefore normally sits at the end of the *previous* member.
 //!
 //! - `footer`: finding the TOC from the blob's last [`FOOTER_SIZE`] bytes,
-//! - `toc`: the TOC as entries and a chunk table ([`EstargzIndex`]), with
-//!   `rfc3339` for its modification times,
+//! - `toc`: the TOC as entries and a chunk table ([`EstargzIndex`]), built
+//!   by the TOC code eStargz shares with zstd:chunked (`layer::toc`),
 //! - `chunk`: decoding and checking one chunk's gzip member.
 
 mod chunk;
 mod footer;
 mod layout;
-mod rfc3339;
 #[cfg(test)]
 mod tests;
 mod toc;
 
 pub(crate) use chunk::decode_chunk;
 pub(crate) use footer::parse_footer;
-pub(crate) use layout::EstargzTail;
+pub(crate) use layout::{EstargzTail, GzipMembers};
 pub(crate) use toc::parse_toc;
 
-use serde::{Deserialize, Serialize};
+use crate::layer::toc::{BadEntry, TocChunk, TocIndex};
 use std::io;
 
 pub(crate) const FOOTER_SIZE: u64 = 51;
@@ -69,8 +68,8 @@ pub(crate) enum EstargzError {
     TocJson(#[source] serde_json::Error),
     #[error("unsupported eStargz TOC version {0} (only version 1 exists)")]
     TocVersion(i64),
-    #[error("eStargz TOC entry {name:?}: {reason}")]
-    BadEntry { name: String, reason: String },
+    #[error("eStargz {0}")]
+    BadEntry(#[from] BadEntry),
     #[error("cannot decompress eStargz chunk at blob offset {comp_start}: {source}")]
     ChunkRead {
         comp_start: u64,
@@ -92,27 +91,7 @@ pub(crate) enum EstargzError {
 }
 
 /// One gzip-compressed piece of a regular file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct EChunk {
-    /// Blob offset of the gzip member that holds the chunk.
-    pub(crate) comp_start: u64,
-    /// Upper bound of the member: enough blob bytes to decode the chunk.
-    pub(crate) comp_end: u64,
-    /// Where the chunk's bytes go in the file.
-    pub(crate) file_offset: u64,
-    /// Uncompressed length of the chunk.
-    pub(crate) size: u64,
-    /// sha256 of the uncompressed chunk (`chunkDigest`), when the TOC has one.
-    pub(crate) digest: Option<[u8; 32]>,
-    /// Uncompressed bytes of the member to skip before the chunk's data
-    /// (`innerOffset`): non-zero only when a writer packed several small
-    /// files into one member.
-    #[serde(default)]
-    pub(crate) inner_offset: u64,
-}
+pub(crate) type EChunk = TocChunk;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EstargzIndex {
-    pub(crate) toc_offset: u64,
-    pub(crate) chunks: Vec<EChunk>,
-}
+/// The index detail of an eStargz layer: its TOC's chunk table.
+pub type EstargzIndex = TocIndex<GzipMembers>;

@@ -2,7 +2,7 @@
 
 /// Unix seconds of an RFC 3339 time such as `2019-08-20T10:30:43Z` or
 /// `2021-03-04T05:06:07.5+01:00`; fractions of a second are dropped.
-pub(super) fn parse_rfc3339(s: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return None;
