@@ -35,7 +35,7 @@ use std::ops::Range;
 /// bytes of payload.
 pub(crate) const FOOTER_SIZE: u64 = 48;
 /// Bytes read from the end of a zstd blob: enough to recognise the longer
-/// footer of later writers too, to refuse it clearly.
+/// footer of later writers too.
 const TAIL_LEN: u64 = 72;
 const LATER_FOOTER_PAYLOAD: u32 = 64;
 /// The skippable frame magics are `0x184D2A50..=0x184D2A5F`.
@@ -170,11 +170,15 @@ pub(crate) fn parse_footer(
             u32_at(tail, at) & !0xf == SKIPPABLE_MAGIC
                 && u32_at(tail, at + 4) == LATER_FOOTER_PAYLOAD
         };
-        return Err(ZstdChunkedError::Footer(if later {
-            "a 64-byte footer (a later containers/storage layout, with a tar-split) is not supported; this reads the 40-byte footer podman 4.3 writes".into()
-        } else {
-            "the blob ends with the zstd:chunked magic but not in a 40-byte skippable frame".into()
-        }));
+        if later {
+            // A later containers/storage layout (with a tar-split), whose
+            // fields this does not read: the blob is still one valid zstd
+            // stream of the tar, so the plain zstd streaming pass serves it.
+            return Ok(None);
+        }
+        return Err(ZstdChunkedError::Footer(
+            "the blob ends with the zstd:chunked magic but not in a 40-byte skippable frame".into(),
+        ));
     }
     let pos = ManifestPosition {
         offset: u64_at(footer, 8),
