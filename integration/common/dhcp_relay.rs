@@ -17,6 +17,7 @@
 //! tests do not meet; on drop `dhcrelay` is stopped and the namespaces
 //! (with their interfaces and routes) are deleted.
 
+use super::ip;
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -53,21 +54,6 @@ pub struct RelayLab {
 
 /// The client's subnet, behind the relay.
 pub const CLIENT_NET: &str = "10.218.5.0/24";
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
 
 impl RelayLab {
     pub fn new() -> Result<RelayLab> {

@@ -128,6 +128,11 @@ pub fn require_root_and_tools(test: &str, tools: &[&str]) -> bool {
     false
 }
 
+/// `ip ARGS..` (iproute2), which must succeed.
+pub fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args)).map(|_| ())
+}
+
 /// Run a command, fail with its stderr if it fails, return its stdout.
 pub fn run(cmd: &mut Command) -> Result<Vec<u8>> {
     let shown = format!("{cmd:?}");

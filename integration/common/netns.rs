@@ -3,6 +3,7 @@
 //! 127.0.0.1) and whose other end lives in a fresh network namespace that
 //! plays the booting machines. Everything is removed on drop.
 
+use super::ip;
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -21,21 +22,6 @@ pub struct NetLab {
     /// The first client address (more can be added with `add_client_ip`).
     pub client_ip: Ipv4Addr,
     pub subnet: u8,
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 impl NetLab {

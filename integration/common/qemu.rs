@@ -4,6 +4,7 @@
 //! advertisements on it, QEMU killed on drop, and a timeline of boot
 //! milestones. `lazyboot serve` runs through [`super::serve`].
 
+use super::ip;
 use anyhow::{bail, Result};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
@@ -118,10 +119,6 @@ pub fn subnet_in_use(addr: Ipv4Addr) -> Result<bool> {
     Ok(String::from_utf8_lossy(&out)
         .lines()
         .any(|l| !l.trim().is_empty() && !l.starts_with("default")))
-}
-
-pub fn ip(args: &[&str]) -> Result<()> {
-    run(Command::new("ip").args(args)).map(|_| ())
 }
 
 /// A tap in the host namespace with the server address on it; QEMU opens
