@@ -208,6 +208,8 @@ mod tests {
             "oci_manifest" => super::oci_manifest,
             "config_file" => super::config_file,
             "tftp_packet" => super::tftp_packet,
+            "zstd_layer" => super::zstd_layer,
+            "zstd_chunked" => super::zstd_chunked,
             other => panic!("no fuzz target {other}"),
         }
     }
