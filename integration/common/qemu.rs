@@ -314,15 +314,31 @@ pub fn expected_checks(readonly: bool, restart: bool) -> Result<usize> {
 /// An x86_64 guest that PXE-boots from the tap through QEMU's iPXE ROM
 /// (TCG), its serial console written to `console`.
 pub fn pxe_guest(tap: &Tap, mac: &str, memory_mb: u32, console: &Path) -> Result<Qemu> {
+    pxe_guest_on(&tap.name, None, mac, memory_mb, console)
+}
+
+/// [`pxe_guest`] on the tap named `tap`, in network namespace `netns` if
+/// given (QEMU runs there, where the tap is).
+pub fn pxe_guest_on(
+    tap: &str,
+    netns: Option<&str>,
+    mac: &str,
+    memory_mb: u32,
+    console: &Path,
+) -> Result<Qemu> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+            c
+        }
+        None => Command::new("qemu-system-x86_64"),
+    };
     Ok(Qemu(
-        Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-smp", "1", "-m", &memory_mb.to_string()])
+        cmd.args(["-accel", "tcg", "-smp", "1", "-m", &memory_mb.to_string()])
             .args(["-nographic", "-no-reboot", "-boot", "n"])
             .arg("-netdev")
-            .arg(format!(
-                "tap,id=n0,ifname={},script=no,downscript=no",
-                tap.name
-            ))
+            .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
             .stdin(Stdio::null())
