@@ -1,5 +1,4 @@
 use super::*;
-use crate::nfs::testimage::LayerBuilder;
 use std::collections::BTreeMap;
 
 struct Keep(BTreeMap<u64, Vec<u8>>);
@@ -20,13 +19,44 @@ fn sample_tar() -> Vec<u8> {
             .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
             .collect()
     };
-    let mut l = LayerBuilder::new();
-    l.dir("etc", 0o755)
-        .file("etc/hostname", 0o644, b"zstd\n")
-        .file("big", 0o644, &noise(700_000, 1))
-        .symlink("link", "big")
-        .file("other", 0o600, &noise(600_000, 7));
-    l.finish().tar
+    let mut t = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        t.append_data(&mut h, path, data).unwrap();
+    };
+    add("etc", tar::EntryType::Directory, 0o755, b"", None);
+    add(
+        "etc/hostname",
+        tar::EntryType::Regular,
+        0o644,
+        b"zstd\n",
+        None,
+    );
+    add(
+        "big",
+        tar::EntryType::Regular,
+        0o644,
+        &noise(700_000, 1),
+        None,
+    );
+    add("link", tar::EntryType::Symlink, 0o777, b"", Some("big"));
+    add(
+        "other",
+        tar::EntryType::Regular,
+        0o600,
+        &noise(600_000, 7),
+        None,
+    );
+    t.into_inner().unwrap()
 }
 
 fn compress(data: &[u8]) -> Vec<u8> {
