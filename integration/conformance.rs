@@ -49,16 +49,8 @@ use common::qemu::{
 use common::serve::Serve;
 use common::{run, tail, Registry};
 
-const TOOLS: &[&str] = &[
-    "ip",
-    "sysctl",
-    "qemu-system-x86_64",
-    "apt-get",
-    "apt-cache",
-    "dpkg",
-    "depmod",
-    "cpio",
-];
+/// Besides `common::qemu::BOOT_IMAGE_TOOLS`.
+const TOOLS: &[&str] = &["ip", "sysctl", "qemu-system-x86_64"];
 const NODE: &str = "pc";
 const MAC: &str = "52:54:00:c0:4f:01";
 /// The tag of the derived image in its layout.
@@ -263,8 +255,12 @@ fn table(reports: &[(&str, &Report, Option<f64>)]) -> String {
 
 #[test]
 fn pjdfstest_on_a_persistent_root_matches_ganesha() -> Result<()> {
-    let mut tools = TOOLS.to_vec();
-    tools.extend_from_slice(common::ganesha::TOOLS);
+    let tools = [
+        TOOLS,
+        common::qemu::BOOT_IMAGE_TOOLS,
+        common::ganesha::TOOLS,
+    ]
+    .concat();
     if !common::require_root_and_tools("pjdfstest_on_a_persistent_root_matches_ganesha", &tools)
         || !common::qemu::require_virtio_rom("pjdfstest_on_a_persistent_root_matches_ganesha")
     {

@@ -36,20 +36,16 @@ use common::qemu::{boot_image, expected_checks, nfs_port, Qemu, RouterAdverts, T
 use common::serve::{Serve, Server};
 use common::{tail, Registry};
 
+/// Besides `common::qemu::BOOT_IMAGE_TOOLS`.
 const TOOLS: &[&str] = &[
     "ip",
     "containerd",
     "ctr-remote",
     "sysctl",
     "qemu-system-x86_64",
-    "apt-get",
-    "apt-cache",
-    "dpkg",
-    "depmod",
-    "cpio",
 ];
 const TAG: &str = "boot";
-const MARKER: &str = "LAZYBOOT-MARKER: booted from nfs root";
+const MARKER: &str = common::qemu::BOOT_MARKER;
 /// TCG is slow and the two cores are shared; a boot takes ~15-40 s.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -210,7 +206,10 @@ fn boot(tap: &Tap, server: &mut Server, node: &Node, console: &Path) -> Result<(
 
 #[test]
 fn qemu_pxe_boots_from_lazyboot() -> Result<()> {
-    if !common::require_root_and_tools("qemu_pxe_boots_from_lazyboot", TOOLS) {
+    if !common::require_root_and_tools(
+        "qemu_pxe_boots_from_lazyboot",
+        &[TOOLS, common::qemu::BOOT_IMAGE_TOOLS].concat(),
+    ) {
         return Ok(());
     }
     if !common::qemu::require_virtio_rom("qemu_pxe_boots_from_lazyboot") {

@@ -17,28 +17,23 @@ use common::serve::Serve;
 use common::tail;
 use std::time::Duration;
 
-const TOOLS: &[&str] = &[
-    "ip",
-    "dhcrelay",
-    "qemu-system-x86_64",
-    "apt-get",
-    "apt-cache",
-    "dpkg",
-    "depmod",
-    "cpio",
-];
+/// Besides `common::qemu::BOOT_IMAGE_TOOLS`.
+const TOOLS: &[&str] = &["ip", "dhcrelay", "qemu-system-x86_64"];
 /// The boot image's tag (shared with qemu_boot.rs's cached build).
 const TAG: &str = "boot";
 const MAC: &str = "52:54:00:21:80:0a";
 const NODE: &str = "far-pc";
-const MARKER: &str = "LAZYBOOT-MARKER: booted from nfs root";
+const MARKER: &str = common::qemu::BOOT_MARKER;
 /// TCG is slow and the two cores are shared; iPXE also waits for IPv6
 /// autoconfiguration (no router adverts here).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[test]
 fn a_qemu_node_behind_a_relay_boots_over_nfs_across_the_router() -> Result<()> {
-    if !common::require_root_and_tools("a_qemu_node_behind_a_relay", TOOLS) {
+    if !common::require_root_and_tools(
+        "a_qemu_node_behind_a_relay",
+        &[TOOLS, common::qemu::BOOT_IMAGE_TOOLS].concat(),
+    ) {
         return Ok(());
     }
     if !common::qemu::require_virtio_rom("a_qemu_node_behind_a_relay") {

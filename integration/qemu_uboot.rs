@@ -33,20 +33,12 @@ use common::qemu::{boot_image, expected_checks, nfs_port, Qemu, RouterAdverts, T
 use common::serve::{Serve, Server};
 use common::{tail, Registry};
 
-const TOOLS: &[&str] = &[
-    "ip",
-    "sysctl",
-    "qemu-system-aarch64",
-    "apt-get",
-    "apt-cache",
-    "dpkg",
-    "depmod",
-    "cpio",
-];
+/// Besides `common::qemu::BOOT_IMAGE_TOOLS`.
+const TOOLS: &[&str] = &["ip", "sysctl", "qemu-system-aarch64"];
 /// Debian `u-boot-qemu`.
 const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 const TAG: &str = "boot-arm64";
-const MARKER: &str = "LAZYBOOT-MARKER: booted from nfs root";
+const MARKER: &str = common::qemu::BOOT_MARKER;
 /// TCG emulating a Cortex-A57 is slower than x86 on x86.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const NODE: &str = "arm";
@@ -185,7 +177,7 @@ fn boot(tap: &Tap, server: &Server, console: &Path) -> Result<String> {
 #[test]
 fn qemu_uboot_boots_from_lazyboot() -> Result<()> {
     let test = "qemu_uboot_boots_from_lazyboot";
-    if !common::require_root_and_tools(test, TOOLS) {
+    if !common::require_root_and_tools(test, &[TOOLS, common::qemu::BOOT_IMAGE_TOOLS].concat()) {
         return Ok(());
     }
     if !Path::new(UBOOT).exists() {

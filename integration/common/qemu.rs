@@ -21,6 +21,11 @@ use super::{run, tail};
 /// QEMU's virtio-net option ROM (Debian `ipxe-qemu`): the guests' PXE client.
 pub const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 
+/// What `fixtures/build-boot-image.sh` needs on the host.
+pub const BOOT_IMAGE_TOOLS: &[&str] = &["apt-get", "apt-cache", "dpkg", "depmod", "cpio"];
+/// The line the boot image's `/sbin/init` prints once its checks ran.
+pub const BOOT_MARKER: &str = "LAZYBOOT-MARKER: booted from nfs root";
+
 /// `true` if [`VIRTIO_ROM`] exists; otherwise prints why `test` is skipped
 /// and returns `false`, or panics under `LAZYBOOT_INTEGRATION_REQUIRED=1`.
 pub fn require_virtio_rom(test: &str) -> bool {
