@@ -14,6 +14,8 @@ use crate::registry::{RegistryOptions, Source};
 use crate::serve::ServeContext;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+
+mod fleet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,6 +118,30 @@ enum Cmd {
     },
     /// Show a node's recorded boot: where the seconds went, registry vs cache bytes.
     Profile(ProfileArgs),
+    /// The nodes of a running server: list them, show one, assign one an
+    /// image or a group at run time.
+    Nodes {
+        #[command(subcommand)]
+        cmd: Option<fleet::NodesCmd>,
+        #[command(flatten)]
+        server: fleet::Server,
+    },
+    /// Swap a node (`NODE IMAGE`) or a group (`--group G IMAGE`) to a new
+    /// image on a running server: the image is prepared, then each node is
+    /// rebooted with its reboot command and must report booted on it, or it
+    /// is rolled back and the swap stops. Shows progress until it ends.
+    Swap {
+        #[command(flatten)]
+        args: fleet::SwapArgs,
+        #[command(flatten)]
+        server: fleet::Server,
+    },
+    /// The swaps of a running server, or one of them.
+    Swaps {
+        id: Option<u64>,
+        #[command(flatten)]
+        server: fleet::Server,
+    },
     /// Check the cache and serve's state (NFS key, leases, boot profiles,
     /// node work areas) after a crash or a disk fault. Exit status: 0
     /// clean, 1 problems repaired, 4 problems left.
@@ -259,6 +285,11 @@ pub fn main() -> Result<()> {
         Cmd::Serve { config } => rt.block_on(serve(&cli.common, &config)),
         Cmd::Profile(args) => profile(args),
         Cmd::Fsck { config, repair } => fsck(&cli.common, &config, repair),
+        Cmd::Nodes { cmd, server } => {
+            rt.block_on(fleet::nodes(&server, cmd.unwrap_or(fleet::NodesCmd::List)))
+        }
+        Cmd::Swap { args, server } => rt.block_on(fleet::swap(&server, args)),
+        Cmd::Swaps { id, server } => rt.block_on(fleet::swaps(&server, id)),
     }
 }
 
@@ -615,6 +646,8 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
     };
     let ctx = ServeContext::with_options(config, cache, opts);
     let cfg = &ctx.config;
+    // Before any image is opened: nodes pinned by a swap open their pin.
+    let fleet = crate::fleet::Fleet::open(ctx.clone()).context("fleet state")?;
 
     // Bind what we bind here before anything starts, so a taken port is
     // reported before any image is opened.
@@ -699,7 +732,9 @@ async fn serve(common: &Common, config_path: &std::path::Path) -> Result<()> {
         servers += 1;
     }
     let a = ctx.clone();
-    tasks.spawn(async move { crate::api::run(a, access).await.context("HTTP API") });
+    let f = fleet.clone();
+    tasks.spawn(async move { crate::api::run(a, access, f).await.context("HTTP API") });
+    fleet.start();
     servers += 1;
     tokio::spawn(ctx.recorder.clone().run(std::time::Duration::from_secs(1)));
     // "serving" (which scripts wait for) only once every socket is bound.

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+mod fleet;
 mod subnets;
+pub(crate) use fleet::{check_name, GroupConfig, SwapPolicy};
 pub(crate) use subnets::{link_network, SubnetConfig};
 
 /// Why a configuration file was refused.
@@ -343,6 +345,15 @@ pub(crate) struct NodeConfig {
     /// over what the node's DHCP request says and the kind's default.
     #[serde(default)]
     pub(crate) platform: Option<Spanned<String>>,
+    /// The `[[groups]]` the node swaps with.
+    #[serde(default)]
+    pub(crate) group: Option<Spanned<String>>,
+    /// Follow the image's tag (over the group's `follow`).
+    #[serde(default)]
+    pub(crate) follow: Option<bool>,
+    /// The node's reboot command (over the group's `reboot`).
+    #[serde(default)]
+    pub(crate) reboot: Option<Spanned<Vec<String>>>,
 }
 
 fn default_root() -> RootMode {
@@ -441,6 +452,8 @@ pub struct Config {
     pub(crate) defaults: Option<DefaultsConfig>,
     #[serde(default)]
     pub(crate) nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub(crate) groups: Vec<GroupConfig>,
 }
 
 impl NodeConfig {
@@ -622,6 +635,7 @@ impl Config {
             }
         }
         subnets::validate(self, text, &invalid)?;
+        fleet::validate(self, &invalid)?;
         for n in &self.nodes {
             if let Some(p) = &n.platform {
                 if let Err(e) = p.get_ref().parse::<crate::platform::Platform>() {

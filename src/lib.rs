@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dhcp;
+pub(crate) mod fleet;
 pub mod digest;
 pub(crate) mod fsck;
 pub(crate) mod fuse;

@@ -130,6 +130,8 @@ pub(crate) struct Gauges {
     pub(crate) cache_corrupt: u64,
     /// Nodes by state name.
     pub(crate) nodes: Vec<(&'static str, u64)>,
+    /// Swaps by state (running ones and how the ended ones ended).
+    pub(crate) swaps: Vec<(&'static str, u64)>,
 }
 
 /// The exposition: counters from [`METRICS`], then `g`.
@@ -247,6 +249,13 @@ pub(crate) fn render(g: &Gauges) -> String {
     for (state, n) in &g.nodes {
         let _ = writeln!(out, "lazyboot_nodes{{state=\"{state}\"}} {n}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP lazyboot_swaps Image swaps by state (kept in the fleet database).\n# TYPE lazyboot_swaps gauge"
+    );
+    for (state, n) in &g.swaps {
+        let _ = writeln!(out, "lazyboot_swaps{{state=\"{state}\"}} {n}");
+    }
     out
 }
 
@@ -269,6 +278,7 @@ mod tests {
         assert!(out.contains("x_seconds_count 3\n"), "{out}");
         let text = render(&Gauges {
             nodes: vec![("up", 2), ("failed", 1)],
+            swaps: vec![("done", 3)],
             ..Gauges::default()
         });
         for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -277,5 +287,6 @@ mod tests {
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
         assert!(text.contains("lazyboot_nodes{state=\"up\"} 2"), "{text}");
+        assert!(text.contains("lazyboot_swaps{state=\"done\"} 3"), "{text}");
     }
 }

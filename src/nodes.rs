@@ -36,7 +36,14 @@ pub(crate) struct Node {
     /// The 8 hex digits a Raspberry Pi prefixes its TFTP paths with.
     pub(crate) serial: Option<String>,
     pub(crate) kind: NodeKind,
+    /// The reference the node boots (pinned to a digest during and after
+    /// a swap, see `crate::fleet`): what image views are opened from.
     pub(crate) image: String,
+    /// The group it swaps with (`[[groups]]`).
+    pub(crate) group: Option<String>,
+    /// What its next mount of another image does with its upper (set for
+    /// the time of a swap).
+    pub(crate) on_new_image: OnNewImage,
     /// Fixed address from the configuration, if any.
     pub(crate) ip: Option<Ipv4Addr>,
     pub(crate) root: RootMode,
@@ -64,6 +71,19 @@ fn ser_platform<S: serde::Serializer>(p: &Option<Platform>, s: S) -> Result<S::O
 
 fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&m.to_string())
+}
+
+/// What a mount on a new image does with the upper of the old one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OnNewImage {
+    /// Discard it (a tag moved outside a swap; ephemeral roots).
+    #[default]
+    Wipe,
+    /// Keep it in `previous/` until the swap succeeds.
+    SetAside,
+    /// Go on with it over the new image (`keep_upper = true`).
+    Carry,
 }
 
 /// What a DHCP request tells about the machine that sent it.
@@ -129,6 +149,9 @@ pub(crate) enum AcceptError {
 
 pub(crate) struct Inventory {
     nodes: RwLock<Vec<Arc<Node>>>,
+    /// Counts changes of `nodes` (added or replaced), for the maps built
+    /// from it to notice.
+    version: std::sync::atomic::AtomicU64,
     defaults: Option<DefaultsConfig>,
     /// `[defaults] platform` (see [`platform::choose`]).
     default_platform: Option<Platform>,
@@ -151,6 +174,8 @@ impl Inventory {
                     serial: n.serial_prefix(),
                     kind: n.kind,
                     image: n.image.clone(),
+                    group: n.group.as_ref().map(|g| g.get_ref().clone()),
+                    on_new_image: OnNewImage::Wipe,
                     ip: n.ip,
                     root: n.root,
                     boot_dir: n.boot_dir().to_string(),
@@ -173,6 +198,7 @@ impl Inventory {
         let max_pending = cfg.defaults.as_ref().map_or(0, |d| d.max_pending);
         Inventory {
             nodes: RwLock::new(nodes),
+            version: std::sync::atomic::AtomicU64::new(0),
             defaults: cfg.defaults.clone(),
             default_platform: cfg
                 .defaults
@@ -187,6 +213,25 @@ impl Inventory {
 
     pub(crate) fn all(&self) -> Vec<Arc<Node>> {
         self.nodes.read().clone()
+    }
+
+    /// Changes when a node is added or replaced.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Put `node` in place of the node of the same name (what it boots or
+    /// its group changed at run time); requests from now on see it.
+    /// Returns false if there is no such node.
+    pub(crate) fn replace(&self, node: Node) -> bool {
+        let mut nodes = self.nodes.write();
+        let Some(slot) = nodes.iter_mut().find(|n| n.name == node.name) else {
+            return false;
+        };
+        *slot = Arc::new(node);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        true
     }
 
     pub(crate) fn by_name(&self, name: &str) -> Option<Arc<Node>> {
@@ -242,6 +287,8 @@ impl Inventory {
             serial: None,
             kind,
             image: d.image.clone()?,
+            group: None,
+            on_new_image: OnNewImage::Wipe,
             ip: None,
             root: d.root,
             boot_dir: kind.default_boot_dir().to_string(),
@@ -279,6 +326,8 @@ impl Inventory {
             return Err(AcceptError::Full { mac, max });
         }
         nodes.push(p.node.clone());
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let boot_firmware = self.pending.lock().remove(mac) || p.boot_firmware;
         Ok(Accepted {
             node: p.node.clone(),

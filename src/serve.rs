@@ -391,6 +391,11 @@ impl Images {
         self
     }
 
+    /// How registries are reached (the platform is set per node).
+    pub(crate) fn registry_options(&self) -> &RegistryOptions {
+        &self.registry
+    }
+
     /// What every open image has fetched from its registry so far, and
     /// the cache's counters.
     pub(crate) fn gauges(&self) -> crate::metrics::Gauges {

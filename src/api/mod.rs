@@ -1,7 +1,7 @@
-//! The HTTP API of `lazyboot serve` (on `server.address:server.http_port`):
+//! The HTTP API of `lazyboot serve` (on `server.address:server.http_port`),
+//! described in `docs/openapi.yaml`:
 //!
-//! - `GET /api/v1/nodes`: the inventory, with each node's boot count.
-//! - `GET /api/v1/nodes/NAME`: one node and its latest boot's summary.
+//! - nodes, groups, images and swaps: [`fleet`].
 //! - `GET|POST /api/v1/nodes/NAME/booted`: the node says it has booted
 //!   (ends its boot timeline; a node's init can call it with `wget -q -O-`).
 //! - `GET /api/v1/nodes/NAME/profiles`: its recorded boots.
@@ -13,6 +13,7 @@
 //! Who may call what: [`auth`].
 
 pub(crate) mod auth;
+mod fleet;
 
 use crate::profile::{html, report, BootedBy, ProfileError};
 use crate::serve::ServeContext;
@@ -41,30 +42,34 @@ pub(crate) enum ApiError {
 }
 
 /// Serve the API until an I/O error on the listening socket.
-pub(crate) async fn run(ctx: Arc<ServeContext>, access: Arc<Access>) -> Result<(), ApiError> {
+pub(crate) async fn run(
+    ctx: Arc<ServeContext>,
+    access: Arc<Access>,
+    fleet: Arc<crate::fleet::Fleet>,
+) -> Result<(), ApiError> {
     let addr = SocketAddr::from((ctx.server_ip, ctx.config.server.http_port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
     tracing::info!("HTTP API on http://{addr}/api/v1/nodes");
     ctx.mark_bound();
-    let app = router(ctx, access).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(ctx, access, fleet).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).await.map_err(ApiError::Serve)
 }
 
-pub(crate) fn router(ctx: Arc<ServeContext>, access: Arc<Access>) -> Router {
+pub(crate) fn router(
+    ctx: Arc<ServeContext>,
+    access: Arc<Access>,
+    fleet: Arc<crate::fleet::Fleet>,
+) -> Router {
     Router::new()
-        .route("/api/v1/nodes", get(nodes))
-        .route("/api/v1/nodes/{name}", get(node))
         .route("/api/v1/nodes/{name}/booted", get(booted).post(booted))
         .route("/api/v1/nodes/{name}/profiles", get(profiles))
         .route("/api/v1/nodes/{name}/profiles/{boot}", get(profile))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            (ctx.clone(), access),
-            guard,
-        ))
-        .with_state(ctx)
+        .with_state(ctx.clone())
+        .route("/metrics", get(metrics).with_state(fleet.clone()))
+        .merge(fleet::routes(fleet))
+        .layer(axum::middleware::from_fn_with_state((ctx, access), guard))
 }
 
 /// Lets a request through to its route, or answers 401 (a call that
@@ -132,23 +137,21 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// Prometheus text exposition (see [`crate::metrics`]).
-async fn metrics(State(ctx): State<Arc<ServeContext>>) -> Response {
+async fn metrics(State(fleet): State<Arc<crate::fleet::Fleet>>) -> Response {
+    let ctx = &fleet.ctx;
     let mut g = ctx.images.gauges();
-    let store = ctx.recorder.store();
-    let mut by_state = [("unknown", 0u64), ("booting", 0), ("up", 0), ("failed", 0)];
+    let mut by_state: Vec<(&'static str, u64)> = crate::fleet::NodeState::ALL
+        .iter()
+        .map(|s| (s.as_str(), 0))
+        .collect();
     for n in ctx.inventory.all() {
-        let i = if ctx.inventory.failure(&n.name).is_some() {
-            3
-        } else if ctx.recorder.in_progress(&n.name) {
-            1
-        } else if !store.boots(&n.name).is_empty() {
-            2
-        } else {
-            0
-        };
-        by_state[i].1 += 1;
+        let state = fleet.state_of(&n).as_str();
+        if let Some(e) = by_state.iter_mut().find(|(s, _)| *s == state) {
+            e.1 += 1;
+        }
     }
-    g.nodes = by_state.to_vec();
+    g.nodes = by_state;
+    g.swaps = fleet.swaps_by_state();
     (
         [(
             header::CONTENT_TYPE,
@@ -161,45 +164,6 @@ async fn metrics(State(ctx): State<Arc<ServeContext>>) -> Response {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-async fn nodes(State(ctx): State<Arc<ServeContext>>) -> Response {
-    let store = ctx.recorder.store();
-    let list: Vec<_> = ctx
-        .inventory
-        .all()
-        .iter()
-        .map(|n| {
-            json!({
-                "node": n.as_ref(),
-                "address": ctx.inventory.ip_of(&n.name).map(|a| a.to_string()),
-                "boots_recorded": store.boots(&n.name).len(),
-                "booting": ctx.recorder.in_progress(&n.name),
-                "failed": ctx.inventory.failure(&n.name),
-            })
-        })
-        .collect();
-    Json(list).into_response()
-}
-
-async fn node(State(ctx): State<Arc<ServeContext>>, Path(name): Path<String>) -> Response {
-    let Some(n) = ctx.inventory.by_name(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("no node {name:?}"));
-    };
-    let latest = ctx.recorder.store().load(&name, None).ok();
-    Json(json!({
-        "node": n.as_ref(),
-        "address": ctx.inventory.ip_of(&name).map(|a| a.to_string()),
-        "booting": ctx.recorder.in_progress(&name),
-        "failed": ctx.inventory.failure(&name),
-        "latest_boot": latest.as_ref().map(|p| json!({
-            "boot": p.boot,
-            "manifest": p.manifest,
-            "booted": p.booted,
-            "summary": p.summary(),
-        })),
-    }))
-    .into_response()
 }
 
 async fn booted(State(ctx): State<Arc<ServeContext>>, Path(name): Path<String>) -> Response {

@@ -15,6 +15,7 @@
 
 use super::fs::{Exports, MountError, Observed};
 use super::overlay::{node_state_dir, wipe_node_state};
+use super::overlay::previous::{switch_image, Switched};
 use super::root::{NamesByImage, NodeRoot, RootSpec};
 use crate::config::RootMode;
 use crate::nodes::Node;
@@ -58,10 +59,9 @@ struct Export {
 /// Every node of the inventory by export id.
 #[derive(Default)]
 struct ExportIndex {
-    /// The length of the inventory's node list this was built from. Nodes
-    /// are only ever added to an inventory (never removed or replaced), so
-    /// a different length is the only change there can be.
-    nodes: usize,
+    /// The inventory version this was built from (nodes are added, or
+    /// replaced when what they boot changes).
+    version: Option<u64>,
     by_id: HashMap<u32, Export>,
 }
 
@@ -99,18 +99,17 @@ impl NodeExports {
             .clone()
     }
 
-    /// The export whose id is `id`. A file handle names an export that is
-    /// in the index, unless its node was added to the inventory since the
-    /// index was built (or it names no node at all): only then is the
-    /// index rebuilt, hashing every node name once.
+    /// The export whose id is `id`. The index is rebuilt (hashing every
+    /// node name once) only when the inventory changed since it was built.
     fn export(&self, id: u32) -> Option<Export> {
-        if let Some(export) = self.index.read().by_id.get(&id) {
-            return Some(export.clone());
+        let version = self.ctx.inventory.version();
+        {
+            let index = self.index.read();
+            if index.version == Some(version) {
+                return index.by_id.get(&id).cloned();
+            }
         }
         let nodes = self.ctx.inventory.all();
-        if self.index.read().nodes == nodes.len() {
-            return None;
-        }
         let mut by_id: HashMap<u32, Export> = HashMap::new();
         for node in &nodes {
             // The first node with an id wins, as a scan in inventory order
@@ -124,10 +123,10 @@ impl NodeExports {
         }
         let found = by_id.get(&id).cloned();
         let mut index = self.index.write();
-        // A concurrent rebuild may have seen more nodes: keep that one.
-        if index.nodes < nodes.len() {
+        // A concurrent rebuild may have seen a newer inventory: keep that one.
+        if index.version.is_none_or(|v| v < version) {
             *index = ExportIndex {
-                nodes: nodes.len(),
+                version: Some(version),
                 by_id,
             };
         }
@@ -207,21 +206,18 @@ impl NodeExports {
         }
         if at_mount {
             // The upper records the image it was made against (also across
-            // server restarts). Changes made against another file system are
-            // dropped: the node starts from an empty upper on the new image.
-            let recorded = tokio::fs::read_to_string(dir.join("index.image"))
+            // server restarts). Changes made against another image are
+            // dropped, kept aside for a rollback during a swap, or carried
+            // over (see `overlay::previous`).
+            let (d, m, rule) = (dir.clone(), manifest.to_string(), node.on_new_image);
+            let switched = tokio::task::spawn_blocking(move || switch_image(&d, &m, rule))
                 .await
-                .unwrap_or_default();
-            let recorded = recorded.trim();
-            if !recorded.is_empty() && recorded != manifest.as_str() {
-                let d = dir.clone();
-                tokio::task::spawn_blocking(move || wipe_node_state(&d))
-                    .await
-                    .map_err(|e| MountError::Unavailable(e.to_string()))?
-                    .map_err(|e| {
-                        MountError::Unavailable(format!("resetting {}: {e}", dir.display()))
-                    })?;
-                tracing::info!(node = %node.name, %manifest, "new image: root reset");
+                .map_err(|e| MountError::Unavailable(e.to_string()))?
+                .map_err(|e| {
+                    MountError::Unavailable(format!("switching {} to {manifest}: {e}", dir.display()))
+                })?;
+            if switched != Switched::Nothing {
+                tracing::info!(node = %node.name, %manifest, "new image: root {switched:?}");
             }
         }
         // `verified_only`: no byte of a layer before its digest is checked.

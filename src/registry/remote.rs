@@ -203,6 +203,34 @@ impl Remote {
         Ok((body, actual))
     }
 
+    /// The digest a tag names now, from a HEAD request (the registry's
+    /// `Docker-Content-Digest`): what a poller asks often, without the body.
+    pub(crate) async fn head_manifest(&self, tag: &str) -> Result<Digest, RegistryError> {
+        let reference = self.endpoint().reference(Some(tag), None);
+        let what = format!("digest of tag {tag:?}");
+        let head = || {
+            self.backoff.run(&what, || async {
+                self.counters.request();
+                let fut = self
+                    .manifest_client
+                    .fetch_manifest_digest(&reference, &self.auth);
+                self.with_timeout(&what, fut).await
+            })
+        };
+        let text = match head().await {
+            Err(RegistryError::Denied { status: 401, .. }) => {
+                self.new_credential(&what).await?;
+                head().await?
+            }
+            r => r?,
+        };
+        Digest::parse(&text).map_err(|e| RegistryError::Protocol {
+            location: self.location.clone(),
+            what,
+            message: format!("the registry answered {text:?}: {e}"),
+        })
+    }
+
     pub(crate) async fn fetch_range(
         &self,
         digest: &Digest,

@@ -194,6 +194,35 @@ impl Source {
         Ok((source, resolved))
     }
 
+    /// The top-level digest `reference` names now (an index or a manifest),
+    /// without resolving a platform: one HEAD request for a registry tag,
+    /// the layout's `index.json` for `oci:`. A reference that pins a digest
+    /// names that digest.
+    pub async fn current_digest(
+        reference: &ImageRef,
+        opts: &RegistryOptions,
+    ) -> Result<Digest, RegistryError> {
+        match reference {
+            ImageRef::Remote {
+                digest: Some(d), ..
+            } => Ok(d.clone()),
+            ImageRef::Remote {
+                registry,
+                repository,
+                tag,
+                ..
+            } => {
+                let counters = Arc::new(Counters::default());
+                let r = remote::Remote::connect(registry, repository, opts, counters).await?;
+                r.head_manifest(tag.as_deref().unwrap_or("latest")).await
+            }
+            ImageRef::Layout { dir, tag } => {
+                let l = layout::Layout::new(dir, Arc::new(Counters::default()));
+                l.select_entry(tag.as_deref()).await
+            }
+        }
+    }
+
     /// Where the content comes from: `registry/repository` or `oci:DIR`.
     pub(crate) fn location(&self) -> &str {
         self.inner.backend.location()

@@ -50,6 +50,7 @@ mod create;
 mod deep_tests;
 mod lower;
 mod node_fs;
+pub(crate) mod previous;
 mod readdir;
 mod rename;
 mod resolve;

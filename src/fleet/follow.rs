@@ -1,0 +1,179 @@
+//! Tag following: for each group (or node outside a group) whose policy
+//! says `follow`, ask the registry which digest its tag names (a HEAD
+//! request), every `poll_secs`. The first answer is adopted as the digest
+//! the nodes are pinned to, without a reboot; a later, different answer
+//! starts a swap to it. Errors back off (doubling, up to 16 intervals); a
+//! digest whose swap failed is not tried again until the tag moves on.
+
+use super::{Fleet, SwapRequest};
+use crate::digest::Digest;
+use crate::nodes::OnNewImage;
+use crate::reference::ImageRef;
+use crate::registry::Source;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often the follower looks for targets that are due.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What is followed: a group, or one node that is in no group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Target {
+    Group(String),
+    Node(String),
+}
+
+#[derive(Default)]
+struct Due {
+    next: Option<Instant>,
+    errors: u32,
+    /// A digest whose swap failed: not retried until the tag moves.
+    failed: Option<String>,
+    /// The swap this follower started last, and the digest it swaps to.
+    last_swap: Option<(u64, String)>,
+}
+
+pub(super) async fn run(fleet: Arc<Fleet>) {
+    let mut due: HashMap<Target, Due> = HashMap::new();
+    loop {
+        for (target, poll) in targets(&fleet) {
+            let d = due.entry(target.clone()).or_default();
+            if d.next.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            let ok = poll_once(&fleet, &target, d).await;
+            d.errors = if ok { 0 } else { (d.errors + 1).min(4) };
+            d.next = Some(Instant::now() + poll * 2u32.pow(d.errors));
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Every followed target and its poll interval.
+fn targets(fleet: &Fleet) -> Vec<(Target, Duration)> {
+    let mut out = Vec::new();
+    for g in &fleet.ctx.config.groups {
+        if g.follow {
+            out.push((Target::Group(g.name.get_ref().clone()), g.policy().poll));
+        }
+    }
+    for n in fleet.ctx.inventory.all() {
+        let p = fleet.policy(&n);
+        let group_follows = n
+            .group
+            .as_deref()
+            .and_then(|g| fleet.ctx.config.group(g))
+            .is_some_and(|g| g.follow);
+        if p.follow && !group_follows {
+            out.push((Target::Node(n.name.clone()), p.poll));
+        }
+    }
+    out
+}
+
+/// Poll `target`'s tag once; false on an error.
+async fn poll_once(fleet: &Arc<Fleet>, target: &Target, due: &mut Due) -> bool {
+    let nodes = match target {
+        Target::Group(g) => fleet.members(g),
+        Target::Node(n) => fleet.ctx.inventory.by_name(n).into_iter().collect(),
+    };
+    let Some(first) = nodes.first() else {
+        return true;
+    };
+    let Some(image) = fleet.assigned(&first.name) else {
+        return true;
+    };
+    let reference: ImageRef = match image.parse() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("following {image:?}: {e}");
+            return false;
+        }
+    };
+    if !matches!(reference, ImageRef::Remote { tag: Some(_), digest: None, .. }) {
+        // Only a tag can move.
+        return true;
+    }
+    let opts = fleet.ctx.images.registry_options();
+    let digest = match Source::current_digest(&reference, opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("following {image}: {e} (backing off)");
+            return false;
+        }
+    };
+    let now = digest.to_string();
+    if let Some((id, d)) = due.last_swap.take() {
+        match fleet.swap(id).map(|s| s.state) {
+            Some(s) if s.is_running() => {
+                due.last_swap = Some((id, d));
+                return true;
+            }
+            Some(super::model::SwapState::Done) => {}
+            _ => due.failed = Some(d),
+        }
+    }
+    if nodes.iter().any(|n| fleet.swap_of(&n.name).is_some()) {
+        return true;
+    }
+    let unpinned: Vec<_> = nodes
+        .iter()
+        .filter(|n| fleet.record(&n.name).digest.is_none())
+        .collect();
+    if unpinned.len() == nodes.len() {
+        for n in unpinned {
+            if let Err(e) = adopt(fleet, &n.name, &image, &digest) {
+                tracing::warn!(node = %n.name, "following {image}: {e}");
+                return false;
+            }
+        }
+        tracing::info!("following {image}: at {now}");
+        return true;
+    }
+    let behind = nodes
+        .iter()
+        .any(|n| fleet.record(&n.name).digest.as_deref() != Some(now.as_str()));
+    if !behind || due.failed.as_deref() == Some(now.as_str()) {
+        return true;
+    }
+    let (node, group) = match target {
+        Target::Group(g) => (None, Some(g.clone())),
+        Target::Node(n) => (Some(n.clone()), None),
+    };
+    tracing::info!("following {image}: the tag moved to {now}; swapping");
+    match fleet.start_swap(SwapRequest {
+        node,
+        group,
+        image: image.clone(),
+        max_unavailable: None,
+        followed: true,
+    }) {
+        Ok(id) => {
+            due.last_swap = Some((id, now));
+            true
+        }
+        Err(e) => {
+            tracing::warn!("following {image}: {e}");
+            false
+        }
+    }
+}
+
+/// Pin a node to the digest its tag names when following starts.
+fn adopt(fleet: &Fleet, name: &str, image: &str, digest: &Digest) -> Result<(), super::FleetError> {
+    let mut rec = fleet.record(name);
+    rec.digest = Some(digest.to_string());
+    rec.config_image = fleet
+        .ctx
+        .config
+        .nodes
+        .iter()
+        .find(|n| n.name.get_ref() == name)
+        .map(|n| n.image.clone());
+    rec.assigned = Some(image.to_string());
+    fleet.put_record(name, rec)?;
+    fleet.apply(name, OnNewImage::Wipe);
+    Ok(())
+}
