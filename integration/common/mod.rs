@@ -30,6 +30,7 @@ pub mod dhcp_relay;
 pub mod dhcpc;
 pub mod faults;
 pub mod fixture;
+pub mod fleet_sim;
 pub mod ganesha;
 pub mod gate;
 pub mod held;

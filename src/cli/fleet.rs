@@ -13,17 +13,17 @@ use std::time::Duration;
 #[derive(Args, Clone)]
 pub(super) struct Server {
     /// The server's API, e.g. http://10.0.0.1:8080 (default: from --config).
-    #[arg(long, env = "LAZYBOOT_SERVER")]
+    #[arg(long, global = true, env = "LAZYBOOT_SERVER")]
     server: Option<String>,
     /// The API token (default: the server config's api_token, or its
     /// state directory's api.token file).
-    #[arg(long, env = "LAZYBOOT_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "LAZYBOOT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The server's configuration file.
-    #[arg(long, default_value = "/etc/lazyboot/lazyboot.toml")]
+    #[arg(long, global = true, default_value = "/etc/lazyboot/lazyboot.toml")]
     config: PathBuf,
     /// Print the server's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 

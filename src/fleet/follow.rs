@@ -3,8 +3,10 @@
 //! request), every `poll_secs`. The first answer is adopted as the digest
 //! the nodes are pinned to, without a reboot; a later, different answer
 //! starts a swap to it. Errors back off (doubling, up to 16 intervals); a
-//! digest whose swap failed is not tried again until the tag moves on.
+//! digest whose swap failed or was cancelled is not tried again until the
+//! tag moves on; one whose swap a server stop interrupted is.
 
+use super::model::SwapState;
 use super::{Fleet, SwapRequest};
 use crate::digest::Digest;
 use crate::nodes::OnNewImage;
@@ -29,10 +31,6 @@ enum Target {
 struct Due {
     next: Option<Instant>,
     errors: u32,
-    /// A digest whose swap failed: not retried until the tag moves.
-    failed: Option<String>,
-    /// The swap this follower started last, and the digest it swaps to.
-    last_swap: Option<(u64, String)>,
 }
 
 pub(super) async fn run(fleet: Arc<Fleet>) {
@@ -43,7 +41,7 @@ pub(super) async fn run(fleet: Arc<Fleet>) {
             if d.next.is_some_and(|t| Instant::now() < t) {
                 continue;
             }
-            let ok = poll_once(&fleet, &target, d).await;
+            let ok = poll_once(&fleet, &target).await;
             d.errors = if ok { 0 } else { (d.errors + 1).min(4) };
             d.next = Some(Instant::now() + poll * 2u32.pow(d.errors));
         }
@@ -74,7 +72,7 @@ fn targets(fleet: &Fleet) -> Vec<(Target, Duration)> {
 }
 
 /// Poll `target`'s tag once; false on an error.
-async fn poll_once(fleet: &Arc<Fleet>, target: &Target, due: &mut Due) -> bool {
+async fn poll_once(fleet: &Arc<Fleet>, target: &Target) -> bool {
     let nodes = match target {
         Target::Group(g) => fleet.members(g),
         Target::Node(n) => fleet.ctx.inventory.by_name(n).into_iter().collect(),
@@ -105,16 +103,6 @@ async fn poll_once(fleet: &Arc<Fleet>, target: &Target, due: &mut Due) -> bool {
         }
     };
     let now = digest.to_string();
-    if let Some((id, d)) = due.last_swap.take() {
-        match fleet.swap(id).map(|s| s.state) {
-            Some(s) if s.is_running() => {
-                due.last_swap = Some((id, d));
-                return true;
-            }
-            Some(super::model::SwapState::Done) => {}
-            _ => due.failed = Some(d),
-        }
-    }
     if nodes.iter().any(|n| fleet.swap_of(&n.name).is_some()) {
         return true;
     }
@@ -135,13 +123,20 @@ async fn poll_once(fleet: &Arc<Fleet>, target: &Target, due: &mut Due) -> bool {
     let behind = nodes
         .iter()
         .any(|n| fleet.record(&n.name).digest.as_deref() != Some(now.as_str()));
-    if !behind || due.failed.as_deref() == Some(now.as_str()) {
+    let (node, group, name) = match target {
+        Target::Group(g) => (None, Some(g.clone()), format!("group:{g}")),
+        Target::Node(n) => (Some(n.clone()), None, format!("node:{n}")),
+    };
+    // A digest whose swap failed (or was cancelled) is not tried again,
+    // also after a restart, until the tag moves on.
+    let given_up = fleet.swaps().into_iter().any(|s| {
+        s.target == name
+            && s.digest.as_deref() == Some(now.as_str())
+            && matches!(s.state, SwapState::Failed | SwapState::Cancelled)
+    });
+    if !behind || given_up {
         return true;
     }
-    let (node, group) = match target {
-        Target::Group(g) => (None, Some(g.clone())),
-        Target::Node(n) => (Some(n.clone()), None),
-    };
     tracing::info!("following {image}: the tag moved to {now}; swapping");
     match fleet.start_swap(SwapRequest {
         node,
@@ -150,10 +145,7 @@ async fn poll_once(fleet: &Arc<Fleet>, target: &Target, due: &mut Due) -> bool {
         max_unavailable: None,
         followed: true,
     }) {
-        Ok(id) => {
-            due.last_swap = Some((id, now));
-            true
-        }
+        Ok(_) => true,
         Err(e) => {
             tracing::warn!("following {image}: {e}");
             false

@@ -198,9 +198,9 @@ impl Fleet {
         };
         let mut n = (*node).clone();
         n.image = pinned(&assigned, rec.digest.as_deref());
-        n.group = match &rec.group {
-            Some(g) => g.clone(),
-            None => self.configured_group(name),
+        n.group = match rec.group_set {
+            true => rec.group.clone(),
+            false => self.configured_group(name),
         };
         n.on_new_image = on_new_image;
         if n != *node {
@@ -251,8 +251,9 @@ impl Fleet {
                     return Err(FleetError::NoGroup(g.clone()));
                 }
             }
-            rec.config_group = Some(self.configured_group(name));
-            rec.group = Some(group);
+            rec.config_group = self.configured_group(name);
+            rec.group = group;
+            rec.group_set = true;
         }
         self.put_record(&node.name, rec)?;
         self.apply(name, OnNewImage::Wipe);
@@ -510,8 +511,9 @@ fn config_wins(ctx: &ServeContext, name: &str, rec: &mut NodeRecord) -> bool {
         changed = true;
     }
     let conf_group = conf.group.as_ref().map(|g| g.get_ref().clone());
-    if rec.group.is_some() && rec.config_group.as_ref() != Some(&conf_group) {
+    if rec.group_set && rec.config_group != conf_group {
         tracing::info!(node = name, "the config file's group changed: it wins over the run-time one");
+        rec.group_set = false;
         rec.group = None;
         rec.config_group = None;
         changed = true;

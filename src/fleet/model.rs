@@ -10,12 +10,13 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct NodeRecord {
     /// The reference assigned at run time (None: the config's).
     pub(crate) assigned: Option<String>,
-    /// The group set at run time (`Some(None)`: no group).
-    pub(crate) group: Option<Option<String>>,
+    /// A group was set at run time: `group` (None: no group).
+    pub(crate) group_set: bool,
+    pub(crate) group: Option<String>,
     /// The config's image and group when the run-time values were set: a
     /// config edited since wins over them (see `Fleet::open`).
     pub(crate) config_image: Option<String>,
-    pub(crate) config_group: Option<Option<String>>,
+    pub(crate) config_group: Option<String>,
     /// The digest the node's reference is pinned to (an index or a
     /// manifest); None: the reference is resolved at each boot.
     pub(crate) digest: Option<String>,

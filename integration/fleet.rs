@@ -1,0 +1,420 @@
+//! Fleet control against a real `lazyboot serve`, a real registry and
+//! scripted nodes (`common::fleet_sim`) that boot over the lab network:
+//!
+//! - a group of three nodes follows a tag: a new digest is pushed, lazyboot
+//!   prepares it and its reboot command reboots the nodes one at a time,
+//!   and each reports booted on the new digest;
+//! - a broken image (its "kernel" panics): the first node times out, the
+//!   swap stops, that node is rolled back and boots the old digest, the
+//!   other two are untouched, and the follower does not retry the digest;
+//! - a restart in the middle of a swap: the swap is `interrupted`, the node
+//!   caught rebooting is set back to its previous image;
+//! - the API: no change without the token, 4xx with a message for bad
+//!   input, run-time changes survive a restart, `/metrics` counts swaps.
+
+mod common;
+
+use anyhow::{bail, Context, Result};
+use common::fixture::push;
+use common::fleet_sim::{FleetSim, SimNode, SimServer};
+use common::netboot::one_layer_image;
+use common::netns::NetLab;
+use common::registry::Registry;
+use common::serve::{Serve, Server};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "fleet-test-token-0123456789";
+
+/// A one-layer image whose /etc/os-release says `version`, pushed as
+/// `fleet:TAG` for each tag given.
+fn image(dir: &Path, reg: &Registry, version: &str, tags: &[&str]) -> Result<()> {
+    let d = dir.join(format!("img-{version}"));
+    std::fs::create_dir_all(&d)?;
+    one_layer_image(
+        &d,
+        &format!("mkdir -p $r/etc && printf 'NAME=fleet\\nVERSION={version}\\n' > $r/etc/os-release"),
+    )?;
+    for t in tags {
+        push(&d.join("layout"), "os", reg, &format!("fleet:{t}"))?;
+    }
+    Ok(())
+}
+
+struct Lab {
+    tmp: tempfile::TempDir,
+    reg: Registry,
+    lab: NetLab,
+    nodes: Vec<SimNode>,
+    http_port: u16,
+    nfs_port: u16,
+    config: std::path::PathBuf,
+}
+
+fn lab(follow: bool) -> Result<Lab> {
+    let tmp = tempfile::tempdir()?;
+    let reg = Registry::start()?;
+    let lab = NetLab::new(false)?;
+    let base = lab.server_ip.octets();
+    let nodes: Vec<SimNode> = (1..=3u8)
+        .map(|i| SimNode {
+            name: format!("n{i}"),
+            mac: format!("52:54:00:f1:00:0{i}"),
+            ip: Ipv4Addr::new(base[0], base[1], base[2], 10 + i),
+        })
+        .collect();
+    let (http_port, nfs_port) = (common::free_tcp_port(), common::free_tcp_port());
+    let requests = tmp.path().join("requests");
+    let mut cfg = format!(
+        r#"
+[server]
+interface = "{host_if}"
+address = "{server}"
+state_dir = "{state}"
+cache_dir = "{cache}"
+tftp_port = {tftp}
+nfs_port = {nfs_port}
+http_port = {http_port}
+api_token = "{TOKEN}"
+
+[dhcp]
+mode = "full"
+pool_start = "{pool_start}"
+pool_end = "{pool_end}"
+
+[profile]
+quiet_secs = 0
+
+[[groups]]
+name = "lab"
+follow = {follow}
+poll_secs = 1
+max_unavailable = 1
+boot_timeout_secs = 10
+hook_timeout_secs = 10
+reboot = ["/usr/bin/touch", "{req}/reboot-{{name}}", "{req}/literal-{{name}}-$(id);x"]
+"#,
+        host_if = lab.host_if,
+        server = lab.server_ip,
+        state = tmp.path().join("state").display(),
+        cache = tmp.path().join("cache").display(),
+        tftp = common::free_udp_port(),
+        pool_start = Ipv4Addr::new(base[0], base[1], base[2], 100),
+        pool_end = Ipv4Addr::new(base[0], base[1], base[2], 150),
+        req = requests.display(),
+    );
+    for n in &nodes {
+        cfg.push_str(&format!(
+            "\n[[nodes]]\nname = \"{}\"\nmac = \"{}\"\nkind = \"ipxe\"\nimage = \"{}\"\nip = \"{}\"\nroot = \"persistent\"\ngroup = \"lab\"\n",
+            n.name,
+            n.mac,
+            reg.reference("fleet:live"),
+            n.ip
+        ));
+    }
+    let config = tmp.path().join("lazyboot.toml");
+    std::fs::write(&config, cfg)?;
+    Ok(Lab {
+        tmp,
+        reg,
+        lab,
+        nodes,
+        http_port,
+        nfs_port,
+        config,
+    })
+}
+
+impl Lab {
+    fn sim(&self) -> Result<FleetSim> {
+        FleetSim::start(
+            &self.lab,
+            self.tmp.path().join("requests"),
+            &self.nodes,
+            SimServer {
+                ip: self.lab.server_ip,
+                nfs_port: self.nfs_port,
+                http_port: self.http_port,
+            },
+        )
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("http://{}:{}/api/v1{path}", self.lab.server_ip, self.http_port)
+    }
+
+    /// GET with the token.
+    fn get(&self, path: &str) -> Result<Value> {
+        let auth = format!("Authorization: Bearer {TOKEN}");
+        let (code, body) = common::curl_status(None, &["-H", &auth], &self.api(path))?;
+        if code != 200 {
+            bail!("GET {path}: {code} {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// A call with `args` (method, headers, body); status and JSON body.
+    fn call(&self, args: &[&str], path: &str) -> Result<(u16, Value)> {
+        let (code, body) = common::curl_status(None, args, &self.api(path))?;
+        let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        Ok((code, v))
+    }
+
+    fn node(&self, name: &str) -> Result<Value> {
+        self.get(&format!("/nodes/{name}"))
+    }
+
+    /// The manifest digest `fleet:TAG` names in the registry.
+    fn digest_of(&self, tag: &str) -> Result<String> {
+        let out = common::run(
+            std::process::Command::new("skopeo")
+                .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+                .arg(format!("docker://{}", self.reg.reference(&format!("fleet:{tag}")))),
+        )?;
+        Ok(String::from_utf8(out)?.trim().to_string())
+    }
+
+    /// The lazyboot CLI against this server.
+    fn cli(&self, args: &[&str]) -> Result<(bool, String)> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lazyboot"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+}
+
+/// Wait until `f` gives Some, or fail with the server's log.
+fn wait_for<T>(what: &str, timeout: Duration, srv: &Server, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}\nserver log:\n{}", common::tail(&srv.log(), 60));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The newest swap, once it has ended.
+fn ended_swap(l: &Lab, srv: &Server, after: u64, timeout: Duration) -> Result<Value> {
+    wait_for("a swap to end", timeout, srv, || {
+        let v = l.get("/swaps")?;
+        let s = v["swaps"].as_array().and_then(|a| a.first()).cloned();
+        Ok(s.filter(|s| {
+            s["id"].as_u64().unwrap_or(0) > after
+                && !matches!(s["state"].as_str(), Some("preparing" | "rolling"))
+        }))
+    })
+}
+
+#[test]
+fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() -> Result<()> {
+    if !common::require_root_and_tools("fleet_follow", &["ip", "skopeo", "umoci", "curl", "python3"]) {
+        return Ok(());
+    }
+    let l = lab(true)?;
+    image(l.tmp.path(), &l.reg, "v1", &["live"])?;
+    image(l.tmp.path(), &l.reg, "v2", &["v2"])?;
+    image(l.tmp.path(), &l.reg, "PANIC-v3", &["v3"])?;
+    let v1 = l.digest_of("live")?;
+    let mut srv = Serve::new(&l.config).log(&l.tmp.path().join("serve.log")).start()?;
+    let sim = l.sim()?;
+
+    // The follower adopts the tag's digest without rebooting anything.
+    wait_for("the follower to pin v1", Duration::from_secs(30), &srv, || {
+        let all = l.get("/nodes")?;
+        let pinned = all.as_array().unwrap().iter().all(|n| n["pinned"] == json!(v1));
+        Ok(pinned.then_some(()))
+    })?;
+    assert!(sim.boots.lock().is_empty(), "adopting a tag reboots nothing");
+    for n in &l.nodes {
+        sim.reboot(&n.name)?;
+    }
+    for n in &l.nodes {
+        let b = sim.wait_boots(&n.name, 1, Duration::from_secs(60))?;
+        assert!(b[0].booted && b[0].os_release.contains("VERSION=v1"), "{b:?}");
+    }
+    wait_for("every node up on v1", Duration::from_secs(20), &srv, || {
+        let all = l.get("/nodes")?;
+        let up = all.as_array().unwrap().iter().all(|n| n["state"] == "up" && n["digest"] == json!(v1));
+        Ok(up.then_some(()))
+    })?;
+
+    // --- The tag moves: the group is rolled onto v2, one node at a time.
+    common::run(
+        std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-no-creds"])
+            .arg(format!("docker://{}", l.reg.reference("fleet:v2")))
+            .arg(format!("docker://{}", l.reg.reference("fleet:live"))),
+    )?;
+    let v2 = l.digest_of("live")?;
+    assert_ne!(v1, v2);
+    let swap = ended_swap(&l, &srv, 0, Duration::from_secs(90))?;
+    assert_eq!(swap["state"], "done", "{swap:#}\n{}", common::tail(&srv.log(), 40));
+    assert_eq!(swap["followed"], true);
+    assert_eq!(swap["digest"], json!(v2));
+    let mut windows = Vec::new();
+    for n in &l.nodes {
+        let b = sim.boots_of(&n.name);
+        assert_eq!(b.len(), 2, "{} boots: {b:?}", n.name);
+        assert!(b[1].booted && b[1].os_release.contains("VERSION=v2"), "{b:?}");
+        windows.push((b[1].started, b[1].ended));
+        let node = l.node(&n.name)?;
+        assert_eq!(node["state"], "up", "{node:#}");
+        assert_eq!(node["digest"], json!(v2), "{node:#}");
+        assert_eq!(node["last_boot"]["manifest"], json!(v2), "{node:#}");
+        // The argument with shell syntax reached `touch` as one literal name.
+        assert!(
+            l.tmp.path().join(format!("requests/literal-{}-$(id);x", n.name)).exists(),
+            "the reboot command's arguments were not passed literally"
+        );
+    }
+    windows.sort();
+    for w in windows.windows(2) {
+        assert!(w[0].1 <= w[1].0, "max_unavailable = 1, yet two nodes rebooted at once: {windows:?}");
+    }
+    let first = swap["id"].as_u64().unwrap();
+
+    // --- A broken image: the first node never reports booted.
+    common::run(
+        std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-no-creds"])
+            .arg(format!("docker://{}", l.reg.reference("fleet:v3")))
+            .arg(format!("docker://{}", l.reg.reference("fleet:live"))),
+    )?;
+    let v3 = l.digest_of("live")?;
+    let swap = ended_swap(&l, &srv, first, Duration::from_secs(90))?;
+    assert_eq!(swap["state"], "failed", "{swap:#}");
+    assert_eq!(swap["digest"], json!(v3));
+    let msg = swap["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("did not report booted within 10 s"), "{msg}");
+    let states: Vec<&str> = swap["nodes"].as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["rolled_back", "skipped", "skipped"], "{swap:#}");
+    let n1 = sim.boots_of("n1");
+    assert_eq!(n1.len(), 4, "v2, the panic on v3, the rollback: {n1:?}");
+    assert!(!n1[2].booted && n1[2].os_release.contains("PANIC"), "{n1:?}");
+    assert!(n1[3].booted && n1[3].os_release.contains("VERSION=v2"), "{n1:?}");
+    let node = l.node("n1")?;
+    assert_eq!((node["state"].as_str(), node["digest"].as_str()), (Some("up"), Some(v2.as_str())), "{node:#}");
+    for other in ["n2", "n3"] {
+        assert_eq!(sim.boots_of(other).len(), 2, "{other} was touched");
+        assert_eq!(l.node(other)?["digest"], json!(v2));
+    }
+    // The follower does not retry the digest that failed.
+    std::thread::sleep(Duration::from_secs(3));
+    let newest = l.get("/swaps")?["swaps"][0]["id"].as_u64();
+    assert_eq!(newest, swap["id"].as_u64(), "the failed digest was tried again");
+
+    // --- Metrics count the swaps and the nodes by state.
+    let (code, text) = common::curl_status(None, &[], &format!("http://{}:{}/metrics", l.lab.server_ip, l.http_port))?;
+    assert_eq!(code, 200);
+    for line in ["lazyboot_swaps{state=\"done\"} 1", "lazyboot_swaps{state=\"failed\"} 1", "lazyboot_nodes{state=\"up\"} 3"] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+
+    // --- A restart during a swap: n1 is rebooting (its node is held).
+    sim.held.lock().push("n1".into());
+    let (ok, out) = l.cli(&["swap", "n1", &l.reg.reference("fleet:v2"), "--no-wait", "--json"])?;
+    assert!(ok, "{out}");
+    let id: Value = serde_json::from_str(&out).context("swap --json")?;
+    let id = id["id"].as_u64().unwrap();
+    wait_for("n1 to be rebooting", Duration::from_secs(30), &srv, || {
+        let s = l.get(&format!("/swaps/{id}"))?;
+        Ok((s["nodes"][0]["state"] == "rebooting").then_some(()))
+    })?;
+    srv.restart()?;
+    let s = l.get(&format!("/swaps/{id}"))?;
+    assert_eq!(s["state"], "interrupted", "{s:#}");
+    assert_eq!(s["nodes"][0]["state"], "rolled_back", "{s:#}");
+    let n1 = l.node("n1")?;
+    assert_eq!(n1["assigned"], json!(l.reg.reference("fleet:live")), "{n1:#}");
+    assert_eq!(n1["pinned"], json!(v2), "set back to its previous pin: {n1:#}");
+    // Once let go, it boots its previous image.
+    let before = sim.boots_of("n1").len();
+    sim.held.lock().clear();
+    let b = sim.wait_boots("n1", before + 1, Duration::from_secs(30))?;
+    assert!(b.last().unwrap().os_release.contains("VERSION=v2"), "{b:?}");
+    srv.stop()?;
+    Ok(())
+}
+
+#[test]
+fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
+    if !common::require_root_and_tools("fleet_api", &["ip", "skopeo", "umoci", "curl"]) {
+        return Ok(());
+    }
+    let l = lab(false)?;
+    image(l.tmp.path(), &l.reg, "v1", &["live", "v2"])?;
+    let mut srv = Serve::new(&l.config).log(&l.tmp.path().join("serve.log")).start()?;
+    let put = |args: &[&str], path: &str| {
+        let mut a = vec!["-X", "PUT", "-H", "Content-Type: application/json"];
+        a.extend_from_slice(args);
+        l.call(&a, path)
+    };
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let body = json!({ "image": l.reg.reference("fleet:v2") }).to_string();
+
+    // No token, a wrong token: 401 with a message; nothing changes.
+    let (code, v) = put(&["-d", &body], "/nodes/n1")?;
+    assert_eq!(code, 401, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("Bearer"), "{v}");
+    let (code, _) = put(&["-H", "Authorization: Bearer wrong-token-wrong-token", "-d", &body], "/nodes/n1")?;
+    assert_eq!(code, 401);
+    let (code, _) = l.call(&["-X", "POST", "-d", "{\"group\":\"lab\",\"image\":\"x/y:1\"}"], "/swaps")?;
+    assert_eq!(code, 401);
+    assert_eq!(l.node("n1")?["assigned"], json!(l.reg.reference("fleet:live")));
+
+    // Bad input: 4xx with a message.
+    let (code, v) = put(&["-H", &auth, "-d", "{not json"], "/nodes/n1")?;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("JSON"), "{v}");
+    let (code, v) = put(&["-H", &auth, "-d", &body], "/nodes/nope")?;
+    assert_eq!(code, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
+    let (code, v) = put(&["-H", &auth, "-d", "{\"image\":\"UPPER/Case::bad\"}"], "/nodes/n1")?;
+    assert_eq!(code, 422, "{v}");
+    let (code, v) = put(&["-H", &auth, "-d", "{\"group\":\"a;rm -rf /\"}"], "/nodes/n1")?;
+    assert_eq!(code, 422, "{v}");
+    let (code, v) = l.call(&["-X", "POST", "-H", &auth, "-H", "Content-Type: application/json", "-d", "{\"node\":\"n1\",\"image\":\"x/y:1\",\"max_unavailable\":0}"], "/swaps")?;
+    assert_eq!(code, 422, "{v}");
+    let (code, v) = l.call(&["-H", &auth], "/swaps/999")?;
+    assert_eq!(code, 404, "{v}");
+
+    // A change with the token, through the CLI: kept across a restart.
+    let (ok, out) = l.cli(&["nodes", "set", "n2", "--image", &l.reg.reference("fleet:v2")])?;
+    assert!(ok, "{out}");
+    let (ok, out) = l.cli(&["nodes", "set", "n3", "--group", "none"])?;
+    assert!(ok, "{out}");
+    srv.restart()?;
+    let n2 = l.node("n2")?;
+    assert_eq!(n2["assigned"], json!(l.reg.reference("fleet:v2")), "{n2:#}");
+    assert_eq!(n2["node"]["image"], json!(l.reg.reference("fleet:v2")), "{n2:#}");
+    assert_eq!(l.node("n3")?["group"], Value::Null);
+    let (ok, out) = l.cli(&["nodes"])?;
+    assert!(ok && out.contains("n2") && out.contains("fleet:v2"), "{out}");
+    let groups = l.get("/groups")?;
+    assert_eq!(groups[0]["nodes"], json!(["n1", "n2"]), "{groups:#}");
+
+    // The config file wins over a run-time value once it is edited.
+    srv.stop()?;
+    let text = std::fs::read_to_string(&l.config)?;
+    let n2_block = text.find("name = \"n2\"").unwrap();
+    let (head, tail) = text.split_at(n2_block);
+    let tail = tail.replacen("fleet:live", "fleet:v1edit", 1);
+    std::fs::write(&l.config, format!("{head}{tail}"))?;
+    srv.restart()?;
+    assert_eq!(l.node("n2")?["assigned"], json!(l.reg.reference("fleet:v1edit")));
+    srv.stop()?;
+    Ok(())
+}
