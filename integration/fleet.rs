@@ -35,7 +35,9 @@ fn image(dir: &Path, reg: &Registry, version: &str, tags: &[&str]) -> Result<()>
     std::fs::create_dir_all(&d)?;
     one_layer_image(
         &d,
-        &format!("mkdir -p $r/etc && printf 'NAME=fleet\\nVERSION={version}\\n' > $r/etc/os-release"),
+        &format!(
+            "mkdir -p $r/etc && printf 'NAME=fleet\\nVERSION={version}\\n' > $r/etc/os-release"
+        ),
     )?;
     for t in tags {
         push(&d.join("layout"), "os", reg, &format!("fleet:{t}"))?;
@@ -142,7 +144,10 @@ impl Lab {
     }
 
     fn api(&self, path: &str) -> String {
-        format!("http://{}:{}/api/v1{path}", self.lab.server_ip, self.http_port)
+        format!(
+            "http://{}:{}/api/v1{path}",
+            self.lab.server_ip, self.http_port
+        )
     }
 
     /// GET with the token.
@@ -171,7 +176,10 @@ impl Lab {
         let out = common::run(
             std::process::Command::new("skopeo")
                 .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
-                .arg(format!("docker://{}", self.reg.reference(&format!("fleet:{tag}")))),
+                .arg(format!(
+                    "docker://{}",
+                    self.reg.reference(&format!("fleet:{tag}"))
+                )),
         )?;
         Ok(String::from_utf8(out)?.trim().to_string())
     }
@@ -193,14 +201,22 @@ impl Lab {
 }
 
 /// Wait until `f` gives Some, or fail with the server's log.
-fn wait_for<T>(what: &str, timeout: Duration, srv: &Server, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    srv: &Server,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f()? {
             return Ok(v);
         }
         if Instant::now() > deadline {
-            bail!("timed out waiting for {what}\nserver log:\n{}", common::tail(&srv.log(), 60));
+            bail!(
+                "timed out waiting for {what}\nserver log:\n{}",
+                common::tail(&srv.log(), 60)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -220,7 +236,10 @@ fn ended_swap(l: &Lab, srv: &Server, after: u64, timeout: Duration) -> Result<Va
 
 #[test]
 fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() -> Result<()> {
-    if !common::require_root_and_tools("fleet_follow", &["ip", "skopeo", "umoci", "curl", "python3"]) {
+    if !common::require_root_and_tools(
+        "fleet_follow",
+        &["ip", "skopeo", "umoci", "curl", "python3"],
+    ) {
         return Ok(());
     }
     let l = lab(true)?;
@@ -228,47 +247,82 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     image(l.tmp.path(), &l.reg, "v2", &["v2"])?;
     image(l.tmp.path(), &l.reg, "PANIC-v3", &["v3"])?;
     let v1 = l.digest_of("live")?;
-    let mut srv = Serve::new(&l.config).log(&l.tmp.path().join("serve.log")).start()?;
+    let mut srv = Serve::new(&l.config)
+        .log(&l.tmp.path().join("serve.log"))
+        .start()?;
     let sim = l.sim()?;
 
     // The follower adopts the tag's digest without rebooting anything.
-    wait_for("the follower to pin v1", Duration::from_secs(30), &srv, || {
-        let all = l.get("/nodes")?;
-        let pinned = all.as_array().unwrap().iter().all(|n| n["pinned"] == json!(v1));
-        Ok(pinned.then_some(()))
-    })?;
-    assert!(sim.boots.lock().is_empty(), "adopting a tag reboots nothing");
+    wait_for(
+        "the follower to pin v1",
+        Duration::from_secs(30),
+        &srv,
+        || {
+            let all = l.get("/nodes")?;
+            let pinned = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["pinned"] == json!(v1));
+            Ok(pinned.then_some(()))
+        },
+    )?;
+    assert!(
+        sim.boots.lock().is_empty(),
+        "adopting a tag reboots nothing"
+    );
     for n in &l.nodes {
         sim.reboot(&n.name)?;
     }
     for n in &l.nodes {
         let b = sim.wait_boots(&n.name, 1, Duration::from_secs(60))?;
-        assert!(b[0].booted && b[0].os_release.contains("VERSION=v1"), "{b:?}");
+        assert!(
+            b[0].booted && b[0].os_release.contains("VERSION=v1"),
+            "{b:?}"
+        );
     }
     wait_for("every node up on v1", Duration::from_secs(20), &srv, || {
         let all = l.get("/nodes")?;
-        let up = all.as_array().unwrap().iter().all(|n| n["state"] == "up" && n["digest"] == json!(v1));
+        let up = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "up" && n["digest"] == json!(v1));
         Ok(up.then_some(()))
     })?;
 
     // --- The tag moves: the group is rolled onto v2, one node at a time.
     common::run(
         std::process::Command::new("skopeo")
-            .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-no-creds"])
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-no-creds",
+            ])
             .arg(format!("docker://{}", l.reg.reference("fleet:v2")))
             .arg(format!("docker://{}", l.reg.reference("fleet:live"))),
     )?;
     let v2 = l.digest_of("live")?;
     assert_ne!(v1, v2);
     let swap = ended_swap(&l, &srv, 0, Duration::from_secs(90))?;
-    assert_eq!(swap["state"], "done", "{swap:#}\n{}", common::tail(&srv.log(), 40));
+    assert_eq!(
+        swap["state"],
+        "done",
+        "{swap:#}\n{}",
+        common::tail(&srv.log(), 40)
+    );
     assert_eq!(swap["followed"], true);
     assert_eq!(swap["digest"], json!(v2));
     let mut windows = Vec::new();
     for n in &l.nodes {
         let b = sim.boots_of(&n.name);
         assert_eq!(b.len(), 2, "{} boots: {b:?}", n.name);
-        assert!(b[1].booted && b[1].os_release.contains("VERSION=v2"), "{b:?}");
+        assert!(
+            b[1].booted && b[1].os_release.contains("VERSION=v2"),
+            "{b:?}"
+        );
         windows.push((b[1].started, b[1].ended));
         let node = l.node(&n.name)?;
         assert_eq!(node["state"], "up", "{node:#}");
@@ -276,20 +330,32 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
         assert_eq!(node["last_boot"]["manifest"], json!(v2), "{node:#}");
         // The argument with shell syntax reached `touch` as one literal name.
         assert!(
-            l.tmp.path().join(format!("requests/literal-{}-$(id);x", n.name)).exists(),
+            l.tmp
+                .path()
+                .join(format!("requests/literal-{}-$(id);x", n.name))
+                .exists(),
             "the reboot command's arguments were not passed literally"
         );
     }
     windows.sort();
     for w in windows.windows(2) {
-        assert!(w[0].1 <= w[1].0, "max_unavailable = 1, yet two nodes rebooted at once: {windows:?}");
+        assert!(
+            w[0].1 <= w[1].0,
+            "max_unavailable = 1, yet two nodes rebooted at once: {windows:?}"
+        );
     }
     let first = swap["id"].as_u64().unwrap();
 
     // --- A broken image: the first node never reports booted.
     common::run(
         std::process::Command::new("skopeo")
-            .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-no-creds"])
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-no-creds",
+            ])
             .arg(format!("docker://{}", l.reg.reference("fleet:v3")))
             .arg(format!("docker://{}", l.reg.reference("fleet:live"))),
     )?;
@@ -299,14 +365,29 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     assert_eq!(swap["digest"], json!(v3));
     let msg = swap["message"].as_str().unwrap_or_default();
     assert!(msg.contains("did not report booted within 10 s"), "{msg}");
-    let states: Vec<&str> = swap["nodes"].as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = swap["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, ["rolled_back", "skipped", "skipped"], "{swap:#}");
     let n1 = sim.boots_of("n1");
     assert_eq!(n1.len(), 4, "v2, the panic on v3, the rollback: {n1:?}");
-    assert!(!n1[2].booted && n1[2].os_release.contains("PANIC"), "{n1:?}");
-    assert!(n1[3].booted && n1[3].os_release.contains("VERSION=v2"), "{n1:?}");
+    assert!(
+        !n1[2].booted && n1[2].os_release.contains("PANIC"),
+        "{n1:?}"
+    );
+    assert!(
+        n1[3].booted && n1[3].os_release.contains("VERSION=v2"),
+        "{n1:?}"
+    );
     let node = l.node("n1")?;
-    assert_eq!((node["state"].as_str(), node["digest"].as_str()), (Some("up"), Some(v2.as_str())), "{node:#}");
+    assert_eq!(
+        (node["state"].as_str(), node["digest"].as_str()),
+        (Some("up"), Some(v2.as_str())),
+        "{node:#}"
+    );
     for other in ["n2", "n3"] {
         assert_eq!(sim.boots_of(other).len(), 2, "{other} was touched");
         assert_eq!(l.node(other)?["digest"], json!(v2));
@@ -314,18 +395,36 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     // The follower does not retry the digest that failed.
     std::thread::sleep(Duration::from_secs(3));
     let newest = l.get("/swaps")?["swaps"][0]["id"].as_u64();
-    assert_eq!(newest, swap["id"].as_u64(), "the failed digest was tried again");
+    assert_eq!(
+        newest,
+        swap["id"].as_u64(),
+        "the failed digest was tried again"
+    );
 
     // --- Metrics count the swaps and the nodes by state.
-    let (code, text) = common::curl_status(None, &[], &format!("http://{}:{}/metrics", l.lab.server_ip, l.http_port))?;
+    let (code, text) = common::curl_status(
+        None,
+        &[],
+        &format!("http://{}:{}/metrics", l.lab.server_ip, l.http_port),
+    )?;
     assert_eq!(code, 200);
-    for line in ["lazyboot_swaps{state=\"done\"} 1", "lazyboot_swaps{state=\"failed\"} 1", "lazyboot_nodes{state=\"up\"} 3"] {
+    for line in [
+        "lazyboot_swaps{state=\"done\"} 1",
+        "lazyboot_swaps{state=\"failed\"} 1",
+        "lazyboot_nodes{state=\"up\"} 3",
+    ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
 
     // --- A restart during a swap: n1 is rebooting (its node is held).
     sim.held.lock().push("n1".into());
-    let (ok, out) = l.cli(&["swap", "n1", &l.reg.reference("fleet:v2"), "--no-wait", "--json"])?;
+    let (ok, out) = l.cli(&[
+        "swap",
+        "n1",
+        &l.reg.reference("fleet:v2"),
+        "--no-wait",
+        "--json",
+    ])?;
     assert!(ok, "{out}");
     let id: Value = serde_json::from_str(&out).context("swap --json")?;
     let id = id["id"].as_u64().unwrap();
@@ -338,8 +437,16 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     assert_eq!(s["state"], "interrupted", "{s:#}");
     assert_eq!(s["nodes"][0]["state"], "rolled_back", "{s:#}");
     let n1 = l.node("n1")?;
-    assert_eq!(n1["assigned"], json!(l.reg.reference("fleet:live")), "{n1:#}");
-    assert_eq!(n1["pinned"], json!(v2), "set back to its previous pin: {n1:#}");
+    assert_eq!(
+        n1["assigned"],
+        json!(l.reg.reference("fleet:live")),
+        "{n1:#}"
+    );
+    assert_eq!(
+        n1["pinned"],
+        json!(v2),
+        "set back to its previous pin: {n1:#}"
+    );
     // Once let go, it boots its previous image.
     let before = sim.boots_of("n1").len();
     sim.held.lock().clear();
@@ -356,7 +463,9 @@ fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
     }
     let l = lab(false)?;
     image(l.tmp.path(), &l.reg, "v1", &["live", "v2"])?;
-    let mut srv = Serve::new(&l.config).log(&l.tmp.path().join("serve.log")).start()?;
+    let mut srv = Serve::new(&l.config)
+        .log(&l.tmp.path().join("serve.log"))
+        .start()?;
     let put = |args: &[&str], path: &str| {
         let mut a = vec!["-X", "PUT", "-H", "Content-Type: application/json"];
         a.extend_from_slice(args);
@@ -369,11 +478,30 @@ fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
     let (code, v) = put(&["-d", &body], "/nodes/n1")?;
     assert_eq!(code, 401, "{v}");
     assert!(v["error"].as_str().unwrap().contains("Bearer"), "{v}");
-    let (code, _) = put(&["-H", "Authorization: Bearer wrong-token-wrong-token", "-d", &body], "/nodes/n1")?;
+    let (code, _) = put(
+        &[
+            "-H",
+            "Authorization: Bearer wrong-token-wrong-token",
+            "-d",
+            &body,
+        ],
+        "/nodes/n1",
+    )?;
     assert_eq!(code, 401);
-    let (code, _) = l.call(&["-X", "POST", "-d", "{\"group\":\"lab\",\"image\":\"x/y:1\"}"], "/swaps")?;
+    let (code, _) = l.call(
+        &[
+            "-X",
+            "POST",
+            "-d",
+            "{\"group\":\"lab\",\"image\":\"x/y:1\"}",
+        ],
+        "/swaps",
+    )?;
     assert_eq!(code, 401);
-    assert_eq!(l.node("n1")?["assigned"], json!(l.reg.reference("fleet:live")));
+    assert_eq!(
+        l.node("n1")?["assigned"],
+        json!(l.reg.reference("fleet:live"))
+    );
 
     // Bad input: 4xx with a message.
     let (code, v) = put(&["-H", &auth, "-d", "{not json"], "/nodes/n1")?;
@@ -382,27 +510,58 @@ fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
     let (code, v) = put(&["-H", &auth, "-d", &body], "/nodes/nope")?;
     assert_eq!(code, 404, "{v}");
     assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
-    let (code, v) = put(&["-H", &auth, "-d", "{\"image\":\"UPPER/Case::bad\"}"], "/nodes/n1")?;
+    let (code, v) = put(
+        &["-H", &auth, "-d", "{\"image\":\"UPPER/Case::bad\"}"],
+        "/nodes/n1",
+    )?;
     assert_eq!(code, 422, "{v}");
-    let (code, v) = put(&["-H", &auth, "-d", "{\"group\":\"a;rm -rf /\"}"], "/nodes/n1")?;
+    let (code, v) = put(
+        &["-H", &auth, "-d", "{\"group\":\"a;rm -rf /\"}"],
+        "/nodes/n1",
+    )?;
     assert_eq!(code, 422, "{v}");
-    let (code, v) = l.call(&["-X", "POST", "-H", &auth, "-H", "Content-Type: application/json", "-d", "{\"node\":\"n1\",\"image\":\"x/y:1\",\"max_unavailable\":0}"], "/swaps")?;
+    let (code, v) = l.call(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"node\":\"n1\",\"image\":\"x/y:1\",\"max_unavailable\":0}",
+        ],
+        "/swaps",
+    )?;
     assert_eq!(code, 422, "{v}");
     let (code, v) = l.call(&["-H", &auth], "/swaps/999")?;
     assert_eq!(code, 404, "{v}");
 
     // A change with the token, through the CLI: kept across a restart.
-    let (ok, out) = l.cli(&["nodes", "set", "n2", "--image", &l.reg.reference("fleet:v2")])?;
+    let (ok, out) = l.cli(&[
+        "nodes",
+        "set",
+        "n2",
+        "--image",
+        &l.reg.reference("fleet:v2"),
+    ])?;
     assert!(ok, "{out}");
     let (ok, out) = l.cli(&["nodes", "set", "n3", "--group", "none"])?;
     assert!(ok, "{out}");
     srv.restart()?;
     let n2 = l.node("n2")?;
     assert_eq!(n2["assigned"], json!(l.reg.reference("fleet:v2")), "{n2:#}");
-    assert_eq!(n2["node"]["image"], json!(l.reg.reference("fleet:v2")), "{n2:#}");
+    assert_eq!(
+        n2["node"]["image"],
+        json!(l.reg.reference("fleet:v2")),
+        "{n2:#}"
+    );
     assert_eq!(l.node("n3")?["group"], Value::Null);
     let (ok, out) = l.cli(&["nodes"])?;
-    assert!(ok && out.contains("n2") && out.contains("fleet:v2"), "{out}");
+    assert!(
+        ok && out.contains("n2") && out.contains("fleet:v2"),
+        "{out}"
+    );
     let groups = l.get("/groups")?;
     assert_eq!(groups[0]["nodes"], json!(["n1", "n2"]), "{groups:#}");
 
@@ -414,7 +573,10 @@ fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
     let tail = tail.replacen("fleet:live", "fleet:v1edit", 1);
     std::fs::write(&l.config, format!("{head}{tail}"))?;
     srv.restart()?;
-    assert_eq!(l.node("n2")?["assigned"], json!(l.reg.reference("fleet:v1edit")));
+    assert_eq!(
+        l.node("n2")?["assigned"],
+        json!(l.reg.reference("fleet:v1edit"))
+    );
     srv.stop()?;
     Ok(())
 }

@@ -11,8 +11,8 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dhcp;
-pub(crate) mod fleet;
 pub mod digest;
+pub(crate) mod fleet;
 pub(crate) mod fsck;
 pub(crate) mod fuse;
 #[doc(hidden)]

@@ -58,7 +58,12 @@ pub struct SimServer {
 impl FleetSim {
     /// Start a thread per node; each node's address is added to the lab's
     /// client interface.
-    pub fn start(lab: &NetLab, requests: PathBuf, nodes: &[SimNode], srv: SimServer) -> Result<FleetSim> {
+    pub fn start(
+        lab: &NetLab,
+        requests: PathBuf,
+        nodes: &[SimNode],
+        srv: SimServer,
+    ) -> Result<FleetSim> {
         std::fs::create_dir_all(&requests)?;
         let boots: Arc<Mutex<Vec<SimBoot>>> = Arc::default();
         let held: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -104,7 +109,12 @@ impl FleetSim {
 
     /// The boots of `name` so far.
     pub fn boots_of(&self, name: &str) -> Vec<SimBoot> {
-        self.boots.lock().iter().filter(|b| b.node == name).cloned().collect()
+        self.boots
+            .lock()
+            .iter()
+            .filter(|b| b.node == name)
+            .cloned()
+            .collect()
     }
 
     /// Wait until `name` has made `n` boots.
@@ -116,7 +126,10 @@ impl FleetSim {
                 return Ok(b);
             }
             if Instant::now() > deadline {
-                return Err(anyhow!("{name} made {} boot(s), not {n}, in {timeout:?}", b.len()));
+                return Err(anyhow!(
+                    "{name} made {} boot(s), not {n}, in {timeout:?}",
+                    b.len()
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -135,7 +148,22 @@ impl Drop for FleetSim {
 fn boot(ns: &str, iface: &str, n: &SimNode, srv: &SimServer) -> SimBoot {
     let started = Instant::now();
     let r = (|| -> Result<(String, bool)> {
-        let ack = run_client_in(ns, iface, "dora", &["--mac", &n.mac, "--timeout", "5"])?;
+        // A PXE ROM's request: that is what starts a boot in lazyboot.
+        let ack = run_client_in(
+            ns,
+            iface,
+            "dora",
+            &[
+                "--mac",
+                &n.mac,
+                "--timeout",
+                "5",
+                "--opt",
+                "60=s:PXEClient:Arch:00000:UNDI:002001",
+                "--opt",
+                "93=h:0000",
+            ],
+        )?;
         let yiaddr = ack["ack"]["yiaddr"].as_str().unwrap_or_default();
         if yiaddr != n.ip.to_string() {
             return Err(anyhow!("DHCP gave {yiaddr:?}, not {}: {ack}", n.ip));
@@ -159,8 +187,8 @@ fn boot(ns: &str, iface: &str, n: &SimNode, srv: &SimServer) -> SimBoot {
             srv.ip, srv.http_port, n.name
         );
         let ip = n.ip.to_string();
-        let (code, body) = super::curl_status(Some(ns), &["--interface", &ip], &url)
-            .context("booted callback")?;
+        let (code, body) =
+            super::curl_status(Some(ns), &["--interface", &ip], &url).context("booted callback")?;
         if code != 200 {
             return Err(anyhow!("booted callback: {code} {body}"));
         }

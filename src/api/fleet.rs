@@ -55,11 +55,20 @@ fn fleet_error(e: FleetError) -> Response {
 
 /// A body that is not the JSON the route takes: 400 with serde's reason.
 fn bad_json(e: JsonRejection) -> Response {
-    error(StatusCode::BAD_REQUEST, format!("bad JSON body: {}", e.body_text()))
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("bad JSON body: {}", e.body_text()),
+    )
 }
 
 async fn nodes(State(f): State<Arc<Fleet>>) -> Response {
-    let list: Vec<_> = f.ctx.inventory.all().iter().map(|n| f.node_json(n)).collect();
+    let list: Vec<_> = f
+        .ctx
+        .inventory
+        .all()
+        .iter()
+        .map(|n| f.node_json(n))
+        .collect();
     Json(list).into_response()
 }
 
@@ -132,7 +141,10 @@ async fn groups(State(f): State<Arc<Fleet>>) -> Response {
 async fn images(State(f): State<Arc<Fleet>>) -> Response {
     let mut by_image: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for n in f.ctx.inventory.all() {
-        by_image.entry(n.image.clone()).or_default().push(n.name.clone());
+        by_image
+            .entry(n.image.clone())
+            .or_default()
+            .push(n.name.clone());
     }
     let list: Vec<_> = by_image
         .into_iter()

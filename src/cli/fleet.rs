@@ -72,7 +72,11 @@ struct Client {
 
 impl Client {
     fn new(s: &Server) -> Result<Client> {
-        let config = || Config::load(&s.config).with_context(|| "finding the server (give --server, or --config with the server's configuration)");
+        let config = || {
+            Config::load(&s.config).with_context(|| {
+                "finding the server (give --server, or --config with the server's configuration)"
+            })
+        };
         let base = match &s.server {
             Some(b) => b.trim_end_matches('/').to_string(),
             None => {
@@ -99,7 +103,12 @@ impl Client {
         Ok(Client { base, token, http })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
         if let Some(t) = &self.token {
@@ -113,10 +122,16 @@ impl Client {
             .await
             .with_context(|| format!("{method} {url}: is `lazyboot serve` running there?"))?;
         let status = resp.status();
-        let text = resp.text().await.with_context(|| format!("{method} {url}"))?;
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
-            let why = v["error"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let why = v["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             bail!("{method} {url}: {status}: {why}");
         }
         Ok(v)
@@ -149,8 +164,12 @@ pub(super) async fn nodes(s: &Server, cmd: NodesCmd) -> Result<()> {
             if let Some(g) = group {
                 body["group"] = if g == "none" { Value::Null } else { json!(g) };
             }
-            c.call(reqwest::Method::PUT, &format!("/api/v1/nodes/{}", seg(name)), Some(body))
-                .await?
+            c.call(
+                reqwest::Method::PUT,
+                &format!("/api/v1/nodes/{}", seg(name)),
+                Some(body),
+            )
+            .await?
         }
     };
     if s.json {
@@ -206,7 +225,11 @@ pub(super) async fn swap(s: &Server, a: SwapArgs) -> Result<()> {
     let c = Client::new(s)?;
     if let Some(id) = a.cancel {
         let v = c
-            .call(reqwest::Method::POST, &format!("/api/v1/swaps/{id}/cancel"), None)
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/swaps/{id}/cancel"),
+                None,
+            )
             .await?;
         return show_swap(s, &v);
     }
@@ -219,13 +242,21 @@ pub(super) async fn swap(s: &Server, a: SwapArgs) -> Result<()> {
     if let Some(m) = a.max_unavailable {
         body["max_unavailable"] = json!(m);
     }
-    let v = c.call(reqwest::Method::POST, "/api/v1/swaps", Some(body)).await?;
-    let id = v["id"].as_u64().context("the server's answer has no swap id")?;
+    let v = c
+        .call(reqwest::Method::POST, "/api/v1/swaps", Some(body))
+        .await?;
+    let id = v["id"]
+        .as_u64()
+        .context("the server's answer has no swap id")?;
     if a.no_wait {
         return show_swap(s, &v);
     }
     if !s.json {
-        eprintln!("swap {id} of {} to {} started", text(&v["target"]), text(&v["image"]));
+        eprintln!(
+            "swap {id} of {} to {} started",
+            text(&v["target"]),
+            text(&v["image"])
+        );
     }
     // Follow it: one line per change of the swap or of one of its nodes.
     let mut seen: Vec<String> = Vec::new();
@@ -236,14 +267,20 @@ pub(super) async fn swap(s: &Server, a: SwapArgs) -> Result<()> {
             v["done"],
             v["total"],
             text(&v["state"]),
-            v["message"].as_str().map(|m| format!(" ({m})")).unwrap_or_default()
+            v["message"]
+                .as_str()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
         )];
         for n in v["nodes"].as_array().map(Vec::as_slice).unwrap_or_default() {
             lines.push(format!(
                 "  {}: {}{}",
                 text(&n["name"]),
                 text(&n["state"]),
-                n["message"].as_str().map(|m| format!(" ({m})")).unwrap_or_default()
+                n["message"]
+                    .as_str()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
             ));
         }
         if !s.json {
@@ -281,7 +318,10 @@ pub(super) async fn swaps(s: &Server, id: Option<u64>) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!("{:<5} {:<12} {:<16} {:<7} IMAGE / MESSAGE", "ID", "STATE", "TARGET", "NODES");
+            println!(
+                "{:<5} {:<12} {:<16} {:<7} IMAGE / MESSAGE",
+                "ID", "STATE", "TARGET", "NODES"
+            );
             for w in v["swaps"].as_array().map(Vec::as_slice).unwrap_or_default() {
                 println!(
                     "{:<5} {:<12} {:<16} {:<7} {}{}",
@@ -290,7 +330,10 @@ pub(super) async fn swaps(s: &Server, id: Option<u64>) -> Result<()> {
                     text(&w["target"]),
                     format!("{}/{}", w["done"], w["total"]),
                     text(&w["image"]),
-                    w["message"].as_str().map(|m| format!(" ({m})")).unwrap_or_default()
+                    w["message"]
+                        .as_str()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
                 );
             }
             Ok(())
@@ -311,7 +354,10 @@ fn show_swap(s: &Server, v: &Value) -> Result<()> {
         text(&v["image"]),
         v["done"],
         v["total"],
-        v["message"].as_str().map(|m| format!(": {m}")).unwrap_or_default()
+        v["message"]
+            .as_str()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
     );
     for n in v["nodes"].as_array().map(Vec::as_slice).unwrap_or_default() {
         println!(
@@ -320,7 +366,10 @@ fn show_swap(s: &Server, v: &Value) -> Result<()> {
             text(&n["state"]),
             short(&n["from"]),
             short(&n["to"]),
-            n["message"].as_str().map(|m| format!("  {m}")).unwrap_or_default()
+            n["message"]
+                .as_str()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
         );
     }
     Ok(())

@@ -273,7 +273,10 @@ reboot = ["pdu", "cycle", "{mac}"]
             )
         };
         let e = parse(&node("group = \"nope\"")).unwrap_err();
-        assert!(e.contains("nodes.group") && e.contains("no [[groups]]"), "{e}");
+        assert!(
+            e.contains("nodes.group") && e.contains("no [[groups]]"),
+            "{e}"
+        );
         let e = parse(&node("reboot = []")).unwrap_err();
         assert!(e.contains("nodes.reboot") && e.contains("empty"), "{e}");
         let e = parse(&node("reboot = [\"ssh\", \"{host}\"]")).unwrap_err();

@@ -53,7 +53,11 @@ impl Db {
         }
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, key: String, text: &str) -> Result<T, DbError> {
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+        text: &str,
+    ) -> Result<T, DbError> {
         serde_json::from_str(text).map_err(|source| DbError::Record {
             path: self.path.clone(),
             key,
@@ -141,7 +145,10 @@ mod tests {
         let p = t.path().join("fleet.redb");
         let db = Db::open(&p).unwrap();
         let tx = db.db.begin_write().unwrap();
-        tx.open_table(NODES).unwrap().insert("pc1", "{not json").unwrap();
+        tx.open_table(NODES)
+            .unwrap()
+            .insert("pc1", "{not json")
+            .unwrap();
         tx.commit().unwrap();
         let e = db.nodes().unwrap_err().to_string();
         assert!(e.contains("nodes/pc1") && e.contains("fleet.redb"), "{e}");

@@ -90,7 +90,14 @@ async fn poll_once(fleet: &Arc<Fleet>, target: &Target) -> bool {
             return false;
         }
     };
-    if !matches!(reference, ImageRef::Remote { tag: Some(_), digest: None, .. }) {
+    if !matches!(
+        reference,
+        ImageRef::Remote {
+            tag: Some(_),
+            digest: None,
+            ..
+        }
+    ) {
         // Only a tag can move.
         return true;
     }

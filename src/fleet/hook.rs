@@ -126,10 +126,20 @@ mod tests {
             ip: Some("10.0.0.5".parse().unwrap()),
             mac: "52:54:00:00:00:01",
         };
-        let out = expand(&argv(&["ssh", "root@{ip}", "echo {name}", "{mac}{", "{x}"]), &v).unwrap();
+        let out = expand(
+            &argv(&["ssh", "root@{ip}", "echo {name}", "{mac}{", "{x}"]),
+            &v,
+        )
+        .unwrap();
         assert_eq!(
             out,
-            ["ssh", "root@10.0.0.5", "echo a;b $(x) {ip}", "52:54:00:00:00:01{", "{x}"]
+            [
+                "ssh",
+                "root@10.0.0.5",
+                "echo a;b $(x) {ip}",
+                "52:54:00:00:00:01{",
+                "{x}"
+            ]
         );
         let no_ip = HookVars { ip: None, ..v };
         assert!(matches!(
@@ -145,16 +155,26 @@ mod tests {
         let out = t.path().join("out");
         let arg = "x; touch /tmp/never-$(id -u)";
         run(
-            argv(&["/bin/sh", "-c", "printf %s \"$1\" > \"$2\"", "sh", arg, out.to_str().unwrap()]),
+            argv(&[
+                "/bin/sh",
+                "-c",
+                "printf %s \"$1\" > \"$2\"",
+                "sh",
+                arg,
+                out.to_str().unwrap(),
+            ]),
             Duration::from_secs(5),
         )
         .await
         .unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), arg);
-        let e = run(argv(&["/bin/sh", "-c", "echo nope >&2; exit 3"]), Duration::from_secs(5))
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = run(
+            argv(&["/bin/sh", "-c", "echo nope >&2; exit 3"]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("nope") && e.contains("3"), "{e}");
         let e = run(argv(&["/bin/sleep", "5"]), Duration::from_millis(200))
             .await

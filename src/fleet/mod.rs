@@ -92,8 +92,7 @@ impl Fleet {
                 db.put_node(name, rec)?;
             }
         }
-        let swaps: BTreeMap<u64, SwapRecord> =
-            db.swaps()?.into_iter().map(|s| (s.id, s)).collect();
+        let swaps: BTreeMap<u64, SwapRecord> = db.swaps()?.into_iter().map(|s| (s.id, s)).collect();
         let fleet = Arc::new(Fleet {
             ctx,
             db,
@@ -182,7 +181,12 @@ impl Fleet {
     }
 
     fn configured_group(&self, name: &str) -> Option<String> {
-        let n = self.ctx.config.nodes.iter().find(|n| n.name.get_ref() == name)?;
+        let n = self
+            .ctx
+            .config
+            .nodes
+            .iter()
+            .find(|n| n.name.get_ref() == name)?;
         n.group.as_ref().map(|g| g.get_ref().clone())
     }
 
@@ -305,7 +309,9 @@ impl Fleet {
         };
         if let Some(m) = req.max_unavailable {
             if m == 0 {
-                return Err(FleetError::Invalid("max_unavailable must be at least 1".into()));
+                return Err(FleetError::Invalid(
+                    "max_unavailable must be at least 1".into(),
+                ));
             }
         }
         let max = req
@@ -465,8 +471,18 @@ impl Fleet {
 /// people reading it); an `oci:` layout has no pinning and is resolved at
 /// each boot.
 pub(crate) fn pinned(reference: &str, digest: Option<&str>) -> String {
-    let (Some(d), Ok(ImageRef::Remote { registry, repository, tag, .. })) =
-        (digest.and_then(|d| Digest::parse(d).ok()), reference.parse::<ImageRef>())
+    let (
+        Some(d),
+        Ok(ImageRef::Remote {
+            registry,
+            repository,
+            tag,
+            ..
+        }),
+    ) = (
+        digest.and_then(|d| Digest::parse(d).ok()),
+        reference.parse::<ImageRef>(),
+    )
     else {
         return reference.to_string();
     };
@@ -512,7 +528,10 @@ fn config_wins(ctx: &ServeContext, name: &str, rec: &mut NodeRecord) -> bool {
     }
     let conf_group = conf.group.as_ref().map(|g| g.get_ref().clone());
     if rec.group_set && rec.config_group != conf_group {
-        tracing::info!(node = name, "the config file's group changed: it wins over the run-time one");
+        tracing::info!(
+            node = name,
+            "the config file's group changed: it wins over the run-time one"
+        );
         rec.group_set = false;
         rec.group = None;
         rec.config_group = None;

@@ -52,8 +52,7 @@ impl Fleet {
         let name = node.name.as_str();
         let in_swap = self.swaps.lock().values().any(|s| {
             s.state.is_running()
-                && s
-                    .nodes
+                && s.nodes
                     .iter()
                     .any(|n| n.name == name && n.state == NodeSwapState::Rebooting)
         });
@@ -92,10 +91,11 @@ impl Fleet {
         let rec = self.record(name);
         let latest = store.load(name, None).ok();
         let booted_manifest = latest.as_ref().and_then(|p| p.manifest.clone());
-        let pending_digest = rec
-            .manifest
-            .clone()
-            .filter(|m| latest.as_ref().is_none_or(|p| p.booted.is_none() || booted_manifest.as_ref() != Some(m)));
+        let pending_digest = rec.manifest.clone().filter(|m| {
+            latest
+                .as_ref()
+                .is_none_or(|p| p.booted.is_none() || booted_manifest.as_ref() != Some(m))
+        });
         json!({
             "node": node,
             "state": self.state_of(node),

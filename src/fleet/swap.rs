@@ -180,11 +180,25 @@ async fn swap_node(
     fleet.apply(name, rule);
     tracing::info!(swap = id, node = name, "swapping to {pinned}");
     let Some(argv) = &policy.reboot else {
-        set(fleet, id, name, NodeSwapState::Pending, Some("boots the new image at its next boot".into()), None);
+        set(
+            fleet,
+            id,
+            name,
+            NodeSwapState::Pending,
+            Some("boots the new image at its next boot".into()),
+            None,
+        );
         return Ok(());
     };
     let before = fleet.ctx.recorder.store().boots(name).last().copied();
-    set(fleet, id, name, NodeSwapState::Rebooting, None, Some(before));
+    set(
+        fleet,
+        id,
+        name,
+        NodeSwapState::Rebooting,
+        None,
+        Some(before),
+    );
     // A cancel stops the swap from starting further nodes; a node that
     // was rebooted already is waited for, so that it ends on a known image.
     let outcome = reboot_and_wait(fleet, &node, argv, &policy, before, to.as_ref()).await;
@@ -200,11 +214,21 @@ async fn swap_node(
             Ok(())
         }
         Err(why) => {
-            tracing::warn!(swap = id, node = name, "failed on the new image: {why}; rolling back");
+            tracing::warn!(
+                swap = id,
+                node = name,
+                "failed on the new image: {why}; rolling back"
+            );
             let back = roll_back(fleet, &node, argv, &policy).await;
             let (state, message) = match back {
-                Ok(()) => (NodeSwapState::RolledBack, format!("{why}; rolled back to its previous image")),
-                Err(e) => (NodeSwapState::Failed, format!("{why}; the rollback failed too: {e}")),
+                Ok(()) => (
+                    NodeSwapState::RolledBack,
+                    format!("{why}; rolled back to its previous image"),
+                ),
+                Err(e) => (
+                    NodeSwapState::Failed,
+                    format!("{why}; the rollback failed too: {e}"),
+                ),
             };
             set(fleet, id, name, state, Some(message), None);
             Err(why)

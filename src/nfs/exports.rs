@@ -14,8 +14,8 @@
 //!   server restart keeps its files.
 
 use super::fs::{Exports, MountError, Observed};
-use super::overlay::{node_state_dir, wipe_node_state};
 use super::overlay::previous::{switch_image, Switched};
+use super::overlay::{node_state_dir, wipe_node_state};
 use super::root::{NamesByImage, NodeRoot, RootSpec};
 use crate::config::RootMode;
 use crate::nodes::Node;
@@ -214,7 +214,10 @@ impl NodeExports {
                 .await
                 .map_err(|e| MountError::Unavailable(e.to_string()))?
                 .map_err(|e| {
-                    MountError::Unavailable(format!("switching {} to {manifest}: {e}", dir.display()))
+                    MountError::Unavailable(format!(
+                        "switching {} to {manifest}: {e}",
+                        dir.display()
+                    ))
                 })?;
             if switched != Switched::Nothing {
                 tracing::info!(node = %node.name, %manifest, "new image: root {switched:?}");

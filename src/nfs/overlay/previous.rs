@@ -10,8 +10,8 @@
 //! until the item is where it belongs).
 
 use super::state::wipe_node_state;
-pub(crate) use crate::nodes::OnNewImage;
 use super::sys;
+pub(crate) use crate::nodes::OnNewImage;
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -139,7 +139,10 @@ fn move_if_there(from: &Path, to: &Path) -> io::Result<()> {
 fn discard(dir: &Path, name: &str) -> io::Result<()> {
     let work = dir.join("work");
     fs::create_dir_all(&work)?;
-    move_if_there(&dir.join(name), &work.join(format!("old-{name}-{}", stamp())))
+    move_if_there(
+        &dir.join(name),
+        &work.join(format!("old-{name}-{}", stamp())),
+    )
 }
 
 #[cfg(test)]
@@ -216,7 +219,11 @@ mod tests {
             Switched::Carried
         );
         assert_eq!(files(d), ["b"]);
-        assert_eq!(recorded_image(d), "", "the index is rebuilt for the new image");
+        assert_eq!(
+            recorded_image(d),
+            "",
+            "the index is rebuilt for the new image"
+        );
     }
 
     #[test]
