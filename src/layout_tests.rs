@@ -15,25 +15,35 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "layer",
         &[
             "image", "cache", "registry", "nfs", "tftp", "fuse", "dhcp", "serve", "profile", "api",
+            "fleet",
         ],
     ),
     (
         "cache",
         &[
-            "image", "registry", "nfs", "tftp", "fuse", "dhcp", "serve", "profile", "api",
+            "image", "registry", "nfs", "tftp", "fuse", "dhcp", "serve", "profile", "api", "fleet",
         ],
     ),
     (
         "registry",
         &[
-            "image", "cache", "nfs", "tftp", "fuse", "dhcp", "serve", "profile", "api",
+            "image", "cache", "nfs", "tftp", "fuse", "dhcp", "serve", "profile", "api", "fleet",
         ],
     ),
     (
         "image",
-        &["nfs", "tftp", "fuse", "dhcp", "serve", "profile", "api"],
+        &[
+            "nfs", "tftp", "fuse", "dhcp", "serve", "profile", "api", "fleet",
+        ],
     ),
-    ("profile", &["nfs", "tftp", "fuse", "dhcp", "serve", "api"]),
+    (
+        "profile",
+        &["nfs", "tftp", "fuse", "dhcp", "serve", "api", "fleet"],
+    ),
+    // The servers never reach up to the fleet: it drives them through
+    // the inventory.
+    ("serve", &["fleet", "api"]),
+    ("nfs", &["fleet", "api"]),
 ];
 
 fn src() -> PathBuf {

@@ -37,7 +37,7 @@ pub(crate) struct Node {
     pub(crate) serial: Option<String>,
     pub(crate) kind: NodeKind,
     /// The reference the node boots (pinned to a digest during and after
-    /// a swap, see `crate::fleet`): what image views are opened from.
+    /// a swap, see the fleet module): what image views are opened from.
     pub(crate) image: String,
     /// The group it swaps with (`[[groups]]`).
     pub(crate) group: Option<String>,

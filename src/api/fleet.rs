@@ -198,15 +198,17 @@ async fn start_swap(
     }
 }
 
-fn swap_id(id: &str) -> Result<u64, Response> {
-    id.parse()
-        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("bad swap id {id:?}")))
+fn swap_id(id: &str) -> Option<u64> {
+    id.parse().ok()
+}
+
+fn bad_swap_id(id: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("bad swap id {id:?}"))
 }
 
 async fn swap(State(f): State<Arc<Fleet>>, Path(id): Path<String>) -> Response {
-    let id = match swap_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
+    let Some(id) = swap_id(&id) else {
+        return bad_swap_id(&id);
     };
     match f.swap(id) {
         Some(s) => Json(swap_json(&s)).into_response(),
@@ -215,9 +217,8 @@ async fn swap(State(f): State<Arc<Fleet>>, Path(id): Path<String>) -> Response {
 }
 
 async fn cancel(State(f): State<Arc<Fleet>>, Path(id): Path<String>) -> Response {
-    let id = match swap_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
+    let Some(id) = swap_id(&id) else {
+        return bad_swap_id(&id);
     };
     match f.cancel(id) {
         Ok(()) => {

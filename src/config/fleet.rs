@@ -1,5 +1,5 @@
 //! `[[groups]]` and the per-node fleet keys (`group`, `follow`, `reboot`):
-//! how a swap of a node's image is carried out (see `crate::fleet`).
+//! how a swap of a node's image is carried out (the fleet module does it).
 
 use super::{Config, ConfigError, NodeConfig};
 use serde::Deserialize;
@@ -217,6 +217,7 @@ mod tests {
 
     const BASE: &str = r#"
 [server]
+interface = "eth0"
 address = "10.0.0.1"
 state_dir = "/tmp/x"
 [dhcp]
