@@ -13,6 +13,7 @@
 //! Who may call what: [`auth`].
 
 pub(crate) mod auth;
+pub(crate) mod dashboard;
 
 use crate::profile::{html, report, BootedBy, ProfileError};
 use crate::serve::ServeContext;
@@ -64,6 +65,7 @@ pub(crate) fn router(ctx: Arc<ServeContext>, access: Arc<Access>) -> Router {
             (ctx.clone(), access),
             guard,
         ))
+        .merge(dashboard::routes())
         .with_state(ctx)
 }
 
