@@ -5,11 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, ensure, Context, Result};
+use common::browser::{decode_png, hex_rgb, keep_artifact, Chromium};
 use lazyboot::profile::html::{render_html, KIND_COLOURS};
 use lazyboot::profile::{
     BootProfile, Booted, BootedBy, DhcpExchange, Fetch, NfsFile, NfsMount, PrefetchRun,
@@ -191,98 +187,6 @@ fn profile() -> BootProfile {
     }
 }
 
-/// Runs `cmd`, killing it after `limit` (a wedged browser must not hang CI).
-fn run_with_deadline(cmd: &mut Command, log: &Path, limit: Duration) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let log_file = std::fs::File::create(log).with_context(|| format!("creating {log:?}"))?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().context("duplicating the log handle")?)
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("spawning {shown}"))?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().context("waiting for chromium")? {
-            if status.success() {
-                return Ok(());
-            }
-            bail!(
-                "{shown} failed ({status}):\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "{shown} still running after {limit:?}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Image {
-    width: u32,
-    height: u32,
-    /// RGB, row by row.
-    rgb: Vec<[u8; 3]>,
-}
-
-fn decode_png(path: &Path) -> Result<Image> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {path:?}"))?;
-    let mut decoder = png::Decoder::new(file);
-    // Palette and low bit depths become plain 8-bit channels.
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder
-        .read_info()
-        .with_context(|| format!("{path:?}: not a PNG"))?;
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader
-        .next_frame(&mut buf)
-        .with_context(|| format!("decoding {path:?}"))?;
-    let channels = match info.color_type {
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha => {
-            bail!("{path:?} is greyscale: no colours were drawn")
-        }
-        other => bail!("{path:?}: unexpected colour type {other:?}"),
-    };
-    ensure!(
-        info.bit_depth == png::BitDepth::Eight,
-        "{path:?}: bit depth {:?}",
-        info.bit_depth
-    );
-    let rgb = buf[..info.buffer_size()]
-        .chunks_exact(channels)
-        .map(|p| [p[0], p[1], p[2]])
-        .collect();
-    Ok(Image {
-        width: info.width,
-        height: info.height,
-        rgb,
-    })
-}
-
-fn hex_rgb(hex: &str) -> [u8; 3] {
-    let hex = hex.trim_start_matches('#');
-    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).expect("a hex colour");
-    [byte(0), byte(2), byte(4)]
-}
-
-fn close(a: [u8; 3], b: [u8; 3]) -> bool {
-    a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= 6)
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 #[test]
 fn chromium_draws_every_bar_colour() {
     if !runnable("chromium_draws_every_bar_colour") {
@@ -295,34 +199,15 @@ fn chromium_draws_every_bar_colour() {
     assert!(!html.contains("<script>") && !html.contains("<b>7"));
     std::fs::write(&page, &html).unwrap();
 
-    run_with_deadline(
-        Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                "--force-device-scale-factor=1",
-                "--no-first-run",
-            ])
-            // Its own profile: parallel runs must not share a lock.
-            .arg(format!(
-                "--user-data-dir={}",
-                dir.path().join("chrome").display()
-            ))
-            .arg(format!("--screenshot={}", shot.display()))
-            .arg(format!("--window-size={WIDTH},{HEIGHT}"))
-            .arg(format!("file://{}", page.display())),
-        &dir.path().join("chromium.log"),
-        Duration::from_secs(120),
-    )
-    .unwrap();
-
-    let keep = target_dir().join("profile-html.png");
-    std::fs::create_dir_all(keep.parent().unwrap()).unwrap();
-    std::fs::copy(&shot, &keep)
-        .with_context(|| format!("copying the screenshot to {keep:?}"))
+    Chromium::new(dir.path())
+        .screenshot(
+            &format!("file://{}", page.display()),
+            &shot,
+            (WIDTH, HEIGHT),
+            0,
+        )
         .unwrap();
+    let keep = keep_artifact(&shot, "profile-html.png").unwrap();
     eprintln!("screenshot: {}", keep.display());
 
     let img = decode_png(&shot).unwrap();
@@ -330,8 +215,7 @@ fn chromium_draws_every_bar_colour() {
     assert_eq!(img.rgb.len(), (WIDTH * HEIGHT) as usize);
 
     // Not blank: a real page has plenty of ink and many colours.
-    let white = [255, 255, 255];
-    let ink = img.rgb.iter().filter(|p| !close(**p, white)).count();
+    let ink = img.ink();
     assert!(
         ink > img.rgb.len() / 50,
         "only {ink} non-white pixels: the page did not render"
@@ -342,14 +226,7 @@ fn chromium_draws_every_bar_colour() {
     // Each kind's bars, not just its 10x10 legend swatch (100 pixels): the
     // narrowest bar here is 30 x 12 pixels.
     for (kind, hex) in KIND_COLOURS {
-        let want = hex_rgb(hex);
-        let found: Vec<(u32, u32)> = img
-            .rgb
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| close(**p, want))
-            .map(|(i, _)| (i as u32 % img.width, i as u32 / img.width))
-            .collect();
+        let found = img.pixels_like(hex_rgb(hex));
         assert!(
             found.len() >= 300,
             "{kind} ({hex}): {} pixels; screenshot in {keep:?}",

@@ -21,10 +21,13 @@
 //!   [`gate::Gate`] proxy, for what is served before a pass ends.
 //! - [`dhcp_relay::RelayLab`]: server, router and client namespaces with
 //!   ISC `dhcrelay` on the router, for DHCP through a relay agent.
+//! - [`browser::Chromium`]: headless Chromium's DOM dump and screenshot of
+//!   a page, and the PNG decoded.
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
 //!   test targets of one theme (NFS roots, the NFS protocol, `serve`, QEMU).
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod debian;
 pub mod dhcp_relay;
 pub mod dhcpc;

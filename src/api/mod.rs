@@ -13,6 +13,7 @@
 //! Who may call what: [`auth`].
 
 pub(crate) mod auth;
+pub(crate) mod dashboard;
 mod fleet;
 
 use crate::profile::{html, report, BootedBy, ProfileError};
@@ -70,6 +71,8 @@ pub(crate) fn router(
         .route("/metrics", get(metrics).with_state(fleet.clone()))
         .merge(fleet::routes(fleet))
         .layer(axum::middleware::from_fn_with_state((ctx, access), guard))
+        // The page holds no data: every route it calls is checked above.
+        .merge(dashboard::routes())
 }
 
 /// Lets a request through to its route, or answers 401 (a call that
