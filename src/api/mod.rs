@@ -13,6 +13,7 @@
 //! Who may call what: [`auth`].
 
 pub(crate) mod auth;
+mod bootfiles;
 
 use crate::profile::{html, report, BootedBy, ProfileError};
 use crate::serve::ServeContext;
@@ -60,6 +61,7 @@ pub(crate) fn router(ctx: Arc<ServeContext>, access: Arc<Access>) -> Router {
         .route("/api/v1/nodes/{name}/profiles", get(profiles))
         .route("/api/v1/nodes/{name}/profiles/{boot}", get(profile))
         .route("/metrics", get(metrics))
+        .merge(bootfiles::routes())
         .layer(axum::middleware::from_fn_with_state(
             (ctx.clone(), access),
             guard,
