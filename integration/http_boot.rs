@@ -118,7 +118,13 @@ fn boot_files_over_http_with_ranges_head_keepalive_and_refusals() -> Result<()> 
         Some(size.to_string().as_str())
     );
     assert_eq!(saw.header("accept-ranges"), Some("bytes"));
-    assert!(saw.body.is_empty());
+    // With -I, curl writes the headers where the body would go: only they.
+    let out = String::from_utf8_lossy(&saw.body);
+    assert!(
+        out.starts_with("HTTP/") && saw.body.len() < 1000,
+        "HEAD had a body: {} bytes",
+        saw.body.len()
+    );
 
     // Two files over one connection: curl reuses it for the second URL.
     let out = std::process::Command::new("ip")
