@@ -148,14 +148,13 @@ impl ClientFacts {
             Some(NodeKind::Uboot)
         } else if self.looks_like_raspberry_pi() {
             Some(NodeKind::Raspberrypi)
-        } else if self.vendor_class_starts_with(b"PXEClient")
+        } else if (self.vendor_class_starts_with(b"PXEClient")
             && matches!(
                 self.arch,
                 None | Some(ARCH_X86_BIOS | ARCH_IA32_EFI | ARCH_X64_EFI_BC | ARCH_X64_EFI)
-            )
+            ))
+            || (self.is_http_client() && self.arch == Some(ARCH_X64_EFI_HTTP))
         {
-            Some(NodeKind::Ipxe)
-        } else if self.is_http_client() && self.arch == Some(ARCH_X64_EFI_HTTP) {
             Some(NodeKind::Ipxe)
         } else {
             None
