@@ -150,6 +150,19 @@ pub(crate) enum RootMode {
     Readonly,
 }
 
+/// `[server] boot_over`: how iPXE loads kernel and initrd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BootOver {
+    /// `tftp://SERVER/...` (port 69, what every boot ROM can do).
+    #[default]
+    Tftp,
+    /// `http://SERVER:HTTP_PORT/boot/NODE/...`: TCP, so no lock-step
+    /// blocks and no per-block round trip; many times faster for a large
+    /// initrd on a lossy or long link.
+    Http,
+}
+
 /// `[server] portmapper`: `true`, `false` or `"register"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum PortmapperMode {
@@ -247,6 +260,11 @@ pub(crate) struct ServerConfig {
     pub(crate) tftp_port: u16,
     #[serde(default = "default_http_port")]
     pub(crate) http_port: u16,
+    /// What the generated `boot.ipxe` loads kernel and initrd over. The
+    /// files are served over HTTP (`/boot/NODE/PATH` on `http_port`)
+    /// either way.
+    #[serde(default)]
+    pub(crate) boot_over: BootOver,
     /// TFTP transfers at once; a request beyond is answered "server busy".
     #[serde(default = "default_tftp_max_sessions")]
     pub(crate) tftp_max_sessions: usize,

@@ -218,6 +218,80 @@ pub fn curl_status(netns: Option<&str>, args: &[&str], url: &str) -> Result<(u16
     Ok((code.trim().parse()?, body.to_string()))
 }
 
+/// An HTTP exchange as `curl` saw it: status, response headers (names
+/// lower case, of the last response), body bytes, and curl's `-w` output.
+pub struct CurlSaw {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub written: String,
+}
+
+impl CurlSaw {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `curl ARGS URL` (inside `netns` if given) with the body kept as bytes
+/// and the headers parsed; `-w` output after `--write-out` in `args` is
+/// returned as `written`. Any status is a result; curl failing to talk
+/// HTTP at all is an error.
+pub fn curl_raw(netns: Option<&str>, args: &[&str], url: &str) -> Result<CurlSaw> {
+    let dir = tempfile::tempdir()?;
+    let (head, body) = (dir.path().join("head"), dir.path().join("body"));
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "curl"]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    cmd.args(["-sS", "--max-time", "60", "-D"])
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .args(args)
+        .arg(url);
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!(
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let head = std::fs::read_to_string(&head)?;
+    // With redirects or 100-continue there are several blocks: the last counts.
+    let last = head
+        .replace("\r\n", "\n")
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut lines = last.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("curl {url}: no status line in {last:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(CurlSaw {
+        status,
+        headers,
+        body: std::fs::read(&body).unwrap_or_default(),
+        written: String::from_utf8_lossy(&out.stdout).into_owned(),
+    })
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

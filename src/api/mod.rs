@@ -13,6 +13,7 @@
 //! Who may call what: [`auth`].
 
 pub(crate) mod auth;
+mod bootfiles;
 pub(crate) mod dashboard;
 mod fleet;
 
@@ -67,6 +68,7 @@ pub(crate) fn router(
         .route("/api/v1/nodes/{name}/booted", get(booted).post(booted))
         .route("/api/v1/nodes/{name}/profiles", get(profiles))
         .route("/api/v1/nodes/{name}/profiles/{boot}", get(profile))
+        .merge(bootfiles::routes())
         .with_state(ctx.clone())
         .route("/metrics", get(metrics).with_state(fleet.clone()))
         .merge(fleet::routes(fleet))

@@ -11,8 +11,13 @@
 //!   for BIOS, `ipxe.efi` for x86-64 UEFI); iPXE itself (user class `iPXE`)
 //!   gets `boot.ipxe`. Option 175.176 = 1 tells iPXE not to wait ~3 s for a
 //!   ProxyDHCP offer that will never come.
+//! - UEFI HTTP boot (option 60 `HTTPClient...`): option 60 `HTTPClient`
+//!   back (the firmware ignores offers without it) and the boot file as a
+//!   URL of the HTTP boot route: `ipxe.efi` for x86-64. With
+//!   `boot_over = "http"`, iPXE gets its script as a URL too, so nothing of
+//!   the boot goes over TFTP.
 
-use crate::config::{MacAddr, NodeKind};
+use crate::config::{BootOver, MacAddr, NodeKind};
 use crate::nodes::{is_raspberry_pi_mac, KindHint};
 use dhcproto::v4::{
     DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
@@ -41,6 +46,7 @@ const ARCH_X86_BIOS: u16 = 0;
 const ARCH_X64_EFI_BC: u16 = 7;
 const ARCH_X64_EFI: u16 = 9;
 const ARCH_IA32_EFI: u16 = 6;
+const ARCH_X64_EFI_HTTP: u16 = 16;
 
 /// Option 175: iPXE's encapsulated options; sub-option 176 = 1 is
 /// "no-pxedhcp", skip waiting for ProxyDHCP offers.
@@ -99,6 +105,12 @@ impl ClientFacts {
         self.ipxe
             || self.vendor_class_starts_with(b"PXEClient")
             || self.vendor_class_starts_with(b"U-Boot")
+            || self.is_http_client()
+    }
+
+    /// UEFI HTTP boot firmware (option 60 `HTTPClient:Arch:...`).
+    pub(crate) fn is_http_client(&self) -> bool {
+        self.vendor_class_starts_with(b"HTTPClient")
     }
 
     fn vendor_class_starts_with(&self, prefix: &[u8]) -> bool {
@@ -107,11 +119,12 @@ impl ClientFacts {
             .is_some_and(|v| v.starts_with(prefix))
     }
 
-    /// A PXE client (option 60 `PXEClient...`, or iPXE): the only kind a
-    /// ProxyDHCP server may answer, since only PXE clients know that an
-    /// offer without an address is not an address offer.
+    /// A PXE client (option 60 `PXEClient...`, or iPXE) or a UEFI HTTP
+    /// boot client: the only kinds a ProxyDHCP server may answer, since
+    /// only they know that an offer without an address is not an address
+    /// offer (UEFI 2.x, 24.7: HTTP boot takes its URL from a proxy offer).
     pub(crate) fn is_pxe_client(&self) -> bool {
-        self.ipxe || self.vendor_class_starts_with(b"PXEClient")
+        self.ipxe || self.vendor_class_starts_with(b"PXEClient") || self.is_http_client()
     }
 
     /// The Pi 4 bootloader puts "RPi" into the GUID of option 97 (stored
@@ -135,11 +148,12 @@ impl ClientFacts {
             Some(NodeKind::Uboot)
         } else if self.looks_like_raspberry_pi() {
             Some(NodeKind::Raspberrypi)
-        } else if self.vendor_class_starts_with(b"PXEClient")
+        } else if (self.vendor_class_starts_with(b"PXEClient")
             && matches!(
                 self.arch,
                 None | Some(ARCH_X86_BIOS | ARCH_IA32_EFI | ARCH_X64_EFI_BC | ARCH_X64_EFI)
-            )
+            ))
+            || (self.is_http_client() && self.arch == Some(ARCH_X64_EFI_HTTP))
         {
             Some(NodeKind::Ipxe)
         } else {
@@ -205,8 +219,10 @@ pub(crate) fn ipxe_no_pxedhcp_option() -> DhcpOption {
 pub(crate) struct BootPlan {
     /// next-server: where the client's TFTP requests go.
     pub(crate) siaddr: Ipv4Addr,
-    /// Boot file, sent both in the BOOTP `file` field and as option 67.
-    pub(crate) file: Option<&'static str>,
+    /// Boot file, sent both in the BOOTP `file` field (if it fits its 128
+    /// bytes) and as option 67: a name in the node's TFTP namespace or an
+    /// `http://` URL.
+    pub(crate) file: Option<String>,
     /// Options 43, 60, 66, 67, 97, 175 as the kind needs.
     pub(crate) options: Vec<DhcpOption>,
 }
@@ -227,8 +243,25 @@ pub(crate) fn ipxe_boot_file(facts: &ClientFacts) -> Option<&'static str> {
     }
     match facts.arch {
         None | Some(ARCH_X86_BIOS) => Some(IPXE_BIOS),
-        Some(ARCH_X64_EFI_BC | ARCH_X64_EFI) => Some(IPXE_EFI),
+        Some(ARCH_X64_EFI_BC | ARCH_X64_EFI | ARCH_X64_EFI_HTTP) => Some(IPXE_EFI),
         Some(_) => None,
+    }
+}
+
+/// What the HTTP boot route is for a node: what URLs in a reply need.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HttpBoot<'a> {
+    /// `[server] boot_over`.
+    pub(crate) over: BootOver,
+    /// `[server] http_port`.
+    pub(crate) port: u16,
+    /// The node's name (its directory of the route).
+    pub(crate) node: &'a str,
+}
+
+impl HttpBoot<'_> {
+    fn url(&self, server: Ipv4Addr, file: &str) -> String {
+        format!("http://{server}:{}/boot/{}/{file}", self.port, self.node)
     }
 }
 
@@ -240,6 +273,7 @@ pub(crate) fn boot_plan(
     facts: &ClientFacts,
     server: Ipv4Addr,
     proxy: bool,
+    http: &HttpBoot<'_>,
 ) -> BootPlan {
     let mut options = vec![DhcpOption::TFTPServerName(nul_terminated(
         &server.to_string(),
@@ -252,17 +286,26 @@ pub(crate) fn boot_plan(
             )));
             None
         }
-        NodeKind::Uboot => Some(UBOOT_SCRIPT),
+        NodeKind::Uboot => Some(UBOOT_SCRIPT.to_string()),
+        NodeKind::Ipxe if facts.is_http_client() && !facts.ipxe => {
+            // UEFI HTTP boot only accepts an offer that says HTTPClient,
+            // and loads whatever URL it is given.
+            options.push(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+            ipxe_boot_file(facts).map(|f| http.url(server, f))
+        }
         NodeKind::Ipxe => {
             options.push(ipxe_no_pxedhcp_option());
             if proxy {
                 options.push(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
                 options.push(DhcpOption::VendorExtensions(pxe_direct_boot_option()));
             }
-            ipxe_boot_file(facts)
+            ipxe_boot_file(facts).map(|f| match http.over {
+                BootOver::Http if facts.ipxe => http.url(server, f),
+                _ => f.to_string(),
+            })
         }
     };
-    if let Some(f) = file {
+    if let Some(f) = &file {
         options.push(DhcpOption::BootfileName(nul_terminated(f)));
     }
     // PXE clients expect their UUID back (PXE spec); others ignore it.
@@ -340,7 +383,9 @@ pub(crate) fn build_reply(req: &Message, r: &Reply<'_>) -> Message {
     }
     if let Some(b) = r.boot {
         m.set_siaddr(b.siaddr);
-        if let Some(f) = b.file {
+        // The field holds 127 bytes and a NUL; a longer URL goes in
+        // option 67 only.
+        if let Some(f) = b.file.as_deref().filter(|f| f.len() < 128) {
             m.set_fname_str(f);
         }
         let opts = m.opts_mut();
@@ -446,8 +491,24 @@ mod tests {
         None
     }
 
+    const HTTP: HttpBoot<'static> = HttpBoot {
+        over: BootOver::Tftp,
+        port: 8080,
+        node: "pc",
+    };
+
     fn reply_bytes(kind: NodeKind, f: &ClientFacts, req: &Message, proxy: bool) -> Vec<u8> {
-        let plan = boot_plan(kind, f, SERVER, proxy);
+        reply_bytes_with(kind, f, req, proxy, &HTTP)
+    }
+
+    fn reply_bytes_with(
+        kind: NodeKind,
+        f: &ClientFacts,
+        req: &Message,
+        proxy: bool,
+        http: &HttpBoot<'_>,
+    ) -> Vec<u8> {
+        let plan = boot_plan(kind, f, SERVER, proxy, http);
         let yiaddr = if proxy {
             Ipv4Addr::UNSPECIFIED
         } else {
@@ -585,6 +646,65 @@ mod tests {
         let b = reply_bytes(NodeKind::Ipxe, &f, &req, false);
         assert_eq!(wire_option(&b, 67), None);
         assert_eq!(file_field(&b), "");
+    }
+
+    /// A UEFI HTTP boot DISCOVER as OVMF sends it: option 60
+    /// `HTTPClient:Arch:00016:UNDI:003001`, option 93 = 16.
+    fn http_client(arch: u16) -> Vec<u8> {
+        let class = format!("HTTPClient:Arch:{arch:05}:UNDI:003001");
+        let mut o = vec![60, class.len() as u8];
+        o.extend(class.as_bytes());
+        o.extend([93, 2]);
+        o.extend(arch.to_be_bytes());
+        o
+    }
+
+    #[test]
+    fn uefi_http_boot_gets_httpclient_and_a_url_of_ipxe_efi() {
+        let mac = [0x52, 0x54, 0, 0, 0, 1];
+        let (req, f) = facts(mac, &http_client(16));
+        assert!(f.is_http_client() && f.sent_by_boot_firmware() && f.is_pxe_client());
+        assert_eq!(f.hint(), KindHint(Some(NodeKind::Ipxe)));
+        for proxy in [false, true] {
+            let b = reply_bytes(NodeKind::Ipxe, &f, &req, proxy);
+            let url = "http://10.9.0.1:8080/boot/pc/ipxe.efi";
+            assert_eq!(wire_option(&b, 60).unwrap(), b"HTTPClient", "proxy {proxy}");
+            assert_eq!(wire_option(&b, 67).unwrap(), format!("{url}\0").as_bytes());
+            assert_eq!(file_field(&b), url);
+            // No PXE menu for a firmware that speaks no TFTP.
+            assert_eq!(wire_option(&b, 43), None);
+        }
+        // x86 (32-bit) UEFI HTTP: no iPXE build for it.
+        let (req, f) = facts(mac, &http_client(15));
+        let b = reply_bytes(NodeKind::Ipxe, &f, &req, false);
+        assert_eq!(wire_option(&b, 67), None);
+        assert_eq!(wire_option(&b, 60).unwrap(), b"HTTPClient");
+    }
+
+    #[test]
+    fn ipxe_gets_its_script_as_a_url_when_booting_over_http() {
+        let mac = [0x52, 0x54, 0, 0, 0, 1];
+        let http = HttpBoot {
+            over: BootOver::Http,
+            ..HTTP
+        };
+        let (req, f) = facts(mac, &pxe_rom(0, true));
+        let b = reply_bytes_with(NodeKind::Ipxe, &f, &req, false, &http);
+        assert_eq!(file_field(&b), "http://10.9.0.1:8080/boot/pc/boot.ipxe");
+        // A PXE ROM still loads iPXE itself over TFTP.
+        let (req, f) = facts(mac, &pxe_rom(0, false));
+        let b = reply_bytes_with(NodeKind::Ipxe, &f, &req, false, &http);
+        assert_eq!(file_field(&b), "undionly.kpxe");
+        // A URL too long for the BOOTP field is in option 67 only.
+        let long = "n".repeat(120);
+        let http = HttpBoot {
+            node: &long,
+            ..http
+        };
+        let (req, f) = facts(mac, &pxe_rom(0, true));
+        let b = reply_bytes_with(NodeKind::Ipxe, &f, &req, false, &http);
+        assert_eq!(file_field(&b), "");
+        assert!(String::from_utf8_lossy(&wire_option(&b, 67).unwrap()).ends_with("/boot.ipxe\0"));
     }
 
     #[test]

@@ -36,7 +36,9 @@
 //! image refresh per node at a time (`ServeContext::boot_started`).
 
 use super::leases::LeaseDb;
-use super::options::{boot_plan, build_nak, build_reply, encode_with, ClientFacts, Reply};
+use super::options::{
+    boot_plan, build_nak, build_reply, encode_with, ClientFacts, HttpBoot, Reply,
+};
 use super::packet::{message_type, parse_request};
 use super::subnets::{Subnets, Throttle, Via};
 use super::DhcpError;
@@ -428,7 +430,12 @@ impl Handler {
         yiaddr: Ipv4Addr,
         origin: &Origin,
     ) -> Message {
-        let plan = boot_plan(node.kind, facts, self.ctx.server_ip, self.proxy);
+        let http = HttpBoot {
+            over: self.ctx.config.server.boot_over,
+            port: self.ctx.config.server.http_port,
+            node: &node.name,
+        };
+        let plan = boot_plan(node.kind, facts, self.ctx.server_ip, self.proxy, &http);
         if node.kind == NodeKind::Ipxe && plan.file.is_none() {
             warn!(
                 "{}: no iPXE build for client architecture {:?}; no boot file offered",

@@ -8,7 +8,7 @@
 
 use super::bootfs::{BootDir, FoundFile};
 use super::uimage::{self, Arch};
-use crate::config::NodeKind;
+use crate::config::{BootOver, NodeKind};
 use crate::image::tree::Tree;
 use std::cmp::Ordering;
 use std::io::Read;
@@ -537,15 +537,12 @@ pub(crate) fn pxelinux_cfg(node: &str, files: &BootFiles, args: &str) -> Option<
     Some(s)
 }
 
-/// The iPXE script: `kernel tftp://SERVER/KERNEL ARGS`, `initrd`, `boot`.
-/// Paths are relative to the node's namespace, as with dnsmasq's TFTP root.
+/// The iPXE script: `kernel BASE/KERNEL ARGS`, `initrd`, `boot`. `base`
+/// is `tftp://SERVER` (paths relative to the node's namespace, as with
+/// dnsmasq's TFTP root) or the node's HTTP boot directory
+/// `http://SERVER:PORT/boot/NODE`, see [`boot_base`].
 /// `initrd=NAME` lets an EFI stub kernel find the initrd iPXE loaded.
-pub(crate) fn ipxe_script(
-    node: &str,
-    server: Ipv4Addr,
-    files: &BootFiles,
-    args: &str,
-) -> Option<String> {
+pub(crate) fn ipxe_script(node: &str, base: &str, files: &BootFiles, args: &str) -> Option<String> {
     let kernel = files.kernel.as_ref()?;
     let mut s = String::from("#!ipxe\n");
     s.push_str(&format!(
@@ -553,17 +550,26 @@ pub(crate) fn ipxe_script(
     ));
     match &files.initrd {
         Some(initrd) => {
-            let base = initrd.path.rsplit('/').next().unwrap_or(&initrd.path);
+            let name = initrd.path.rsplit('/').next().unwrap_or(&initrd.path);
             s.push_str(&format!(
-                "kernel tftp://{server}/{} initrd={base} {args}\n",
+                "kernel {base}/{} initrd={name} {args}\n",
                 kernel.path
             ));
-            s.push_str(&format!("initrd tftp://{server}/{}\n", initrd.path));
+            s.push_str(&format!("initrd {base}/{}\n", initrd.path));
         }
-        None => s.push_str(&format!("kernel tftp://{server}/{} {args}\n", kernel.path)),
+        None => s.push_str(&format!("kernel {base}/{} {args}\n", kernel.path)),
     }
     s.push_str("boot\n");
     Some(s)
+}
+
+/// Where a node's boot files are, as a URL without the trailing `/`: its
+/// TFTP namespace, or its directory of the HTTP boot route.
+pub(crate) fn boot_base(over: BootOver, server: Ipv4Addr, http_port: u16, node: &str) -> String {
+    match over {
+        BootOver::Tftp => format!("tftp://{server}"),
+        BootOver::Http => format!("http://{server}:{http_port}/boot/{node}"),
+    }
 }
 
 #[cfg(test)]
@@ -935,7 +941,8 @@ LABEL lazyboot
     #[test]
     fn ipxe_text() {
         let server = Ipv4Addr::new(10, 0, 0, 1);
-        let s = ipxe_script("pc1", server, &files(None, true), NFS).unwrap();
+        let tftp = boot_base(BootOver::Tftp, server, 8080, "pc1");
+        let s = ipxe_script("pc1", &tftp, &files(None, true), NFS).unwrap();
         assert_eq!(
             s,
             format!(
@@ -947,8 +954,22 @@ boot
 "
             )
         );
-        let s = ipxe_script("pc1", server, &files(None, false), "x").unwrap();
+        let s = ipxe_script("pc1", &tftp, &files(None, false), "x").unwrap();
         assert!(s.contains("kernel tftp://10.0.0.1/vmlinuz-6.1 x\n") && !s.contains("initrd"));
+        // Over HTTP: the node's directory of the boot route; the initrd's
+        // name for the EFI stub stays the bare file name.
+        let http = boot_base(BootOver::Http, server, 8080, "pc1");
+        let s = ipxe_script("pc1", &http, &files(None, true), NFS).unwrap();
+        assert!(
+            s.contains(&format!(
+                "kernel http://10.0.0.1:8080/boot/pc1/vmlinuz-6.1 initrd=initrd.img-6.1 {NFS}\n"
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains("initrd http://10.0.0.1:8080/boot/pc1/initrd.img-6.1\n"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -60,9 +60,10 @@ use crate::nodes::Node;
 use crate::serve::ServeContext;
 use bootfs::{parse_request, select_node, BootDir, NoNode};
 use bytes::Bytes;
-use engine::packet::Refusal;
+pub(crate) use engine::packet::Refusal;
 use generated::Generated;
-use reader::{FileRef, Label, Recording, TftpReader};
+use reader::{FileRef, Recording};
+pub(crate) use reader::{Label, TftpReader, Via};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -210,6 +211,32 @@ fn not_found() -> Refusal {
 }
 
 impl Files {
+    /// The lookup of [`run`], for other servers of the same files (HTTP boot).
+    pub(crate) fn new(ctx: Arc<ServeContext>) -> Files {
+        Files {
+            ctx,
+            rt: Handle::current(),
+            rom_dir: PathBuf::from(IPXE_ROM_DIR),
+        }
+    }
+
+    /// An iPXE ROM by its name (served to every client), if `name` is one
+    /// and it is installed.
+    pub(crate) async fn rom(&self, client: SocketAddr, via: Via, name: &str) -> Option<TftpReader> {
+        if !IPXE_ROMS.contains(&name) {
+            return None;
+        }
+        let data = tokio::fs::read(self.rom_dir.join(name)).await.ok()?;
+        tracing::debug!("{via}: {client}: {name} (iPXE ROM, {} bytes)", data.len());
+        let label = Label {
+            client,
+            via,
+            node: "-".into(),
+            path: name.into(),
+        };
+        Some(TftpReader::memory(label, Bytes::from(data)))
+    }
+
     async fn lookup(&self, client: SocketAddr, raw: String) -> Result<TftpReader, Refusal> {
         let opened = std::time::Instant::now();
         let ip = match client.ip() {
@@ -217,15 +244,9 @@ impl Files {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().ok_or_else(not_found)?,
         };
         let req = parse_request(&raw);
-        if let Some(name) = req.full.as_deref().filter(|n| IPXE_ROMS.contains(n)) {
-            if let Ok(data) = tokio::fs::read(self.rom_dir.join(name)).await {
-                tracing::debug!("TFTP: {client}: {name} (iPXE ROM, {} bytes)", data.len());
-                let label = Label {
-                    client,
-                    node: "-".into(),
-                    path: name.into(),
-                };
-                return Ok(TftpReader::memory(label, Bytes::from(data)));
+        if let Some(name) = req.full.as_deref() {
+            if let Some(rom) = self.rom(client, Via::Tftp, name).await {
+                return Ok(rom);
             }
         }
         let (node, path) = match select_node(&self.ctx.inventory, ip, &req) {
@@ -245,6 +266,27 @@ impl Files {
                 return Err(not_found());
             }
         };
+        let label = Label {
+            client,
+            via: Via::Tftp,
+            node: node.name.clone(),
+            path: path.clone(),
+        };
+        self.open_node(&node, path, label, opened).await
+    }
+
+    /// File `path` (normalised) of `node`'s namespace, for the transfer
+    /// `label` (whose path names it in the boot profile) asked for at
+    /// `opened`.
+    pub(crate) async fn open_node(
+        &self,
+        node: &Arc<Node>,
+        path: String,
+        label: Label,
+        opened: std::time::Instant,
+    ) -> Result<TftpReader, Refusal> {
+        let (client, via) = (label.client, label.via);
+        let name = label.path.clone();
         // Every transfer's timeline starts at the request, and the time
         // spent before its first byte (the image still streaming in) is
         // counted as waiting on the registry.
@@ -259,13 +301,8 @@ impl Files {
                 opened,
             )
         };
-        let label = Label {
-            client,
-            node: node.name.clone(),
-            path: path.clone(),
-        };
         let generated = generated::generated_for(node.kind, &node.mac.pxelinux_name(), &path);
-        let img = match self.image(&node).await {
+        let img = match self.image(node).await {
             Ok(Some(v)) => v,
             Ok(None) => {
                 // A first boot of a large image: the index pass can take
@@ -275,39 +312,39 @@ impl Files {
                     generated::retry_later(g, node.kind, &node.name, &path, RETRY_AFTER_SECS)
                 }) {
                     tracing::info!(
-                        "TFTP: {client} ({}): {path}: image still opening, sent a wait-and-retry script",
+                        "{via}: {client} ({}): {path}: image still opening, sent a wait-and-retry script",
                         node.name
                     );
                     return Ok(
                         TftpReader::memory(label, Bytes::from(script)).recorded(record(true))
                     );
                 }
-                record(false).failed(&node.name, &path);
+                record(false).failed(&node.name, &name);
                 return Err(Refusal::msg(format!(
                     "lazyboot: image of {} is loading, retry",
                     node.name
                 )));
             }
             Err(e) => {
-                record(false).failed(&node.name, &path);
+                record(false).failed(&node.name, &name);
                 return Err(e);
             }
         };
         if let Some(g) = generated {
-            return match self.generate(&node, &img, g).await? {
+            return match self.generate(node, &img, g).await? {
                 Made::Pending => {
                     let script =
                         generated::retry_later(g, node.kind, &node.name, &path, RETRY_AFTER_SECS);
                     if let Some(script) = script {
                         tracing::info!(
-                            "TFTP: {client} ({}): {path}: boot files not streamed yet, sent a wait-and-retry script",
+                            "{via}: {client} ({}): {path}: boot files not streamed yet, sent a wait-and-retry script",
                             node.name
                         );
                         return Ok(
                             TftpReader::memory(label, Bytes::from(script)).recorded(record(true))
                         );
                     }
-                    record(true).failed(&node.name, &path);
+                    record(true).failed(&node.name, &name);
                     Err(Refusal::msg(format!(
                         "lazyboot: image of {} is loading, retry",
                         node.name
@@ -315,7 +352,7 @@ impl Files {
                 }
                 Made::Bytes(data) => {
                     tracing::debug!(
-                        "TFTP: {client} ({}): {path} (generated, {} bytes)",
+                        "{via}: {client} ({}): {path} (generated, {} bytes)",
                         node.name,
                         data.len()
                     );
@@ -331,11 +368,11 @@ impl Files {
                     };
                     // The failed transfer begins the node's timeline if
                     // nothing did yet; the error goes into it.
-                    record(true).failed(&node.name, &path);
+                    record(true).failed(&node.name, &name);
                     self.ctx
                         .recorder
                         .note_error(&node.name, &format!("cannot make {path}: {why}"));
-                    tracing::error!("TFTP: {client} ({}): cannot make {path}: {why}", node.name);
+                    tracing::error!("{via}: {client} ({}): cannot make {path}: {why}", node.name);
                     Err(Refusal::msg(format!("lazyboot: {why}")))
                 }
             };
@@ -346,12 +383,12 @@ impl Files {
             BootDir::open(img.tree(), &node.boot_dir).and_then(|b| b.file(&path))
         };
         let Some(f) = found else {
-            record(false).failed(&node.name, &path);
-            tracing::debug!("TFTP: {client} ({}): {raw:?} not found", node.name);
+            record(false).failed(&node.name, &name);
+            tracing::debug!("{via}: {client} ({}): {path:?} not found", node.name);
             return Err(not_found());
         };
         tracing::debug!(
-            "TFTP: {client} ({}): {path} ({} bytes from {}/{})",
+            "{via}: {client} ({}): {path} ({} bytes from {}/{})",
             node.name,
             f.size,
             node.boot_dir.trim_end_matches('/'),
@@ -493,7 +530,13 @@ impl Files {
             }
             Generated::Pxelinux => generated::pxelinux_cfg(&node.name, &files, &args),
             Generated::Ipxe => {
-                generated::ipxe_script(&node.name, self.ctx.server_ip, &files, &args)
+                let base = generated::boot_base(
+                    server.boot_over,
+                    self.ctx.server_ip,
+                    server.http_port,
+                    &node.name,
+                );
+                generated::ipxe_script(&node.name, &base, &files, &args)
             }
         };
         Ok(text.map_or(Made::NoKernel, |t| Made::Bytes(t.into_bytes())))

@@ -52,11 +52,30 @@ pub(crate) enum ReadError {
     Short { offset: u64, size: u64 },
 }
 
+/// Which server a transfer goes through: the same files are served over
+/// TFTP and HTTP (see `crate::api::bootfiles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    Tftp,
+    Http,
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Tftp => "TFTP",
+            Via::Http => "HTTP",
+        })
+    }
+}
+
 /// Names a transfer in log lines.
 #[derive(Clone, Debug)]
 pub(crate) struct Label {
     pub(crate) client: SocketAddr,
+    pub(crate) via: Via,
     pub(crate) node: String,
+    /// The file as the boot profile names it.
     pub(crate) path: String,
 }
 
@@ -64,6 +83,8 @@ pub(crate) struct TftpReader {
     label: Label,
     source: Source,
     pos: u64,
+    /// Where reading started ([`TftpReader::seek`]): an HTTP range.
+    start: u64,
     size: u64,
     record: Option<Box<Recording>>,
     /// Blocks handed to the engine, and when the last one was.
@@ -263,6 +284,7 @@ impl TftpReader {
             size: data.len() as u64,
             source: Source::Memory(data),
             pos: 0,
+            start: 0,
             record: None,
             reads: 0,
             last_read: None,
@@ -293,6 +315,7 @@ impl TftpReader {
                 read_ahead: false,
             })),
             pos: 0,
+            start: 0,
             size,
             record: None,
             reads: 0,
@@ -302,6 +325,13 @@ impl TftpReader {
 
     pub(crate) fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Read from byte `pos` on (at most the size) rather than from the
+    /// start: an HTTP range request. Only before the first block.
+    pub(crate) fn seek(&mut self, pos: u64) {
+        self.pos = pos.min(self.size);
+        self.start = self.pos;
     }
 
     /// Fetch only `bytes` from the image (the first send window) until
@@ -341,7 +371,8 @@ impl TftpReader {
             Err(e) => tracing::warn!(
                 client = %self.label.client,
                 node = %self.label.node,
-                "TFTP: reading {} failed at byte {}: {e}",
+                "{}: reading {} failed at byte {}: {e}",
+                self.label.via,
                 self.label.path,
                 self.pos
             ),
@@ -367,7 +398,7 @@ impl Drop for TftpReader {
                     // sent an ERROR or went silent, is the last block read.
                     ended: self.last_read.unwrap_or(r.started),
                     size: self.size,
-                    bytes: self.pos,
+                    bytes: self.pos - self.start,
                     reads: self.reads,
                     generated: r.generated,
                     failed: false,
@@ -383,7 +414,8 @@ impl Drop for TftpReader {
             tracing::debug!(
                 client = %self.label.client,
                 node = %self.label.node,
-                "TFTP: {} read to the end ({} bytes)",
+                "{}: {} read to the end ({} bytes)",
+                self.label.via,
                 self.label.path,
                 self.size
             );
@@ -391,7 +423,8 @@ impl Drop for TftpReader {
             tracing::debug!(
                 client = %self.label.client,
                 node = %self.label.node,
-                "TFTP: {} ended after {} of {} bytes (client stopped)",
+                "{}: {} ended after {} of {} bytes (client stopped)",
+                self.label.via,
                 self.label.path,
                 self.pos,
                 self.size
@@ -407,6 +440,7 @@ mod tests {
     fn label() -> Label {
         Label {
             client: "127.0.0.1:1".parse().unwrap(),
+            via: Via::Tftp,
             node: "n".into(),
             path: "p".into(),
         }

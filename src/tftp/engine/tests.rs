@@ -4,7 +4,7 @@
 use super::options::Caps;
 use super::packet::{encode, parse, Mode, Packet, Refusal, Request};
 use super::*;
-use crate::tftp::reader::Label;
+use crate::tftp::reader::{Label, Via};
 use bytes::Bytes;
 use std::net::UdpSocket as StdSocket;
 use std::time::Instant;
@@ -20,6 +20,7 @@ impl Open for Memory {
         let found = self.0.get(path).cloned();
         let label = Label {
             client,
+            via: Via::Tftp,
             node: "-".into(),
             path: path.into(),
         };
