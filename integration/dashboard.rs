@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::browser::{decode_png, hex_rgb, keep_artifact, Chromium};
+use common::browser::{badge_state, by_id, decode_png, hex_rgb, keep_artifact, rows, Chromium};
 use common::netboot::{build_boot_image, IPXE_MAC};
 use common::netns::NetLab;
 use common::serve::Serve;
@@ -50,37 +50,6 @@ fn become_node(lab: &NetLab, mac: &str) -> Result<()> {
         i = lab.client_if
     ))
     .map(|_| ())
-}
-
-/// The `<tr data-node="NAME" ...>...</tr>` rows of the dumped DOM.
-fn rows(dom: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = dom;
-    while let Some(i) = rest.find("<tr data-node=\"") {
-        let after = &rest[i + "<tr data-node=\"".len()..];
-        let name = after[..after.find('"').unwrap_or(0)].to_string();
-        let end = after
-            .find("</tr>")
-            .map_or(after.len(), |e| e + "</tr>".len());
-        out.push((name, after[..end].to_string()));
-        rest = &after[end..];
-    }
-    out
-}
-
-/// The `data-state` of the first badge in `html`.
-fn badge_state(html: &str) -> Option<&str> {
-    let at = html.find("data-state=\"")? + "data-state=\"".len();
-    html[at..].split('"').next()
-}
-
-/// The element with `id="ID"`, up to its first closing tag.
-fn by_id<'a>(dom: &'a str, id: &str) -> &'a str {
-    let Some(start) = dom.find(&format!("id=\"{id}\"")) else {
-        return "";
-    };
-    let tail = &dom[start..];
-    &tail[..tail.find("</").unwrap_or(tail.len())]
 }
 
 /// GET `url` from the host: the JSON of a 200, or an error.

@@ -8,13 +8,15 @@
 //!   swap stops, that node is rolled back and boots the old digest, the
 //!   other two are untouched, and the follower does not retry the digest;
 //! - a restart in the middle of a swap: the swap is `interrupted`, the node
-//!   caught rebooting is set back to its previous image;
+//!   caught rebooting is set back to its previous image; before the
+//!   restart, the dashboard shows that swap in headless Chromium;
 //! - the API: no change without the token, 4xx with a message for bad
 //!   input, run-time changes survive a restart, `/metrics` counts swaps.
 
 mod common;
 
 use anyhow::{bail, Context, Result};
+use common::browser::{badge_state, by_id, decode_png, keep_artifact, rows, Chromium};
 use common::fixture::push;
 use common::fleet_sim::{FleetSim, SimNode, SimServer};
 use common::netboot::one_layer_image;
@@ -94,7 +96,7 @@ name = "lab"
 follow = {follow}
 poll_secs = 1
 max_unavailable = 1
-boot_timeout_secs = 10
+boot_timeout_secs = 20
 hook_timeout_secs = 10
 reboot = ["/usr/bin/touch", "{req}/reboot-{{name}}", "{req}/literal-{{name}}-$(id);x"]
 "#,
@@ -364,7 +366,7 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     assert_eq!(swap["state"], "failed", "{swap:#}");
     assert_eq!(swap["digest"], json!(v3));
     let msg = swap["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("did not report booted within 10 s"), "{msg}");
+    assert!(msg.contains("did not report booted within 20 s"), "{msg}");
     let states: Vec<&str> = swap["nodes"]
         .as_array()
         .unwrap()
@@ -432,6 +434,7 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
         let s = l.get(&format!("/swaps/{id}"))?;
         Ok((s["nodes"][0]["state"] == "rebooting").then_some(()))
     })?;
+    dashboard_mid_swap(&l, id)?;
     srv.restart()?;
     let s = l.get(&format!("/swaps/{id}"))?;
     assert_eq!(s["state"], "interrupted", "{s:#}");
@@ -453,6 +456,51 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     let b = sim.wait_boots("n1", before + 1, Duration::from_secs(30))?;
     assert!(b.last().unwrap().os_release.contains("VERSION=v2"), "{b:?}");
     srv.stop()?;
+    Ok(())
+}
+
+/// The dashboard during swap `id`, n1 rebooting: the fleet table, the
+/// swap panel and a node's waterfall as headless Chromium renders them; a
+/// screenshot is kept as `fleet-mid-swap.png`.
+fn dashboard_mid_swap(l: &Lab, id: u64) -> Result<()> {
+    let base = format!("http://{}:{}", l.lab.server_ip, l.http_port);
+    let mut browser = Chromium::new(l.tmp.path());
+    let dom = browser.dump_dom(&format!("{base}/"), 3000)?;
+    let table = rows(&dom);
+    let state = |name: &str| {
+        table
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, row)| badge_state(row))
+            .map(str::to_string)
+    };
+    assert_eq!(state("n1").as_deref(), Some("swapping"), "{dom}");
+    assert_eq!(state("n2").as_deref(), Some("up"), "{dom}");
+    assert_eq!(state("n3").as_deref(), Some("up"), "{dom}");
+    let active = by_id(&dom, "swaps-active");
+    assert!(
+        active.contains(&format!("data-swap=\"{id}\"")),
+        "no swap {id} in the panel: {dom}"
+    );
+    let card = &dom[dom.find(&format!("data-swap=\"{id}\"")).unwrap()..];
+    let n1 = &card[card
+        .find("data-swap-node=\"n1\"")
+        .context("n1 in the swap card")?..];
+    assert_eq!(badge_state(n1), Some("rebooting"), "{card}");
+    let dom = browser.dump_dom(&format!("{base}/#node=n2"), 3000)?;
+    assert!(
+        by_id(&dom, "profile").contains("src=\"/api/v1/nodes/n2/profiles/latest?format=html\""),
+        "no waterfall of n2: {dom}"
+    );
+    let shot = l.tmp.path().join("fleet-mid-swap.png");
+    browser.screenshot(&format!("{base}/#node=n2"), &shot, (1400, 900), 3000)?;
+    let keep = keep_artifact(&shot, "fleet-mid-swap.png")?;
+    eprintln!("screenshot of the fleet mid-swap: {}", keep.display());
+    let img = decode_png(&shot)?;
+    assert!(
+        img.ink() > img.rgb.len() / 50,
+        "the page did not render ({keep:?})"
+    );
     Ok(())
 }
 

@@ -212,3 +212,34 @@ pub fn keep_artifact(file: &Path, name: &str) -> Result<PathBuf> {
     std::fs::copy(file, &keep).with_context(|| format!("copying {file:?} to {keep:?}"))?;
     Ok(keep)
 }
+
+/// The `<tr data-node="NAME" ...>...</tr>` rows of the dumped DOM.
+pub fn rows(dom: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = dom;
+    while let Some(i) = rest.find("<tr data-node=\"") {
+        let after = &rest[i + "<tr data-node=\"".len()..];
+        let name = after[..after.find('"').unwrap_or(0)].to_string();
+        let end = after
+            .find("</tr>")
+            .map_or(after.len(), |e| e + "</tr>".len());
+        out.push((name, after[..end].to_string()));
+        rest = &after[end..];
+    }
+    out
+}
+
+/// The `data-state` of the first badge in `html`.
+pub fn badge_state(html: &str) -> Option<&str> {
+    let at = html.find("data-state=\"")? + "data-state=\"".len();
+    html[at..].split('"').next()
+}
+
+/// The element with `id="ID"`, up to its first closing tag.
+pub fn by_id<'a>(dom: &'a str, id: &str) -> &'a str {
+    let Some(start) = dom.find(&format!("id=\"{id}\"")) else {
+        return "";
+    };
+    let tail = &dom[start..];
+    &tail[..tail.find("</").unwrap_or(tail.len())]
+}

@@ -30,6 +30,7 @@ function el(tag, attrs, ...children) {
 }
 
 function str(v) {
+  if (typeof v === "number" && Number.isFinite(v)) return String(v);
   return typeof v === "string" && v !== "" ? v : null;
 }
 
