@@ -247,7 +247,7 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     let l = lab(true)?;
     image(l.tmp.path(), &l.reg, "v1", &["live"])?;
     image(l.tmp.path(), &l.reg, "v2", &["v2"])?;
-    image(l.tmp.path(), &l.reg, "PANIC-v3", &["v3"])?;
+    image(l.tmp.path(), &l.reg, "v3-PANIC", &["v3"])?;
     let v1 = l.digest_of("live")?;
     let mut srv = Serve::new(&l.config)
         .log(&l.tmp.path().join("serve.log"))

@@ -5,6 +5,8 @@
 //! node's MAC), an NFS mount of its root and a read of `/etc/os-release`,
 //! then the `booted` callback. A root whose os-release says `PANIC` plays a
 //! kernel that panics: the node goes silent and never reports booted.
+//! A node that boots writes `/etc/written-by-VERSION` into its root and
+//! notes which such files it found: what its persistent upper holds.
 
 use super::dhcpc::run_client_in;
 use super::netns::NetLab;
@@ -35,6 +37,9 @@ pub struct SimBoot {
     pub os_release: String,
     /// It said it booted (false: it "panicked" or failed).
     pub booted: bool,
+    /// The versions whose `/etc/written-by-VERSION` it found in its root
+    /// (each boot that gets that far writes its own: the persistent upper).
+    pub saw: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -47,6 +52,9 @@ pub struct FleetSim {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
+
+/// The versions whose marker files a node looks for.
+pub const VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
 
 #[derive(Clone, Copy)]
 pub struct SimServer {
@@ -147,7 +155,7 @@ impl Drop for FleetSim {
 
 fn boot(ns: &str, iface: &str, n: &SimNode, srv: &SimServer) -> SimBoot {
     let started = Instant::now();
-    let r = (|| -> Result<(String, bool)> {
+    let r = (|| -> Result<(String, bool, Vec<String>)> {
         // A PXE ROM's request: that is what starts a boot in lazyboot.
         let ack = run_client_in(
             ns,
@@ -180,7 +188,24 @@ fn boot(ns: &str, iface: &str, n: &SimNode, srv: &SimServer) -> SimBoot {
             .map_err(|e| anyhow!("read /etc/os-release: {e:?}"))?;
         let text = String::from_utf8_lossy(&text).into_owned();
         if text.contains("PANIC") {
-            return Ok((text, false));
+            return Ok((text, false, Vec::new()));
+        }
+        let etc = c
+            .walk(&root, "etc")
+            .map_err(|e| anyhow!("lookup /etc: {e:?}"))?;
+        let saw: Vec<String> = VERSIONS
+            .iter()
+            .filter(|v| c.lookup(&etc, format!("written-by-{v}").as_bytes()).is_ok())
+            .map(|v| v.to_string())
+            .collect();
+        let version = text
+            .lines()
+            .find_map(|l| l.strip_prefix("VERSION="))
+            .unwrap_or("unknown");
+        let name = format!("written-by-{version}");
+        if !saw.iter().any(|v| v == version) {
+            c.create(&etc, name.as_bytes(), 0o644, (0, 0))
+                .map_err(|e| anyhow!("create /etc/{name}: {e:?}"))?;
         }
         let url = format!(
             "http://{}:{}/api/v1/nodes/{}/booted",
@@ -192,16 +217,17 @@ fn boot(ns: &str, iface: &str, n: &SimNode, srv: &SimServer) -> SimBoot {
         if code != 200 {
             return Err(anyhow!("booted callback: {code} {body}"));
         }
-        Ok((text, true))
+        Ok((text, true, saw))
     })();
     let ended = Instant::now();
     match r {
-        Ok((os_release, booted)) => SimBoot {
+        Ok((os_release, booted, saw)) => SimBoot {
             node: n.name.clone(),
             started,
             ended,
             os_release,
             booted,
+            saw,
             error: None,
         },
         Err(e) => SimBoot {
@@ -210,6 +236,7 @@ fn boot(ns: &str, iface: &str, n: &SimNode, srv: &SimServer) -> SimBoot {
             ended,
             os_release: String::new(),
             booted: false,
+            saw: Vec::new(),
             error: Some(format!("{e:#}")),
         },
     }
