@@ -291,6 +291,15 @@ reboot = ["pdu", "cycle", "{mac}"]
     }
 
     #[test]
+    fn the_example_config_parses_with_its_group() {
+        let text = include_str!("../../contrib/lazyboot.example.toml");
+        let cfg = Config::parse(text, "lazyboot.example.toml").unwrap();
+        let pi = cfg.nodes.iter().find(|n| n.group.is_some()).unwrap();
+        let p = cfg.policy_of(Some(pi), Some("pis"));
+        assert_eq!(p.reboot.unwrap()[1], "root@{ip}");
+    }
+
+    #[test]
     fn hooks_know_their_placeholders() {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(check_hook(&v(&["ssh", "root@{ip}", "echo {name} {mac}"])).is_ok());
