@@ -585,6 +585,31 @@ fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
     let (code, v) = l.call(&["-H", &auth], "/swaps/999")?;
     assert_eq!(code, 404, "{v}");
 
+    // A group changed at run time, but never its reboot command.
+    let g = json!({ "max_unavailable": 2, "follow": true }).to_string();
+    let (code, _) = put(&["-d", &g], "/groups/lab")?;
+    assert_eq!(code, 401);
+    let (code, v) = put(&["-H", &auth, "-d", &g], "/groups/lab")?;
+    assert_eq!(
+        (code, &v["max_unavailable"], &v["follow"]),
+        (200, &json!(2), &json!(true)),
+        "{v}"
+    );
+    let hook = json!({ "reboot": ["/bin/sh", "-c", "id"] }).to_string();
+    let (code, v) = put(&["-H", &auth, "-d", &hook], "/groups/lab")?;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `reboot`"),
+        "{v}"
+    );
+    let (code, _) = put(&["-H", &auth, "-d", "{\"poll_secs\": 0}"], "/groups/lab")?;
+    assert_eq!(code, 422);
+    let (code, _) = put(&["-H", &auth, "-d", &g], "/groups/nope")?;
+    assert_eq!(code, 404);
+
     // A change with the token, through the CLI: kept across a restart.
     let (ok, out) = l.cli(&[
         "nodes",
@@ -612,6 +637,8 @@ fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
     );
     let groups = l.get("/groups")?;
     assert_eq!(groups[0]["nodes"], json!(["n1", "n2"]), "{groups:#}");
+    assert_eq!(groups[0]["max_unavailable"], 2, "{groups:#}");
+    assert!(groups[0]["reboot"][0] == "/usr/bin/touch", "{groups:#}");
 
     // The config file wins over a run-time value once it is edited.
     srv.stop()?;

@@ -5,7 +5,10 @@
 //!   entry, state, assigned image and digest, latest boot.
 //! - `PUT /api/v1/nodes/NAME` `{"image"?: REF, "group"?: NAME|null}`: assign
 //!   at run time (taken at the node's next boot).
-//! - `GET /api/v1/groups`: the groups, their policy and members.
+//! - `GET /api/v1/groups`, `GET /api/v1/groups/NAME`: the groups, their
+//!   policy and members; `PUT /api/v1/groups/NAME` `{"follow"?,
+//!   "poll_secs"?, "max_unavailable"?, "boot_timeout_secs"?,
+//!   "hook_timeout_secs"?, "keep_upper"?}` (never the reboot command).
 //! - `GET /api/v1/images`: the references nodes boot now.
 //! - `GET /api/v1/swaps`, `POST /api/v1/swaps` `{"node"|"group", "image",
 //!   "max_unavailable"?}`, `GET /api/v1/swaps/ID`,
@@ -28,6 +31,7 @@ pub(crate) fn routes(fleet: Arc<Fleet>) -> Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{name}", get(node).put(set_node))
         .route("/api/v1/groups", get(groups))
+        .route("/api/v1/groups/{name}", get(group).put(set_group))
         .route("/api/v1/images", get(images))
         .route("/api/v1/swaps", get(swaps).post(start_swap))
         .route("/api/v1/swaps/{id}", get(swap))
@@ -113,29 +117,53 @@ async fn set_node(
     }
 }
 
+fn group_json(f: &Fleet, name: &str) -> Option<serde_json::Value> {
+    let p = f.group_policy(name)?;
+    Some(json!({
+        "name": name,
+        "follow": p.follow,
+        "poll_secs": p.poll.as_secs(),
+        "reboot": p.reboot,
+        "max_unavailable": p.max_unavailable,
+        "boot_timeout_secs": p.boot_timeout.as_secs(),
+        "hook_timeout_secs": p.hook_timeout.as_secs(),
+        "keep_upper": p.keep_upper,
+        "nodes": f.members(name).iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+    }))
+}
+
 async fn groups(State(f): State<Arc<Fleet>>) -> Response {
     let list: Vec<_> = f
         .ctx
         .config
         .groups
         .iter()
-        .map(|g| {
-            let p = g.policy();
-            let name = g.name.get_ref();
-            json!({
-                "name": name,
-                "follow": p.follow,
-                "poll_secs": p.poll.as_secs(),
-                "reboot": p.reboot,
-                "max_unavailable": p.max_unavailable,
-                "boot_timeout_secs": p.boot_timeout.as_secs(),
-                "hook_timeout_secs": p.hook_timeout.as_secs(),
-                "keep_upper": p.keep_upper,
-                "nodes": f.members(name).iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
-            })
-        })
+        .filter_map(|g| group_json(&f, g.name.get_ref()))
         .collect();
     Json(list).into_response()
+}
+
+async fn group(State(f): State<Arc<Fleet>>, Path(name): Path<String>) -> Response {
+    match group_json(&f, &name) {
+        Some(g) => Json(g).into_response(),
+        None => fleet_error(FleetError::NoGroup(name)),
+    }
+}
+
+/// `reboot` is refused: see `fleet::groups`.
+async fn set_group(
+    State(f): State<Arc<Fleet>>,
+    Path(name): Path<String>,
+    body: Result<Json<crate::fleet::groups::GroupChange>, JsonRejection>,
+) -> Response {
+    let Json(change) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    match f.set_group(&name, change) {
+        Ok(()) => group(State(f), Path(name)).await,
+        Err(e) => fleet_error(e),
+    }
 }
 
 async fn images(State(f): State<Arc<Fleet>>) -> Response {
@@ -188,6 +216,7 @@ async fn start_swap(
         image: b.image,
         max_unavailable: b.max_unavailable,
         followed: false,
+        only: None,
     };
     match f.start_swap(req) {
         Ok(id) => {

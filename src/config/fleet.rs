@@ -99,21 +99,28 @@ impl Config {
         self.groups.iter().find(|g| g.name.get_ref() == name)
     }
 
-    /// The swap policy of node `n` in group `group` (the node's group may
-    /// have been changed at run time).
+    /// The swap policy of node `n` in group `group`, from the file alone.
+    #[cfg(test)]
     pub(crate) fn policy_of(&self, n: Option<&NodeConfig>, group: Option<&str>) -> SwapPolicy {
-        let mut p = group
+        group
             .and_then(|g| self.group(g))
-            .map_or_else(SwapPolicy::default, GroupConfig::policy);
+            .map_or_else(SwapPolicy::default, GroupConfig::policy)
+            .for_node(n)
+    }
+}
+
+impl SwapPolicy {
+    /// This (a group's) policy with node `n`'s own keys over it.
+    pub(crate) fn for_node(mut self, n: Option<&NodeConfig>) -> SwapPolicy {
         if let Some(n) = n {
             if let Some(f) = n.follow {
-                p.follow = f;
+                self.follow = f;
             }
             if let Some(r) = &n.reboot {
-                p.reboot = Some(r.get_ref().clone());
+                self.reboot = Some(r.get_ref().clone());
             }
         }
-        p
+        self
     }
 }
 

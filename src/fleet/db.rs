@@ -3,12 +3,14 @@
 //! crash leaves either the state before a change or the state after it.
 //! Records are JSON, so a field added later reads as its default.
 
+use super::groups::GroupRecord;
 use super::model::{NodeRecord, SwapRecord};
 use redb::{Database, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
 const SWAPS: TableDefinition<u64, &str> = TableDefinition::new("swaps");
+const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("groups");
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DbError {
@@ -39,6 +41,7 @@ impl Db {
         let tx = db.begin_write().map_err(|e| err(&e))?;
         tx.open_table(NODES).map_err(|e| err(&e))?;
         tx.open_table(SWAPS).map_err(|e| err(&e))?;
+        tx.open_table(GROUPS).map_err(|e| err(&e))?;
         tx.commit().map_err(|e| err(&e))?;
         Ok(Db {
             db,
@@ -65,27 +68,51 @@ impl Db {
         })
     }
 
-    pub(crate) fn nodes(&self) -> Result<Vec<(String, NodeRecord)>, DbError> {
+    fn named<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &str>,
+    ) -> Result<Vec<(String, T)>, DbError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(NODES).map_err(|e| self.err(e))?;
+        let t = tx.open_table(table).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
             let name = k.value().to_string();
-            let rec = self.decode(format!("nodes/{name}"), v.value())?;
+            let rec = self.decode(format!("{table}/{name}"), v.value())?;
             out.push((name, rec));
         }
         Ok(out)
     }
 
-    pub(crate) fn put_node(&self, name: &str, rec: &NodeRecord) -> Result<(), DbError> {
+    fn put_named<T: serde::Serialize>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        name: &str,
+        rec: &T,
+    ) -> Result<(), DbError> {
         let text = serde_json::to_string(rec).expect("a record serializes");
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
-            let mut t = tx.open_table(NODES).map_err(|e| self.err(e))?;
+            let mut t = tx.open_table(table).map_err(|e| self.err(e))?;
             t.insert(name, text.as_str()).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    pub(crate) fn nodes(&self) -> Result<Vec<(String, NodeRecord)>, DbError> {
+        self.named(NODES)
+    }
+
+    pub(crate) fn put_node(&self, name: &str, rec: &NodeRecord) -> Result<(), DbError> {
+        self.put_named(NODES, name, rec)
+    }
+
+    pub(crate) fn groups(&self) -> Result<Vec<(String, GroupRecord)>, DbError> {
+        self.named(GROUPS)
+    }
+
+    pub(crate) fn put_group(&self, name: &str, rec: &GroupRecord) -> Result<(), DbError> {
+        self.put_named(GROUPS, name, rec)
     }
 
     pub(crate) fn swaps(&self) -> Result<Vec<SwapRecord>, DbError> {

@@ -2,7 +2,8 @@
 //! says `follow`, ask the registry which digest its tag names (a HEAD
 //! request), every `poll_secs`. The first answer is adopted as the digest
 //! the nodes are pinned to, without a reboot; a later, different answer
-//! starts a swap to it. Errors back off (doubling, up to 16 intervals); a
+//! starts a swap to it. A group follows the reference of its first node;
+//! members assigned another image at run time are left out. Errors back off (doubling, up to 16 intervals); a
 //! digest whose swap failed or was cancelled is not tried again until the
 //! tag moves on; one whose swap a server stop interrupted is.
 
@@ -53,8 +54,9 @@ pub(super) async fn run(fleet: Arc<Fleet>) {
 fn targets(fleet: &Fleet) -> Vec<(Target, Duration)> {
     let mut out = Vec::new();
     for g in &fleet.ctx.config.groups {
-        if g.follow {
-            out.push((Target::Group(g.name.get_ref().clone()), g.policy().poll));
+        let name = g.name.get_ref();
+        if let Some(p) = fleet.group_policy(name).filter(|p| p.follow) {
+            out.push((Target::Group(name.clone()), p.poll));
         }
     }
     for n in fleet.ctx.inventory.all() {
@@ -62,7 +64,7 @@ fn targets(fleet: &Fleet) -> Vec<(Target, Duration)> {
         let group_follows = n
             .group
             .as_deref()
-            .and_then(|g| fleet.ctx.config.group(g))
+            .and_then(|g| fleet.group_policy(g))
             .is_some_and(|g| g.follow);
         if p.follow && !group_follows {
             out.push((Target::Node(n.name.clone()), p.poll));
@@ -83,6 +85,12 @@ async fn poll_once(fleet: &Arc<Fleet>, target: &Target) -> bool {
     let Some(image) = fleet.assigned(&first.name) else {
         return true;
     };
+    // A group follows the reference of its first node; a member assigned
+    // another image at run time is left alone.
+    let nodes: Vec<_> = nodes
+        .into_iter()
+        .filter(|n| fleet.assigned(&n.name).as_deref() == Some(image.as_str()))
+        .collect();
     let reference: ImageRef = match image.parse() {
         Ok(r) => r,
         Err(e) => {
@@ -151,6 +159,7 @@ async fn poll_once(fleet: &Arc<Fleet>, target: &Target) -> bool {
         image: image.clone(),
         max_unavailable: None,
         followed: true,
+        only: Some(nodes.iter().map(|n| n.name.clone()).collect()),
     }) {
         Ok(_) => true,
         Err(e) => {

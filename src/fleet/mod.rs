@@ -18,6 +18,7 @@
 
 pub(crate) mod db;
 mod follow;
+pub(crate) mod groups;
 pub(crate) mod hook;
 pub(crate) mod model;
 mod state;
@@ -69,12 +70,15 @@ pub(crate) struct SwapRequest {
     /// Over the group's `max_unavailable`.
     pub(crate) max_unavailable: Option<usize>,
     pub(crate) followed: bool,
+    /// Of the group, only these nodes.
+    pub(crate) only: Option<Vec<String>>,
 }
 
 pub(crate) struct Fleet {
     pub(crate) ctx: Arc<ServeContext>,
     db: Db,
     records: Mutex<HashMap<String, NodeRecord>>,
+    groups: Mutex<HashMap<String, groups::GroupRecord>>,
     swaps: Mutex<BTreeMap<u64, SwapRecord>>,
     /// Set to stop a running swap.
     cancels: Mutex<HashMap<u64, Arc<AtomicBool>>>,
@@ -93,10 +97,12 @@ impl Fleet {
             }
         }
         let swaps: BTreeMap<u64, SwapRecord> = db.swaps()?.into_iter().map(|s| (s.id, s)).collect();
+        let groups = db.groups()?.into_iter().collect();
         let fleet = Arc::new(Fleet {
             ctx,
             db,
             records: Mutex::new(records),
+            groups: Mutex::new(groups),
             swaps: Mutex::new(swaps),
             cancels: Mutex::new(HashMap::new()),
         });
@@ -104,6 +110,7 @@ impl Fleet {
         for name in names {
             fleet.apply(&name, OnNewImage::Wipe);
         }
+        fleet.groups_config_wins()?;
         fleet.end_interrupted()?;
         Ok(fleet)
     }
@@ -153,7 +160,11 @@ impl Fleet {
     pub(crate) fn policy(&self, node: &Node) -> SwapPolicy {
         let cfg = &self.ctx.config;
         let conf = cfg.nodes.iter().find(|n| n.name.get_ref() == &node.name);
-        cfg.policy_of(conf, node.group.as_deref())
+        node.group
+            .as_deref()
+            .and_then(|g| self.group_policy(g))
+            .unwrap_or_default()
+            .for_node(conf)
     }
 
     /// The record of `name` (empty if nothing was set at run time).
@@ -299,7 +310,10 @@ impl Fleet {
                 if self.ctx.config.group(g).is_none() {
                     return Err(FleetError::NoGroup(g.clone()));
                 }
-                let members = self.members(g);
+                let mut members = self.members(g);
+                if let Some(only) = &req.only {
+                    members.retain(|n| only.contains(&n.name));
+                }
                 if members.is_empty() {
                     return Err(FleetError::EmptyGroup(g.clone()));
                 }
