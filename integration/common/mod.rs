@@ -23,6 +23,9 @@
 //!   ISC `dhcrelay` on the router, for DHCP through a relay agent.
 //! - [`browser::Chromium`]: headless Chromium's DOM dump and screenshot of
 //!   a page, and the PNG decoded.
+//! - [`fleet_lab`], [`fleet_sim`]: a served group of scripted nodes that
+//!   boot over a lab network, for the fleet API's tests.
+//! - [`openapi`]: `docs/openapi.json` as a checker of the API's replies.
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
 //!   test targets of one theme (NFS roots, the NFS protocol, `serve`, QEMU).
 #![allow(dead_code, unused_imports)]
@@ -33,6 +36,7 @@ pub mod dhcp_relay;
 pub mod dhcpc;
 pub mod faults;
 pub mod fixture;
+pub mod fleet_lab;
 pub mod fleet_sim;
 pub mod ganesha;
 pub mod gate;
@@ -42,6 +46,7 @@ pub mod netboot;
 pub mod netns;
 pub mod nfsroot;
 pub mod nfsrpc;
+pub mod openapi;
 pub mod pjdfstest;
 pub mod qemu;
 pub mod registry;

@@ -1,5 +1,5 @@
 //! The HTTP API of `lazyboot serve` (on `server.address:server.http_port`),
-//! described in `docs/openapi.yaml`:
+//! described in `docs/openapi.json` (kept true by `integration/openapi.rs`):
 //!
 //! - nodes, groups, images and swaps: [`fleet`].
 //! - `GET|POST /api/v1/nodes/NAME/booted`: the node says it has booted
