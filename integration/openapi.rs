@@ -167,6 +167,7 @@ fn reads(swap: u64) -> Vec<(&'static str, String)> {
             "/api/v1/nodes/n1/profiles/latest",
         ),
         ("/api/v1/groups", "/api/v1/groups"),
+        ("/api/v1/groups/{name}", "/api/v1/groups/lab"),
         ("/api/v1/images", "/api/v1/images"),
         ("/api/v1/swaps", "/api/v1/swaps"),
         ("/api/v1/swaps/{id}", &format!("/api/v1/swaps/{swap}")),
@@ -523,6 +524,41 @@ fn every_operation_answers_as_the_document_says() -> Result<()> {
     )?;
     put(400, Who::Token, n3, &json!({"image": 7}), false)?;
     api.expect(400, Who::Token, "put", t_node, n3, Some("{not json"))?;
+
+    // --- Groups.
+    let t_group = "/api/v1/groups/{name}";
+    let lab = "/api/v1/groups/lab";
+    api.expect(
+        404,
+        Who::Reader,
+        "get",
+        t_group,
+        "/api/v1/groups/nope",
+        None,
+    )?;
+    let put_group = |status: u16, who: Who, path: &str, body: &Value, valid: bool| {
+        let b = api.body("put", t_group, body, valid)?;
+        api.expect(status, who, "put", t_group, path, Some(&b))
+    };
+    let r = put_group(200, Who::Token, lab, &json!({"max_unavailable": 2}), true)?;
+    ensure!(r.json()["max_unavailable"] == 2, "{}", r.body);
+    put_group(401, Who::Reader, lab, &json!({"follow": false}), true)?;
+    put_group(
+        404,
+        Who::Token,
+        "/api/v1/groups/nope",
+        &json!({"follow": false}),
+        true,
+    )?;
+    put_group(422, Who::Token, lab, &json!({"poll_secs": 0}), true)?;
+    put_group(
+        400,
+        Who::Token,
+        lab,
+        &json!({"reboot": ["/bin/sh", "-c", "id"]}),
+        false,
+    )?;
+    api.expect(400, Who::Token, "put", t_group, lab, Some("{not json"))?;
 
     // --- Swaps: mistakes, cancels.
     let post = |status: u16, body: &Value, valid: bool| {
