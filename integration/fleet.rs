@@ -22,6 +22,25 @@ use common::serve::{Serve, Server};
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// Point `fleet:TO` at what `fleet:FROM` names (a push of a new digest
+/// under the tag, as a CI pipeline does).
+fn retag(l: &Lab, from: &str, to: &str) -> Result<()> {
+    common::run(
+        std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .args(["--dest-tls-verify=false", "--dest-no-creds"])
+            .arg(format!(
+                "docker://{}",
+                l.reg.reference(&format!("fleet:{from}"))
+            ))
+            .arg(format!(
+                "docker://{}",
+                l.reg.reference(&format!("fleet:{to}"))
+            )),
+    )
+    .map(|_| ())
+}
+
 /// The newest swap, once it has ended.
 fn ended_swap(l: &Lab, srv: &Server, after: u64, timeout: Duration) -> Result<Value> {
     wait_for("a swap to end", timeout, srv, || {
@@ -92,18 +111,7 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     })?;
 
     // --- The tag moves: the group is rolled onto v2, one node at a time.
-    common::run(
-        std::process::Command::new("skopeo")
-            .args([
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-                "--dest-tls-verify=false",
-                "--dest-no-creds",
-            ])
-            .arg(format!("docker://{}", l.reg.reference("fleet:v2")))
-            .arg(format!("docker://{}", l.reg.reference("fleet:live"))),
-    )?;
+    retag(&l, "v2", "live")?;
     let v2 = l.digest_of("live")?;
     assert_ne!(v1, v2);
     let swap = ended_swap(&l, &srv, 0, Duration::from_secs(90))?;
@@ -147,18 +155,7 @@ fn a_followed_tag_rolls_through_the_group_and_a_broken_image_is_rolled_back() ->
     let first = swap["id"].as_u64().unwrap();
 
     // --- A broken image: the first node never reports booted.
-    common::run(
-        std::process::Command::new("skopeo")
-            .args([
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-                "--dest-tls-verify=false",
-                "--dest-no-creds",
-            ])
-            .arg(format!("docker://{}", l.reg.reference("fleet:v3")))
-            .arg(format!("docker://{}", l.reg.reference("fleet:live"))),
-    )?;
+    retag(&l, "v3", "live")?;
     let v3 = l.digest_of("live")?;
     let swap = ended_swap(&l, &srv, first, Duration::from_secs(90))?;
     assert_eq!(swap["state"], "failed", "{swap:#}");

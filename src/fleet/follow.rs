@@ -173,13 +173,7 @@ async fn poll_once(fleet: &Arc<Fleet>, target: &Target) -> bool {
 fn adopt(fleet: &Fleet, name: &str, image: &str, digest: &Digest) -> Result<(), super::FleetError> {
     let mut rec = fleet.record(name);
     rec.digest = Some(digest.to_string());
-    rec.config_image = fleet
-        .ctx
-        .config
-        .nodes
-        .iter()
-        .find(|n| n.name.get_ref() == name)
-        .map(|n| n.image.clone());
+    rec.config_image = fleet.configured_image(name);
     rec.assigned = Some(image.to_string());
     fleet.put_record(name, rec)?;
     fleet.apply(name, OnNewImage::Wipe);

@@ -191,6 +191,17 @@ impl Fleet {
         }
     }
 
+    /// The image the config file gives node `name` (None: not in the file).
+    pub(crate) fn configured_image(&self, name: &str) -> Option<String> {
+        let n = self
+            .ctx
+            .config
+            .nodes
+            .iter()
+            .find(|n| n.name.get_ref() == name)?;
+        Some(n.image.clone())
+    }
+
     fn configured_group(&self, name: &str) -> Option<String> {
         let n = self
             .ctx
@@ -245,13 +256,7 @@ impl Fleet {
         let mut rec = self.record(name);
         if let Some(image) = image {
             check_image(&image)?;
-            rec.config_image = self
-                .ctx
-                .config
-                .nodes
-                .iter()
-                .find(|n| n.name.get_ref() == name)
-                .map(|n| n.image.clone());
+            rec.config_image = self.configured_image(name);
             rec.previous = Some(model::Pinned {
                 image: self.assigned(name).unwrap_or_default(),
                 digest: rec.digest.take(),
@@ -436,13 +441,7 @@ impl Fleet {
             digest: rec.digest.take(),
             manifest: rec.manifest.take(),
         });
-        rec.config_image = self
-            .ctx
-            .config
-            .nodes
-            .iter()
-            .find(|n| n.name.get_ref() == name)
-            .map(|n| n.image.clone());
+        rec.config_image = self.configured_image(name);
         rec.assigned = Some(image.to_string());
         rec.digest = digest.map(|d| d.to_string());
         rec.manifest = manifest.map(|d| d.to_string());
