@@ -435,6 +435,45 @@ fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
     assert_eq!(groups[0]["max_unavailable"], 2, "{groups:#}");
     assert!(groups[0]["reboot"][0] == "/usr/bin/touch", "{groups:#}");
 
+    // Without a reboot command (n3 left its group) a swap only pins: the
+    // node is pending until its next boot, which boots the new image.
+    let v2 = l.reg.reference("fleet:v2");
+    let (ok, out) = l.cli(&["swap", "n3", &v2, "--json"])?;
+    assert!(ok, "{out}");
+    let s: Value = serde_json::from_str(&out).context("swap --json")?;
+    assert_eq!(
+        (&s["state"], &s["nodes"][0]["state"]),
+        (&json!("done"), &json!("pending")),
+        "{s:#}"
+    );
+    assert_eq!(l.node("n3")?["state"], "pending");
+    let (ok, out) = l.cli(&["nodes"])?;
+    let n3_line = out
+        .lines()
+        .find(|x| x.starts_with("n3 "))
+        .unwrap_or_default();
+    assert!(ok && n3_line.contains("pending"), "{out}");
+    let sim = l.sim()?;
+    sim.reboot("n3")?;
+    let b = sim.wait_boots("n3", 1, Duration::from_secs(60))?;
+    assert!(b[0].booted, "{b:?}");
+    let n3 = wait_for(
+        "n3 up on its new image",
+        Duration::from_secs(20),
+        &srv,
+        || {
+            let n = l.node("n3")?;
+            Ok((n["state"] == "up").then_some(n))
+        },
+    )?;
+    assert_eq!(n3["last_boot"]["manifest"], s["nodes"][0]["to"], "{n3:#}");
+    assert_eq!(
+        n3["last_lease"]["address"],
+        json!(l.nodes[2].ip.to_string()),
+        "{n3:#}"
+    );
+    drop(sim);
+
     // The config file wins over a run-time value once it is edited.
     srv.stop()?;
     let text = std::fs::read_to_string(&l.config)?;

@@ -111,8 +111,18 @@ struct Learned {
     /// The client architecture (DHCP option 93) each MAC last sent.
     arch_by_mac: HashMap<MacAddr, u16>,
     boots: HashMap<String, u64>,
+    /// The last lease this server's DHCP bound for each MAC.
+    leases: HashMap<MacAddr, Lease>,
     /// Why a node cannot be served (its image reference does not resolve).
     failed: HashMap<String, String>,
+}
+
+/// A lease this server's DHCP bound (full mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Lease {
+    pub(crate) address: Ipv4Addr,
+    pub(crate) at_unix_ms: u64,
+    pub(crate) expires_unix_ms: u64,
 }
 
 /// What the inventory has for a MAC (see [`Inventory::lookup`]).
@@ -371,6 +381,24 @@ impl Inventory {
         // One address belongs to one node: forget whoever had it before.
         l.ip_by_mac.retain(|m, a| *a != ip || *m == mac);
         l.ip_by_mac.insert(mac, ip);
+    }
+
+    /// This server's DHCP bound `ip` to `mac` for `secs` seconds, now.
+    pub(crate) fn note_lease(&self, mac: MacAddr, ip: Ipv4Addr, secs: u64) {
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let lease = Lease {
+            address: ip,
+            at_unix_ms,
+            expires_unix_ms: at_unix_ms.saturating_add(secs.saturating_mul(1000)),
+        };
+        self.learned.write().leases.insert(mac, lease);
+    }
+
+    /// The last lease bound to `mac` by this server process.
+    pub(crate) fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
+        self.learned.read().leases.get(&mac).copied()
     }
 
     /// `mac`'s boot firmware said it is of client architecture `arch`.

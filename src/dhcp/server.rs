@@ -317,6 +317,7 @@ impl Handler {
                     return None;
                 }
                 self.ctx.inventory.learn_ip(mac, ip);
+                self.ctx.inventory.note_lease(mac, ip, lease_secs);
                 if begins {
                     self.ctx.boot_started(&node);
                 }

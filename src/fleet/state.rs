@@ -46,6 +46,26 @@ impl NodeState {
     }
 }
 
+/// `reference` in its canonical form without its `@digest` (so `alpine`
+/// and `docker.io/library/alpine:latest@sha256:...` are the same).
+fn unpinned(reference: &str) -> String {
+    match reference.parse::<crate::reference::ImageRef>() {
+        Ok(crate::reference::ImageRef::Remote {
+            registry,
+            repository,
+            tag,
+            digest: _,
+        }) => crate::reference::ImageRef::Remote {
+            registry,
+            repository,
+            tag,
+            digest: None,
+        }
+        .to_string(),
+        _ => reference.to_string(),
+    }
+}
+
 impl Fleet {
     /// The state of `node` now.
     pub(crate) fn state_of(&self, node: &Node) -> NodeState {
@@ -67,8 +87,15 @@ impl Fleet {
         }
         let store = self.ctx.recorder.store();
         let latest = store.load(name, None).ok();
-        let want = self.record(name).manifest;
-        if let Some(want) = want {
+        let rec = self.record(name);
+        // A reference assigned at run time that its latest boot did not
+        // use (pins aside: following a tag pins it without a change).
+        if let (Some(assigned), Some(p)) = (&rec.assigned, &latest) {
+            if unpinned(&p.image) != unpinned(assigned) {
+                return NodeState::Pending;
+            }
+        }
+        if let Some(want) = rec.manifest {
             let booted_it = latest
                 .as_ref()
                 .is_some_and(|p| p.booted.is_some() && p.manifest.as_deref() == Some(&want));
@@ -106,6 +133,7 @@ impl Fleet {
             "pending_digest": pending_digest,
             "previous": rec.previous,
             "address": self.ctx.inventory.ip_of(name).map(|a| a.to_string()),
+            "last_lease": self.ctx.inventory.lease_of(node.mac),
             "boots_recorded": store.boots(name).len(),
             "booting": self.ctx.recorder.in_progress(name),
             "failed": self.ctx.inventory.failure(name),
