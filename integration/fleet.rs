@@ -384,6 +384,11 @@ fn api_changes_need_the_token_and_survive_a_restart() -> Result<()> {
     let g = json!({ "max_unavailable": 2, "follow": true }).to_string();
     let (code, _) = put(&["-d", &g], "/groups/lab")?;
     assert_eq!(code, 401);
+    let (ok, out) = l.cli(&["groups", "set", "lab", "--max-unavailable", "2"])?;
+    assert!(
+        ok && out.contains("lab") && out.contains("n1,n2,n3"),
+        "{out}"
+    );
     let (code, v) = put(&["-H", &auth, "-d", &g], "/groups/lab")?;
     assert_eq!(
         (code, &v["max_unavailable"], &v["follow"]),

@@ -126,6 +126,14 @@ enum Cmd {
         #[command(flatten)]
         server: fleet::Server,
     },
+    /// The groups of a running server: list them, or change one's swap
+    /// policy at run time.
+    Groups {
+        #[command(subcommand)]
+        cmd: Option<fleet::GroupsCmd>,
+        #[command(flatten)]
+        server: fleet::Server,
+    },
     /// Swap a node (`NODE IMAGE`) or a group (`--group G IMAGE`) to a new
     /// image on a running server: the image is prepared, then each node is
     /// rebooted with its reboot command and must report booted on it, or it
@@ -288,6 +296,10 @@ pub fn main() -> Result<()> {
         Cmd::Nodes { cmd, server } => {
             rt.block_on(fleet::nodes(&server, cmd.unwrap_or(fleet::NodesCmd::List)))
         }
+        Cmd::Groups { cmd, server } => rt.block_on(fleet::groups(
+            &server,
+            cmd.unwrap_or(fleet::GroupsCmd::List),
+        )),
         Cmd::Swap { args, server } => rt.block_on(fleet::swap(&server, args)),
         Cmd::Swaps { id, server } => rt.block_on(fleet::swaps(&server, id)),
     }

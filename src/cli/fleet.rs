@@ -45,6 +45,29 @@ pub(super) enum NodesCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub(super) enum GroupsCmd {
+    /// Every group: its swap policy and members.
+    List,
+    /// Change a group's swap policy at run time (kept across restarts;
+    /// the reboot command is set in the config file only).
+    Set {
+        name: String,
+        #[arg(long)]
+        follow: Option<bool>,
+        #[arg(long)]
+        poll_secs: Option<u64>,
+        #[arg(long)]
+        max_unavailable: Option<usize>,
+        #[arg(long)]
+        boot_timeout_secs: Option<u64>,
+        #[arg(long)]
+        hook_timeout_secs: Option<u64>,
+        #[arg(long)]
+        keep_upper: Option<bool>,
+    },
+}
+
 #[derive(Args)]
 pub(super) struct SwapArgs {
     /// `NODE IMAGE`, or with --group just `IMAGE`: the new image reference.
@@ -179,6 +202,56 @@ pub(super) async fn nodes(s: &Server, cmd: NodesCmd) -> Result<()> {
     match cmd {
         NodesCmd::List => print_nodes(v.as_array().map(Vec::as_slice).unwrap_or_default()),
         _ => print_nodes(std::slice::from_ref(&v)),
+    }
+    Ok(())
+}
+
+pub(super) async fn groups(s: &Server, cmd: GroupsCmd) -> Result<()> {
+    let c = Client::new(s)?;
+    let list = match cmd {
+        GroupsCmd::List => c.get("/api/v1/groups").await?,
+        GroupsCmd::Set {
+            name,
+            follow,
+            poll_secs,
+            max_unavailable,
+            boot_timeout_secs,
+            hook_timeout_secs,
+            keep_upper,
+        } => {
+            let body = json!({
+                "follow": follow, "poll_secs": poll_secs, "max_unavailable": max_unavailable,
+                "boot_timeout_secs": boot_timeout_secs, "hook_timeout_secs": hook_timeout_secs,
+                "keep_upper": keep_upper,
+            });
+            let path = format!("/api/v1/groups/{}", seg(&name));
+            json!([c.call(reqwest::Method::PUT, &path, Some(body)).await?])
+        }
+    };
+    if s.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<7} {:<6} {:<6} {:<8} {:<6} {:<24} REBOOT",
+        "GROUP", "FOLLOW", "POLL", "MAXUN", "TIMEOUT", "KEEP", "NODES"
+    );
+    for g in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let nodes: Vec<String> = g["nodes"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<12} {:<7} {:<6} {:<6} {:<8} {:<6} {:<24} {}",
+            text(&g["name"]),
+            g["follow"],
+            format!("{}s", g["poll_secs"]),
+            g["max_unavailable"],
+            format!("{}s", g["boot_timeout_secs"]),
+            g["keep_upper"],
+            nodes.join(","),
+            g["reboot"]
+        );
     }
     Ok(())
 }
