@@ -74,7 +74,7 @@ fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// What a mount on a new image does with the upper of the old one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum OnNewImage {
     /// Discard it (a tag moved outside a swap; ephemeral roots).

@@ -37,6 +37,7 @@ struct Due {
 pub(super) async fn run(fleet: Arc<Fleet>) {
     let mut due: HashMap<Target, Due> = HashMap::new();
     loop {
+        fleet.reconcile();
         for (target, poll) in targets(&fleet) {
             let d = due.entry(target.clone()).or_default();
             if d.next.is_some_and(|t| Instant::now() < t) {
@@ -175,7 +176,8 @@ fn adopt(fleet: &Fleet, name: &str, image: &str, digest: &Digest) -> Result<(), 
     rec.digest = Some(digest.to_string());
     rec.config_image = fleet.configured_image(name);
     rec.assigned = Some(image.to_string());
+    rec.on_new_image = OnNewImage::Wipe;
     fleet.put_record(name, rec)?;
-    fleet.apply(name, OnNewImage::Wipe);
+    fleet.apply(name);
     Ok(())
 }

@@ -108,7 +108,7 @@ impl Fleet {
         });
         let names: Vec<String> = fleet.records.lock().keys().cloned().collect();
         for name in names {
-            fleet.apply(&name, OnNewImage::Wipe);
+            fleet.apply(&name);
         }
         fleet.groups_config_wins()?;
         fleet.end_interrupted()?;
@@ -213,8 +213,9 @@ impl Fleet {
     }
 
     /// Put `name`'s record into the inventory: the reference it boots
-    /// (pinned when the record has a digest) and its group.
-    pub(crate) fn apply(&self, name: &str, on_new_image: OnNewImage) {
+    /// (pinned when the record has a digest), its group, and what a mount
+    /// of another image does with its upper.
+    pub(crate) fn apply(&self, name: &str) {
         let Some(node) = self.ctx.inventory.by_name(name) else {
             return;
         };
@@ -228,9 +229,18 @@ impl Fleet {
             true => rec.group.clone(),
             false => self.configured_group(name),
         };
-        n.on_new_image = on_new_image;
+        n.on_new_image = rec.on_new_image;
         if n != *node {
             self.ctx.inventory.replace(n);
+        }
+    }
+
+    /// Apply the records of nodes the inventory has gained since (nodes made
+    /// from `[defaults]` come back only when their machine asks DHCP).
+    pub(crate) fn reconcile(&self) {
+        let names: Vec<String> = self.records.lock().keys().cloned().collect();
+        for name in names {
+            self.apply(&name);
         }
     }
 
@@ -275,8 +285,9 @@ impl Fleet {
             rec.group = group;
             rec.group_set = true;
         }
+        rec.on_new_image = OnNewImage::Wipe;
         self.put_record(&node.name, rec)?;
-        self.apply(name, OnNewImage::Wipe);
+        self.apply(name);
         Ok(())
     }
 
@@ -434,18 +445,36 @@ impl Fleet {
         image: &str,
         digest: Option<&Digest>,
         manifest: Option<&Digest>,
+        on_new_image: OnNewImage,
     ) -> Result<(), FleetError> {
         let mut rec = self.record(name);
+        // A node never pinned is set back to the manifest it last booted
+        // (a platform's manifest pins as well as an index), not to its tag,
+        // which may have moved on to the image that failed.
+        let booted = self.booted_manifest_after(name, None);
+        let old_digest = rec.digest.take().or_else(|| booted.clone());
         rec.previous = Some(model::Pinned {
             image: self.assigned(name).unwrap_or_default(),
-            digest: rec.digest.take(),
-            manifest: rec.manifest.take(),
+            digest: old_digest,
+            manifest: rec.manifest.take().or(booted),
         });
         rec.config_image = self.configured_image(name);
         rec.assigned = Some(image.to_string());
         rec.digest = digest.map(|d| d.to_string());
         rec.manifest = manifest.map(|d| d.to_string());
-        self.put_record(name, rec)
+        rec.on_new_image = on_new_image;
+        self.put_record(name, rec)?;
+        self.apply(name);
+        Ok(())
+    }
+
+    /// `name`'s swap is over: its next mount of another image wipes again.
+    fn swap_ended(&self, name: &str) -> Result<(), FleetError> {
+        let mut rec = self.record(name);
+        rec.on_new_image = OnNewImage::Wipe;
+        self.put_record(name, rec)?;
+        self.apply(name);
+        Ok(())
     }
 
     /// Set `name` back to the reference and digest it had before its
@@ -458,8 +487,13 @@ impl Fleet {
         rec.assigned = Some(prev.image);
         rec.digest = prev.digest;
         rec.manifest = prev.manifest;
+        // An upper kept aside comes back at the next mount whatever the
+        // rule; one carried over to the new image is carried back.
+        if rec.on_new_image != OnNewImage::Carry {
+            rec.on_new_image = OnNewImage::Wipe;
+        }
         self.put_record(name, rec)?;
-        self.apply(name, OnNewImage::Wipe);
+        self.apply(name);
         Ok(())
     }
 

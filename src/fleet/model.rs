@@ -24,6 +24,9 @@ pub(crate) struct NodeRecord {
     pub(crate) manifest: Option<String>,
     /// The reference and digest before the latest swap.
     pub(crate) previous: Option<Pinned>,
+    /// What the node's next mount of another image does with its upper
+    /// (kept here, so that every application of the record agrees).
+    pub(crate) on_new_image: crate::nodes::OnNewImage,
 }
 
 /// A reference and the digest it was pinned to.

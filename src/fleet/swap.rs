@@ -169,15 +169,15 @@ async fn swap_node(
         .swap(id)
         .and_then(|s| s.nodes.iter().find(|n| n.name == name)?.to.clone())
         .and_then(|m| Digest::parse(&m).ok());
-    fleet
-        .pin(name, image, digest, to.as_ref())
-        .map_err(|e| e.to_string())?;
-    let rule = if policy.keep_upper {
-        OnNewImage::Carry
-    } else {
-        OnNewImage::SetAside
+    // Without a reboot command there is no rollback to keep an upper for.
+    let rule = match (policy.keep_upper, policy.reboot.is_some()) {
+        (true, _) => OnNewImage::Carry,
+        (false, true) => OnNewImage::SetAside,
+        (false, false) => OnNewImage::Wipe,
     };
-    fleet.apply(name, rule);
+    fleet
+        .pin(name, image, digest, to.as_ref(), rule)
+        .map_err(|e| e.to_string())?;
     tracing::info!(swap = id, node = name, "swapping to {pinned}");
     let Some(argv) = &policy.reboot else {
         set(
@@ -210,7 +210,7 @@ async fn swap_node(
             if let Err(e) = crate::nfs::overlay::previous::drop_previous(&dir) {
                 tracing::warn!(node = name, "dropping the upper kept for a rollback: {e}");
             }
-            fleet.apply(name, OnNewImage::Wipe);
+            fleet.swap_ended(name).map_err(|e| e.to_string())?;
             Ok(())
         }
         Err(why) => {
