@@ -220,6 +220,11 @@ async fn swap_node(
                 "failed on the new image: {why}; rolling back"
             );
             let back = roll_back(fleet, &node, argv, &policy).await;
+            if back.is_ok() {
+                if let Err(e) = fleet.swap_ended(name) {
+                    tracing::warn!(node = name, "{e}");
+                }
+            }
             let (state, message) = match back {
                 Ok(()) => (
                     NodeSwapState::RolledBack,
