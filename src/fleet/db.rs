@@ -5,7 +5,7 @@
 
 use super::groups::GroupRecord;
 use super::model::{NodeRecord, SwapRecord};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use std::path::{Path, PathBuf};
 
 const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
@@ -78,7 +78,7 @@ impl Db {
         for row in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
             let name = k.value().to_string();
-            let rec = self.decode(format!("{table}/{name}"), v.value())?;
+            let rec = self.decode(format!("{}/{name}", table.name()), v.value())?;
             out.push((name, rec));
         }
         Ok(out)
