@@ -53,7 +53,7 @@ pub(crate) enum ReadError {
 }
 
 /// Which server a transfer goes through: the same files are served over
-/// TFTP and HTTP (see `crate::api::bootfiles`).
+/// TFTP and HTTP (see the API's `bootfiles`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Via {
     Tftp,
