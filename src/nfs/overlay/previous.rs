@@ -9,16 +9,12 @@
 //! steps leaves a state the next mount finishes (each step is repeated
 //! until the item is where it belongs).
 
-use super::state::wipe_node_state;
+use super::state::{discard, move_if_there, stamp, wipe_node_state, UPPER_ITEMS};
 use super::sys;
 pub(crate) use crate::nodes::OnNewImage;
 use std::fs;
 use std::io;
 use std::path::Path;
-
-/// The files that make up an upper, moved together; `index.image` last, as
-/// it says which image the rest belongs to.
-const ITEMS: [&str; 3] = ["upper", "index", "index.image"];
 
 /// The image an upper was made against, as recorded in its directory.
 pub(crate) fn recorded_image(dir: &Path) -> String {
@@ -42,7 +38,7 @@ pub(crate) fn switch_image(dir: &Path, manifest: &str, rule: OnNewImage) -> io::
         return Ok(Switched::Nothing);
     }
     if recorded_image(&previous) == manifest {
-        let present: Vec<&str> = ITEMS
+        let present: Vec<&str> = UPPER_ITEMS
             .into_iter()
             .filter(|n| previous.join(n).exists())
             .collect();
@@ -68,7 +64,7 @@ pub(crate) fn switch_image(dir: &Path, manifest: &str, rule: OnNewImage) -> io::
         OnNewImage::SetAside => {
             let staging = dir.join("previous.new");
             fs::create_dir_all(&staging)?;
-            for name in ITEMS {
+            for name in UPPER_ITEMS {
                 move_if_there(&dir.join(name), &staging.join(name))?;
             }
             discard(dir, "previous")?;
@@ -108,7 +104,7 @@ fn restore(dir: &Path) -> io::Result<()> {
     let listed: Vec<&str> = listed.lines().collect();
     let discarded = dir.join("work").join(format!("discarded-{}", stamp()));
     fs::create_dir_all(&discarded)?;
-    for name in ITEMS {
+    for name in UPPER_ITEMS {
         let kept = previous.join(name);
         if kept.exists() {
             move_if_there(&dir.join(name), &discarded.join(name))?;
@@ -118,31 +114,6 @@ fn restore(dir: &Path) -> io::Result<()> {
         }
     }
     sys::remove_dir_all(&previous)
-}
-
-fn stamp() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
-/// Rename `from` to `to` if `from` exists (`to` is replaced when it is a
-/// file or an empty directory).
-fn move_if_there(from: &Path, to: &Path) -> io::Result<()> {
-    match sys::rename(from, to) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-/// Move `dir/name` into `work/` (cleared at the next open).
-fn discard(dir: &Path, name: &str) -> io::Result<()> {
-    let work = dir.join("work");
-    fs::create_dir_all(&work)?;
-    move_if_there(
-        &dir.join(name),
-        &work.join(format!("old-{name}-{}", stamp())),
-    )
 }
 
 #[cfg(test)]

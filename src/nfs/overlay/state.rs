@@ -68,22 +68,44 @@ fn reset_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)
 }
 
+/// The files that make up an upper, moved together; `index.image` last, as
+/// it says which image the rest belongs to.
+pub(super) const UPPER_ITEMS: [&str; 3] = ["upper", "index", "index.image"];
+
 /// Discard a node's upper and index (ephemeral roots, at each boot). The
 /// directories are first renamed into `work/`, so they vanish at once and a
 /// crash half-way leaves only what the next open clears anyway.
 pub(crate) fn wipe_node_state(dir: &Path) -> io::Result<()> {
+    for name in UPPER_ITEMS {
+        discard(dir, name)?;
+    }
+    reset_dir(&dir.join("work"))
+}
+
+/// Move `dir/name`, if it is there, into `work/` (cleared at the next open).
+pub(super) fn discard(dir: &Path, name: &str) -> io::Result<()> {
     let work = dir.join("work");
     fs::create_dir_all(&work)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    for name in ["upper", "index", "index.image"] {
-        match sys::rename(dir.join(name), work.join(format!("old-{name}-{stamp}"))) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+    move_if_there(
+        &dir.join(name),
+        &work.join(format!("old-{name}-{}", stamp())),
+    )
+}
+
+/// Rename `from` to `to` if `from` exists (`to` is replaced when it is a
+/// file or an empty directory).
+pub(super) fn move_if_there(from: &Path, to: &Path) -> io::Result<()> {
+    match sys::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
-    reset_dir(&work)
+}
+
+/// A name part that differs between two moves into `work/`.
+pub(super) fn stamp() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 impl Inner {
