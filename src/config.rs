@@ -163,6 +163,13 @@ pub(crate) enum BootOver {
     Http,
 }
 
+/// Node `node`'s directory of the HTTP boot route, `http://SERVER:PORT/boot/NODE`:
+/// how DHCP replies, the generated iPXE script and the route's own records
+/// all name a node's boot files over HTTP.
+pub(crate) fn http_boot_dir(server: Ipv4Addr, http_port: u16, node: &str) -> String {
+    format!("http://{server}:{http_port}/boot/{node}")
+}
+
 /// `[server] portmapper`: `true`, `false` or `"register"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum PortmapperMode {

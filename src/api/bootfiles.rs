@@ -185,8 +185,8 @@ async fn open(
         via: Via::Http,
         node: node.name.clone(),
         path: format!(
-            "http://{}:{}/boot/{}/{rel}",
-            ctx.server_ip, server.http_port, node.name
+            "{}/{rel}",
+            crate::config::http_boot_dir(ctx.server_ip, server.http_port, &node.name)
         ),
     };
     files

@@ -261,7 +261,8 @@ pub(crate) struct HttpBoot<'a> {
 
 impl HttpBoot<'_> {
     fn url(&self, server: Ipv4Addr, file: &str) -> String {
-        format!("http://{server}:{}/boot/{}/{file}", self.port, self.node)
+        let dir = crate::config::http_boot_dir(server, self.port, self.node);
+        format!("{dir}/{file}")
     }
 }
 

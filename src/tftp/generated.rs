@@ -568,7 +568,7 @@ pub(crate) fn ipxe_script(node: &str, base: &str, files: &BootFiles, args: &str)
 pub(crate) fn boot_base(over: BootOver, server: Ipv4Addr, http_port: u16, node: &str) -> String {
     match over {
         BootOver::Tftp => format!("tftp://{server}"),
-        BootOver::Http => format!("http://{server}:{http_port}/boot/{node}"),
+        BootOver::Http => crate::config::http_boot_dir(server, http_port, node),
     }
 }
 
