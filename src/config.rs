@@ -510,6 +510,11 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Config {
+    /// The `[[nodes]]` table named `name`.
+    pub(crate) fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name.get_ref() == name)
+    }
+
     pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

@@ -106,10 +106,7 @@ impl Fleet {
             swaps: Mutex::new(swaps),
             cancels: Mutex::new(HashMap::new()),
         });
-        let names: Vec<String> = fleet.records.lock().keys().cloned().collect();
-        for name in names {
-            fleet.apply(&name);
-        }
+        fleet.reconcile();
         fleet.groups_config_wins()?;
         fleet.end_interrupted()?;
         Ok(fleet)
@@ -158,8 +155,7 @@ impl Fleet {
 
     /// The swap policy of `node` (its keys over its group's).
     pub(crate) fn policy(&self, node: &Node) -> SwapPolicy {
-        let cfg = &self.ctx.config;
-        let conf = cfg.nodes.iter().find(|n| n.name.get_ref() == &node.name);
+        let conf = self.ctx.config.node(&node.name);
         node.group
             .as_deref()
             .and_then(|g| self.group_policy(g))
@@ -181,35 +177,21 @@ impl Fleet {
     /// The reference `name` is assigned, unpinned: the run-time one, else
     /// the config's, else `[defaults]`'.
     pub(crate) fn assigned(&self, name: &str) -> Option<String> {
-        if let Some(a) = self.record(name).assigned {
-            return Some(a);
-        }
         let cfg = &self.ctx.config;
-        match cfg.nodes.iter().find(|n| n.name.get_ref() == name) {
-            Some(n) => Some(n.image.clone()),
-            None => cfg.defaults.as_ref().and_then(|d| d.image.clone()),
-        }
+        self.record(name)
+            .assigned
+            .or_else(|| self.configured_image(name))
+            .or_else(|| cfg.defaults.as_ref().and_then(|d| d.image.clone()))
     }
 
     /// The image the config file gives node `name` (None: not in the file).
     pub(crate) fn configured_image(&self, name: &str) -> Option<String> {
-        let n = self
-            .ctx
-            .config
-            .nodes
-            .iter()
-            .find(|n| n.name.get_ref() == name)?;
-        Some(n.image.clone())
+        Some(self.ctx.config.node(name)?.image.clone())
     }
 
     fn configured_group(&self, name: &str) -> Option<String> {
-        let n = self
-            .ctx
-            .config
-            .nodes
-            .iter()
-            .find(|n| n.name.get_ref() == name)?;
-        n.group.as_ref().map(|g| g.get_ref().clone())
+        let g = self.ctx.config.node(name)?.group.as_ref()?;
+        Some(g.get_ref().clone())
     }
 
     /// Put `name`'s record into the inventory: the reference it boots
@@ -293,11 +275,7 @@ impl Fleet {
 
     /// The running swap `name` is part of, if any.
     pub(crate) fn swap_of(&self, name: &str) -> Option<u64> {
-        self.swaps
-            .lock()
-            .values()
-            .find(|s| s.state.is_running() && s.nodes.iter().any(|n| n.name == name))
-            .map(|s| s.id)
+        running_swap_of(&self.swaps.lock(), name)
     }
 
     /// The nodes of group `g` (as the inventory has them now).
@@ -349,14 +327,13 @@ impl Fleet {
             .unwrap_or_else(|| self.policy(&nodes[0]).max_unavailable);
         let (id, cancel) = {
             let mut swaps = self.swaps.lock();
+            // Checked under the lock the new swap is recorded under, so two
+            // requests cannot both take a node.
             for n in &nodes {
-                if let Some(s) = swaps
-                    .values()
-                    .find(|s| s.state.is_running() && s.nodes.iter().any(|x| x.name == n.name))
-                {
+                if let Some(swap) = running_swap_of(&swaps, &n.name) {
                     return Err(FleetError::Busy {
                         node: n.name.clone(),
-                        swap: s.id,
+                        swap,
                     });
                 }
             }
@@ -542,6 +519,14 @@ pub(crate) fn pinned(reference: &str, digest: Option<&str>) -> String {
     .to_string()
 }
 
+/// The running swap of `swaps` that node `name` is part of.
+fn running_swap_of(swaps: &BTreeMap<u64, SwapRecord>, name: &str) -> Option<u64> {
+    swaps
+        .values()
+        .find(|s| s.state.is_running() && s.nodes.iter().any(|n| n.name == name))
+        .map(|s| s.id)
+}
+
 fn check_image(image: &str) -> Result<(), FleetError> {
     image
         .parse::<ImageRef>()
@@ -556,7 +541,7 @@ fn check_image(image: &str) -> Result<(), FleetError> {
 /// its value for the key changed since they were set. Returns whether
 /// `rec` changed.
 fn config_wins(ctx: &ServeContext, name: &str, rec: &mut NodeRecord) -> bool {
-    let Some(conf) = ctx.config.nodes.iter().find(|n| n.name.get_ref() == name) else {
+    let Some(conf) = ctx.config.node(name) else {
         return false;
     };
     let mut changed = false;

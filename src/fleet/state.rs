@@ -1,10 +1,10 @@
 //! Each node's state as the API, the CLI, the dashboard and `/metrics`
 //! show it, from the inventory, the recorder, the profiles and the swaps.
 
-use super::model::NodeSwapState;
+use super::model::{NodeRecord, NodeSwapState};
 use super::Fleet;
 use crate::nodes::Node;
-use crate::profile::BootedBy;
+use crate::profile::{BootProfile, BootedBy};
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -69,6 +69,18 @@ fn unpinned(reference: &str) -> String {
 impl Fleet {
     /// The state of `node` now.
     pub(crate) fn state_of(&self, node: &Node) -> NodeState {
+        let latest = self.ctx.recorder.store().load(&node.name, None).ok();
+        self.state_given(node, latest.as_ref(), &self.record(&node.name))
+    }
+
+    /// The state of `node`, whose latest boot profile and record the
+    /// caller has read already.
+    fn state_given(
+        &self,
+        node: &Node,
+        latest: Option<&BootProfile>,
+        rec: &NodeRecord,
+    ) -> NodeState {
         let name = node.name.as_str();
         let in_swap = self.swaps.lock().values().any(|s| {
             s.state.is_running()
@@ -85,20 +97,16 @@ impl Fleet {
         if self.ctx.recorder.in_progress(name) {
             return NodeState::Booting;
         }
-        let store = self.ctx.recorder.store();
-        let latest = store.load(name, None).ok();
-        let rec = self.record(name);
         // A reference assigned at run time that its latest boot did not
         // use (pins aside: following a tag pins it without a change).
-        if let (Some(assigned), Some(p)) = (&rec.assigned, &latest) {
+        if let (Some(assigned), Some(p)) = (&rec.assigned, latest) {
             if unpinned(&p.image) != unpinned(assigned) {
                 return NodeState::Pending;
             }
         }
-        if let Some(want) = rec.manifest {
-            let booted_it = latest
-                .as_ref()
-                .is_some_and(|p| p.booted.is_some() && p.manifest.as_deref() == Some(&want));
+        if let Some(want) = &rec.manifest {
+            let booted_it =
+                latest.is_some_and(|p| p.booted.is_some() && p.manifest.as_ref() == Some(want));
             if !booted_it {
                 return NodeState::Pending;
             }
@@ -125,7 +133,7 @@ impl Fleet {
         });
         json!({
             "node": node,
-            "state": self.state_of(node),
+            "state": self.state_given(node, latest.as_ref(), &rec),
             "group": node.group,
             "assigned": self.assigned(name),
             "digest": rec.manifest.clone().or(booted_manifest),
