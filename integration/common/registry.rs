@@ -22,12 +22,26 @@ pub struct Registry {
     child: Option<Child>,
     /// Network namespace the registry runs in (see [`Registry::start_in_netns`]).
     netns: Option<String>,
+    /// The upstream a pull-through mirror proxies (see [`Registry::start_mirror`]).
+    upstream: Option<String>,
 }
 
 impl Registry {
     /// Start a registry on a free port and wait until `/v2/` answers.
     pub fn start() -> Result<Registry> {
+        Registry::start_on_free_port(Registry::stopped(None)?)
+    }
+
+    /// A pull-through mirror of `upstream` (distribution's `proxy`
+    /// section) on a free port: it fetches what it is asked for from the
+    /// upstream once, keeps it in its own storage, and is read-only.
+    pub fn start_mirror(upstream: &Registry) -> Result<Registry> {
         let mut reg = Registry::stopped(None)?;
+        reg.upstream = Some(upstream.url());
+        Registry::start_on_free_port(reg)
+    }
+
+    fn start_on_free_port(mut reg: Registry) -> Result<Registry> {
         // The free port is found by binding port 0 and closing it again, so
         // another process may grab it in between: retry with a new port.
         let mut last_err = None;
@@ -71,6 +85,7 @@ impl Registry {
             dir,
             child: None,
             netns,
+            upstream: None,
         })
     }
 
@@ -189,7 +204,7 @@ impl Registry {
     }
 
     fn write_config(&self) -> Result<()> {
-        let cfg = format!(
+        let mut cfg = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
@@ -198,6 +213,9 @@ impl Registry {
             root = self.storage_dir().display(),
             addr = self.addr,
         );
+        if let Some(url) = &self.upstream {
+            cfg.push_str(&format!("proxy:\n  remoteurl: {url}\n"));
+        }
         fs::write(self.config_path(), cfg).context("writing registry config")
     }
 
