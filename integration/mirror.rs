@@ -56,6 +56,8 @@ fn boot_one(image: &str) -> Result<u64> {
         false,
         LabOptions {
             image: Some(image.to_string()),
+            // Only what the node reads: no fetching of the rest behind it.
+            server_lines: "background_fill = false\n",
             ..LabOptions::default()
         },
     )?;
@@ -130,5 +132,6 @@ fn two_servers_boot_one_image_through_a_pull_through_mirror() -> Result<()> {
     upstream.stop();
     let third = boot_one(&image)?;
     eprintln!("third server, upstream stopped: {third}");
+    assert!(third * 10 < layers, "third server: {third} for {layers}");
     Ok(())
 }

@@ -87,6 +87,8 @@ pub struct LabOptions {
     pub globals: Vec<&'static str>,
     /// Serve this image reference instead of the shared fixture's.
     pub image: Option<String>,
+    /// More `[server]` lines (`background_fill = false\n`).
+    pub server_lines: &'static str,
 }
 
 impl Lab {
@@ -130,12 +132,13 @@ impl Lab {
         let mut text = format!(
             "[server]\ninterface = \"{iface}\"\naddress = \"{server}\"\nstate_dir = \"{t}/state\"\n\
              cache_dir = \"{t}/cache\"\ncache_size = \"{cache}\"\ntftp_port = {tftp}\nnfs_port = {nfs_port}\n\
-             \n[dhcp]\n{dhcp}",
+             {more}\n[dhcp]\n{dhcp}",
             iface = net.host_if,
             server = net.server_ip,
             t = tmp.path().display(),
             cache = opts.cache_size.unwrap_or("2G"),
             tftp = tftp_port,
+            more = opts.server_lines,
         );
         for n in nodes {
             let ip = Ipv4Addr::new(10, 213, net.subnet, n.last);
