@@ -366,7 +366,14 @@ impl Filesystem for LazyFs {
         };
         match self.target(ino) {
             Err(e) => reply.error(e),
-            Ok(Target::Final(v, i)) => answer(self.rt.block_on(v.read(i, offset, size)), reply),
+            // Answered from the runtime, not on the session thread: the
+            // kernel keeps several readahead requests in flight
+            // (FUSE_ASYNC_READ), and chunk files read from disk for one of
+            // them overlap with the others instead of queueing behind it.
+            Ok(Target::Final(v, i)) => {
+                self.rt
+                    .spawn(async move { answer(v.read(i, offset, size).await, reply) });
+            }
             Ok(Target::Provisional(path)) => {
                 let opening = self.opening.clone();
                 self.rt.spawn(async move {

@@ -152,11 +152,54 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
         rom_dir: PathBuf::from(IPXE_ROM_DIR),
     });
     let engine = engine::Engine::new(files, settings, IpAddr::V4(ctx.server_ip));
+    let socket = socket
+        .into_std()
+        .map_err(|source| TftpError::Bind { addr, source })?;
     ctx.mark_bound();
-    engine
-        .serve(socket)
-        .await
-        .map_err(|e| TftpError::Server(Box::new(e)))
+    on_own_thread(engine, socket).await
+}
+
+/// Run the transfers on a single-threaded runtime of their own. A lock-step
+/// transfer is one ACK in, one DATA out: on the shared multi-threaded
+/// runtime the task woken by an ACK often runs on another worker than the
+/// one that polled the socket, a thread hand-off per block. Opening files
+/// and reading the image still run on the shared runtime (`Files::rt`), so
+/// nothing slow runs on this thread.
+async fn on_own_thread(
+    engine: Arc<engine::Engine<Files>>,
+    socket: std::net::UdpSocket,
+) -> Result<(), TftpError> {
+    let (done, ended) = tokio::sync::oneshot::channel();
+    // Dropped with this future (a server being stopped): the thread stops
+    // serving and its runtime drops every transfer.
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("lazyboot-tftp".into())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| TftpError::Server(Box::new(e)))
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let socket = tokio::net::UdpSocket::from_std(socket)
+                            .map_err(|e| TftpError::Server(Box::new(e)))?;
+                        tokio::select! {
+                            served = engine.serve(socket) => {
+                                served.map_err(|e| TftpError::Server(Box::new(e)))
+                            }
+                            _ = stopped => Ok(()),
+                        }
+                    })
+                });
+            let _ = done.send(served);
+        })
+        .map_err(|e| TftpError::Server(Box::new(e)))?;
+    ended.await.unwrap_or_else(|_| {
+        Err(TftpError::Server(
+            "the TFTP thread ended without a word".into(),
+        ))
+    })
 }
 
 /// Largest blksize that fits the MTU of `interface` without IP

@@ -28,11 +28,13 @@
 //! - [`readdir`]: listing merged directories.
 //! - [`lower`]: paths of image inodes, for resolving lower ids.
 //! - [`sys`]: file system calls the standard library does not offer.
+//! - [`pristine`]: answers from the image alone while the upper is empty.
 //! - [`node_fs`]: the [`NodeFs`](crate::nfs::fs::NodeFs) implementation that ties them together.
 //!
 //! ## Concurrency
 //!
-//! All file-system work runs in `spawn_blocking`. Per node, changes to the
+//! All file-system work runs in `spawn_blocking` (a pristine overlay's
+//! answers need none). Per node, changes to the
 //! upper's namespace take a lock for writing and everything that walks upper
 //! paths takes it for reading, so a path in use can never have a component
 //! swapped for a client's symlink. Files are opened `O_NOFOLLOW` under the
@@ -51,6 +53,7 @@ mod deep_tests;
 mod lower;
 mod node_fs;
 pub(crate) mod previous;
+mod pristine;
 mod readdir;
 mod rename;
 mod resolve;
@@ -126,6 +129,8 @@ struct Inner {
     upper_root_ino: u64,
     read_only: bool,
     retired: AtomicBool,
+    /// Nothing changed in the upper since it opened empty ([`pristine`]).
+    pristine: AtomicBool,
     tmp_seq: AtomicU64,
     /// Changes to the upper's namespace take it for writing; everything
     /// that uses upper paths takes it for reading. So no path component can
@@ -281,11 +286,15 @@ impl Inner {
         }
     }
 
+    /// Every change starts here: from now on the upper may differ from
+    /// the image, so nothing is answered from the image alone.
     fn check_writable(&self) -> Result<(), FsError> {
         if self.read_only {
             Err(FsError::ReadOnly)
         } else {
-            self.check_live()
+            self.check_live()?;
+            self.pristine.store(false, Ordering::SeqCst);
+            Ok(())
         }
     }
 }

@@ -1,7 +1,12 @@
 //! [`NodeFs`] for the overlay: each call runs its part off the async
 //! threads under the namespace lock, retrying when a concurrent change
-//! (another copy-up, say) made the entry it found stale.
+//! (another copy-up, say) made the entry it found stale. While the node has
+//! changed nothing, reads are answered from the image alone
+//! ([`super::pristine`]).
 
+use super::attr::attr_from_inode;
+use super::lower::lower_kind;
+use super::pristine::lower_listing;
 use super::sys;
 use super::sys::{fs_stat, mknod, open_upper};
 use super::whiteout::mknod_zero_device;
@@ -28,6 +33,9 @@ impl NodeFs for NodeOverlay {
     }
 
     async fn getattr(&self, id: FileId) -> Result<Attr, FsError> {
+        if let Some(a) = self.inner.pristine_attr(id) {
+            return Ok(a);
+        }
         let inner = self.inner.clone();
         blocking(move || {
             let _g = inner.ns_lock.read();
@@ -39,6 +47,10 @@ impl NodeFs for NodeOverlay {
 
     async fn lookup(&self, dir: FileId, name: &[u8]) -> Result<FileId, FsError> {
         check_lookup_name(name)?;
+        if name != b"." && name != b".." && self.inner.pristine_dir(dir).is_some() {
+            let child = self.inner.lower_child(Some(dir), name);
+            return child.map(|l| l.ino).ok_or(FsError::NotFound);
+        }
         let inner = self.inner.clone();
         let name = name.to_vec();
         blocking(move || {
@@ -57,6 +69,9 @@ impl NodeFs for NodeOverlay {
     }
 
     async fn read(&self, id: FileId, offset: u64, count: u32) -> Result<(Bytes, bool), FsError> {
+        if self.inner.pristine_file(id).is_some() {
+            return self.read_source(Source::Lower(id), offset, count).await;
+        }
         let inner = self.inner.clone();
         // The file is opened under the lock, read after it.
         let source = blocking(move || {
@@ -75,6 +90,13 @@ impl NodeFs for NodeOverlay {
         count: u32,
         check: impl FnOnce(&Attr) -> Result<(), E> + Send,
     ) -> Result<ReadChecked<E>, FsError> {
+        if let Some(attr) = self.inner.pristine_file(id).map(attr_from_inode) {
+            if let Err(refused) = check(&attr) {
+                return Ok((attr, Err(ReadFailed::Refused(refused))));
+            }
+            let data = self.read_source(Source::Lower(id), offset, count).await;
+            return Ok((attr, data.map_err(ReadFailed::Fs)));
+        }
         let inner = self.inner.clone();
         // One resolution gives the attributes and the opened file; `check`
         // and the read come after the lock is released.
@@ -96,6 +118,12 @@ impl NodeFs for NodeOverlay {
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>, FsError> {
+        if let Some(i) = self.inner.pristine_entry(id) {
+            if lower_kind(i.kind) != FileKind::Symlink {
+                return Err(FsError::Inval);
+            }
+            return Ok(i.symlink.clone().unwrap_or_default().into_bytes());
+        }
         let inner = self.inner.clone();
         blocking(move || {
             let _g = inner.ns_lock.read();
@@ -123,6 +151,9 @@ impl NodeFs for NodeOverlay {
         cookie: u64,
         max: usize,
     ) -> Result<(Vec<DirEntry>, bool), FsError> {
+        if let Some(d) = self.inner.pristine_dir(dir) {
+            return Ok(lower_listing(&d.children, cookie, max));
+        }
         let inner = self.inner.clone();
         blocking(move || {
             let _g = inner.ns_lock.read();

@@ -1,5 +1,6 @@
 //! Listing merged directories.
 
+use super::pristine::lower_listing;
 use super::resolve::upper_id;
 use super::sys;
 use super::whiteout::{is_opaque, is_whiteout};
@@ -25,22 +26,11 @@ impl Inner {
             .lower
             .and_then(|l| self.tree().get(l))
             .map_or(&[], |i| i.children.as_slice());
-        let start = usize::try_from(cookie).unwrap_or(usize::MAX);
         // Lower-only directory: the tree's sorted children are the listing.
         let Some(du) = &d.upper else {
-            let out = lower_children
-                .iter()
-                .enumerate()
-                .skip(start)
-                .take(max)
-                .map(|(i, (n, ino))| DirEntry {
-                    id: *ino,
-                    name: n.as_bytes().to_vec(),
-                    cookie: i as u64 + 1,
-                })
-                .collect();
-            return Ok((out, start.saturating_add(max) >= lower_children.len()));
+            return Ok(lower_listing(lower_children, cookie, max));
         };
+        let start = usize::try_from(cookie).unwrap_or(usize::MAX);
         enum Src {
             Upper(fs::FileType, u64),
             Lower(u64),

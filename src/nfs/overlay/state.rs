@@ -172,6 +172,7 @@ impl Inner {
                 }
             }
         }
+        let pristine = state.index.is_empty() && sys::read_dir(&upper)?.next().is_none();
         Ok(Inner {
             view,
             names,
@@ -181,6 +182,7 @@ impl Inner {
             upper_root_ino: root_meta.ino(),
             read_only,
             retired: AtomicBool::new(false),
+            pristine: AtomicBool::new(pristine),
             tmp_seq: AtomicU64::new(0),
             ns_lock: RwLock::new(()),
             state: Mutex::new(state),
