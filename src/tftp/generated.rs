@@ -10,6 +10,7 @@ use super::bootfs::{BootDir, FoundFile};
 use super::uimage::{self, Arch};
 use crate::config::{BootOver, NodeKind};
 use crate::image::tree::Tree;
+use crate::nodes::pi_model::PiModel;
 use std::cmp::Ordering;
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -184,9 +185,11 @@ fn newest_versioned(boot: &BootDir, prefix: &str) -> Option<(String, FoundFile)>
 /// `vmlinuz` (usually a symlink) with `initrd.img`; else the newest
 /// `vmlinuz-VERSION` with `initrd.img-VERSION` (or `initrd-VERSION`,
 /// `initramfs-VERSION.img`); else `Image`, `Image.gz`, `kernel8.img` (the
-/// Raspberry Pi's name; first for Pi nodes), `zImage`, with `initrd.img`,
-/// `initrd`, `initramfs8`.
-pub(crate) fn discover(boot: &BootDir, kind: NodeKind) -> BootFiles {
+/// Raspberry Pi's name), `zImage`, with `initrd.img`, `initrd`,
+/// `initramfs8`. Pi nodes try their firmware's kernels first: a Pi 5's
+/// (`pi`, what its bootloader said) `kernel_2712.img` with
+/// `initramfs_2712`, then `kernel8.img` with `initramfs8`.
+pub(crate) fn discover(boot: &BootDir, kind: NodeKind, pi: Option<PiModel>) -> BootFiles {
     let mut out = BootFiles::default();
     let mut version: Option<String> = None;
     if let Some(k) = boot.file("vmlinuz") {
@@ -204,19 +207,24 @@ pub(crate) fn discover(boot: &BootDir, kind: NodeKind) -> BootFiles {
         out.kernel = Some(k);
         version = Some(v);
     } else {
-        let mut names = vec!["Image", "Image.gz", "kernel8.img", "zImage"];
-        if kind == NodeKind::Raspberrypi {
-            names.retain(|n| *n != "kernel8.img");
-            names.insert(0, "kernel8.img");
-        }
-        out.kernel = names.iter().find_map(|n| boot.file(n));
+        // A Pi's own names first, in the order its firmware tries them
+        // (a Pi 4's when the bootloader did not say which Pi it is).
+        let pi_kernels = match kind {
+            NodeKind::Raspberrypi => pi.unwrap_or(PiModel::Pi4).default_kernels(),
+            _ => &[],
+        };
+        let generic = ["Image", "Image.gz", "kernel8.img", "zImage"];
+        let mut names = pi_kernels.iter().map(|(k, _)| *k).chain(generic);
+        out.kernel = names.find_map(|n| boot.file(n));
         if let Some(k) = &out.kernel {
-            let initrds: &[&str] = if k.path == "kernel8.img" {
-                &["initramfs8", "initrd.img", "initrd"]
-            } else {
-                &["initrd.img", "initrd", "initramfs8"]
-            };
-            out.initrd = initrds.iter().find_map(|n| boot.file(n));
+            // The initramfs that goes with a Pi kernel, then the usual names.
+            let own = pi_kernels
+                .iter()
+                .chain(PiModel::Pi4.default_kernels())
+                .find(|(n, _)| *n == k.path)
+                .map_or(&[][..], |(_, i)| *i);
+            let usual = ["initrd.img", "initrd", "initramfs8"];
+            out.initrd = own.iter().copied().chain(usual).find_map(|n| boot.file(n));
         }
     }
     out.fdt_dir = find_fdt_dir(boot, version.as_deref());

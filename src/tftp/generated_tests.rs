@@ -122,14 +122,14 @@ fn debian_tree(with_links: bool) -> Tree {
 fn discovery_prefers_symlinks_then_newest_version() {
     let t = debian_tree(true);
     let b = BootDir::open(&t, "/boot").unwrap();
-    let f = discover(&b, NodeKind::Uboot);
+    let f = discover(&b, NodeKind::Uboot, None);
     assert_eq!(f.kernel.unwrap().path, "vmlinuz-6.1.0-9-riscv64");
     assert_eq!(f.initrd.unwrap().path, "initrd.img-6.1.0-9-riscv64");
     assert_eq!(f.fdt_dir.as_deref(), Some("dtbs/6.1.0-9-riscv64"));
 
     let t = debian_tree(false);
     let b = BootDir::open(&t, "/boot").unwrap();
-    let f = discover(&b, NodeKind::Uboot);
+    let f = discover(&b, NodeKind::Uboot, None);
     assert_eq!(f.kernel.unwrap().path, "vmlinuz-6.1.0-10-riscv64");
     assert_eq!(f.initrd.unwrap().path, "initrd.img-6.1.0-10-riscv64");
     assert_eq!(f.fdt_dir.as_deref(), Some("dtbs/6.1.0-10-riscv64"));
@@ -178,7 +178,7 @@ fn kernels_in_usr_lib_modules_and_configured_paths() {
 fn discovery_of_generic_and_pi_names() {
     let t = pi_tree();
     let b = BootDir::open(&t, "/boot/firmware").unwrap();
-    let f = discover(&b, NodeKind::Raspberrypi);
+    let f = discover(&b, NodeKind::Raspberrypi, None);
     assert_eq!(f.kernel.unwrap().path, "kernel8.img");
     assert_eq!(f.initrd, None);
     assert_eq!(f.fdt_dir.as_deref(), Some("."));
@@ -189,17 +189,41 @@ fn discovery_of_generic_and_pi_names() {
         file("boot/kernel8.img"),
     ]]);
     let b = BootDir::open(&t, "/boot").unwrap();
-    let f = discover(&b, NodeKind::Uboot);
+    let f = discover(&b, NodeKind::Uboot, None);
     assert_eq!(f.kernel.as_ref().unwrap().path, "Image.gz");
     assert_eq!(f.initrd.unwrap().path, "initrd");
     assert_eq!(f.fdt_dir, None);
-    let f = discover(&b, NodeKind::Raspberrypi);
+    let f = discover(&b, NodeKind::Raspberrypi, None);
     assert_eq!(f.kernel.unwrap().path, "kernel8.img");
+
+    // Raspberry Pi OS carries both kernels: a Pi 5 gets its own (its
+    // firmware's default) and initramfs; a Pi 4, an unknown Pi and a
+    // non-Pi node kernel8.img; a Pi 5 without kernel_2712.img too.
+    let fw = |n: &str| file(&format!("boot/firmware/{n}"));
+    let pi_os = [fw("kernel8.img"), fw("initramfs8"), fw("kernel_2712.img")];
+    let t = Tree::build(&[&pi_os, &[fw("initramfs_2712")]]);
+    let b = BootDir::open(&t, "/boot/firmware").unwrap();
+    let t4 = Tree::build(&[&pi_os[..2]]);
+    let b4 = BootDir::open(&t4, "/boot/firmware").unwrap();
+    let (pi, p5) = (NodeKind::Raspberrypi, Some(PiModel::Pi5));
+    for (b, kind, model, k, i) in [
+        (&b, pi, p5, "kernel_2712.img", "initramfs_2712"),
+        (&b, pi, None, "kernel8.img", "initramfs8"),
+        (&b, pi, Some(PiModel::Pi4), "kernel8.img", "initramfs8"),
+        (&b, NodeKind::Uboot, p5, "kernel8.img", "initramfs8"),
+        (&b4, pi, p5, "kernel8.img", "initramfs8"),
+    ] {
+        let f = discover(b, kind, model);
+        assert_eq!(
+            (f.kernel.unwrap().path, f.initrd.unwrap().path),
+            (k.into(), i.into())
+        );
+    }
 
     // A vmlinuz link leading out of the boot dir is not used.
     let t = Tree::build(&[&[file("vmlinuz-1"), link("boot/vmlinuz", "../vmlinuz-1")]]);
     let b = BootDir::open(&t, "/boot").unwrap();
-    assert_eq!(discover(&b, NodeKind::Ipxe), BootFiles::default());
+    assert_eq!(discover(&b, NodeKind::Ipxe, None), BootFiles::default());
 }
 
 #[test]
