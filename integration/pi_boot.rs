@@ -15,8 +15,8 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
-use common::dhcpc::option_bytes as option;
 use common::netns::NetLab;
+use common::pi::check_pi_reply;
 use common::serve::Serve;
 use common::{sh, sha256_hex, Registry};
 use serde_json::Value;
@@ -92,57 +92,18 @@ umoci config --image {l}:os --architecture=arm64
     Ok(bundle.join("rootfs"))
 }
 
-/// What a Pi must see in an OFFER or ACK from us.
-fn check_pi_reply(reply: &Value, what: &str, server: &str, net: &str) {
-    assert_eq!(reply["siaddr"], server, "{what}: siaddr");
-    let ip = reply["yiaddr"].as_str().unwrap_or_default();
-    assert!(ip.starts_with(&format!("{net}.")), "{what}: yiaddr {ip}");
-    assert_eq!(
-        option(reply, 66).as_deref(),
-        Some(server.as_bytes()),
-        "{what}: option 66"
-    );
-    assert_eq!(
-        option(reply, 60).as_deref(),
-        Some(&b"PXEClient"[..]),
-        "{what}: option 60"
-    );
-    let menu = option(reply, 43).unwrap_or_else(|| panic!("{what}: no option 43"));
-    assert!(
-        menu.windows(20).any(|w| w == b"Raspberry Pi Boot   "),
-        "{what}: option 43 {menu:?}"
-    );
-}
-
 /// One full replay: serve, DHCP, the firmware's TFTP requests, NFS root.
 /// Run the replay client in the lab's namespace; its JSON report.
 fn run_replay(lab: &NetLab, tftp_port: u16, prefixed: bool, pause: f64) -> Result<(Value, String)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/pi_replay.py");
-    let mut cmd = lab.client("python3");
-    cmd.arg(&script).args([
-        "--iface",
-        &lab.client_if,
-        "--tftp-port",
-        &tftp_port.to_string(),
-        "--prefix",
-        if prefixed { PI_PREFIX } else { "" },
-        "--pause-after-dhcp",
-        &pause.to_string(),
-    ]);
+    let (port, pause) = (tftp_port.to_string(), pause.to_string());
+    let prefix = if prefixed { PI_PREFIX } else { "" };
+    let mut args = vec!["--tftp-port", &port, "--prefix", prefix];
+    args.extend(["--pause-after-dhcp", &pause]);
     if !prefixed {
         // The Pi 3 ROM of the seed: TFTP with the offered address, no REQUEST.
-        cmd.arg("--no-request");
+        args.push("--no-request");
     }
-    let out = cmd.output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "pi_replay: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let r: Value = serde_json::from_str(&stdout).context("pi_replay output")?;
-    Ok((r, stdout))
+    common::pi::replay(lab, &args)
 }
 
 fn replay(test: &str, prefixed: bool) -> Result<()> {

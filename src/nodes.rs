@@ -12,6 +12,7 @@
 //! `[defaults] max_nodes` of them ever do.
 
 mod pending;
+pub(crate) mod pi_model;
 pub(crate) mod platform;
 
 use crate::config::{Config, DefaultsConfig, MacAddr, NodeKind, RootMode, UnknownNodes};
@@ -19,6 +20,7 @@ use crate::platform::Platform;
 use parking_lot::{Mutex, RwLock};
 use pending::PendingTable;
 pub(crate) use pending::{PendingNode, PENDING_TTL};
+use pi_model::PiModel;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -110,6 +112,8 @@ struct Learned {
     ip_by_mac: HashMap<MacAddr, Ipv4Addr>,
     /// The client architecture (DHCP option 93) each MAC last sent.
     arch_by_mac: HashMap<MacAddr, u16>,
+    /// The Raspberry Pi family each MAC's bootloader last said it is of.
+    pi_by_mac: HashMap<MacAddr, PiModel>,
     boots: HashMap<String, u64>,
     /// The last lease this server's DHCP bound for each MAC.
     leases: HashMap<MacAddr, Lease>,
@@ -406,6 +410,31 @@ impl Inventory {
         if self.learned.read().arch_by_mac.get(&mac) != Some(&arch) {
             self.learned.write().arch_by_mac.insert(mac, arch);
         }
+    }
+
+    /// What `mac`'s boot firmware said of itself: its client architecture,
+    /// the Raspberry Pi family of its bootloader.
+    pub(crate) fn learn_firmware(&self, mac: MacAddr, arch: Option<u16>, pi: Option<PiModel>) {
+        if let Some(arch) = arch {
+            self.learn_arch(mac, arch);
+        }
+        if let Some(model) = pi {
+            self.learn_pi_model(mac, model);
+        }
+    }
+
+    /// `mac`'s boot firmware said it is a Raspberry Pi of family `model`
+    /// (see [`pi_model`]). Said once in the log when it is news.
+    fn learn_pi_model(&self, mac: MacAddr, model: PiModel) {
+        if self.learned.read().pi_by_mac.get(&mac) != Some(&model) {
+            tracing::info!("{mac}: the bootloader of a {}", model.describe());
+            self.learned.write().pi_by_mac.insert(mac, model);
+        }
+    }
+
+    /// The Raspberry Pi family `node`'s bootloader said it is of, if any.
+    pub(crate) fn pi_model_of(&self, node: &Node) -> Option<PiModel> {
+        self.learned.read().pi_by_mac.get(&node.mac).copied()
     }
 
     /// The platform `node` boots, and why (see [`platform::choose`]).

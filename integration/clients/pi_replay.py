@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Replay a Raspberry Pi 4 / CM4 network boot (stdlib only), as its boot
-EEPROM does it: DHCP with the Pi's options, then every TFTP request of the
-firmware in the order a real boot makes them (see
-../shared/seeds/003_*.txt: tsize probes answered with ERROR 0 "Early
-terminate", "file not found" lookups, repeated requests).
+"""Replay a Raspberry Pi 4 / CM4 (or, with --model 5, a Pi 5 / CM5) network
+boot (stdlib only), as its boot EEPROM does it: DHCP with the Pi's options,
+then every TFTP request of the firmware in the order a real boot makes them
+(see ../shared/seeds/003_*.txt: tsize probes answered with ERROR 0 "Early
+terminate", "file not found" lookups, repeated requests; `sequence5` for
+the Pi 5).
 
 Run it inside the client network namespace, as root:
 
     pi_replay.py --iface IF --tftp-port PORT [--prefix 8b07bcc6] [--no-request]
+                 [--model 5 --serial 8b07bcc6]
 
 It takes the interface's MAC as chaddr. After DHCP it puts the offered (or
 acknowledged) address on the interface, as the firmware uses it, and sends
@@ -52,20 +54,36 @@ PI_OPTS = {
 }
 
 
-def dhcp(iface, no_request, timeout):
+def pi5_opts(mac, serial):
+    """A Pi 5's DISCOVER options. Raspberry Pi's bootloader configuration
+    documentation (DHCP_OPTION97): the GUID is the four-character code
+    `RPi5` (0x35695052), the board revision (its example 0x00d04170, a
+    Pi 5 Model B), the low 4 bytes of the MAC and the 4-byte serial; the
+    firmware-2712 release notes (2023-10-30) give the order of the code's
+    bytes, "R,P,i,5", so the words are little-endian. The vendor class is
+    the Pi 4's PXE one (rpi-eeprom issue #826 shows a Pi 5 sending
+    `PXEClient:Arch:00000:UNDI:002001`), as are 55, 93 and 94."""
+    opts = dict(PI_OPTS)
+    guid = (b"RPi5" + (0x00d04170).to_bytes(4, "little") + bytes(mac[2:6])
+            + int(serial, 16).to_bytes(4, "little"))
+    opts[97] = b"\x00" + guid
+    return opts
+
+
+def dhcp(iface, no_request, timeout, opts):
     mac = interface_mac(iface)
     args = types.SimpleNamespace(iface=iface, src_port=68, server=None, port=67,
                                  timeout=timeout, retry=0.5)
     client = Client(args)
     xid = random.getrandbits(32)
-    discover = build(1, xid, mac, "0.0.0.0", True, PI_OPTS)
+    discover = build(1, xid, mac, "0.0.0.0", True, opts)
     client.send(discover)
     offer = next((r for r in client.collect(xid, stop_on={2}, resend=discover)
                   if r["msg_type"] == 2), None)
     if offer is None or no_request:
         return offer, None
     # The Pi 4 leaves option 60 out of its REQUEST.
-    opts = {k: v for k, v in PI_OPTS.items() if k != 60}
+    opts = {k: v for k, v in opts.items() if k != 60}
     opts[50] = ipaddress.IPv4Address(offer["yiaddr"]).packed
     opts[54] = bytes.fromhex(offer["options"]["54"])
     request = build(3, xid, mac, "0.0.0.0", True, opts)
@@ -241,6 +259,29 @@ def sequence(p):
     ]
 
 
+def sequence5(p):
+    """A Pi 5's requests, from Raspberry Pi's documentation of it: the
+    firmware is in the EEPROM, so no start4.elf or fixup4.dat ("EEPROM boot
+    flow", differences on Raspberry Pi 5); config.txt is what it looks for
+    first, under the prefix (the prefix is kept when config.txt is there;
+    a bootable Pi 5 partition is "config.txt and a suitable device-tree",
+    bootloader configuration, PARTITION_WALK); with self-update on (the
+    default, ENABLE_SELF_UPDATE) it looks for the update's .sig in the boot
+    file system; then the device tree it checks the OS with (os_check,
+    firmware-2712 release notes 2025-03-27), the overlays config.txt names
+    (overlay_prefix "overlays/"), cmdline.txt, the kernel (kernel_2712.img,
+    the Pi 5 default, config.txt "kernel" documentation) and the initramfs
+    config.txt names. Each file is probed for its size first (tsize, then
+    ERROR "Early terminate") and then fetched, as the Pi 4 does."""
+    files = ["config.txt", "bcm2712-rpi-5-b.dtb", "overlays/vc4-kms-v3d.dtbo",
+             "cmdline.txt", "kernel_2712.img", "initramfs_2712"]
+    seq = [(p + "config.txt", "probe"), (p + "config.txt", "get"),
+           (p + "pieeprom.sig", "get")]
+    for f in files[1:]:
+        seq += [(p + f, "probe"), (p + f, "get")]
+    return seq
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -251,9 +292,12 @@ def main():
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--pause-after-dhcp", type=float, default=0.0,
                     help="seconds to wait between DHCP and TFTP (lets a prefetch finish)")
+    ap.add_argument("--model", type=int, choices=[4, 5], default=4)
+    ap.add_argument("--serial", default="8b07bcc6", help="for the Pi 5's option 97")
     a = ap.parse_args()
 
-    offer, ack = dhcp(a.iface, a.no_request, a.timeout)
+    opts = pi5_opts(interface_mac(a.iface), a.serial) if a.model == 5 else PI_OPTS
+    offer, ack = dhcp(a.iface, a.no_request, a.timeout, opts)
     result = {"offer": offer, "ack": ack, "log": []}
     lease = ack if ack and ack["msg_type"] == 5 else (offer if a.no_request else None)
     if lease is None:
@@ -268,7 +312,7 @@ def main():
     tftp = Tftp(server, a.tftp_port, address, a.timeout / 3)
     prefix = a.prefix + "/" if a.prefix else ""
     started = time.monotonic()
-    for name, kind in sequence(prefix):
+    for name, kind in (sequence5 if a.model == 5 else sequence)(prefix):
         entry = tftp.request(name, kind == "probe")
         result["log"].append(entry)
     result["seconds"] = round(time.monotonic() - started, 3)

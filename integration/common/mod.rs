@@ -26,6 +26,7 @@
 //! - [`fleet_lab`], [`fleet_sim`]: a served group of scripted nodes that
 //!   boot over a lab network, for the fleet API's tests.
 //! - [`openapi`]: `docs/openapi.json` as a checker of the API's replies.
+//! - [`pi`]: the Raspberry Pi boot replay client and checks of its replies.
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
 //!   test targets of one theme (NFS roots, the NFS protocol, `serve`, QEMU).
 #![allow(dead_code, unused_imports)]
@@ -47,6 +48,7 @@ pub mod netns;
 pub mod nfsroot;
 pub mod nfsrpc;
 pub mod openapi;
+pub mod pi;
 pub mod pjdfstest;
 pub mod qemu;
 pub mod registry;

@@ -18,6 +18,7 @@
 //!   the boot goes over TFTP.
 
 use crate::config::{BootOver, MacAddr, NodeKind};
+use crate::nodes::pi_model::PiModel;
 use crate::nodes::{is_raspberry_pi_mac, KindHint};
 use dhcproto::v4::{
     DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
@@ -127,13 +128,21 @@ impl ClientFacts {
         self.ipxe || self.vendor_class_starts_with(b"PXEClient") || self.is_http_client()
     }
 
-    /// The Pi 4 bootloader puts "RPi" into the GUID of option 97 (stored
-    /// little-endian, so it may read "iPR"); older Pis are known by MAC.
+    /// The Pi 4 and 5 bootloaders put "RPi" into the GUID of option 97
+    /// (stored little-endian, so it may read "iPR"); older Pis are known by
+    /// MAC.
     fn looks_like_raspberry_pi(&self) -> bool {
         let guid_says_pi = self.machine_id.as_deref().is_some_and(|id| {
             id.len() > 1 && id[1..].windows(3).any(|w| w == b"RPi" || w == b"iPR")
         });
         is_raspberry_pi_mac(self.mac) || guid_says_pi
+    }
+
+    /// The Raspberry Pi family the GUID of option 97 names, if it names one.
+    pub(crate) fn pi_model(&self) -> Option<PiModel> {
+        self.machine_id
+            .as_deref()
+            .and_then(PiModel::from_machine_id)
     }
 
     /// The kind the request suggests, for nodes made from `[defaults]`.
@@ -574,6 +583,31 @@ mod tests {
         // Re-parsed by dhcproto, the reply round-trips.
         let back = Message::from_bytes(&b).unwrap();
         assert_eq!(back.opts().msg_type(), Some(MessageType::Offer));
+    }
+
+    #[test]
+    fn the_guid_names_the_pi_family() {
+        let (_, f) = facts([0xdc, 0xa6, 0x32, 1, 2, 3], PI4_OPTIONS);
+        assert_eq!(f.pi_model(), Some(PiModel::Pi4));
+        // A CM5's GUID ("R,P,i,5", rpi-eeprom firmware-2712 release notes),
+        // from a MAC of none of the Pi prefixes: still a Pi, and a Pi 5.
+        let mut pi5 = PI4_OPTIONS.to_vec();
+        pi5[49] = b'5';
+        let (req, f) = facts([2, 0, 0, 0, 0, 1], &pi5);
+        assert_eq!(f.pi_model(), Some(PiModel::Pi5));
+        assert_eq!(f.hint(), KindHint(Some(NodeKind::Raspberrypi)));
+        // Its reply is the Pi 4's: the same bootloader protocol.
+        let b = reply_bytes(NodeKind::Raspberrypi, &f, &req, false);
+        assert!(wire_option(&b, 43)
+            .unwrap()
+            .ends_with(b"Raspberry Pi Boot   \xff"));
+        assert_eq!(wire_option(&b, 97).unwrap(), &pi5[45..]);
+        // DHCP_OPTION97=0 (the serial four times): a Pi by MAC, family unknown.
+        let mut old = PI4_OPTIONS.to_vec();
+        old[46..62].copy_from_slice(&[0x8b, 0x07, 0xbc, 0xc6].repeat(4));
+        let (_, f) = facts([0xdc, 0xa6, 0x32, 1, 2, 3], &old);
+        assert_eq!(f.pi_model(), None);
+        assert_eq!(f.hint(), KindHint(Some(NodeKind::Raspberrypi)));
     }
 
     #[test]

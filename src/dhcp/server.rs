@@ -210,8 +210,9 @@ impl Handler {
         let boot_firmware = facts.sent_by_boot_firmware();
         // What the firmware says it is picks the platform the node boots
         // (unless its configuration names one).
-        if let (Found::Node(_), true, Some(arch)) = (&found, boot_firmware, facts.arch) {
-            self.ctx.inventory.learn_arch(mac, arch);
+        if let (Found::Node(_), true) = (&found, boot_firmware) {
+            let inventory = &self.ctx.inventory;
+            inventory.learn_firmware(mac, facts.arch, facts.pi_model());
         }
         let requested = requested_ip(msg);
         let subnet = self.subnets.as_ref()?.get(origin.via.subnet);

@@ -522,7 +522,7 @@ impl Files {
             return Ok(Made::Bytes(text.into_bytes()));
         }
         let mut files = match &boot {
-            Some(b) => generated::discover(b, node.kind),
+            Some(b) => generated::discover(b, node.kind, self.ctx.inventory.pi_model_of(node)),
             None => generated::BootFiles::default(),
         };
         if files.kernel.is_none() {
