@@ -89,9 +89,11 @@ fn boot(g: &Guest, tap: &str, work: &Path) -> Result<(String, Timeline)> {
             "Kernel panic",
             "lazyboot-initramfs: FAIL",
             &format!("lazyboot: booting {} failed", g.name),
-            // The firmware gave up on every boot option.
+            // The firmware's PXE client failed (no boot file offered, or
+            // none served); it would go on to IPv6 and HTTP boot.
+            "PXE-E",
+            // It gave up on every boot option.
             "UEFI Interactive Shell",
-            "Boot Manager Menu",
         ],
         &[
             ("PXE download", "Downloading NBP file"),
