@@ -116,4 +116,24 @@ mod tests {
         let cfg = retry_cfg("wait", "grub/grub.cfg", 2);
         assert_eq!(cfg, "echo 'wait'\nsleep 2\nconfigfile '/grub/grub.cfg'\n");
     }
+
+    #[test]
+    fn both_names_grub_asks_for_are_generated() {
+        use super::super::generated::{generated_for, retry_later, Generated};
+        use crate::config::NodeKind;
+        for path in GRUB_CFG_PATHS {
+            assert_eq!(
+                generated_for(NodeKind::Ipxe, "01-52-54-00-00-00-02", path),
+                Some(Generated::Grub),
+                "{path}"
+            );
+            let retry = retry_later(Generated::Grub, NodeKind::Ipxe, "arm", path, 2).unwrap();
+            let text = String::from_utf8(retry).unwrap();
+            assert!(text.ends_with(&format!("configfile '/{path}'\n")), "{text}");
+        }
+        assert_eq!(
+            generated_for(NodeKind::Ipxe, "01-52-54-00-00-00-02", "grub/x.cfg"),
+            None
+        );
+    }
 }
