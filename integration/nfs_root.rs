@@ -598,7 +598,7 @@ fn push_two_platform_image(
     reg: &common::Registry,
     repo: &str,
 ) -> Result<()> {
-    let mut entries = Vec::new();
+    let mut layouts = Vec::new();
     for arch in ["amd64", "arm64"] {
         let d = dir.join(arch);
         std::fs::create_dir_all(&d)?;
@@ -610,33 +610,13 @@ fn push_two_platform_image(
             "umoci config --image {l}:os --os linux --architecture {arch}",
             l = d.join("layout").display()
         ))?;
-        common::push(&d.join("layout"), "os", reg, &format!("{repo}:{arch}"))?;
-        let url = format!("{}/v2/{repo}/manifests/{arch}", reg.url());
-        let body = common::curl_get(&url, &["application/vnd.oci.image.manifest.v1+json"])?;
-        entries.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{}", sha256_hex(&body)),
-            "size": body.len(),
-            "platform": {"os": "linux", "architecture": arch},
-        }));
+        layouts.push((arch, d.join("layout")));
     }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": entries,
-    });
-    let file = dir.join("index.json");
-    std::fs::write(&file, serde_json::to_vec(&index)?)?;
-    common::run(std::process::Command::new("curl").args([
-        "-sSf",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.index.v1+json",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("{}/v2/{repo}/manifests/1", reg.url()),
-    ]))?;
+    let platforms: Vec<_> = layouts
+        .iter()
+        .map(|(arch, layout)| (*arch, layout.as_path(), "os"))
+        .collect();
+    common::push_index(reg, repo, "1", &platforms)?;
     Ok(())
 }
 

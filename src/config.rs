@@ -217,6 +217,25 @@ pub(crate) enum UnknownNodes {
     Defaults,
 }
 
+/// Where Debian's `grub-efi-arm64-bin` puts its monolithic network image
+/// (its prefix is `/grub`: it reads `grub/grub.cfg` from the TFTP server).
+pub(crate) const DEFAULT_GRUB_ARM64_EFI: &str =
+    "/usr/lib/grub/arm64-efi/monolithic/grubnetaa64.efi";
+/// The name GRUB's network EFI image for ARM64 UEFI clients is offered
+/// (DHCP) and served (TFTP, HTTP boot) under.
+pub(crate) const GRUB_ARM64_EFI: &str = "grubnetaa64.efi";
+/// The Debian package that ships [`DEFAULT_GRUB_ARM64_EFI`].
+pub(crate) const GRUB_ARM64_EFI_PACKAGE: &str = "grub-efi-arm64-bin";
+
+impl ServerConfig {
+    /// The GRUB image for ARM64 UEFI clients, configured or Debian's.
+    pub(crate) fn grub_arm64_efi(&self) -> &Path {
+        self.grub_arm64_efi
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_GRUB_ARM64_EFI))
+    }
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/lazyboot")
 }
@@ -272,6 +291,11 @@ pub(crate) struct ServerConfig {
     /// either way.
     #[serde(default)]
     pub(crate) boot_over: BootOver,
+    /// The GRUB network EFI image offered to ARM64 UEFI PXE clients (no
+    /// iPXE build exists for them in Debian), served as
+    /// `grubnetaa64.efi`. `None`: [`DEFAULT_GRUB_ARM64_EFI`].
+    #[serde(default)]
+    pub(crate) grub_arm64_efi: Option<PathBuf>,
     /// TFTP transfers at once; a request beyond is answered "server busy".
     #[serde(default = "default_tftp_max_sessions")]
     pub(crate) tftp_max_sessions: usize,

@@ -11,14 +11,14 @@ use std::sync::OnceLock;
 /// A DHCP datagram as the server receives it: validation, then everything
 /// the server reads from a request.
 pub fn dhcp_packet(data: &[u8]) {
-    use crate::dhcp::options::{ipxe_boot_file, ClientFacts};
+    use crate::dhcp::options::{pxe_boot_file, ClientFacts};
     let Ok(msg) = crate::dhcp::packet::parse_request(data) else {
         return;
     };
     let _ = crate::dhcp::packet::message_type(&msg);
     if let Some(facts) = ClientFacts::from_message(&msg) {
         let _ = (facts.hint(), facts.sent_by_boot_firmware());
-        let _ = (facts.is_pxe_client(), ipxe_boot_file(&facts));
+        let _ = (facts.is_pxe_client(), pxe_boot_file(&facts));
     }
 }
 

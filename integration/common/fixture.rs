@@ -113,6 +113,52 @@ pub fn push(layout: &Path, tag: &str, registry: &Registry, repo_tag: &str) -> Re
     run(&mut cmd).map(|_| ())
 }
 
+/// One multi-platform tag `repo:tag` in `registry`: each `(architecture,
+/// layout, layout tag)` is pushed as `repo:ARCH` (digests preserved) and an
+/// OCI image index of them, with a `linux/ARCH` platform each, is put under
+/// `tag`. Returns each architecture's manifest digest, in order.
+pub fn push_index(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    platforms: &[(&str, &Path, &str)],
+) -> Result<Vec<String>> {
+    let (mut entries, mut digests) = (Vec::new(), Vec::new());
+    for (arch, layout, layout_tag) in platforms {
+        push(layout, layout_tag, registry, &format!("{repo}:{arch}"))?;
+        let url = format!("{}/v2/{repo}/manifests/{arch}", registry.url());
+        let body = super::curl_get(&url, &["application/vnd.oci.image.manifest.v1+json"])?;
+        let digest = format!("sha256:{:x}", Sha256::digest(&body));
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": body.len(),
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+        digests.push(digest);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("index.json");
+    fs::write(&file, serde_json::to_vec(&index)?)?;
+    run(Command::new("curl").args([
+        "-sSf",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.index.v1+json",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{}/v2/{repo}/manifests/{tag}", registry.url()),
+    ]))
+    .context("putting the image index")?;
+    Ok(digests)
+}
+
 /// `umoci unpack` the layout's tag into the bundle `dest` (must not exist
 /// yet) and return `dest/rootfs`: the reference view of the image.
 pub fn umoci_unpack(layout: &Path, tag: &str, dest: &Path) -> Result<PathBuf> {

@@ -64,8 +64,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 pub use fixture::{
-    build_fixture, build_fixture_with, layout_blob, layout_manifest, paths, push, shared_fixture,
-    umoci_unpack, Fixture,
+    build_fixture, build_fixture_with, layout_blob, layout_manifest, paths, push, push_index,
+    shared_fixture, umoci_unpack, Fixture,
 };
 pub use registry::Registry;
 pub use snapshot::{

@@ -26,6 +26,26 @@ pub const BOOT_IMAGE_TOOLS: &[&str] = &["apt-get", "apt-cache", "dpkg", "depmod"
 /// The line the boot image's `/sbin/init` prints once its checks ran.
 pub const BOOT_MARKER: &str = "LAZYBOOT-MARKER: booted from nfs root";
 
+/// `true` if every `(file, Debian package)` exists; otherwise prints why
+/// `test` is skipped (naming the packages) and returns `false`, or panics
+/// under `LAZYBOOT_INTEGRATION_REQUIRED=1`.
+pub fn require_files(test: &str, files: &[(&str, &str)]) -> bool {
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|(f, _)| !Path::new(f).exists())
+        .map(|(f, pkg)| format!("{f} ({pkg})"))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: skipped: no {}", missing.join(", "));
+    if std::env::var_os(super::REQUIRE_ENV).is_some_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("NOTICE: {msg}");
+    false
+}
+
 /// `true` if [`VIRTIO_ROM`] exists; otherwise prints why `test` is skipped
 /// and returns `false`, or panics under `LAZYBOOT_INTEGRATION_REQUIRED=1`.
 pub fn require_virtio_rom(test: &str) -> bool {
@@ -159,21 +179,72 @@ impl Tap {
     }
 
     fn configure(&self) -> Result<()> {
-        // IPv6 stays on for the router advertisements (see `RouterAdverts`):
-        // a link-local address at once (no DAD), and ignore others' RAs.
-        for (key, value) in [("disable_ipv6", 0), ("accept_dad", 0), ("accept_ra", 0)] {
-            run(Command::new("sysctl")
-                .arg("-q")
-                .arg(format!("net.ipv6.conf.{}.{key}={value}", self.name)))?;
+        configure_server_side(&self.name, self.server_ip)
+    }
+}
+
+/// The server's end of a guest network: `addr`/24 on `interface`, up.
+fn configure_server_side(interface: &str, addr: Ipv4Addr) -> Result<()> {
+    // IPv6 stays on for the router advertisements (see `RouterAdverts`):
+    // a link-local address at once (no DAD), and ignore others' RAs.
+    for (key, value) in [("disable_ipv6", 0), ("accept_dad", 0), ("accept_ra", 0)] {
+        run(Command::new("sysctl")
+            .arg("-q")
+            .arg(format!("net.ipv6.conf.{interface}.{key}={value}")))?;
+    }
+    ip(&["addr", "add", &format!("{addr}/24"), "dev", interface])?;
+    ip(&["link", "set", interface, "up"])
+}
+
+/// For guests that boot at once (QEMU holds a tap for itself): a bridge
+/// `lbqbrN` with the server address 10.217.N.1/24 and one tap per guest
+/// on it, `lbqtapN-I`. Removed on drop.
+pub struct Lan {
+    /// What the server serves on.
+    pub bridge: String,
+    pub taps: Vec<String>,
+    pub server_ip: Ipv4Addr,
+    pub subnet: u8,
+}
+
+impl Lan {
+    pub fn new(guests: usize) -> Result<Lan> {
+        let first = std::process::id() % 254;
+        for k in 0..254 {
+            let subnet = ((first + k) % 254 + 1) as u8;
+            let server_ip = Ipv4Addr::new(10, 217, subnet, 1);
+            if subnet_in_use(server_ip)? {
+                continue;
+            }
+            let bridge = format!("lbqbr{subnet}");
+            if ip(&["link", "add", &bridge, "type", "bridge"]).is_err() {
+                continue;
+            }
+            let mut lan = Lan {
+                bridge,
+                taps: Vec::new(),
+                server_ip,
+                subnet,
+            };
+            for i in 0..guests {
+                let tap = format!("lbqtap{subnet}-{i}");
+                ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+                lan.taps.push(tap.clone());
+                ip(&["link", "set", &tap, "master", &lan.bridge])?;
+                ip(&["link", "set", &tap, "up"])?;
+            }
+            configure_server_side(&lan.bridge, server_ip)?;
+            return Ok(lan);
         }
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", self.server_ip),
-            "dev",
-            &self.name,
-        ])?;
-        ip(&["link", "set", &self.name, "up"])
+        bail!("no free 10.217.N.0/24 for a bridge")
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for name in self.taps.iter().chain([&self.bridge]) {
+            let _ = Command::new("ip").args(["link", "del", name]).output();
+        }
     }
 }
 
@@ -401,4 +472,91 @@ pub fn wait_for_console(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A UEFI guest's machine: its QEMU, firmware and console.
+#[derive(Clone, Copy, Debug)]
+pub enum Uefi {
+    /// qemu-system-x86_64 (q35 is not needed: the default PC) with OVMF.
+    X86_64,
+    /// qemu-system-aarch64 `virt`, Cortex-A57, with AAVMF.
+    Aarch64,
+}
+
+impl Uefi {
+    /// The firmware's code and variable store templates (Debian `ovmf`,
+    /// `qemu-efi-aarch64`).
+    pub fn firmware(self) -> (&'static str, &'static str) {
+        match self {
+            Uefi::X86_64 => (
+                "/usr/share/OVMF/OVMF_CODE.fd",
+                "/usr/share/OVMF/OVMF_VARS.fd",
+            ),
+            Uefi::Aarch64 => (
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "/usr/share/AAVMF/AAVMF_VARS.fd",
+            ),
+        }
+    }
+
+    pub fn package(self) -> &'static str {
+        match self {
+            Uefi::X86_64 => "ovmf",
+            Uefi::Aarch64 => "qemu-efi-aarch64",
+        }
+    }
+
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Uefi::X86_64 => "qemu-system-x86_64",
+            Uefi::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// The kernel console of the machine's first serial port.
+    pub fn console(self) -> &'static str {
+        match self {
+            Uefi::X86_64 => "ttyS0",
+            Uefi::Aarch64 => "ttyAMA0",
+        }
+    }
+}
+
+/// A UEFI guest (TCG, one CPU) that PXE-boots from the tap `tap` with its
+/// firmware's own network stack: the NIC has no option ROM (`romfile=`),
+/// so it is the firmware's PXE client that asks DHCP (PXEClient, option 93
+/// of its architecture) and loads the boot file it is offered, not QEMU's
+/// iPXE ROM. The variable store is a fresh copy in `dir`; the serial
+/// console goes to `console`.
+pub fn uefi_guest(
+    machine: Uefi,
+    tap: &str,
+    mac: &str,
+    memory_mb: u32,
+    dir: &Path,
+    console: &Path,
+) -> Result<Qemu> {
+    let (code, vars_template) = machine.firmware();
+    let vars = dir.join(format!("{mac}-vars.fd").replace(':', ""));
+    fs::copy(vars_template, &vars)?;
+    let mut cmd = Command::new(machine.qemu());
+    if let Uefi::Aarch64 = machine {
+        cmd.args(["-M", "virt", "-cpu", "cortex-a57"]);
+    }
+    Ok(Qemu(
+        cmd.args(["-accel", "tcg", "-smp", "1", "-m", &memory_mb.to_string()])
+            .args(["-nographic", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={code}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .arg("-netdev")
+            .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n0,mac={mac},romfile="))
+            .stdin(Stdio::null())
+            .stdout(File::create(console)?)
+            .stderr(File::create(console.with_extension("stderr"))?)
+            .spawn()?,
+    ))
 }

@@ -10,14 +10,17 @@
 //! - iPXE: a PXE ROM without iPXE is chainloaded into iPXE (`undionly.kpxe`
 //!   for BIOS, `ipxe.efi` for x86-64 UEFI); iPXE itself (user class `iPXE`)
 //!   gets `boot.ipxe`. Option 175.176 = 1 tells iPXE not to wait ~3 s for a
-//!   ProxyDHCP offer that will never come.
+//!   ProxyDHCP offer that will never come. ARM64 UEFI PXE firmware, for
+//!   which Debian builds no iPXE, gets GRUB's network image
+//!   (`grubnetaa64.efi`), which reads the generated `grub/grub.cfg` over
+//!   TFTP from the server that booted it.
 //! - UEFI HTTP boot (option 60 `HTTPClient...`): option 60 `HTTPClient`
 //!   back (the firmware ignores offers without it) and the boot file as a
 //!   URL of the HTTP boot route: `ipxe.efi` for x86-64. With
 //!   `boot_over = "http"`, iPXE gets its script as a URL too, so nothing of
 //!   the boot goes over TFTP.
 
-use crate::config::{BootOver, MacAddr, NodeKind};
+use crate::config::{BootOver, MacAddr, NodeKind, GRUB_ARM64_EFI, GRUB_ARM64_EFI_PACKAGE};
 use crate::nodes::pi_model::PiModel;
 use crate::nodes::{is_raspberry_pi_mac, KindHint};
 use dhcproto::v4::{
@@ -25,6 +28,7 @@ use dhcproto::v4::{
 };
 use dhcproto::Encodable;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 /// The U-Boot boot script TFTP generates per node.
 pub(crate) const UBOOT_SCRIPT: &str = "boot.scr.uimg";
@@ -48,6 +52,7 @@ const ARCH_X64_EFI_BC: u16 = 7;
 const ARCH_X64_EFI: u16 = 9;
 const ARCH_IA32_EFI: u16 = 6;
 const ARCH_X64_EFI_HTTP: u16 = 16;
+const ARCH_ARM64_EFI: u16 = 11;
 
 /// Option 175: iPXE's encapsulated options; sub-option 176 = 1 is
 /// "no-pxedhcp", skip waiting for ProxyDHCP offers.
@@ -160,7 +165,9 @@ impl ClientFacts {
         } else if (self.vendor_class_starts_with(b"PXEClient")
             && matches!(
                 self.arch,
-                None | Some(ARCH_X86_BIOS | ARCH_IA32_EFI | ARCH_X64_EFI_BC | ARCH_X64_EFI)
+                None | Some(
+                    ARCH_X86_BIOS | ARCH_IA32_EFI | ARCH_X64_EFI_BC | ARCH_X64_EFI | ARCH_ARM64_EFI
+                )
             ))
             || (self.is_http_client() && self.arch == Some(ARCH_X64_EFI_HTTP))
         {
@@ -244,15 +251,19 @@ fn nul_terminated(s: &str) -> Vec<u8> {
     v
 }
 
-/// The iPXE boot file for a client: iPXE gets its script; a PXE ROM gets
-/// the iPXE build for its architecture, `None` for one we have none for.
-pub(crate) fn ipxe_boot_file(facts: &ClientFacts) -> Option<&'static str> {
+/// The boot file for a client of an `ipxe` node: iPXE gets its script; a
+/// PXE ROM gets the iPXE build for its architecture, ARM64 UEFI PXE GRUB;
+/// `None` for an architecture we have no loader for. GRUB is not offered
+/// to ARM64 UEFI HTTP boot (19): loaded over HTTP, it would look for its
+/// configuration over HTTP on port 80, not on the boot route.
+pub(crate) fn pxe_boot_file(facts: &ClientFacts) -> Option<&'static str> {
     if facts.ipxe {
         return Some(IPXE_SCRIPT);
     }
     match facts.arch {
         None | Some(ARCH_X86_BIOS) => Some(IPXE_BIOS),
         Some(ARCH_X64_EFI_BC | ARCH_X64_EFI | ARCH_X64_EFI_HTTP) => Some(IPXE_EFI),
+        Some(ARCH_ARM64_EFI) if !facts.is_http_client() => Some(GRUB_ARM64_EFI),
         Some(_) => None,
     }
 }
@@ -301,7 +312,7 @@ pub(crate) fn boot_plan(
             // UEFI HTTP boot only accepts an offer that says HTTPClient,
             // and loads whatever URL it is given.
             options.push(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
-            ipxe_boot_file(facts).map(|f| http.url(server, f))
+            pxe_boot_file(facts).map(|f| http.url(server, f))
         }
         NodeKind::Ipxe => {
             options.push(ipxe_no_pxedhcp_option());
@@ -309,7 +320,7 @@ pub(crate) fn boot_plan(
                 options.push(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
                 options.push(DhcpOption::VendorExtensions(pxe_direct_boot_option()));
             }
-            ipxe_boot_file(facts).map(|f| match http.over {
+            pxe_boot_file(facts).map(|f| match http.over {
                 BootOver::Http if facts.ipxe => http.url(server, f),
                 _ => f.to_string(),
             })
@@ -326,6 +337,30 @@ pub(crate) fn boot_plan(
         siaddr: server,
         file,
         options,
+    }
+}
+
+/// What is wrong with `plan` for a node of `kind` whose firmware named
+/// client architecture `arch`, for the log: no loader for that
+/// architecture, or GRUB offered while its file `grub` is missing
+/// (`grub_present` looks).
+pub(crate) fn plan_warning(
+    kind: NodeKind,
+    plan: &BootPlan,
+    arch: Option<u16>,
+    grub: &Path,
+    grub_present: impl FnOnce() -> bool,
+) -> Option<String> {
+    match plan.file.as_deref() {
+        None if kind == NodeKind::Ipxe => Some(format!(
+            "no boot loader (iPXE or GRUB) for client architecture {arch:?}; no boot file offered"
+        )),
+        Some(GRUB_ARM64_EFI) if !grub_present() => Some(format!(
+            "ARM64 UEFI client offered {GRUB_ARM64_EFI}, but {} is missing \
+             (install Debian's {GRUB_ARM64_EFI_PACKAGE}, or set [server] grub_arm64_efi)",
+            grub.display()
+        )),
+        _ => None,
     }
 }
 
@@ -676,11 +711,71 @@ mod tests {
             assert_eq!(wire_option(&b, 60), None);
             assert_eq!(wire_option(&b, 43), None);
         }
-        // ARM64 UEFI: no iPXE build to offer.
-        let (req, f) = facts(mac, &pxe_rom(11, false));
+        // Itanium: no loader to offer.
+        let (req, f) = facts(mac, &pxe_rom(2, false));
         let b = reply_bytes(NodeKind::Ipxe, &f, &req, false);
         assert_eq!(wire_option(&b, 67), None);
         assert_eq!(file_field(&b), "");
+    }
+
+    #[test]
+    fn arm64_uefi_pxe_gets_grub() {
+        let mac = [0x52, 0x54, 0, 0, 0, 2];
+        let (req, f) = facts(mac, &pxe_rom(11, false));
+        assert_eq!(f.hint(), KindHint(Some(NodeKind::Ipxe)));
+        assert!(f.sent_by_boot_firmware());
+        let b = reply_bytes(NodeKind::Ipxe, &f, &req, false);
+        assert_eq!(wire_option(&b, 67).unwrap(), b"grubnetaa64.efi\0");
+        assert_eq!(file_field(&b), "grubnetaa64.efi");
+        assert_eq!(&b[20..24], &[10, 9, 0, 1], "siaddr: GRUB's TFTP server");
+        // Over HTTP boot as well: GRUB itself goes over TFTP, as a PXE
+        // ROM's loader does.
+        let http = HttpBoot {
+            over: BootOver::Http,
+            ..HTTP
+        };
+        let b = reply_bytes_with(NodeKind::Ipxe, &f, &req, false, &http);
+        assert_eq!(file_field(&b), "grubnetaa64.efi");
+        // ProxyDHCP: marked PXEClient with the direct-boot option 43.
+        let b = reply_bytes(NodeKind::Ipxe, &f, &req, true);
+        assert_eq!(wire_option(&b, 60).unwrap(), b"PXEClient");
+        assert_eq!(wire_option(&b, 43).unwrap(), [6, 1, 8, 255]);
+        assert_eq!(wire_option(&b, 67).unwrap(), b"grubnetaa64.efi\0");
+        // ARM64 UEFI HTTP boot (19) is not offered GRUB (see pxe_boot_file).
+        let (req, f) = facts(mac, &http_client(19));
+        let b = reply_bytes(NodeKind::Ipxe, &f, &req, false);
+        assert_eq!(wire_option(&b, 67), None);
+        assert_eq!(wire_option(&b, 60).unwrap(), b"HTTPClient");
+    }
+
+    #[test]
+    fn a_missing_loader_is_told_with_its_package() {
+        let grub = Path::new("/nowhere/grubnetaa64.efi");
+        let (_, arm) = facts([0x52, 0x54, 0, 0, 0, 2], &pxe_rom(11, false));
+        let plan = boot_plan(NodeKind::Ipxe, &arm, SERVER, false, &HTTP);
+        let why = plan_warning(NodeKind::Ipxe, &plan, arm.arch, grub, || false).unwrap();
+        assert!(
+            why.contains("/nowhere/grubnetaa64.efi") && why.contains("grub-efi-arm64-bin"),
+            "{why}"
+        );
+        assert_eq!(
+            plan_warning(NodeKind::Ipxe, &plan, arm.arch, grub, || true),
+            None
+        );
+        // An x86 PC never looks for GRUB.
+        let (_, pc) = facts([0x52, 0x54, 0, 0, 0, 1], &pxe_rom(7, false));
+        let plan = boot_plan(NodeKind::Ipxe, &pc, SERVER, false, &HTTP);
+        let looked = std::cell::Cell::new(false);
+        let none = plan_warning(NodeKind::Ipxe, &plan, pc.arch, grub, || {
+            looked.set(true);
+            false
+        });
+        assert_eq!(none, None);
+        assert!(!looked.get());
+        let (_, itanium) = facts([0x52, 0x54, 0, 0, 0, 1], &pxe_rom(2, false));
+        let plan = boot_plan(NodeKind::Ipxe, &itanium, SERVER, false, &HTTP);
+        let why = plan_warning(NodeKind::Ipxe, &plan, itanium.arch, grub, || true).unwrap();
+        assert!(why.contains("client architecture Some(2)"), "{why}");
     }
 
     /// A UEFI HTTP boot DISCOVER as OVMF sends it: option 60

@@ -37,7 +37,7 @@
 
 use super::leases::LeaseDb;
 use super::options::{
-    boot_plan, build_nak, build_reply, encode_with, ClientFacts, HttpBoot, Reply,
+    boot_plan, build_nak, build_reply, encode_with, plan_warning, ClientFacts, HttpBoot, Reply,
 };
 use super::packet::{message_type, parse_request};
 use super::subnets::{Subnets, Throttle, Via};
@@ -438,11 +438,9 @@ impl Handler {
             node: &node.name,
         };
         let plan = boot_plan(node.kind, facts, self.ctx.server_ip, self.proxy, &http);
-        if node.kind == NodeKind::Ipxe && plan.file.is_none() {
-            warn!(
-                "{}: no iPXE build for client architecture {:?}; no boot file offered",
-                node.name, facts.arch
-            );
+        let grub = self.ctx.config.server.grub_arm64_efi();
+        if let Some(why) = plan_warning(node.kind, &plan, facts.arch, grub, || grub.is_file()) {
+            warn!("{}: {why}", node.name);
         }
         let via = &origin.via;
         let subnet = self.subnets.as_ref().map(|s| s.get(via.subnet));

@@ -1,5 +1,6 @@
 //! Files lazyboot makes up for a node: the Raspberry Pi `cmdline.txt`, the
-//! U-Boot `boot.scr.uimg`, `pxelinux.cfg/*` menus and the iPXE `boot.ipxe`.
+//! U-Boot `boot.scr.uimg`, `pxelinux.cfg/*` menus, the iPXE `boot.ipxe`
+//! (and GRUB's `grub.cfg`, made in `grub`).
 //! All of them boot the image's kernel with the root file system on
 //! lazyboot's NFS export of the node.
 //!
@@ -26,6 +27,8 @@ pub(crate) enum Generated {
     Pxelinux,
     /// `boot.ipxe`.
     Ipxe,
+    /// `grub/grub.cfg` for GRUB's network image (see `grub`).
+    Grub,
 }
 
 /// Which generated file `path` (normalised) is for a node, if any.
@@ -39,6 +42,7 @@ pub(crate) fn generated_for(
         "boot.scr.uimg" | "boot.scr" if kind != NodeKind::Ipxe => Some(Generated::BootScript),
         "boot.ipxe" => Some(Generated::Ipxe),
         "pxelinux.cfg/default" => Some(Generated::Pxelinux),
+        p if super::grub::GRUB_CFG_PATHS.contains(&p) => Some(Generated::Grub),
         p => p
             .strip_prefix("pxelinux.cfg/")
             .filter(|name| *name == pxelinux_mac_name)
@@ -519,6 +523,7 @@ pub(crate) fn retry_later(
             let arch = script_arch(kind, KernelArch::Unknown);
             Some(uboot_script_image(&script, arch, 0))
         }
+        Generated::Grub => Some(super::grub::retry_cfg(&say, path, secs).into_bytes()),
         Generated::Cmdline | Generated::Pxelinux => None,
     }
 }

@@ -8,6 +8,8 @@
 //!   accepts.
 //! - `generated`: `cmdline.txt`, `boot.scr.uimg`, `pxelinux.cfg/*`,
 //!   `boot.ipxe`, and kernel/initrd/device-tree discovery.
+//! - `grub`: GRUB's network EFI image for ARM64 UEFI clients and the
+//!   `grub.cfg` it reads.
 //! - `uimage`: the legacy U-Boot image encoder for the boot script.
 //! - `reader`: what a transfer reads its blocks from, with read-ahead.
 //! - `engine`: the TFTP protocol itself (RFC 1350 with the blksize, tsize,
@@ -50,9 +52,11 @@ pub(crate) mod bootfs;
 pub(crate) mod engine;
 pub(crate) mod flavour;
 pub(crate) mod generated;
+pub(crate) mod grub;
 pub(crate) mod reader;
 pub mod uimage;
 
+use crate::config::GRUB_ARM64_EFI;
 use crate::image::tree::Tree;
 use crate::image::ImageView;
 use crate::image::{Opening, Settled};
@@ -127,6 +131,11 @@ pub async fn run(ctx: Arc<ServeContext>) -> Result<(), TftpError> {
         .await
         .map_err(|source| TftpError::Bind { addr, source })?;
     let blksize = block_size_limit(&ctx.config.server.interface);
+    if let Some(grub) = &ctx.config.server.grub_arm64_efi {
+        if let Err(e) = std::fs::metadata(grub) {
+            tracing::warn!("TFTP: {}", grub::missing_loader(grub, &e));
+        }
+    }
     warm_up(&ctx);
     let server = &ctx.config.server;
     let settings = engine::Settings {
@@ -263,14 +272,28 @@ impl Files {
         }
     }
 
-    /// An iPXE ROM by its name (served to every client), if `name` is one
-    /// and it is installed.
+    /// A boot loader by its name (served to every client), if `name` is
+    /// one and it is installed: an iPXE ROM, or GRUB for ARM64 UEFI.
     pub(crate) async fn rom(&self, client: SocketAddr, via: Via, name: &str) -> Option<TftpReader> {
-        if !IPXE_ROMS.contains(&name) {
+        let (path, what) = if name == GRUB_ARM64_EFI {
+            (
+                self.ctx.config.server.grub_arm64_efi().to_path_buf(),
+                "GRUB",
+            )
+        } else if IPXE_ROMS.contains(&name) {
+            (self.rom_dir.join(name), "iPXE ROM")
+        } else {
             return None;
-        }
-        let data = tokio::fs::read(self.rom_dir.join(name)).await.ok()?;
-        tracing::debug!("{via}: {client}: {name} (iPXE ROM, {} bytes)", data.len());
+        };
+        let data = match tokio::fs::read(&path).await {
+            Ok(data) => data,
+            Err(e) if what == "GRUB" => {
+                tracing::error!("{via}: {client}: {}", grub::missing_loader(&path, &e));
+                return None;
+            }
+            Err(_) => return None,
+        };
+        tracing::debug!("{via}: {client}: {name} ({what}, {} bytes)", data.len());
         let label = Label {
             client,
             via,
@@ -572,6 +595,7 @@ impl Files {
                 }));
             }
             Generated::Pxelinux => generated::pxelinux_cfg(&node.name, &files, &args),
+            Generated::Grub => grub::grub_cfg(&node.name, &files, &args),
             Generated::Ipxe => {
                 let base = generated::boot_base(
                     server.boot_over,
