@@ -171,6 +171,9 @@ pub struct Fleet {
     pub boot_dir: String,
     /// Read at most this much of each TFTP file (None: all of it).
     pub tftp_limit: Option<u64>,
+    /// Follow a TFTP transfer the server starts again from a new port
+    /// (false: ignore it, as iPXE does; see `storm_wire::tftp_get`).
+    pub tftp_follow_restart: bool,
 }
 
 /// One node's boot.
@@ -186,6 +189,8 @@ pub struct NodeRun {
     /// NFS calls made.
     pub calls: u64,
     pub steps_done: usize,
+    /// Boot scripts fetched again because the server said to wait.
+    pub retries: u32,
 }
 
 /// A whole run.
@@ -407,8 +412,35 @@ impl Node<'_> {
         let src = self.address()?;
         let server = SocketAddr::from((self.target.server, self.target.tftp_port));
         let ns = self.fleet.ns.clone();
-        let data = tftp_get(&ns, src, server, file, self.fleet.tftp_limit, self.deadline)?;
+        let get = |file: &str| {
+            let (limit, follow) = (self.fleet.tftp_limit, self.fleet.tftp_follow_restart);
+            tftp_get(&ns, src, server, file, limit, follow, self.deadline)
+        };
+        let mut data = get(file)?;
         self.run.tftp_bytes += data.len() as u64;
+        // While the image opens, the script says "sleep N, chain FILE":
+        // iPXE does just that, until the deadline.
+        while file.ends_with(".ipxe") {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            let Some(again) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("chain --autofree "))
+            else {
+                break;
+            };
+            let secs: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("sleep "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(1.0);
+            if Instant::now() + Duration::from_secs_f64(secs) >= self.deadline {
+                bail!("{file} still says to wait at the deadline: {text:?}");
+            }
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            self.run.retries += 1;
+            data = get(again.trim())?;
+            self.run.tftp_bytes += data.len() as u64;
+        }
         if file.ends_with(".ipxe") {
             // Generated per node: what it names must be what the
             // recorded node loaded next.

@@ -143,6 +143,7 @@ impl StormLab {
             rootfs: self.rootfs.clone(),
             boot_dir: "/boot".into(),
             tftp_limit: None,
+            tftp_follow_restart: false,
         }
     }
 

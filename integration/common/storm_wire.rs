@@ -289,12 +289,19 @@ pub const TFTP_SILENCE: Duration = Duration::from_secs(30);
 /// [`TFTP_SILENCE`] without an answer). `limit`: stop after that many
 /// bytes with an error packet, as a ROM that gives up does. Returns the
 /// bytes read.
+///
+/// Packets from another server port than the transfer's first answer get
+/// RFC 1350's "unknown transfer ID" and are ignored, as iPXE ignores them;
+/// with `follow_restart`, an OACK or first block from a new port (the
+/// server started the transfer again for a resent request) is followed
+/// instead, from the start.
 pub fn tftp_get(
     ns: &str,
     src: Ipv4Addr,
     server: SocketAddr,
     file: &str,
     limit: Option<u64>,
+    follow_restart: bool,
     deadline: Instant,
 ) -> Result<Vec<u8>> {
     let sock = in_netns(ns, move || {
@@ -311,6 +318,10 @@ pub fn tftp_get(
     // The last packet we sent and where it went: resent on silence.
     let mut last: (Vec<u8>, SocketAddr) = (rrq, server);
     let mut expect: u16 = 1;
+    // Packets from another server port than the transfer's.
+    let mut foreign = 0u32;
+    // Transfers started again from a new port and followed.
+    let mut restarts = 0u32;
     // Since when nothing came, the resend back-off, and at how much
     // silence the next resend goes.
     let mut silent_since = Instant::now();
@@ -333,9 +344,14 @@ pub fn tftp_get(
                 let quiet = silent_since.elapsed();
                 if quiet >= TFTP_SILENCE {
                     bail!(
-                        "TFTP {file}: no answer for {} s after {} bytes",
+                        "TFTP {file}: no answer for {} s after {} bytes{}",
                         quiet.as_secs(),
-                        out.len()
+                        out.len(),
+                        if foreign > 0 {
+                            " (packets came from another server port: the transfer was started again)"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 if quiet >= resend_at {
@@ -347,21 +363,40 @@ pub fn tftp_get(
             }
             Err(e) => return Err(e).with_context(|| format!("TFTP {file}")),
         };
-        if peer.is_some_and(|p| p != from) || n < 4 {
+        if n < 4 {
+            continue;
+        }
+        let op = u16::from_be_bytes([buf[0], buf[1]]);
+        let first = op == 6 || (op == 3 && buf[2..4] == [0, 1]);
+        if follow_restart && first && peer.is_some_and(|p| p != from) {
+            restarts += 1;
+            peer = None;
+            out.clear();
+            expect = 1;
+        }
+        if peer.is_some_and(|p| p != from) {
+            // RFC 1350: another transfer id gets an error, and the
+            // transfer goes on with the first one.
+            foreign += 1;
+            let mut err = vec![0, 5, 0, 5];
+            err.extend_from_slice(b"unknown transfer ID\0");
+            let _ = sock.send_to(&err, from);
             continue;
         }
         silent_since = Instant::now();
         backoff = Duration::from_secs(1);
         resend_at = backoff;
-        let op = u16::from_be_bytes([buf[0], buf[1]]);
         match op {
             5 => bail!(
                 "TFTP {file}: error {}: {}",
                 u16::from_be_bytes([buf[2], buf[3]]),
                 String::from_utf8_lossy(&buf[4..n]).trim_end_matches('\0')
             ),
-            // OACK: acknowledge it with block 0.
-            6 if peer.is_none() => {
+            // OACK (again, if our ACK was lost): acknowledge it with block 0.
+            6 if expect == 1 => {
+                if peer.is_none() && restarts > 0 {
+                    eprintln!("[storm] TFTP {file} to {src}: the server started the transfer again from port {}; followed", from.port());
+                }
                 peer = Some(from);
                 last = (vec![0, 4, 0, 0], from);
                 sock.send_to(&last.0, from)?;
