@@ -204,6 +204,11 @@ LOG {{ Default_Log_Level = EVENT; }}
         format!("{}:{}", self.addr, self.export.display())
     }
 
+    /// ganesha's process id (`nsenter` execs it).
+    pub fn pid(&self) -> u32 {
+        self.ganesha.id()
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -25,6 +25,9 @@
 //!   a page, and the PNG decoded.
 //! - [`fleet_lab`], [`fleet_sim`]: a served group of scripted nodes that
 //!   boot over a lab network, for the fleet API's tests.
+//! - [`storm`], [`storm_wire`], [`storm_lab`]: a boot storm, hundreds of
+//!   simulated nodes replaying a recorded boot at once (DHCP, TFTP, NFS)
+//!   against `lazyboot serve` or dnsmasq + nfs-ganesha.
 //! - [`openapi`]: `docs/openapi.json` as a checker of the API's replies.
 //! - [`pi`]: the Raspberry Pi boot replay client and checks of its replies.
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
@@ -56,6 +59,9 @@ pub mod relay;
 pub mod serve;
 pub mod shaped;
 pub mod snapshot;
+pub mod storm;
+pub mod storm_lab;
+pub mod storm_wire;
 pub mod tempfs;
 
 use std::path::Path;
