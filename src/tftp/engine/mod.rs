@@ -95,8 +95,51 @@ struct Table {
 struct Live {
     id: u64,
     abort: AbortHandle,
-    heard: Arc<AtomicBool>,
+    heard: Arc<Hearing>,
     socket: Arc<UdpSocket>,
+}
+
+/// What a transfer has heard from its client: how the listener tells a late
+/// copy of the transfer's request from the client starting over.
+pub(crate) struct Hearing {
+    started: std::time::Instant,
+    /// Milliseconds from `started` to the latest packet, plus one (0: none).
+    last: AtomicU64,
+    /// The client sent an ERROR: it is done with this transfer.
+    ended: AtomicBool,
+}
+
+impl Hearing {
+    fn new() -> Hearing {
+        Hearing {
+            started: std::time::Instant::now(),
+            last: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    /// A packet came from the client.
+    pub(crate) fn heard(&self, error: bool) {
+        let ms = self.started.elapsed().as_millis() as u64 + 1;
+        self.last.store(ms, Ordering::Relaxed);
+        if error {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the client has left this transfer: it ended it with an
+    /// ERROR, or it has been silent for `quiet` after it had spoken (it
+    /// gave up and asks again). A client that has not spoken yet is still
+    /// waiting for the transfer's first packet, and one that is
+    /// acknowledging is busy with it: a request from either is a late copy.
+    fn left(&self, quiet: Duration) -> bool {
+        let last = self.last.load(Ordering::Relaxed);
+        if self.ended.load(Ordering::Relaxed) {
+            return true;
+        }
+        last != 0
+            && self.started.elapsed().as_millis() as u64 + 1 >= last + quiet.as_millis() as u64
+    }
 }
 
 impl Table {
@@ -186,14 +229,15 @@ impl<O: Open> Engine<O> {
             let mut table = self.table.lock();
             match table.by_peer.get(&peer) {
                 Some(live)
-                    if !live.heard.load(Ordering::Relaxed)
-                        && !session::has_pending(&live.socket) =>
+                    if !live.heard.left(self.settings.retransmit_timeout)
+                        && !session::has_pending_end(&live.socket) =>
                 {
                     Admission::Duplicate
                 }
                 Some(_) => {
-                    // The client is done with that transfer (it spoke to it,
-                    // or its ERROR waits unread there): this is a new one.
+                    // The client is done with that transfer (it ended it, or
+                    // its ERROR waits unread there, or it went quiet): this
+                    // is a new one.
                     if let Some(old) = table.remove(&peer) {
                         old.abort.abort();
                     }
@@ -256,7 +300,7 @@ impl<O: Open> Engine<O> {
                 return false;
             }
         };
-        let heard = Arc::new(AtomicBool::new(false));
+        let heard = Arc::new(Hearing::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut table = self.table.lock();
         // Held while the task starts: its slot cannot be given back before

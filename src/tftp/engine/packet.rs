@@ -20,7 +20,7 @@ const RRQ: u16 = 1;
 const WRQ: u16 = 2;
 const DATA: u16 = 3;
 const ACK: u16 = 4;
-const ERROR: u16 = 5;
+pub(crate) const ERROR: u16 = 5;
 const OACK: u16 = 6;
 
 /// TFTP error codes (RFC 1350, 2347).

@@ -13,11 +13,10 @@
 use super::options::{negotiate, Negotiated};
 use super::packet::{self, code, parse, Packet};
 use super::window::{Ack, Window};
-use super::{Open, Settings};
+use super::{Hearing, Open, Settings};
 use crate::tftp::reader::TftpReader;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::{sleep_until, Instant};
@@ -47,15 +46,14 @@ pub(crate) struct Request {
 }
 
 /// Run one transfer on `socket` (bound, connected to the client). `heard`
-/// is set once the client has sent anything to the transfer's port: from
-/// then on a new request from the same port is a new transfer, not a
-/// retransmission of this one's.
+/// notes what the client sends to the transfer's port, so that the
+/// listener can tell a late copy of this request from a new one.
 pub(crate) async fn run<O: Open>(
     socket: &UdpSocket,
     opener: &O,
     settings: &Settings,
     req: Request,
-    heard: &AtomicBool,
+    heard: &Hearing,
 ) -> End {
     let client = req.client;
     let mut reader = match opener.open(client, &req.filename).await {
@@ -103,7 +101,7 @@ struct Transfer<'a> {
     socket: &'a UdpSocket,
     settings: &'a Settings,
     client: SocketAddr,
-    heard: &'a AtomicBool,
+    heard: &'a Hearing,
     /// The current retransmission timeout, and where it starts again after
     /// progress.
     timeout: Duration,
@@ -261,8 +259,9 @@ impl Transfer<'_> {
                     continue;
                 }
             };
-            self.heard.store(true, Ordering::Relaxed);
-            match parse(&self.recv[..len]) {
+            let packet = parse(&self.recv[..len]);
+            self.heard.heard(matches!(packet, Ok(Packet::Error { .. })));
+            match packet {
                 Ok(Packet::Ack(block)) => return Heard::Ack(block),
                 Ok(Packet::Error { code, message }) => {
                     tracing::debug!(
@@ -290,12 +289,17 @@ async fn send(socket: &UdpSocket, bytes: &[u8]) -> Result<(), End> {
     }
 }
 
-/// Whether `socket` has a datagram (or an ICMP error) waiting: the client
-/// has said something this transfer has not read yet.
-pub(crate) fn has_pending(socket: &UdpSocket) -> bool {
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+/// Whether the client's end of this transfer waits unread on `socket`: an
+/// ERROR packet, or an ICMP error (its port is closed).
+pub(crate) fn has_pending_end(socket: &UdpSocket) -> bool {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2];
     match socket2::SockRef::from(socket).peek(&mut buf) {
-        Ok(_) => true,
+        Ok(2) => {
+            // SAFETY: the peek filled both bytes.
+            let opcode = unsafe { [buf[0].assume_init(), buf[1].assume_init()] };
+            u16::from_be_bytes(opcode) == packet::ERROR
+        }
+        Ok(_) => false,
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     }
 }

@@ -391,3 +391,62 @@ fn a_repeated_request_is_one_transfer_until_the_client_moves_on() {
     assert!(out == f);
     assert!(srv.drained(Duration::from_millis(500)));
 }
+
+#[test]
+fn a_late_copy_of_the_request_leaves_a_transfer_in_progress_alone() {
+    let f = file(5000);
+    let srv = server(&[("f", f.clone())], settings(16, 8));
+    let s = client();
+    rrq(&s, srv.addr, "f", &[]);
+    let mut out = Vec::new();
+    let mut port = None;
+    loop {
+        let (got, from) = recv(&s, Duration::from_secs(1)).expect("the next block");
+        let Got::Data(block, data) = got else {
+            panic!("{got:?}")
+        };
+        // The transfer stays on its first port: the copy started nothing.
+        assert_eq!(*port.get_or_insert(from), from, "block {block}");
+        assert_eq!(block as usize, out.len() / 512 + 1);
+        out.extend_from_slice(&data);
+        ack(&s, from, block);
+        if block == 1 {
+            // A copy of the request the client sent while the server was
+            // slow to answer, arriving after the client acknowledged.
+            rrq(&s, srv.addr, "f", &[]);
+        }
+        if data.len() < 512 {
+            break;
+        }
+    }
+    assert!(out == f);
+    assert_eq!(recv(&s, RTO * 3), None, "nothing more after the last block");
+    assert!(srv.drained(Duration::from_millis(500)));
+}
+
+#[test]
+fn a_client_that_went_quiet_and_asks_again_starts_over() {
+    let f = file(3000);
+    let srv = server(&[("f", f.clone())], settings(16, 8));
+    let s = client();
+    rrq(&s, srv.addr, "f", &[]);
+    let (got, first) = recv(&s, Duration::from_secs(1)).unwrap();
+    assert_eq!(got, Got::Data(1, f[..512].to_vec()));
+    ack(&s, first, 1);
+    // The client drops the transfer without a word, then asks again.
+    std::thread::sleep(RTO * 2);
+    rrq(&s, srv.addr, "f", &[]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        assert!(Instant::now() < deadline, "no new transfer");
+        match recv(&s, Duration::from_secs(1)) {
+            Some((Got::Data(1, d), from)) if from != first => {
+                assert_eq!(d, f[..512]);
+                break;
+            }
+            // The old transfer's retransmissions, until it is dropped.
+            Some((Got::Data(2, _), from)) => assert_eq!(from, first),
+            other => panic!("{other:?}"),
+        }
+    }
+}
