@@ -13,8 +13,7 @@
 //! `target/tmp/lazyboot-boot-image-arm64/<hash>`. Its only platform is
 //! linux/arm64: lazyboot picks linux/riscv64 for U-Boot nodes from
 //! multi-platform images, but uses a single-platform image as it is (with a
-//! warning). There is no riscv64 variant: Debian 12 has no riscv64 kernel
-//! package.
+//! warning). The riscv64 variant is integration/qemu_uboot_riscv64.rs.
 //!
 //! Network as in qemu_boot.rs: a tap `lbqtapN` with 10.217.N.1/24, QEMU's
 //! virtio-net (on virtio-mmio, see `boot`) on its other end.

@@ -28,6 +28,8 @@
 //! - [`openapi`]: `docs/openapi.json` as a checker of the API's replies.
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
 //!   test targets of one theme (NFS roots, the NFS protocol, `serve`, QEMU).
+//! - [`riscv64`]: the riscv64 kernel (built from Debian's source, cached)
+//!   and image, and one multi-platform tag over single-platform layouts.
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
@@ -51,6 +53,7 @@ pub mod pjdfstest;
 pub mod qemu;
 pub mod registry;
 pub mod relay;
+pub mod riscv64;
 pub mod serve;
 pub mod shaped;
 pub mod snapshot;
