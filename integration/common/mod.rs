@@ -5,7 +5,8 @@
 //! - [`Registry`]: a throw-away `docker-registry` on 127.0.0.1 that can be
 //!   stopped, restarted, paused, and whose blobs can be corrupted on disk.
 //! - [`build_fixture`], [`shared_fixture`], [`push`], [`umoci_unpack`]: the
-//!   multi-layer test image and its reference view.
+//!   multi-layer test image and its reference view; [`multi_platform_layout`]
+//!   and [`push_all`] for one tag over several platforms.
 //! - [`snapshot`], [`compare`]: record a tree (types, modes, owners, sizes,
 //!   content hashes, symlink targets, devices, xattrs, hard links, mtimes) and
 //!   list the differences between two trees.
@@ -29,7 +30,7 @@
 //! - [`nfsroot`], [`tempfs`], [`netboot`], [`qemu`]: the labs shared by the
 //!   test targets of one theme (NFS roots, the NFS protocol, `serve`, QEMU).
 //! - [`riscv64`]: the riscv64 kernel (built from Debian's source, cached)
-//!   and image, and one multi-platform tag over single-platform layouts.
+//!   and image.
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
@@ -65,8 +66,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 pub use fixture::{
-    build_fixture, build_fixture_with, layout_blob, layout_manifest, paths, push, shared_fixture,
-    umoci_unpack, Fixture,
+    build_fixture, build_fixture_with, layout_blob, layout_manifest, multi_platform_layout, paths,
+    push, push_all, shared_fixture, umoci_unpack, Fixture,
 };
 pub use registry::Registry;
 pub use snapshot::{

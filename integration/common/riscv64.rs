@@ -1,11 +1,9 @@
 //! The riscv64 boot image of integration/qemu_uboot_riscv64.rs: a kernel
 //! built from Debian's `linux-source-6.1` (Debian 12 ships no riscv64
 //! kernel; integration/fixtures/build-riscv64-kernel.sh), cached across
-//! runs, and the image around it (build-riscv64-image.sh); plus an OCI
-//! layout that joins single-platform images under one multi-platform tag.
+//! runs, and the image around it (build-riscv64-image.sh).
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::os::unix::io::AsRawFd;
@@ -14,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use super::qemu::fixtures;
-use super::{run, sha256_hex};
+use super::run;
 
 /// What the kernel and image builds need on the host.
 pub const RISCV64_TOOLS: &[&str] = &[
@@ -121,103 +119,4 @@ pub fn riscv64_image(out: &Path, tag: &str, kernel: &Path) -> Result<PathBuf> {
     .context("build-riscv64-image.sh")?;
     eprintln!("{}", String::from_utf8_lossy(&log).trim_end());
     Ok(out.join("layout"))
-}
-
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-
-fn read_json(path: &Path) -> Result<Value> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
-}
-
-fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .with_context(|| format!("digest {digest} is not sha256"))?;
-    Ok(layout.join("blobs/sha256").join(hex))
-}
-
-/// An OCI layout `out/layout` whose tag `tag` is an image index over the
-/// image manifests of `parts` (a layout and a tag in it each, in this
-/// order), each with the platform its config names. Push it with
-/// [`push_all`].
-pub fn multi_platform_layout(out: &Path, tag: &str, parts: &[(&Path, &str)]) -> Result<PathBuf> {
-    let layout = out.join("layout");
-    let blobs = layout.join("blobs/sha256");
-    fs::create_dir_all(&blobs)?;
-    fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )?;
-    let mut manifests = Vec::new();
-    for (part, part_tag) in parts {
-        let index = read_json(&part.join("index.json"))?;
-        let desc = index["manifests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|d| d["annotations"][REF_NAME] == *part_tag)
-            .with_context(|| format!("no tag {part_tag} in {}", part.display()))?;
-        let manifest = read_json(&blob_path(part, desc["digest"].as_str().unwrap_or(""))?)?;
-        let config = read_json(&blob_path(
-            part,
-            manifest["config"]["digest"].as_str().unwrap_or(""),
-        )?)?;
-        let mut platform = json!({"os": config["os"], "architecture": config["architecture"]});
-        if let Some(v) = config["variant"].as_str() {
-            platform["variant"] = json!(v);
-        }
-        for e in fs::read_dir(part.join("blobs/sha256"))? {
-            let e = e?;
-            let to = blobs.join(e.file_name());
-            if !to.exists() {
-                fs::copy(e.path(), &to)
-                    .with_context(|| format!("copying {}", e.path().display()))?;
-            }
-        }
-        manifests.push(json!({
-            "mediaType": desc["mediaType"],
-            "digest": desc["digest"],
-            "size": desc["size"],
-            "platform": platform,
-        }));
-    }
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": INDEX_TYPE,
-        "manifests": manifests,
-    }))?;
-    let digest = sha256_hex(&index);
-    fs::write(blobs.join(&digest), &index)?;
-    let top = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": INDEX_TYPE,
-            "digest": format!("sha256:{digest}"),
-            "size": index.len(),
-            "annotations": {REF_NAME: tag},
-        }],
-    });
-    fs::write(layout.join("index.json"), serde_json::to_vec(&top)?)?;
-    Ok(layout)
-}
-
-/// Push the image index `tag` of `layout` with all its platforms.
-pub fn push_all(
-    layout: &Path,
-    tag: &str,
-    registry: &super::Registry,
-    repo_tag: &str,
-) -> Result<()> {
-    let mut cmd = Command::new("skopeo");
-    cmd.args(["--insecure-policy", "copy", "--quiet", "--all"])
-        .args([
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            "--dest-no-creds",
-        ])
-        .arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{}", registry.reference(repo_tag)));
-    run(&mut cmd).map(|_| ())
 }
