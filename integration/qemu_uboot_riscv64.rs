@@ -74,37 +74,40 @@ fn boot(tap: &Tap, server: &Server, console: &Path) -> Result<String> {
             .spawn()
             .context("starting qemu-system-riscv64")?,
     );
+    let booting = format!("lazyboot: booting {NODE}");
     let milestones = [
         ("OpenSBI", "OpenSBI v"),
         ("U-Boot banner", "U-Boot 20"),
-        ("script runs", "lazyboot: booting rv"),
+        ("script runs", booting.as_str()),
         ("booti", "Starting kernel"),
         ("kernel start", "Linux version"),
         ("kernel DHCP done", "IP-Config: Complete"),
         ("NFS root mounted", "VFS: Mounted root (nfs"),
         ("/sbin/init runs", "lazyboot-root:"),
     ];
+    let failed = format!("lazyboot: booting {NODE} failed");
     let fatal = [
         "Kernel panic",
-        "lazyboot: booting rv failed",
+        failed.as_str(),
         // U-Boot's prompt: the distro boot gave up.
         "\n=> ",
     ];
+    let (acked, script, mounted) = (
+        format!("to {NODE} ("),
+        format!("({NODE}): boot.scr.uimg (generated"),
+        format!("mounted /nodes/{NODE}"),
+    );
     let server_milestones = |t: f64, _: &str, timeline: &mut Timeline| {
         let log = server.log();
-        timeline.check(t, "DHCPACK to U-Boot (server)", log.contains("to rv ("));
-        timeline.check(
-            t,
-            "boot.scr.uimg sent (server)",
-            log.contains("(rv): boot.scr.uimg (generated"),
-        );
+        timeline.check(t, "DHCPACK to U-Boot (server)", log.contains(&acked));
+        timeline.check(t, "boot.scr.uimg sent (server)", log.contains(&script));
         timeline.check(
             t,
             "kernel sent (server)",
             log.lines()
                 .any(|l| l.contains("vmlinuz-") && l.contains("read to the end")),
         );
-        timeline.check(t, "MNT (server)", log.contains("mounted /nodes/rv"));
+        timeline.check(t, "MNT (server)", log.contains(&mounted));
         Ok(())
     };
     let outcome = wait_for_console(
