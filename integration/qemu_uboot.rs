@@ -10,11 +10,12 @@
 //! The image is the one of integration/fixtures/build-boot-image.sh built
 //! with `ARCH=arm64` (Debian's arm64 kernel, which is an uncompressed
 //! `Image`, and arm64 busybox-static), cached under
-//! `target/tmp/lazyboot-boot-image-arm64/<hash>`. Its only platform is
-//! linux/arm64: lazyboot picks linux/riscv64 for U-Boot nodes from
-//! multi-platform images, but uses a single-platform image as it is (with a
-//! warning). There is no riscv64 variant: Debian 12 has no riscv64 kernel
-//! package.
+//! `target/tmp/lazyboot-boot-image-arm64/<hash>`. It is pushed under a
+//! multi-platform tag after a small linux/riscv64 image, and the node names
+//! no platform: the default of a `uboot` node is linux/riscv64, so only the
+//! client architecture its U-Boot sends (option 93, 22: "ARM 64-bit
+//! U-Boot") gets it linux/arm64. The riscv64 boot is
+//! integration/qemu_uboot_riscv64.rs.
 //!
 //! Network as in qemu_boot.rs: a tap `lbqtapN` with 10.217.N.1/24, QEMU's
 //! virtio-net (on virtio-mmio, see `boot`) on its other end.
@@ -29,9 +30,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netboot::one_layer_image;
 use common::qemu::{boot_image, expected_checks, nfs_port, Qemu, RouterAdverts, Tap, Timeline};
 use common::serve::{Serve, Server};
-use common::{tail, Registry};
+use common::{multi_platform_layout, push_all, run, tail, Registry};
 
 /// Besides `common::qemu::BOOT_IMAGE_TOOLS`.
 const TOOLS: &[&str] = &["ip", "sysctl", "qemu-system-aarch64"];
@@ -193,8 +195,20 @@ fn qemu_uboot_boots_from_lazyboot() -> Result<()> {
         .prefix("lazyboot-qemu-uboot.")
         .tempdir()?;
     let work = tmp.path().to_path_buf();
+    let other = work.join("riscv64");
+    fs::create_dir_all(&other)?;
+    one_layer_image(&other, "mkdir -p $r/etc && echo riscv64 > $r/etc/arch")?;
+    run(Command::new("umoci")
+        .args(["config", "--os", "linux", "--architecture", "riscv64"])
+        .arg("--image")
+        .arg(format!("{}:os", other.join("layout").display())))?;
+    let multi = multi_platform_layout(
+        &work.join("multi"),
+        "boot",
+        &[(&other.join("layout"), "os"), (&layout, TAG)],
+    )?;
     let reg = Registry::start()?;
-    common::push(&layout, TAG, &reg, "os/qemu-uboot:1")?;
+    push_all(&multi, "boot", &reg, "os/qemu-uboot:1")?;
     let image = reg.reference("os/qemu-uboot:1");
 
     let tap = Tap::new()?;
@@ -252,6 +266,13 @@ kernel_args = "console=ttyAMA0 panic=-1"
         .collect();
     eprintln!("guest {NODE}:\n{}", guest.join("\n"));
     let log = server.log();
+    assert!(
+        log.contains(&format!(
+            "for linux/arm64 (from DHCP client architecture 22) node={NODE}"
+        )),
+        "the node did not get linux/arm64 by its client architecture:\n{}",
+        tail(&log, 40)
+    );
     let marker = text
         .lines()
         .find(|l| l.contains(MARKER))

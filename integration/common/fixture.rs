@@ -1,5 +1,6 @@
 //! The test image: building it (integration/fixtures/build-image.sh), pushing
-//! it, unpacking it with umoci as the reference view.
+//! it, unpacking it with umoci as the reference view; one multi-platform tag
+//! over single-platform layouts.
 
 use std::fs::{self, File};
 use std::os::unix::io::AsRawFd;
@@ -12,7 +13,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::registry::Registry;
-use super::run;
+use super::{run, sha256_hex};
+use serde_json::{json, Value};
 
 /// Paths and contents the fixture is known to contain (see build-image.sh).
 pub mod paths {
@@ -159,6 +161,84 @@ pub fn push_index(
     Ok(digests)
 }
 
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// An OCI layout `out/layout` whose tag `tag` is an image index over the
+/// image manifests of `parts` (a layout and a tag in it each, in this
+/// order), each with the platform its config names. Push it with
+/// [`push_all`].
+pub fn multi_platform_layout(out: &Path, tag: &str, parts: &[(&Path, &str)]) -> Result<PathBuf> {
+    let layout = out.join("layout");
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    let mut manifests = Vec::new();
+    for (part, part_tag) in parts {
+        let desc = layout_descriptor(part, part_tag)?;
+        let manifest = layout_manifest(part, part_tag)?;
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .with_context(|| format!("{}:{part_tag}: no config digest", part.display()))?;
+        let config_path = layout_blob(part, config_digest);
+        let config: Value = serde_json::from_slice(&fs::read(&config_path)?)
+            .with_context(|| format!("parsing {}", config_path.display()))?;
+        let mut platform = json!({"os": config["os"], "architecture": config["architecture"]});
+        if let Some(v) = config["variant"].as_str() {
+            platform["variant"] = json!(v);
+        }
+        for e in fs::read_dir(part.join("blobs/sha256"))? {
+            let e = e?;
+            let to = blobs.join(e.file_name());
+            if !to.exists() {
+                fs::copy(e.path(), &to)
+                    .with_context(|| format!("copying {}", e.path().display()))?;
+            }
+        }
+        manifests.push(json!({
+            "mediaType": desc["mediaType"],
+            "digest": desc["digest"],
+            "size": desc["size"],
+            "platform": platform,
+        }));
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_TYPE,
+        "manifests": manifests,
+    }))?;
+    let digest = sha256_hex(&index);
+    fs::write(blobs.join(&digest), &index)?;
+    let top = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": INDEX_TYPE,
+            "digest": format!("sha256:{digest}"),
+            "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    fs::write(layout.join("index.json"), serde_json::to_vec(&top)?)?;
+    Ok(layout)
+}
+
+/// `skopeo copy --all`: [`push`] for an image index `tag` of `layout`, with
+/// all its platforms.
+pub fn push_all(layout: &Path, tag: &str, registry: &Registry, repo_tag: &str) -> Result<()> {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["--insecure-policy", "copy", "--quiet", "--all"])
+        .args([
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-no-creds",
+        ])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{}", registry.reference(repo_tag)));
+    run(&mut cmd).map(|_| ())
+}
+
 /// `umoci unpack` the layout's tag into the bundle `dest` (must not exist
 /// yet) and return `dest/rootfs`: the reference view of the image.
 pub fn umoci_unpack(layout: &Path, tag: &str, dest: &Path) -> Result<PathBuf> {
@@ -177,19 +257,25 @@ pub fn umoci_unpack(layout: &Path, tag: &str, dest: &Path) -> Result<PathBuf> {
 
 /// The image manifest of `tag` in an OCI layout.
 pub fn layout_manifest(layout: &Path, tag: &str) -> Result<serde_json::Value> {
-    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json"))?)?;
-    let desc = index["manifests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .ok_or_else(|| anyhow!("tag {tag} not in {}/index.json", layout.display()))?;
+    let desc = layout_descriptor(layout, tag)?;
     let digest = desc["digest"]
         .as_str()
         .ok_or_else(|| anyhow!("descriptor without digest"))?;
     Ok(serde_json::from_slice(&fs::read(layout_blob(
         layout, digest,
     ))?)?)
+}
+
+/// The descriptor of `tag` in an OCI layout's index.json.
+pub fn layout_descriptor(layout: &Path, tag: &str) -> Result<serde_json::Value> {
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json"))?)?;
+    index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .cloned()
+        .ok_or_else(|| anyhow!("tag {tag} not in {}/index.json", layout.display()))
 }
 
 /// Path of a blob in an OCI layout.

@@ -1,8 +1,9 @@
 //! Pieces of the QEMU boot tests (integration/qemu_boot.rs for iPXE on
-//! x86_64, integration/qemu_uboot.rs for U-Boot on arm64): the boot image
-//! built from Debian packages, a tap with the server address, IPv6 router
-//! advertisements on it, QEMU killed on drop, and a timeline of boot
-//! milestones. `lazyboot serve` runs through [`super::serve`].
+//! x86_64, integration/qemu_uboot.rs and qemu_uboot_riscv64.rs for U-Boot
+//! on arm64 and riscv64): the boot image built from Debian packages, a tap
+//! with the server address, IPv6 router advertisements on it, QEMU killed
+//! on drop, and a timeline of boot milestones. `lazyboot serve` runs
+//! through [`super::serve`].
 
 use super::ip;
 use anyhow::{bail, Result};
