@@ -92,6 +92,23 @@ impl ReadPath<'_> {
     fn cached_range(&self, index: &LayerIndex, span: &Span) -> Option<Bytes> {
         let map = index.codec();
         let base = map.chunk_range(span.ids.start).start;
+        if span.ids.end - span.ids.start == 1 {
+            // Inside one chunk (a small file, or a small read): the chunk
+            // stays in memory for its neighbours (a directory's small files
+            // share chunks), and the reply is a slice of it, not a copy.
+            let key = ChunkKey {
+                layer: index.digest.clone(),
+                id: span.ids.start,
+            };
+            let chunk = self.cache.get(&key)?;
+            let r = map.chunk_range(span.ids.start);
+            if chunk.len() as u64 != r.end - r.start {
+                return None;
+            }
+            let hi = ((span.bytes.end - base) as usize).min(chunk.len());
+            let lo = ((span.bytes.start - base) as usize).min(hi);
+            return Some(chunk.slice(lo..hi));
+        }
         let want = map
             .chunk_range(span.ids.end.max(1) - 1)
             .end
