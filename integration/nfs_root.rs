@@ -610,13 +610,13 @@ fn push_two_platform_image(
             "umoci config --image {l}:os --os linux --architecture {arch}",
             l = d.join("layout").display()
         ))?;
-        layouts.push((arch, d.join("layout")));
+        layouts.push(d.join("layout"));
     }
     let platforms: Vec<_> = layouts
         .iter()
-        .map(|(arch, layout)| (*arch, layout.as_path(), "os"))
+        .map(|layout| (layout.as_path(), "os"))
         .collect();
-    common::push_index(reg, repo, "1", &platforms)?;
+    common::push_platforms(reg, &format!("{repo}:1"), &platforms)?;
     Ok(())
 }
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use common::netboot::one_layer_image;
 use common::qemu::{boot_image, expected_checks, nfs_port, Qemu, RouterAdverts, Tap, Timeline};
 use common::serve::{Serve, Server};
-use common::{multi_platform_layout, push_all, run, tail, Registry};
+use common::{push_platforms, run, tail, Registry};
 
 /// Besides `common::qemu::BOOT_IMAGE_TOOLS`.
 const TOOLS: &[&str] = &["ip", "sysctl", "qemu-system-aarch64"];
@@ -202,13 +202,12 @@ fn qemu_uboot_boots_from_lazyboot() -> Result<()> {
         .args(["config", "--os", "linux", "--architecture", "riscv64"])
         .arg("--image")
         .arg(format!("{}:os", other.join("layout").display())))?;
-    let multi = multi_platform_layout(
-        &work.join("multi"),
-        "boot",
+    let reg = Registry::start()?;
+    push_platforms(
+        &reg,
+        "os/qemu-uboot:1",
         &[(&other.join("layout"), "os"), (&layout, TAG)],
     )?;
-    let reg = Registry::start()?;
-    push_all(&multi, "boot", &reg, "os/qemu-uboot:1")?;
     let image = reg.reference("os/qemu-uboot:1");
 
     let tap = Tap::new()?;

@@ -37,7 +37,7 @@ use std::time::Duration;
 use common::qemu::{boot_image, nfs_port, wait_for_console, Qemu, Tap, Timeline};
 use common::riscv64::{riscv64_image, riscv64_kernel};
 use common::serve::{Serve, Server};
-use common::{multi_platform_layout, push_all, tail, Registry};
+use common::{push_platforms, tail, Registry};
 
 /// Besides `common::qemu::BOOT_IMAGE_TOOLS` and `common::riscv64::RISCV64_TOOLS`.
 const TOOLS: &[&str] = &["ip", "sysctl", "qemu-system-riscv64"];
@@ -161,13 +161,12 @@ fn qemu_uboot_riscv64_boots_from_lazyboot() -> Result<()> {
         .tempdir()?;
     let work = tmp.path().to_path_buf();
     let riscv64 = riscv64_image(&work.join("riscv64"), RISCV64_TAG, &kernel)?;
-    let layout = multi_platform_layout(
-        &work.join("multi"),
-        "boot",
+    let reg = Registry::start()?;
+    push_platforms(
+        &reg,
+        "os/uboot-boards:1",
         &[(&arm64, ARM64_TAG), (&riscv64, RISCV64_TAG)],
     )?;
-    let reg = Registry::start()?;
-    push_all(&layout, "boot", &reg, "os/uboot-boards:1")?;
     let image = reg.reference("os/uboot-boards:1");
 
     let tap = Tap::new()?;

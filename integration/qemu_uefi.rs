@@ -145,9 +145,9 @@ fn uefi_pcs_and_arm64_boot_their_own_platform_of_one_tag() -> Result<()> {
     let platforms: Vec<_> = GUESTS
         .iter()
         .zip(&layouts)
-        .map(|(g, l)| (g.arch, l.as_path(), g.tag))
+        .map(|(g, l)| (l.as_path(), g.tag))
         .collect();
-    let digests = common::push_index(&reg, "os/uefi", "1", &platforms)?;
+    let digests = common::push_platforms(&reg, "os/uefi:1", &platforms)?;
     let image = reg.reference("os/uefi:1");
 
     let lan = Lan::new(GUESTS.len())?;

@@ -115,59 +115,42 @@ pub fn push(layout: &Path, tag: &str, registry: &Registry, repo_tag: &str) -> Re
     run(&mut cmd).map(|_| ())
 }
 
-/// One multi-platform tag `repo:tag` in `registry`: each `(architecture,
-/// layout, layout tag)` is pushed as `repo:ARCH` (digests preserved) and an
-/// OCI image index of them, with a `linux/ARCH` platform each, is put under
-/// `tag`. Returns each architecture's manifest digest, in order.
-pub fn push_index(
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// One multi-platform tag `repo_tag` (`repo:tag`) in `registry`: an OCI
+/// image index over the image manifests of `parts` (a layout and a tag in
+/// it each, in this order), each with the platform its config names (as a
+/// real multi-arch build would), pushed with `skopeo copy --all`, digests
+/// preserved. Returns each part's manifest digest, in order.
+pub fn push_platforms(
     registry: &Registry,
-    repo: &str,
-    tag: &str,
-    platforms: &[(&str, &Path, &str)],
+    repo_tag: &str,
+    parts: &[(&Path, &str)],
 ) -> Result<Vec<String>> {
-    let (mut entries, mut digests) = (Vec::new(), Vec::new());
-    for (arch, layout, layout_tag) in platforms {
-        push(layout, layout_tag, registry, &format!("{repo}:{arch}"))?;
-        let url = format!("{}/v2/{repo}/manifests/{arch}", registry.url());
-        let body = super::curl_get(&url, &["application/vnd.oci.image.manifest.v1+json"])?;
-        let digest = format!("sha256:{:x}", Sha256::digest(&body));
-        entries.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest,
-            "size": body.len(),
-            "platform": {"os": "linux", "architecture": arch},
-        }));
-        digests.push(digest);
-    }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": entries,
-    });
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("index.json");
-    fs::write(&file, serde_json::to_vec(&index)?)?;
-    run(Command::new("curl").args([
-        "-sSf",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.index.v1+json",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("{}/v2/{repo}/manifests/{tag}", registry.url()),
-    ]))
-    .context("putting the image index")?;
+    let dir = tempfile::Builder::new()
+        .prefix("lazyboot-multi-platform.")
+        .tempdir()?;
+    let (layout, digests) = multi_platform_layout(dir.path(), "index", parts)?;
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["--insecure-policy", "copy", "--quiet", "--all"])
+        .args([
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-no-creds",
+        ])
+        .arg(format!("oci:{}:index", layout.display()))
+        .arg(format!("docker://{}", registry.reference(repo_tag)));
+    run(&mut cmd)?;
     Ok(digests)
 }
 
-const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-
-/// An OCI layout `out/layout` whose tag `tag` is an image index over the
-/// image manifests of `parts` (a layout and a tag in it each, in this
-/// order), each with the platform its config names. Push it with
-/// [`push_all`].
-pub fn multi_platform_layout(out: &Path, tag: &str, parts: &[(&Path, &str)]) -> Result<PathBuf> {
+/// The OCI layout `out/layout` behind [`push_platforms`], its tag `tag` the
+/// index; and the parts' manifest digests.
+fn multi_platform_layout(
+    out: &Path,
+    tag: &str,
+    parts: &[(&Path, &str)],
+) -> Result<(PathBuf, Vec<String>)> {
     let layout = out.join("layout");
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
@@ -175,31 +158,41 @@ pub fn multi_platform_layout(out: &Path, tag: &str, parts: &[(&Path, &str)]) -> 
         layout.join("oci-layout"),
         br#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
-    let mut manifests = Vec::new();
+    let (mut manifests, mut digests) = (Vec::new(), Vec::new());
     for (part, part_tag) in parts {
+        let name = format!("{}:{part_tag}", part.display());
         let desc = layout_descriptor(part, part_tag)?;
         let manifest = layout_manifest(part, part_tag)?;
         let config_digest = manifest["config"]["digest"]
             .as_str()
-            .with_context(|| format!("{}:{part_tag}: no config digest", part.display()))?;
+            .with_context(|| format!("{name}: no config digest"))?;
         let config_path = layout_blob(part, config_digest);
         let config: Value = serde_json::from_slice(&fs::read(&config_path)?)
             .with_context(|| format!("parsing {}", config_path.display()))?;
-        let mut platform = json!({"os": config["os"], "architecture": config["architecture"]});
+        let (Some(os), Some(arch)) = (config["os"].as_str(), config["architecture"].as_str())
+        else {
+            bail!("{name}: the config names no os and architecture");
+        };
+        let mut platform = json!({"os": os, "architecture": arch});
         if let Some(v) = config["variant"].as_str() {
             platform["variant"] = json!(v);
         }
         for e in fs::read_dir(part.join("blobs/sha256"))? {
             let e = e?;
             let to = blobs.join(e.file_name());
-            if !to.exists() {
+            // Boot images are tens of MB: link where the file system allows.
+            if !to.exists() && fs::hard_link(e.path(), &to).is_err() {
                 fs::copy(e.path(), &to)
                     .with_context(|| format!("copying {}", e.path().display()))?;
             }
         }
+        let digest = desc["digest"]
+            .as_str()
+            .with_context(|| format!("{name}: descriptor without digest"))?;
+        digests.push(digest.to_string());
         manifests.push(json!({
             "mediaType": desc["mediaType"],
-            "digest": desc["digest"],
+            "digest": digest,
             "size": desc["size"],
             "platform": platform,
         }));
@@ -221,22 +214,7 @@ pub fn multi_platform_layout(out: &Path, tag: &str, parts: &[(&Path, &str)]) -> 
         }],
     });
     fs::write(layout.join("index.json"), serde_json::to_vec(&top)?)?;
-    Ok(layout)
-}
-
-/// `skopeo copy --all`: [`push`] for an image index `tag` of `layout`, with
-/// all its platforms.
-pub fn push_all(layout: &Path, tag: &str, registry: &Registry, repo_tag: &str) -> Result<()> {
-    let mut cmd = Command::new("skopeo");
-    cmd.args(["--insecure-policy", "copy", "--quiet", "--all"])
-        .args([
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            "--dest-no-creds",
-        ])
-        .arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{}", registry.reference(repo_tag)));
-    run(&mut cmd).map(|_| ())
+    Ok((layout, digests))
 }
 
 /// `umoci unpack` the layout's tag into the bundle `dest` (must not exist

@@ -5,8 +5,8 @@
 //! - [`Registry`]: a throw-away `docker-registry` on 127.0.0.1 that can be
 //!   stopped, restarted, paused, and whose blobs can be corrupted on disk.
 //! - [`build_fixture`], [`shared_fixture`], [`push`], [`umoci_unpack`]: the
-//!   multi-layer test image and its reference view; [`multi_platform_layout`]
-//!   and [`push_all`] for one tag over several platforms.
+//!   multi-layer test image and its reference view; [`push_platforms`] for one
+//!   tag over several platforms.
 //! - [`snapshot`], [`compare`]: record a tree (types, modes, owners, sizes,
 //!   content hashes, symlink targets, devices, xattrs, hard links, mtimes) and
 //!   list the differences between two trees.
@@ -74,8 +74,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 pub use fixture::{
-    build_fixture, build_fixture_with, layout_blob, layout_manifest, multi_platform_layout, paths,
-    push, push_all, push_index, shared_fixture, umoci_unpack, Fixture,
+    build_fixture, build_fixture_with, layout_blob, layout_manifest, paths, push, push_platforms,
+    shared_fixture, umoci_unpack, Fixture,
 };
 pub use registry::Registry;
 pub use snapshot::{

@@ -171,9 +171,6 @@ pub struct Fleet {
     pub boot_dir: String,
     /// Read at most this much of each TFTP file (None: all of it).
     pub tftp_limit: Option<u64>,
-    /// Follow a TFTP transfer the server starts again from a new port
-    /// (false: ignore it, as iPXE does; see `storm_wire::tftp_get`).
-    pub tftp_follow_restart: bool,
 }
 
 /// One node's boot.
@@ -412,10 +409,8 @@ impl Node<'_> {
         let src = self.address()?;
         let server = SocketAddr::from((self.target.server, self.target.tftp_port));
         let ns = self.fleet.ns.clone();
-        let get = |file: &str| {
-            let (limit, follow) = (self.fleet.tftp_limit, self.fleet.tftp_follow_restart);
-            tftp_get(&ns, src, server, file, limit, follow, self.deadline)
-        };
+        let get =
+            |file: &str| tftp_get(&ns, src, server, file, self.fleet.tftp_limit, self.deadline);
         let mut data = get(file)?;
         self.run.tftp_bytes += data.len() as u64;
         // While the image opens, the script says "sleep N, chain FILE":

@@ -143,7 +143,6 @@ impl StormLab {
             rootfs: self.rootfs.clone(),
             boot_dir: "/boot".into(),
             tftp_limit: None,
-            tftp_follow_restart: false,
         }
     }
 

@@ -291,17 +291,15 @@ pub const TFTP_SILENCE: Duration = Duration::from_secs(30);
 /// bytes read.
 ///
 /// Packets from another server port than the transfer's first answer get
-/// RFC 1350's "unknown transfer ID" and are ignored, as iPXE ignores them;
-/// with `follow_restart`, an OACK or first block from a new port (the
-/// server started the transfer again for a resent request) is followed
-/// instead, from the start.
+/// RFC 1350's "unknown transfer ID" and are ignored, as iPXE ignores them:
+/// a server that answers a late copy of the request with a second transfer
+/// fails the node here as it would a real one.
 pub fn tftp_get(
     ns: &str,
     src: Ipv4Addr,
     server: SocketAddr,
     file: &str,
     limit: Option<u64>,
-    follow_restart: bool,
     deadline: Instant,
 ) -> Result<Vec<u8>> {
     let sock = in_netns(ns, move || {
@@ -320,8 +318,6 @@ pub fn tftp_get(
     let mut expect: u16 = 1;
     // Packets from another server port than the transfer's.
     let mut foreign = 0u32;
-    // Transfers started again from a new port and followed.
-    let mut restarts = 0u32;
     // Since when nothing came, the resend back-off, and at how much
     // silence the next resend goes.
     let mut silent_since = Instant::now();
@@ -367,13 +363,6 @@ pub fn tftp_get(
             continue;
         }
         let op = u16::from_be_bytes([buf[0], buf[1]]);
-        let first = op == 6 || (op == 3 && buf[2..4] == [0, 1]);
-        if follow_restart && first && peer.is_some_and(|p| p != from) {
-            restarts += 1;
-            peer = None;
-            out.clear();
-            expect = 1;
-        }
         if peer.is_some_and(|p| p != from) {
             // RFC 1350: another transfer id gets an error, and the
             // transfer goes on with the first one.
@@ -394,9 +383,6 @@ pub fn tftp_get(
             ),
             // OACK (again, if our ACK was lost): acknowledge it with block 0.
             6 if expect == 1 => {
-                if peer.is_none() && restarts > 0 {
-                    eprintln!("[storm] TFTP {file} to {src}: the server started the transfer again from port {}; followed", from.port());
-                }
                 peer = Some(from);
                 last = (vec![0, 4, 0, 0], from);
                 sock.send_to(&last.0, from)?;
