@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::netboot::one_layer_image;
-use common::qemu::{boot_image, expected_checks, nfs_port, Qemu, RouterAdverts, Tap, Timeline};
+use common::qemu::{boot_image, expected_checks, lab_config, Qemu, RouterAdverts, Tap, Timeline};
 use common::serve::{Serve, Server};
 use common::{push_platforms, run, tail, Registry};
 
@@ -212,37 +212,11 @@ fn qemu_uboot_boots_from_lazyboot() -> Result<()> {
 
     let tap = Tap::new()?;
     let net = format!("10.217.{}", tap.subnet);
-    let nfs_port = nfs_port(tap.server_ip);
-    let config = format!(
-        r#"
-[server]
-interface = "{tap_if}"
-address = "{server}"
-state_dir = "{state}"
-cache_dir = "{cache}"
-cache_size = "2G"
-tftp_port = 69
-nfs_port = {nfs_port}
-
-[dhcp]
-mode = "full"
-pool_start = "{net}.100"
-pool_end = "{net}.150"
-router = "{server}"
-
-[[nodes]]
-name = "{NODE}"
-mac = "{MAC}"
-kind = "uboot"
-image = "{image}"
-root = "ephemeral"
-kernel_args = "console=ttyAMA0 panic=-1"
-"#,
-        tap_if = tap.name,
-        server = tap.server_ip,
-        state = work.join("state").display(),
-        cache = work.join("cache").display(),
+    let nodes = format!(
+        "\n[[nodes]]\nname = \"{NODE}\"\nmac = \"{MAC}\"\nkind = \"uboot\"\nimage = \"{image}\"\n\
+         root = \"ephemeral\"\nkernel_args = \"console=ttyAMA0 panic=-1\"\n"
     );
+    let config = lab_config(&tap.name, tap.server_ip, &net, &work, "", &nodes);
     let config_path = work.join("lazyboot.toml");
     fs::write(&config_path, config)?;
     let server = Serve::new(&config_path)

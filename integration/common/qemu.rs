@@ -561,3 +561,27 @@ pub fn uefi_guest(
             .spawn()?,
     ))
 }
+
+/// The config of a QEMU lab's `serve`: full DHCP and TFTP on port 69 of
+/// `interface`, whose address is `server` in the /24 `net` (`10.217.N`),
+/// NFS on [`nfs_port`]'s port, state and cache under `work`; `server_lines`
+/// go into `[server]`, `nodes` (the `[[nodes]]` tables) at the end.
+pub fn lab_config(
+    interface: &str,
+    server: Ipv4Addr,
+    net: &str,
+    work: &Path,
+    server_lines: &str,
+    nodes: &str,
+) -> String {
+    format!(
+        "[server]\ninterface = \"{interface}\"\naddress = \"{server}\"\n\
+         state_dir = \"{state}\"\ncache_dir = \"{cache}\"\ncache_size = \"2G\"\n\
+         tftp_port = 69\nnfs_port = {nfs}\n{server_lines}\n\
+         [dhcp]\nmode = \"full\"\npool_start = \"{net}.100\"\npool_end = \"{net}.150\"\n\
+         router = \"{server}\"\n{nodes}",
+        state = work.join("state").display(),
+        cache = work.join("cache").display(),
+        nfs = nfs_port(server),
+    )
+}
