@@ -50,8 +50,9 @@ fn args() -> Result<Args> {
             "--deadline" => a.deadline = Duration::from_secs(v()?.parse().context("--deadline")?),
             "--cases" => a.cases = v()?.split(',').map(str::to_string).collect(),
             "--results" => a.results = PathBuf::from(v()?),
-            // What `cargo bench` passes to a bench without a harness.
-            "--bench" => {}
+            // What `cargo bench` passes to a bench without a harness, and
+            // what scripts/bench-fleet passes in the test profile.
+            "--bench" | "--run" => {}
             _ => bail!("unknown argument {k}"),
         }
     }
@@ -243,6 +244,17 @@ fn targets(rows: &[Row]) -> String {
 }
 
 fn main() -> Result<()> {
+    let given: Vec<String> = std::env::args().skip(1).collect();
+    // A test runner lists the targets' tests (`--list`) and runs every
+    // target in test builds: this storm is no test, and runs only when
+    // asked for (cargo bench, or scripts/bench-fleet's `--run`).
+    if given.iter().any(|a| a == "--list") {
+        return Ok(());
+    }
+    if !given.iter().any(|a| a == "--bench" || a == "--run") {
+        eprintln!("fleet_storm: a benchmark, not a test; run scripts/bench-fleet");
+        return Ok(());
+    }
     let a = args()?;
     if !common::is_root() {
         bail!("run as root (network namespace, DHCP on port 67)");
