@@ -12,6 +12,8 @@
 mod check;
 mod file;
 mod inflight;
+mod recent;
+pub(crate) use recent::{Part, RecentBlobs, RECENT_BLOB_BYTES};
 
 pub(crate) use check::sorted_entries;
 pub use check::{check, CacheCheck};
@@ -107,6 +109,8 @@ pub struct ChunkCache {
     /// Recently read chunks kept in memory so hot reads skip the file system.
     hot: Mutex<LruCache<ChunkKey, Bytes>>,
     inflight: inflight::Inflight,
+    /// Compressed bytes fetched lately, for requests that overlap them.
+    recent: RecentBlobs,
     hits: AtomicU64,
     misses: AtomicU64,
     evicted: AtomicU64,
@@ -179,6 +183,7 @@ impl ChunkCache {
             disk: Mutex::new(DiskState { lru, total }),
             hot: Mutex::new(LruCache::new(HOT_CHUNKS.try_into().unwrap())),
             inflight: inflight::Inflight::default(),
+            recent: RecentBlobs::new(RECENT_BLOB_BYTES),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -269,6 +274,11 @@ impl ChunkCache {
                 unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
             }
         }
+    }
+
+    /// Compressed bytes fetched lately (see [`RecentBlobs`]).
+    pub(crate) fn recent_blobs(&self) -> &RecentBlobs {
+        &self.recent
     }
 
     pub(crate) fn contains(&self, key: &ChunkKey) -> bool {

@@ -20,6 +20,9 @@ pub(crate) mod opening;
 pub(crate) mod prefetch;
 mod published;
 mod read;
+mod refine;
+#[cfg(test)]
+pub(crate) mod testimage;
 pub(crate) mod trace;
 pub(crate) mod tree;
 pub(crate) mod view;

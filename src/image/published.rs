@@ -3,8 +3,10 @@
 //! the trust model).
 
 use super::build::ensure_built_index;
-use super::error::IndexError;
+use super::error::{IndexError, ViewError};
 use super::prefetch::PrefetchPlan;
+use super::read::ReadPath;
+use super::refine::refine;
 use super::view::ImageView;
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
@@ -14,6 +16,7 @@ use crate::progress::Progress;
 use crate::registry::{LayerDesc, Published, PushOutcome, ReferrersError, ResolvedImage, Source};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Where an index pulled from the registry is kept in the cache: beside,
 /// never instead of, the name of an index this lazyboot built, so that
@@ -275,11 +278,17 @@ pub(crate) enum PublishError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Referrers(#[from] ReferrersError),
+    #[error("adding checkpoints where the prefetch plan reads: {0}")]
+    Refine(#[from] ViewError),
+    #[error("storing the refined index: {0}")]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// `lazyboot index --push`: publish the image's layer indexes, built here
 /// (a streaming pass for any layer that only has a pulled one), and its
 /// prefetch plan if one was learned, as an artifact referring to the image.
+/// With a plan, gzip indexes first get checkpoints where its reads start
+/// (see `refine`).
 pub(crate) async fn publish(
     view: &ImageView,
     progress: &Progress,
@@ -293,20 +302,32 @@ pub(crate) async fn publish(
     }
     let mut layer_indexes = Vec::new();
     let mut estargz_skipped = 0;
+    let plan = PrefetchPlan::load(cache, &image.manifest_digest);
+    let path = ReadPath { source, cache };
     for layer in &image.layers {
         let bar = progress.bytes(format!("index {}", layer.digest.short()), layer.size);
-        let idx = ensure_built_index(source, cache, layer, bar).await?;
+        let mut idx = ensure_built_index(source, cache, layer, bar).await?;
         if !idx.codec().publishable() {
             estargz_skipped += 1;
             continue;
         }
-        let bytes = idx.encode().map_err(|e| IndexError::Corrupt {
-            layer: layer.digest.clone(),
-            msg: e.to_string(),
-        })?;
-        layer_indexes.push((layer.digest.clone(), Bytes::from(bytes)));
+        let encode = |idx: &LayerIndex| {
+            idx.encode().map_err(|e| IndexError::Corrupt {
+                layer: layer.digest.clone(),
+                msg: e.to_string(),
+            })
+        };
+        if let Some(plan) = &plan {
+            if let Some(refined) = refine(&path, &idx, plan).await? {
+                // Kept as this cache's own index too: the next publish finds
+                // nothing to add and pushes the same content.
+                cache.store_index(&LayerIndex::cache_name(&layer.digest), &encode(&refined)?)?;
+                idx = Arc::new(refined);
+            }
+        }
+        layer_indexes.push((layer.digest.clone(), Bytes::from(encode(&idx)?)));
     }
-    let plan = PrefetchPlan::load(cache, &image.manifest_digest).map(|p| Bytes::from(p.encode()));
+    let plan = plan.map(|p| Bytes::from(p.encode()));
     let content = Published {
         index_version: INDEX_VERSION,
         layer_indexes,

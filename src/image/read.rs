@@ -6,7 +6,7 @@
 
 use super::error::ViewError;
 use super::trace;
-use crate::cache::{ChunkCache, ChunkKey, Claim};
+use crate::cache::{ChunkCache, ChunkKey, Claim, Part};
 use crate::digest::Digest;
 use crate::layer::format::{runs, Span};
 use crate::layer::index::LayerIndex;
@@ -51,7 +51,9 @@ impl ReadPath<'_> {
             trace::note_hit(span.bytes.end - span.bytes.start);
             return Ok(data);
         }
-        let (chunks, hits) = self.chunks_noting_hits(index, &ids).await?;
+        let (chunks, hits) = self
+            .chunks_reading_ahead(index, &ids, self.read_ahead_to(index, &span))
+            .await?;
         if trace::is_traced() {
             let from_cache = ids
                 .iter()
@@ -63,6 +65,24 @@ impl ReadPath<'_> {
         }
         let base = map.chunk_range(span.ids.start).start;
         Ok(assemble(&chunks, base, span.bytes.start, span.bytes.end))
+    }
+
+    /// Up to which chunk a fetch for `span` may go on: to the end of the
+    /// file when the chunk before the span is cached (a sequential reader,
+    /// such as a kernel or initrd being sent), else only to the span's end
+    /// (a random read, such as a library's pages faulted in: what lies
+    /// after it may never be read).
+    fn read_ahead_to(&self, index: &LayerIndex, span: &Span) -> u64 {
+        let sequential = span.ids.start > 0
+            && self.cache.contains(&ChunkKey {
+                layer: index.digest.clone(),
+                id: span.ids.start - 1,
+            });
+        if sequential {
+            span.file_end
+        } else {
+            span.ids.end
+        }
     }
 
     /// Keep a window of [`READ_AHEAD_CHUNKS`] ahead of a reader: each read
@@ -140,6 +160,24 @@ impl ReadPath<'_> {
         index: &Arc<LayerIndex>,
         ids: &[u64],
     ) -> Result<(Vec<Bytes>, Vec<bool>), ViewError> {
+        let ahead = ids.last().map_or(0, |&id| id + 1);
+        self.chunks_reading_ahead(index, ids, ahead).await
+    }
+
+    /// Like [`chunks_noting_hits`](Self::chunks_noting_hits), and a request
+    /// for the last missing run may go on past it, up to chunk `ahead` (the
+    /// end of the file being read), while the format produces those chunks
+    /// from the same request ([`Codec::fetch_group`]) and they are not
+    /// cached: a file read from its start is then fetched in one request per
+    /// group, and a read of a small file fetches nothing past the file.
+    ///
+    /// [`Codec::fetch_group`]: crate::layer::format::Codec::fetch_group
+    async fn chunks_reading_ahead(
+        &self,
+        index: &Arc<LayerIndex>,
+        ids: &[u64],
+        ahead: u64,
+    ) -> Result<(Vec<Bytes>, Vec<bool>), ViewError> {
         let layer = &index.digest;
         trace::note_chunks(layer, ids);
         let mut hits = vec![false; ids.len()];
@@ -170,7 +208,8 @@ impl ReadPath<'_> {
             let Claim { mine, waits } = self.cache.claim(&missing);
             let waited = Instant::now();
             if let Some(guard) = mine {
-                let want: Vec<u64> = guard.keys.iter().map(|k| k.id).collect();
+                let mut want: Vec<u64> = guard.keys.iter().map(|k| k.id).collect();
+                self.extend_ahead(index, &mut want, ahead);
                 let got = self.fill(index, &want).await?;
                 for (slot, id) in out.iter_mut().zip(ids) {
                     if slot.is_none() {
@@ -188,6 +227,28 @@ impl ReadPath<'_> {
             layer: layer.clone(),
             msg: "chunks kept disappearing from the cache (is --cache-size too small?)".into(),
         })
+    }
+
+    /// Append to `want` (sorted, non-empty) the chunks after its last one,
+    /// up to `ahead`, that its last request produces anyway: same fetch
+    /// group, not cached. They are not claimed: a reader that wants one of
+    /// them meanwhile fetches it itself, which costs bytes, never
+    /// correctness.
+    fn extend_ahead(&self, index: &LayerIndex, want: &mut Vec<u64>, ahead: u64) {
+        let Some(&last) = want.last() else { return };
+        let codec = index.codec();
+        let group = codec.fetch_group(last);
+        let end = ahead.min(codec.chunk_count());
+        for id in last + 1..end {
+            let key = ChunkKey {
+                layer: index.digest.clone(),
+                id,
+            };
+            if codec.fetch_group(id) != group || self.cache.contains(&key) {
+                break;
+            }
+            want.push(id);
+        }
     }
 
     /// Fetch, verify and cache the chunks `ids` (sorted), one range request
@@ -230,11 +291,8 @@ impl ReadPath<'_> {
         run: Range<u64>,
     ) -> Result<(Vec<(u64, Bytes)>, u64), ViewError> {
         let fetch = index.codec().plan(run);
-        let blob = self
-            .source
-            .fetch_range(&index.digest, fetch.blob.clone())
-            .await?;
-        let wire = blob.len() as u64;
+        let (blob, fresh) = self.fetch_blob(&index.digest, fetch.blob.clone()).await?;
+        let wire = fresh.iter().map(|(_, b)| b.len() as u64).sum();
         let bad = |layer: &Digest, msg: String| ViewError::BadData {
             layer: layer.clone(),
             msg,
@@ -255,7 +313,46 @@ impl ReadPath<'_> {
                 .decode(&fetch, &blob)
                 .map_err(|msg| bad(&index.digest, msg))?
         };
+        // Verified now: later requests that overlap may use these bytes.
+        let recent = self.cache.recent_blobs();
+        for (start, bytes) in fresh {
+            recent.keep(&index.digest, start, bytes);
+        }
         Ok((produced, wire))
+    }
+
+    /// Bytes `range` of `layer`'s blob: what was fetched lately from memory,
+    /// the rest from the registry. Returns the bytes and the pieces fetched
+    /// now (their blob offset and bytes), which are not verified yet.
+    async fn fetch_blob(
+        &self,
+        layer: &Digest,
+        range: Range<u64>,
+    ) -> Result<(Bytes, Vec<(u64, Bytes)>), ViewError> {
+        let parts = self.cache.recent_blobs().split(layer, range.clone());
+        let mut fresh = Vec::new();
+        let mut pieces = Vec::with_capacity(parts.len());
+        for part in parts {
+            match part {
+                Part::Held(b) => pieces.push(b),
+                Part::Missing(r) => {
+                    let b = self.source.fetch_range(layer, r.clone()).await?;
+                    fresh.push((r.start, b.clone()));
+                    pieces.push(b);
+                }
+            }
+        }
+        let blob = match <[Bytes; 1]>::try_from(pieces) {
+            Ok([one]) => one,
+            Err(pieces) => {
+                let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+                for p in &pieces {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        };
+        Ok((blob, fresh))
     }
 }
 
@@ -310,3 +407,7 @@ mod tests {
         assert_eq!(assemble(&chunks[..1], 100, 101, 103), &b"bc"[..]);
     }
 }
+
+#[cfg(test)]
+#[path = "read_tests.rs"]
+mod fetch_tests;

@@ -5,7 +5,7 @@ use super::format::{
     cut_runs, split_tar_stream, ChunkMap, ChunkSink, Codec, Fetch, StreamChunks, StreamIndexer,
 };
 use super::index::{IndexDetail, CHUNK_SIZE};
-use super::zran::{Checkpoint, ReadPlan, ZranIndex, ZranReader, BLOCK_SIZE};
+use super::zran::{Checkpoint, Mark, ReadPlan, ZranIndex, ZranReader, BLOCK_SIZE};
 use super::Entry;
 use bytes::{Bytes, BytesMut};
 use std::io::Read;
@@ -20,28 +20,13 @@ impl StreamChunks for ZranIndex {
     }
 }
 
-impl ZranIndex {
-    /// Where to stop decoding a fill of [start, end). Decoding must begin
-    /// at a checkpoint anyway, so a fill that stays inside one checkpoint
-    /// span runs on to the end of that span: a sequential reader then costs
-    /// one request per span instead of one per chunk (each re-decoding from
-    /// the checkpoint), and a random read still fetches at most one span
-    /// plus the read.
-    fn span_end(&self, start: u64, end: u64) -> u64 {
-        let cp = self.checkpoints.partition_point(|c| c.out_off <= start);
-        let stop = match self.checkpoints.get(cp) {
-            // The fill already crosses into the next span: do not add a third.
-            Some(next) if end > next.out_off => end,
-            Some(next) => next.out_off.div_ceil(CHUNK_SIZE) * CHUNK_SIZE,
-            None => u64::MAX,
-        };
-        stop.min(self.uncompressed_size)
-    }
-}
-
 impl Codec for ZranIndex {
+    /// Decoding starts at the checkpoint before `want` and stops at its
+    /// end: the read path asks for more chunks when it wants them (the rest
+    /// of a file being read), so a read of a small file costs the bytes
+    /// from the checkpoint to that file and no more.
     fn plan(&self, want: Range<u64>) -> Fetch {
-        let out_end = self.span_end(want.start * CHUNK_SIZE, want.end * CHUNK_SIZE);
+        let out_end = (want.end * CHUNK_SIZE).min(self.uncompressed_size);
         let plan = ZranIndex::plan(self, want.start * CHUNK_SIZE..out_end);
         Fetch {
             blob: plan.compressed,
@@ -52,10 +37,7 @@ impl Codec for ZranIndex {
 
     fn decode(&self, fetch: &Fetch, blob: &Bytes) -> Result<Vec<(u64, Bytes)>, String> {
         let size = self.uncompressed_size;
-        let out_end = self.span_end(
-            fetch.chunks.start * CHUNK_SIZE,
-            fetch.chunks.end * CHUNK_SIZE,
-        );
+        let out_end = (fetch.chunks.end * CHUNK_SIZE).min(size);
         let plan = ReadPlan {
             checkpoint: fetch.start_point,
             compressed: fetch.blob.clone(),
@@ -157,6 +139,20 @@ impl Codec for ZranIndex {
             }
             prev = Some(c);
         }
+        let mut prev: Option<&Mark> = None;
+        for m in &self.marks {
+            let ordered = prev.is_none_or(|p| m.out_off > p.out_off && m.in_off >= p.in_off);
+            if !ordered
+                || m.in_off > compressed
+                || m.out_off > total
+                || m.bits > 7
+                || m.window_len as usize > MAX_WINDOW
+                || u64::from(m.window_len) > m.out_off
+            {
+                return Err(format!("malformed mark at output offset {}", m.out_off));
+            }
+            prev = Some(m);
+        }
         Ok(())
     }
 }
@@ -200,16 +196,10 @@ mod tests {
             uncompressed_size: 30 * CHUNK_SIZE,
             checkpoints: vec![cp(0), cp(10 * CHUNK_SIZE + 7), cp(20 * CHUNK_SIZE)],
             blocks: Vec::new(),
+            marks: Vec::new(),
         };
         assert_eq!(z.fill_runs(), vec![0..11, 11..20, 20..30]);
         assert_eq!(z.fetch_group(10), 0);
         assert_eq!(z.fetch_group(11), 1);
-        // A fill inside one span runs to its end, one that crosses stops.
-        assert_eq!(z.span_end(0, CHUNK_SIZE), 11 * CHUNK_SIZE);
-        assert_eq!(z.span_end(0, 12 * CHUNK_SIZE), 12 * CHUNK_SIZE);
-        assert_eq!(
-            z.span_end(21 * CHUNK_SIZE, 22 * CHUNK_SIZE),
-            30 * CHUNK_SIZE
-        );
     }
 }

@@ -13,7 +13,7 @@ use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 
 /// Bump when the serialized layout changes: old indexes are then rebuilt.
-pub const INDEX_VERSION: u32 = 2;
+pub const INDEX_VERSION: u32 = 3;
 
 /// Uncompressed bytes per cached chunk for gzip, zstd and tar layers. Small enough
 /// that a cold read of a small file fetches little, large enough to keep the
@@ -73,6 +73,12 @@ pub enum IndexCodecError {
     /// It could not be serialised.
     #[error("index encoding: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    /// It could not be compressed.
+    #[error("index compression: {0}")]
+    Compress(std::io::Error),
+    /// It is not a zstd frame, or a damaged one.
+    #[error("index decompression: {0}")]
+    Decompress(String),
     /// It is not a valid index.
     #[error("index decoding: {0}")]
     Decode(#[from] bincode::error::DecodeError),
@@ -98,6 +104,32 @@ pub enum IndexCodecError {
 /// real index (tens of MB for the largest layers) is far below it.
 const DECODE_LIMIT: usize = 512 << 20;
 
+const ZSTD_LEVEL: i32 = 3;
+
+/// The bincode of a stored index: at most [`DECODE_LIMIT`] bytes, so that
+/// a small hostile file cannot expand into a huge allocation.
+fn decompress(bytes: &[u8]) -> Result<Vec<u8>, IndexCodecError> {
+    use std::io::Read;
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        return Err(IndexCodecError::Decompress(
+            "not zstd-compressed (an index of an older lazyboot?)".into(),
+        ));
+    }
+    let dec = zstd::stream::read::Decoder::new(bytes)
+        .map_err(|e| IndexCodecError::Decompress(e.to_string()))?;
+    let mut raw = Vec::new();
+    dec.take(DECODE_LIMIT as u64 + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| IndexCodecError::Decompress(e.to_string()))?;
+    if raw.len() > DECODE_LIMIT {
+        return Err(IndexCodecError::Decompress(format!(
+            "expands to more than {DECODE_LIMIT} bytes"
+        )));
+    }
+    Ok(raw)
+}
+
 fn codec_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
@@ -108,15 +140,20 @@ impl LayerIndex {
         format!("{}.idx", digest.hex())
     }
 
-    /// Serialise the index.
+    /// Serialise the index, zstd-compressed: most of a gzip layer's index is
+    /// its checkpoints' windows (tar data) and entry paths, which compress
+    /// several times over, and a published index is fetched by every
+    /// server that uses it.
     pub fn encode(&self) -> Result<Vec<u8>, IndexCodecError> {
-        Ok(bincode::serde::encode_to_vec(self, codec_config())?)
+        let raw = bincode::serde::encode_to_vec(self, codec_config())?;
+        zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(IndexCodecError::Compress)
     }
 
     /// Deserialise an index and check it is of this version and of layer `expected`.
     pub fn decode(bytes: &[u8], expected: &Digest) -> Result<Self, IndexCodecError> {
+        let raw = decompress(bytes)?;
         let (idx, _): (LayerIndex, usize) =
-            bincode::serde::decode_from_slice(bytes, codec_config())?;
+            bincode::serde::decode_from_slice(&raw, codec_config())?;
         if idx.version != INDEX_VERSION {
             return Err(IndexCodecError::Version { found: idx.version });
         }

@@ -348,7 +348,7 @@ mod tests {
     use crate::cache::ChunkCache;
     use crate::config::Config;
     use crate::nfs::fs::{Cred, FsError, NodeFs};
-    use crate::nfs::testimage::{LayerBuilder, TestImage};
+    use crate::image::testimage::{LayerBuilder, TestImage};
     use std::net::Ipv4Addr;
 
     fn image() -> TestImage {

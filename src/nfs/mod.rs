@@ -25,8 +25,6 @@ pub(crate) mod portmap;
 pub(crate) mod root;
 pub(crate) mod rpc;
 pub(crate) mod server;
-#[cfg(test)]
-pub(crate) mod testimage;
 pub(crate) mod transport;
 pub(crate) mod xdr;
 

@@ -3,7 +3,8 @@
 
 use super::ffi::{Inflater, Step, GZIP_WBITS, Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END};
 use super::{
-    Block, Checkpoint, CheckpointKind, ZranError, ZranIndex, BLOCK_SIZE, CHECKPOINT_SPACING,
+    Block, Checkpoint, CheckpointKind, Mark, ZranError, ZranIndex, BLOCK_SIZE, CHECKPOINT_SPACING,
+    MARK_SPACING, WINDOW_SIZE,
 };
 use sha2::{Digest, Sha256};
 use std::ffi::c_int;
@@ -107,6 +108,11 @@ pub(crate) struct ZranReader<R: Read> {
     total_out: u64,
     last_checkpoint_out: u64,
     checkpoints: Vec<Checkpoint>,
+    /// Output offset where the current gzip member began: a window never
+    /// reaches before it.
+    member_start_out: u64,
+    last_mark_out: u64,
+    marks: Vec<Mark>,
     blocks: Vec<Block>,
     hasher: Sha256,
     failure: Option<Failure>,
@@ -147,6 +153,9 @@ impl<R: Read> ZranReader<R> {
             total_out: 0,
             last_checkpoint_out: 0,
             checkpoints: Vec::new(),
+            member_start_out: 0,
+            last_mark_out: 0,
+            marks: Vec::new(),
             blocks: Vec::new(),
             hasher: Sha256::new(),
             failure,
@@ -168,6 +177,7 @@ impl<R: Read> ZranReader<R> {
             uncompressed_size: self.total_out,
             checkpoints: self.checkpoints,
             blocks: self.blocks,
+            marks: self.marks,
         })
     }
 
@@ -264,6 +274,25 @@ impl<R: Read> ZranReader<R> {
             kind,
         });
         self.last_checkpoint_out = self.total_out;
+        self.last_mark_out = self.total_out;
+    }
+
+    /// A checkpoint where one is due, else a mark where one is due.
+    fn resume_point(&mut self, step: &Step, kind: CheckpointKind) {
+        if self.checkpoint_due() {
+            self.add_checkpoint(step, kind);
+        } else if self.total_out - self.last_mark_out >= MARK_SPACING {
+            let pending = step.pending_bits();
+            self.marks.push(Mark {
+                in_off: self.total_in - pending / 8,
+                out_off: self.total_out,
+                bits: (pending % 8) as u8,
+                kind,
+                window_len: (self.total_out - self.member_start_out).min(WINDOW_SIZE as u64)
+                    as u32,
+            });
+            self.last_mark_out = self.total_out;
+        }
     }
 
     fn pump(&mut self, buf: &mut [u8]) -> Result<usize, PumpError> {
@@ -354,6 +383,7 @@ impl<R: Read> ZranReader<R> {
                                 ));
                             }
                             self.phase = Phase::Member;
+                            self.member_start_out = self.total_out;
                         }
                         0 => self.phase = Phase::Padding,
                         b => {
@@ -411,14 +441,12 @@ impl<R: Read> ZranReader<R> {
                     value: held as u8,
                 }
             };
-            if self.checkpoint_due() {
-                self.add_checkpoint(step, CheckpointKind::BlockBoundary);
-            }
+            self.resume_point(step, CheckpointKind::BlockBoundary);
         } else if step.before_block_header() {
             self.block = BlockState::Other;
         } else if let BlockState::Fixed { last } = self.block {
-            if step.mark == 0 && self.checkpoint_due() {
-                self.add_checkpoint(step, CheckpointKind::InFixedBlock { last });
+            if step.mark == 0 {
+                self.resume_point(step, CheckpointKind::InFixedBlock { last });
             }
         }
     }

@@ -92,7 +92,8 @@ impl ZranIndex {
         let windows: u64 = self.checkpoints.iter().map(|c| c.window.len() as u64).sum();
         (std::mem::size_of::<Self>()
             + self.checkpoints.len() * std::mem::size_of::<Checkpoint>()
-            + self.blocks.len() * std::mem::size_of::<super::Block>()) as u64
+            + self.blocks.len() * std::mem::size_of::<super::Block>()
+            + self.marks.len() * std::mem::size_of::<super::Mark>()) as u64
             + windows
     }
 

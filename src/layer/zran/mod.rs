@@ -38,8 +38,13 @@ use std::ops::Range;
 /// 32 KiB window per checkpoint) while bounding what a random read must
 /// decode before the bytes it wants.
 pub(crate) const CHECKPOINT_SPACING: u64 = 4 << 20;
-/// Compressed bytes covered by one block hash.
-pub const BLOCK_SIZE: u64 = 256 << 10;
+/// Output bytes between [`Mark`]s, at least: about one per deflate block
+/// at zlib's usual block sizes, small beside the checkpoint spacing.
+pub(crate) const MARK_SPACING: u64 = 64 << 10;
+/// Compressed bytes covered by one block hash: the unit of every ranged
+/// fetch (a block is verified whole), so a small read fetches at most two
+/// of them more than it needs, and the hashes cost 40 bytes per block.
+pub const BLOCK_SIZE: u64 = 64 << 10;
 
 /// Deflate back-references reach at most this far, so this much preceding
 /// output is all a checkpoint needs to resume.
@@ -93,6 +98,23 @@ pub struct Checkpoint {
     pub(crate) kind: CheckpointKind,
 }
 
+/// A place where a checkpoint could be made, recorded without its window:
+/// the window is the [`Mark::window_len`] bytes of the uncompressed stream
+/// before `out_off`, which can be read later through the index itself.
+/// Marks are dense (about every [`MARK_SPACING`]) and cheap (a few bytes
+/// each); [`ZranIndex::add_checkpoint`] turns one into a checkpoint where
+/// reads are known to start (`image::refine`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Mark {
+    pub(crate) in_off: u64,
+    pub(crate) out_off: u64,
+    pub(crate) bits: u8,
+    pub(crate) kind: CheckpointKind,
+    /// How much output before `out_off` the window holds: 32 KiB, or less
+    /// near the start of a gzip member.
+    pub(crate) window_len: u32,
+}
+
 /// Hash and decodability of one `BLOCK_SIZE` slice of the compressed blob.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Block {
@@ -111,6 +133,41 @@ pub struct ZranIndex {
     /// Where inflation can resume, in increasing offset order.
     pub checkpoints: Vec<Checkpoint>,
     pub(crate) blocks: Vec<Block>,
+    /// Where more checkpoints could be made, in increasing offset order.
+    pub(crate) marks: Vec<Mark>,
+}
+
+impl ZranIndex {
+    /// Makes a checkpoint of mark `mark` with `window` (the stream's bytes
+    /// before it, as long as the mark says), keeping the checkpoints in
+    /// order. Returns false, changing nothing, if there is one there already
+    /// or the window has the wrong length.
+    pub(crate) fn add_checkpoint(&mut self, mark: &Mark, window: Vec<u8>) -> bool {
+        if window.len() != mark.window_len as usize {
+            return false;
+        }
+        let at = self
+            .checkpoints
+            .partition_point(|c| c.out_off < mark.out_off);
+        if self
+            .checkpoints
+            .get(at)
+            .is_some_and(|c| c.out_off == mark.out_off)
+        {
+            return false;
+        }
+        self.checkpoints.insert(
+            at,
+            Checkpoint {
+                in_off: mark.in_off,
+                out_off: mark.out_off,
+                bits: mark.bits,
+                window,
+                kind: mark.kind,
+            },
+        );
+        true
+    }
 }
 
 /// What to fetch for an uncompressed range: whole blocks starting at or

@@ -148,7 +148,7 @@ mod tests {
     use super::super::sys::lstat;
     use super::super::tests::*;
     use crate::nfs::fs::{FileKind, FsError, NodeFs, SetAttr, SetTime, Time};
-    use crate::nfs::testimage::MTIME;
+    use crate::image::testimage::MTIME;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     #[tokio::test]

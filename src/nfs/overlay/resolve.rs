@@ -283,7 +283,7 @@ mod tests {
     use super::super::tests::*;
     use super::super::UPPER_ID_BIT;
     use crate::nfs::fs::{FileKind, FsError, NodeFs};
-    use crate::nfs::testimage::MTIME;
+    use crate::image::testimage::MTIME;
 
     #[tokio::test]
     async fn lower_entries_match_the_image() {

@@ -3,7 +3,7 @@
 use super::{node_state_dir, NodeOverlay};
 use crate::image::ImageView;
 use crate::nfs::fs::{Cred, FileId, FsError, NodeFs};
-use crate::nfs::testimage::{LayerBuilder, TestImage};
+use crate::image::testimage::{LayerBuilder, TestImage};
 use std::path::PathBuf;
 use std::sync::Arc;
 
