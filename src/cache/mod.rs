@@ -13,7 +13,7 @@ mod check;
 mod file;
 mod inflight;
 mod recent;
-pub(crate) use recent::{Part, RecentBlobs, RECENT_BLOB_BYTES};
+pub(crate) use recent::{Part, RecentBlobs, Reservation, RECENT_BLOB_BYTES};
 
 pub(crate) use check::sorted_entries;
 pub use check::{check, CacheCheck};

@@ -6,7 +6,7 @@
 
 use super::error::ViewError;
 use super::trace;
-use crate::cache::{ChunkCache, ChunkKey, Claim, Part};
+use crate::cache::{ChunkCache, ChunkKey, Claim, Part, Reservation};
 use crate::digest::Digest;
 use crate::layer::format::{runs, Span};
 use crate::layer::index::LayerIndex;
@@ -25,6 +25,9 @@ const READ_AHEAD_CHUNKS: u64 = 64;
 /// How often a read looks for chunks again after another reader's fetch,
 /// before concluding the cache cannot hold them.
 const ATTEMPTS: usize = 4;
+
+/// How long a request waits for another one fetching bytes it needs too.
+const PENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Reads of one image's layers: shared by the final view and the
 /// provisional view of an image still being indexed.
@@ -291,7 +294,8 @@ impl ReadPath<'_> {
         run: Range<u64>,
     ) -> Result<(Vec<(u64, Bytes)>, u64), ViewError> {
         let fetch = index.codec().plan(run);
-        let (blob, fresh) = self.fetch_blob(&index.digest, fetch.blob.clone()).await?;
+        let (blob, fresh, reservations) =
+            self.fetch_blob(&index.digest, fetch.blob.clone()).await?;
         let wire = fresh.iter().map(|(_, b)| b.len() as u64).sum();
         let bad = |layer: &Digest, msg: String| ViewError::BadData {
             layer: layer.clone(),
@@ -318,41 +322,71 @@ impl ReadPath<'_> {
         for (start, bytes) in fresh {
             recent.keep(&index.digest, start, bytes);
         }
+        drop(reservations);
         Ok((produced, wire))
     }
 
     /// Bytes `range` of `layer`'s blob: what was fetched lately from memory,
-    /// the rest from the registry. Returns the bytes and the pieces fetched
-    /// now (their blob offset and bytes), which are not verified yet.
+    /// what another request is fetching from that request once it is done,
+    /// the rest from the registry. Returns the bytes, the pieces fetched now
+    /// (blob offset and bytes; not verified yet) and the reservations of
+    /// those pieces, to be dropped once they are kept or found wrong.
     async fn fetch_blob(
         &self,
         layer: &Digest,
         range: Range<u64>,
-    ) -> Result<(Bytes, Vec<(u64, Bytes)>), ViewError> {
-        let parts = self.cache.recent_blobs().split(layer, range.clone());
+    ) -> Result<(Bytes, Vec<(u64, Bytes)>, Vec<Reservation<'_>>), ViewError> {
+        let recent = self.cache.recent_blobs();
+        let mut pieces: Vec<(u64, Bytes)> = Vec::new();
         let mut fresh = Vec::new();
-        let mut pieces = Vec::with_capacity(parts.len());
-        for part in parts {
-            match part {
-                Part::Held(b) => pieces.push(b),
-                Part::Missing(r) => {
-                    let b = self.source.fetch_range(layer, r.clone()).await?;
-                    fresh.push((r.start, b.clone()));
-                    pieces.push(b);
+        let mut reservations = Vec::new();
+        let mut todo = vec![range.clone()];
+        for round in 0..=ATTEMPTS {
+            let mut waits = Vec::new();
+            for r in std::mem::take(&mut todo) {
+                let parts = if round == ATTEMPTS {
+                    // Waited long enough on others: fetch what is left.
+                    vec![Part::Missing(r)]
+                } else {
+                    let (parts, reservation) = recent.split_reserving(layer, r);
+                    reservations.push(reservation);
+                    parts
+                };
+                for part in parts {
+                    match part {
+                        Part::Held(at, b) => pieces.push((at, b)),
+                        Part::Missing(r) => {
+                            let b = self.source.fetch_range(layer, r.clone()).await?;
+                            fresh.push((r.start, b.clone()));
+                            pieces.push((r.start, b));
+                        }
+                        Part::Pending(r, done) => waits.push((r, done)),
+                    }
                 }
+            }
+            if waits.is_empty() {
+                break;
+            }
+            for (r, mut done) in waits {
+                // Ends when the other request kept its bytes or gave up. The
+                // bound breaks a wait on a request that itself waits on one
+                // of ours (possible after a third one failed): the bytes are
+                // then fetched twice, never wrong.
+                let _ = tokio::time::timeout(PENDING_WAIT, done.changed()).await;
+                todo.push(r);
             }
         }
-        let blob = match <[Bytes; 1]>::try_from(pieces) {
-            Ok([one]) => one,
-            Err(pieces) => {
-                let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
-                for p in &pieces {
-                    out.extend_from_slice(p);
-                }
-                out.freeze()
+        pieces.sort_by_key(|(at, _)| *at);
+        let blob = if pieces.len() == 1 {
+            pieces.pop().expect("one piece").1
+        } else {
+            let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+            for (_, p) in &pieces {
+                out.extend_from_slice(p);
             }
+            out.freeze()
         };
-        Ok((blob, fresh))
+        Ok((blob, fresh, reservations))
     }
 }
 

@@ -156,7 +156,11 @@ mod tests {
     fn a_read_far_from_a_checkpoint_gets_the_mark_before_it() {
         let (data, gz, zran) = stream(12 << 20);
         assert!(zran.marks.len() > 100, "{} marks", zran.marks.len());
-        assert!(zran.checkpoints.len() >= 3, "{} checkpoints", zran.checkpoints.len());
+        assert!(
+            zran.checkpoints.len() >= 3,
+            "{} checkpoints",
+            zran.checkpoints.len()
+        );
         let far = zran.checkpoints[1].out_off + (1 << 20) + 300_000;
         let near = zran.checkpoints[2].out_off + 10_000;
         let chosen = marks_to_add(&zran, &[far, far + 1000, near]);
@@ -166,7 +170,8 @@ mod tests {
 
         // The checkpoint made of it decodes the same bytes as the stream.
         let mut refined = zran.clone();
-        let window = data[(mark.out_off - u64::from(mark.window_len)) as usize..mark.out_off as usize]
+        let window = data
+            [(mark.out_off - u64::from(mark.window_len)) as usize..mark.out_off as usize]
             .to_vec();
         assert!(refined.add_checkpoint(&mark, window.clone()));
         assert!(!refined.add_checkpoint(&mark, window), "added twice");
@@ -174,7 +179,8 @@ mod tests {
         let plan = refined.plan(want.clone());
         let old = zran.plan(want.clone());
         assert!(
-            plan.compressed.end - plan.compressed.start < (old.compressed.end - old.compressed.start) / 2,
+            plan.compressed.end - plan.compressed.start
+                < (old.compressed.end - old.compressed.start) / 2,
             "{plan:?} against {old:?}"
         );
         let c = &gz[plan.compressed.start as usize..plan.compressed.end as usize];

@@ -347,8 +347,8 @@ mod tests {
     use super::*;
     use crate::cache::ChunkCache;
     use crate::config::Config;
-    use crate::nfs::fs::{Cred, FsError, NodeFs};
     use crate::image::testimage::{LayerBuilder, TestImage};
+    use crate::nfs::fs::{Cred, FsError, NodeFs};
     use std::net::Ipv4Addr;
 
     fn image() -> TestImage {

@@ -288,8 +288,7 @@ impl<R: Read> ZranReader<R> {
                 out_off: self.total_out,
                 bits: (pending % 8) as u8,
                 kind,
-                window_len: (self.total_out - self.member_start_out).min(WINDOW_SIZE as u64)
-                    as u32,
+                window_len: (self.total_out - self.member_start_out).min(WINDOW_SIZE as u64) as u32,
             });
             self.last_mark_out = self.total_out;
         }

@@ -147,8 +147,8 @@ impl Inner {
 mod tests {
     use super::super::sys::lstat;
     use super::super::tests::*;
-    use crate::nfs::fs::{FileKind, FsError, NodeFs, SetAttr, SetTime, Time};
     use crate::image::testimage::MTIME;
+    use crate::nfs::fs::{FileKind, FsError, NodeFs, SetAttr, SetTime, Time};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     #[tokio::test]

@@ -282,8 +282,8 @@ mod tests {
     use super::super::attr::attr_from_inode;
     use super::super::tests::*;
     use super::super::UPPER_ID_BIT;
-    use crate::nfs::fs::{FileKind, FsError, NodeFs};
     use crate::image::testimage::MTIME;
+    use crate::nfs::fs::{FileKind, FsError, NodeFs};
 
     #[tokio::test]
     async fn lower_entries_match_the_image() {

@@ -1,9 +1,9 @@
 //! The image and helpers the overlay's tests share.
 
 use super::{node_state_dir, NodeOverlay};
+use crate::image::testimage::{LayerBuilder, TestImage};
 use crate::image::ImageView;
 use crate::nfs::fs::{Cred, FileId, FsError, NodeFs};
-use crate::image::testimage::{LayerBuilder, TestImage};
 use std::path::PathBuf;
 use std::sync::Arc;
 
