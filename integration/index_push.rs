@@ -469,3 +469,111 @@ fn push_from_an_oci_layout_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// The layer holding `path` and where its data starts in that layer's
+/// uncompressed tar stream, read from the pushed blobs themselves.
+fn data_position(p: &Pushed, path: &str) -> Result<(Digest, u64, u64)> {
+    for (layer, _) in &p.layers {
+        let blob = p.reg.get_blob(&p.repo, layer.as_str())?;
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
+        for entry in tar.entries()? {
+            let entry = entry?;
+            let name = entry.path()?.to_string_lossy().into_owned();
+            if name.trim_start_matches("./") == path {
+                return Ok((layer.clone(), entry.raw_file_position(), entry.size()));
+            }
+        }
+    }
+    bail!("{path} is in no layer")
+}
+
+/// The number of zran checkpoints of `layer`'s index built in `cache`.
+fn checkpoints_built(cache: &Path, layer: &Digest) -> Result<usize> {
+    let c = ChunkCache::open(cache, 1 << 40)?;
+    let bytes = c
+        .load_index(&LayerIndex::cache_name(layer))
+        .context("no index built")?;
+    match LayerIndex::decode(&bytes, layer)?.detail {
+        lazyboot::layer::index::IndexDetail::Gzip(z) => Ok(z.checkpoints.len()),
+        _ => bail!("not a gzip layer"),
+    }
+}
+
+/// Fetch statistics of reading `len` bytes of `path` at `offset` through a
+/// view over cache `dir` (opened first, then counted from there).
+async fn read_cost(p: &Pushed, dir: &Path, path: &str, offset: u64, len: u32) -> Result<u64> {
+    let reference: ImageRef = p.image.parse()?;
+    let view = lazyboot::image::open(&reference, &view_options(dir), &Progress::hidden()).await?;
+    let ino = view.tree().resolve(path).context("resolve")?.ino;
+    let before = view.fetch_stats();
+    let got = view.read(ino, offset, len).await?;
+    let want = std::fs::read(shared_fixture()?.rootfs.join(&path[1..]))?;
+    assert_eq!(&got[..], &want[offset as usize..offset as usize + len as usize]);
+    Ok(view.fetch_stats().bytes - before.bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_index_has_checkpoints_where_the_plan_reads() -> Result<()> {
+    if !common::require_root_and_tools(
+        "a_published_index_has_checkpoints_where_the_plan_reads",
+        &[],
+    ) {
+        return Ok(());
+    }
+    const MIB: u64 = 1 << 20;
+    const CHUNK: u64 = 256 << 10;
+    let p = push_fixture("push/refine")?;
+    let tmp = tempfile::tempdir()?;
+    let (a, plain, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("plain"),
+        tmp.path().join("c"),
+    );
+    // A read 2.5 MiB past a checkpoint (they are about every 4 MiB of the
+    // stream) inside the incompressible large file.
+    let (layer, pos, size) = data_position(&p, &paths::LARGE_FILE[1..])?;
+    let start = (pos + MIB).div_ceil(4 * MIB) * 4 * MIB + 5 * MIB / 2;
+    assert!(start + CHUNK < pos + size, "the large file is too small");
+    let plan = PrefetchPlan::from_reads(&p.manifest, "node-1", [(layer.clone(), start / CHUNK)]);
+
+    // Without a plan: the streaming pass's checkpoints.
+    ok(lazyboot(&a, &["index", &p.image]))?;
+    let before = checkpoints_built(&a, &layer)?;
+    std::fs::create_dir_all(plain.join("index"))?;
+    for e in std::fs::read_dir(a.join("index"))? {
+        let e = e?;
+        std::fs::copy(e.path(), plain.join("index").join(e.file_name()))?;
+    }
+    // With it: one more, kept here and published.
+    let artifact = index_and_push(&p, &a, Some(&plan))?;
+    assert_eq!(checkpoints_built(&a, &layer)?, before + 1);
+    let m = p.reg.get_manifest(&p.repo, &artifact)?;
+    let blob = m["layers"]
+        .as_array()
+        .context("layers")?
+        .iter()
+        .find(|l| l["annotations"]["dev.lazyboot.layer.digest"] == layer.as_str())
+        .context("no index of the layer")?;
+    let published = p
+        .reg
+        .get_blob(&p.repo, blob["digest"].as_str().context("digest")?)?;
+    match LayerIndex::decode(&published, &layer)?.detail {
+        lazyboot::layer::index::IndexDetail::Gzip(z) => {
+            assert_eq!(z.checkpoints.len(), before + 1)
+        }
+        _ => bail!("not a gzip index"),
+    }
+    // Publishing again adds nothing.
+    let (stdout, _) = ok(lazyboot(&a, &["index", &p.image, "--push"]))?;
+    assert!(stdout.contains("already published"), "{stdout}");
+
+    // A cold server reading there: with the published index it fetches
+    // from the new checkpoint, without it from the one 2.5 MiB before.
+    let offset = start - pos;
+    let refined = read_cost(&p, &c, paths::LARGE_FILE, offset, 4096).await?;
+    let unrefined = read_cost(&p, &plain, paths::LARGE_FILE, offset, 4096).await?;
+    eprintln!("read at {offset}: {refined} B with the refined index, {unrefined} B without");
+    assert!(refined < MIB, "fetched {refined} B");
+    assert!(unrefined > 2 * MIB, "fetched {unrefined} B");
+    Ok(())
+}
