@@ -171,8 +171,8 @@ impl ReadPath<'_> {
     /// for the last missing run may go on past it, up to chunk `ahead` (the
     /// end of the file being read), while the format produces those chunks
     /// from the same request ([`Codec::fetch_group`]) and they are not
-    /// cached: a file read from its start is then fetched in one request per
-    /// group, and a read of a small file fetches nothing past the file.
+    /// cached: a file read on sequentially is then fetched in one request
+    /// per group, and a read of a small file fetches nothing past the file.
     ///
     /// [`Codec::fetch_group`]: crate::layer::format::Codec::fetch_group
     async fn chunks_reading_ahead(
