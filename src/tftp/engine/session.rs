@@ -17,6 +17,7 @@ use super::{Hearing, Open, Settings};
 use crate::tftp::reader::TftpReader;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::{sleep_until, Instant};
@@ -81,7 +82,10 @@ pub(crate) async fn run<O: Open>(
         out: Vec::new(),
         recv: [0; 1024],
     };
-    let end = t.transfer(&mut reader, &n).await;
+    let end = {
+        let _running = Running::start();
+        t.transfer(&mut reader, &n).await
+    };
     match end {
         End::GaveUp => tracing::info!(
             "TFTP: {client}: {}: no answer after {} retransmissions, transfer abandoned",
@@ -112,6 +116,33 @@ struct Transfer<'a> {
     out: Vec<u8>,
     recv: [u8; 1024],
 }
+
+/// Transfers running in this process.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// One transfer counted in [`RUNNING`] while it lives.
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        RUNNING.fetch_add(1, Ordering::Relaxed);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a transfer that runs alone polls for the client's answer
+/// before it sleeps on the socket. In lock-step every block waits one round
+/// trip, and on a loaded or virtual machine most of that is the time a
+/// sleeping thread takes to wake up; a client on the same link answers
+/// within this. Several transfers never poll: they share one thread, and
+/// one polling would hold up the others.
+const POLL: Duration = Duration::from_micros(200);
 
 /// What came from the client while waiting.
 enum Heard {
@@ -245,11 +276,17 @@ impl Transfer<'_> {
     async fn wait(&mut self, deadline: Instant) -> Heard {
         let sleep = sleep_until(deadline);
         tokio::pin!(sleep);
+        let mut polled = RUNNING.load(Ordering::Relaxed) > 1;
         loop {
-            let got = tokio::select! {
-                biased;
-                r = self.socket.recv(&mut self.recv) => r,
-                _ = &mut sleep => return Heard::Timeout,
+            let early = if polled { None } else { self.poll() };
+            polled = true;
+            let got = match early {
+                Some(r) => r,
+                None => tokio::select! {
+                    biased;
+                    r = self.socket.recv(&mut self.recv) => r,
+                    _ = &mut sleep => return Heard::Timeout,
+                },
             };
             let len = match got {
                 Ok(len) => len,
@@ -272,6 +309,24 @@ impl Transfer<'_> {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+impl Transfer<'_> {
+    /// A datagram that arrives within [`POLL`], without sleeping: the
+    /// thread yields between tries, so a client on the same core runs.
+    fn poll(&mut self) -> Option<io::Result<usize>> {
+        let until = std::time::Instant::now() + POLL;
+        loop {
+            match self.socket.try_recv(&mut self.recv) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Some(r),
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::yield_now();
         }
     }
 }
