@@ -34,3 +34,5 @@ pub mod tftp;
 
 #[cfg(test)]
 mod layout_tests;
+#[cfg(test)]
+pub(crate) mod noise;

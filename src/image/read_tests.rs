@@ -3,24 +3,13 @@
 //! the same request, and bytes fetched lately are not fetched again.
 
 use crate::image::testimage::{open_view, LayerBuilder, TestImage};
+use crate::noise::noise;
 
 const MIB: u64 = 1 << 20;
 
-/// Bytes that do not compress, so blob offsets follow stream offsets.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_read_fetches_up_to_its_end_and_a_sequential_one_reads_ahead() {
+    // Incompressible: blob offsets follow stream offsets.
     let big = noise(12 * MIB as usize, 7);
     let mut l = LayerBuilder::new();
     l.dir("d", 0o755).file("d/big", 0o644, &big);

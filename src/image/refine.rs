@@ -132,14 +132,9 @@ mod tests {
         use std::io::Write;
         // Six bits of noise a byte: few matches, so zlib's blocks end about
         // every 16 Ki symbols and there is a mark about every 64 KiB.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 64) as u8 + b'0'
-            })
+        let data: Vec<u8> = crate::noise::noise(n, 0x9e37_79b9_7f4a_7c15)
+            .into_iter()
+            .map(|b| b % 64 + b'0')
             .collect();
         let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
         enc.write_all(&data).unwrap();

@@ -187,15 +187,7 @@ fn go_footer(toc_offset: u64) -> Vec<u8> {
 }
 
 fn pseudo_random(n: usize) -> Vec<u8> {
-    let mut x = 0x9e3779b97f4a7c15u64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::noise::noise(n, 0x9e37_79b9_7f4a_7c15)
 }
 
 fn specs() -> Vec<Spec> {
