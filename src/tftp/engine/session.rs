@@ -316,10 +316,15 @@ impl Transfer<'_> {
 impl Transfer<'_> {
     /// A datagram that arrives within [`POLL`], without sleeping: the
     /// thread yields between tries, so a client on the same core runs.
+    /// It reads the socket itself: tokio's `try_recv` answers from the
+    /// readiness its reactor last saw, which nothing updates while this
+    /// thread polls.
     fn poll(&mut self) -> Option<io::Result<usize>> {
+        use std::io::Read;
+        let sock = socket2::SockRef::from(self.socket);
         let until = std::time::Instant::now() + POLL;
         loop {
-            match self.socket.try_recv(&mut self.recv) {
+            match (&*sock).read(&mut self.recv) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 r => return Some(r),
             }
