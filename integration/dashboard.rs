@@ -71,31 +71,15 @@ fn the_dashboard_shows_the_fleet_and_a_nodes_waterfall() -> Result<()> {
     common::push(&tmp.path().join("layout"), "os", &reg, "os/dash:1")?;
     let image = reg.reference("os/dash:1");
     let lab = NetLab::new(false)?;
-    let (tftp_port, nfs_port, http_port) = (
-        common::free_udp_port(),
-        common::free_tcp_port(),
-        common::free_tcp_port(),
-    );
-    let net = format!("10.213.{}", lab.subnet);
+    let lc = lab.serve_config(tmp.path());
+    let http_port = lc.http_port.expect("a lab config has an HTTP port");
     let config = tmp.path().join("lazyboot.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[server]
-interface = "{host_if}"
-address = "{server}"
-state_dir = "{state}"
-cache_dir = "{cache}"
-tftp_port = {tftp_port}
-nfs_port = {nfs_port}
-http_port = {http_port}
-
-[dhcp]
-mode = "full"
-pool_start = "{net}.100"
-pool_end = "{net}.150"
-
+        lc.text(
+            "",
+            &format!(
+                r#"
 [[nodes]]
 name = "pc"
 mac = "{IPXE_MAC}"
@@ -118,10 +102,7 @@ kind = "raspberrypi"
 image = "{image}"
 root = "persistent"
 "#,
-            host_if = lab.host_if,
-            server = lab.server_ip,
-            state = tmp.path().join("state").display(),
-            cache = tmp.path().join("cache").display(),
+            ),
         ),
     )?;
     let _server = Serve::new(&config).start()?;

@@ -508,7 +508,10 @@ async fn read_cost(p: &Pushed, dir: &Path, path: &str, offset: u64, len: u32) ->
     let before = view.fetch_stats();
     let got = view.read(ino, offset, len).await?;
     let want = std::fs::read(shared_fixture()?.rootfs.join(&path[1..]))?;
-    assert_eq!(&got[..], &want[offset as usize..offset as usize + len as usize]);
+    assert_eq!(
+        &got[..],
+        &want[offset as usize..offset as usize + len as usize]
+    );
     Ok(view.fetch_stats().bytes - before.bytes)
 }
 

@@ -149,30 +149,17 @@ fn pi5_boot_replay_with_serial_and_mac_prefixes() -> Result<()> {
     common::push(&tmp.path().join("layout"), "os", &reg, "os/raspios:pi5")?;
     let lab = NetLab::new(false)?;
     lab.set_client_mac(PI_MAC)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
+    let lc = lab.serve_config(tmp.path());
+    let (tftp_port, nfs_port) = (lc.tftp_port, lc.nfs_port);
     let net = format!("10.213.{}", lab.subnet);
     let server = lab.server_ip.to_string();
     let config = tmp.path().join("lazyboot.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[server]
-interface = "{host_if}"
-address = "{server}"
-state_dir = "{state}"
-cache_dir = "{cache}"
-cache_size = "2G"
-tftp_port = {tftp_port}
-nfs_port = {nfs_port}
-http_port = {http_port}
-
-[dhcp]
-mode = "full"
-pool_start = "{net}.100"
-pool_end = "{net}.150"
-router = "{server}"
-
+        lc.text(
+            "",
+            &format!(
+                r#"
 [[nodes]]
 name = "pi5-1"
 mac = "{PI_MAC}"
@@ -180,11 +167,8 @@ serial = "{PI_SERIAL}"
 kind = "raspberrypi"
 image = "{image}"
 "#,
-            host_if = lab.host_if,
-            state = tmp.path().join("state").display(),
-            cache = tmp.path().join("cache").display(),
-            http_port = common::free_tcp_port(),
-            image = reg.reference("os/raspios:pi5"),
+                image = reg.reference("os/raspios:pi5"),
+            ),
         ),
     )?;
     // Other crates' warnings too: the log must have none.

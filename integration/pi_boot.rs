@@ -117,33 +117,19 @@ fn replay(test: &str, prefixed: bool) -> Result<()> {
     let image = reg.reference("os/raspios:replay");
     let lab = NetLab::new(false)?;
     lab.set_client_mac(PI_MAC)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    let http_port = common::free_tcp_port();
+    let lc = lab.serve_config(tmp.path());
+    let (tftp_port, nfs_port) = (lc.tftp_port, lc.nfs_port);
+    let http_port = lc.http_port.expect("a lab config has an HTTP port");
     let net = format!("10.213.{}", lab.subnet);
     let server = lab.server_ip.to_string();
     let config = tmp.path().join("lazyboot.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[server]
-interface = "{host_if}"
-address = "{server}"
-state_dir = "{state}"
-cache_dir = "{cache}"
-cache_size = "2G"
-tftp_port = {tftp_port}
-nfs_port = {nfs_port}
-http_port = {http_port}
-# The profile test below wants the cache to stay as the boots leave it.
-background_fill = false
-
-[dhcp]
-mode = "full"
-pool_start = "{net}.100"
-pool_end = "{net}.150"
-router = "{server}"
-
+        // The profile test below wants the cache to stay as the boots leave it.
+        lc.text(
+            "background_fill = false",
+            &format!(
+                r#"
 [[nodes]]
 name = "cm4-1"
 mac = "{PI_MAC}"
@@ -161,9 +147,7 @@ image = "{image}"
 boot_dir = "/boot/other"
 root = "persistent"
 "#,
-            host_if = lab.host_if,
-            state = tmp.path().join("state").display(),
-            cache = tmp.path().join("cache").display(),
+            ),
         ),
     )?;
     // Other crates' warnings too: the log must have none.

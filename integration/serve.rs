@@ -98,28 +98,15 @@ fn one_image_boots_every_node_kind() -> Result<()> {
     common::push(&tmp.path().join("layout"), "os", &reg, "os/netboot:1")?;
     let image = reg.reference("os/netboot:1");
     let lab = NetLab::new(false)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    let net = format!("10.213.{}", lab.subnet);
+    let lc = lab.serve_config(tmp.path());
+    let (tftp_port, nfs_port) = (lc.tftp_port, lc.nfs_port);
     let config = tmp.path().join("lazyboot.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[server]
-interface = "{host_if}"
-address = "{server}"
-state_dir = "{state}"
-cache_dir = "{cache}"
-cache_size = "2G"
-tftp_port = {tftp_port}
-nfs_port = {nfs_port}
-
-[dhcp]
-mode = "full"
-pool_start = "{net}.100"
-pool_end = "{net}.150"
-router = "{server}"
-
+        lc.text(
+            "",
+            &format!(
+                r#"
 [[nodes]]
 name = "pi"
 mac = "{PI_MAC}"
@@ -142,10 +129,7 @@ kind = "ipxe"
 image = "{image}"
 root = "readonly"
 "#,
-            host_if = lab.host_if,
-            server = lab.server_ip,
-            state = tmp.path().join("state").display(),
-            cache = tmp.path().join("cache").display(),
+            ),
         ),
     )?;
     let _server = Serve::new(&config).start()?;
@@ -285,26 +269,15 @@ fn retagging_the_image_reboots_the_node_into_it_with_a_fresh_root() -> Result<()
     let reg = Registry::start()?;
     common::push(&one.join("layout"), "os", &reg, "os/swap:live")?;
     let lab = NetLab::new(false)?;
-    let (tftp_port, nfs_port) = (common::free_udp_port(), common::free_tcp_port());
-    let net = format!("10.213.{}", lab.subnet);
+    let lc = lab.serve_config(tmp.path());
+    let (tftp_port, nfs_port) = (lc.tftp_port, lc.nfs_port);
     let config = tmp.path().join("lazyboot.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[server]
-interface = "{host_if}"
-address = "{server}"
-state_dir = "{state}"
-cache_dir = "{cache}"
-tftp_port = {tftp_port}
-nfs_port = {nfs_port}
-
-[dhcp]
-mode = "full"
-pool_start = "{net}.100"
-pool_end = "{net}.150"
-
+        lc.text(
+            "",
+            &format!(
+                r#"
 [[nodes]]
 name = "pc"
 mac = "{IPXE_MAC}"
@@ -312,11 +285,8 @@ kind = "ipxe"
 image = "{image}"
 root = "persistent"
 "#,
-            host_if = lab.host_if,
-            server = lab.server_ip,
-            state = tmp.path().join("state").display(),
-            cache = tmp.path().join("cache").display(),
-            image = reg.reference("os/swap:live"),
+                image = reg.reference("os/swap:live"),
+            ),
         ),
     )?;
     let _server = Serve::new(&config).start()?;

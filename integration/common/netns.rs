@@ -6,6 +6,7 @@
 use super::ip;
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -107,6 +108,20 @@ impl NetLab {
             "address",
             mac,
         ])
+    }
+
+    /// The config parts of a `serve` on this lab (free ports, files under
+    /// `work`), for [`LabConfig::text`](super::serve::LabConfig::text).
+    pub fn serve_config<'a>(&'a self, work: &'a Path) -> super::serve::LabConfig<'a> {
+        super::serve::LabConfig {
+            interface: &self.host_if,
+            server: self.server_ip,
+            net: format!("10.213.{}", self.subnet),
+            work,
+            tftp_port: super::free_udp_port(),
+            nfs_port: super::free_tcp_port(),
+            http_port: Some(super::free_tcp_port()),
+        }
     }
 
     /// A command run inside the client namespace.

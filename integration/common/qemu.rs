@@ -574,14 +574,14 @@ pub fn lab_config(
     server_lines: &str,
     nodes: &str,
 ) -> String {
-    format!(
-        "[server]\ninterface = \"{interface}\"\naddress = \"{server}\"\n\
-         state_dir = \"{state}\"\ncache_dir = \"{cache}\"\ncache_size = \"2G\"\n\
-         tftp_port = 69\nnfs_port = {nfs}\n{server_lines}\n\
-         [dhcp]\nmode = \"full\"\npool_start = \"{net}.100\"\npool_end = \"{net}.150\"\n\
-         router = \"{server}\"\n{nodes}",
-        state = work.join("state").display(),
-        cache = work.join("cache").display(),
-        nfs = nfs_port(server),
-    )
+    super::serve::LabConfig {
+        interface,
+        server,
+        net: net.to_string(),
+        work,
+        tftp_port: 69,
+        nfs_port: nfs_port(server),
+        http_port: None,
+    }
+    .text(server_lines, nodes)
 }

@@ -16,6 +16,7 @@ use std::fmt::Display;
 use std::fs;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -31,6 +32,45 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_lazyboot");
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a SIGTERM'd `serve` may take to exit before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a lab's `serve` listens and keeps its files: the parts of its
+/// config every lab test shares ([`LabConfig::text`]).
+pub struct LabConfig<'a> {
+    pub interface: &'a str,
+    pub server: Ipv4Addr,
+    /// The lab's /24, as `10.213.N`.
+    pub net: String,
+    /// State and cache go under it.
+    pub work: &'a Path,
+    pub tftp_port: u16,
+    pub nfs_port: u16,
+    pub http_port: Option<u16>,
+}
+
+impl LabConfig<'_> {
+    /// The config: `[server]` with the above (a 2G cache) and
+    /// `server_lines`, full DHCP from the /24's .100-.150 with this server
+    /// as router, then `rest` (the `[[nodes]]` tables).
+    pub fn text(&self, server_lines: &str, rest: &str) -> String {
+        let http = self
+            .http_port
+            .map_or(String::new(), |p| format!("http_port = {p}\n"));
+        format!(
+            "[server]\ninterface = \"{interface}\"\naddress = \"{server}\"\n\
+             state_dir = \"{state}\"\ncache_dir = \"{cache}\"\ncache_size = \"2G\"\n\
+             tftp_port = {tftp}\nnfs_port = {nfs}\n{http}{server_lines}\n\n\
+             [dhcp]\nmode = \"full\"\npool_start = \"{net}.100\"\npool_end = \"{net}.150\"\n\
+             router = \"{server}\"\n{rest}",
+            interface = self.interface,
+            server = self.server,
+            state = self.work.join("state").display(),
+            cache = self.work.join("cache").display(),
+            tftp = self.tftp_port,
+            nfs = self.nfs_port,
+            net = self.net,
+        )
+    }
+}
 
 /// The command line of one `lazyboot serve`; [`Serve::start`] runs it.
 #[derive(Clone, Debug)]
