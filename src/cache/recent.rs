@@ -113,7 +113,7 @@ impl RecentBlobs {
     #[cfg(test)]
     pub(crate) fn split(&self, layer: &Digest, range: Range<u64>) -> Vec<Part> {
         let mut inner = self.inner.lock();
-        split_locked(&mut *inner, layer, range)
+        split_locked(&mut inner, layer, range)
     }
 
     /// Like `split`, and the ranges still to fetch are reserved for the
@@ -124,7 +124,7 @@ impl RecentBlobs {
         range: Range<u64>,
     ) -> (Vec<Part>, Reservation<'_>) {
         let mut inner = self.inner.lock();
-        let parts = split_locked(&mut *inner, layer, range);
+        let parts = split_locked(&mut inner, layer, range);
         inner.clock += 1;
         let id = inner.clock;
         let mut reservation = Reservation {
