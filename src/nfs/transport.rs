@@ -23,6 +23,7 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,10 +204,14 @@ async fn connection<E: Exports>(
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let _open = OpenConnection::start();
     let writer = tokio::spawn(async move {
         while let Some(buf) = rx.recv().await {
             if wr.write_all(&buf).await.is_err() {
                 break;
+            }
+            if rx.is_empty() && OPEN.load(Ordering::Relaxed) <= POLL_CONNECTIONS {
+                await_next_call(wr.as_ref());
             }
         }
     });
@@ -272,6 +277,51 @@ async fn connection<E: Exports>(
     tracing::debug!("nfs: connection from {peer} closed");
 }
 
+/// TCP connections open in this process.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// One connection counted in [`OPEN`] while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn start() -> OpenConnection {
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// With this many connections or fewer, a reply is followed by a short
+/// poll for the next call ([`await_next_call`]); with more, the server is
+/// busy enough that its threads do not sleep between calls, and a poll
+/// would only take a thread from the others.
+const POLL_CONNECTIONS: usize = 2;
+/// How long [`await_next_call`] polls.
+const POLL: Duration = Duration::from_micros(100);
+
+/// Keep this thread awake for up to [`POLL`] after a reply, until the
+/// client's next call is readable. A client that reads a tree or a file
+/// call by call waits for each reply, and on a virtual machine much of
+/// that wait is a sleeping thread being woken; a thread that is still
+/// running when the call arrives answers it at once.
+fn await_next_call(stream: &TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    let until = std::time::Instant::now() + POLL;
+    while std::time::Instant::now() < until {
+        match sock.peek(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            // Data, the end of the stream or an error: the reader sees it.
+            _ => return,
+        }
+    }
+}
+
 async fn serve_udp<E: Exports>(socket: UdpSocket, server: Arc<Server<E>>) -> Result<(), NfsError> {
     let socket = Arc::new(socket);
     let slots = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
@@ -313,5 +363,38 @@ async fn serve_udp<E: Exports>(socket: UdpSocket, server: Arc<Server<E>>) -> Res
                 tracing::debug!("nfs: udp reply to {peer}: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn polling_for_the_next_call_leaves_its_bytes_to_the_reader() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        // Nothing sent: the poll gives up by itself.
+        await_next_call(&server);
+        client.write_all(b"call").await.unwrap();
+        // Sent: the poll sees it (however long the loopback takes) and
+        // consumes nothing.
+        let mut seen = false;
+        for _ in 0..1000 {
+            await_next_call(&server);
+            let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            if socket2::SockRef::from(&server).peek(&mut b).is_ok() {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen);
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"call");
     }
 }
