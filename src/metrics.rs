@@ -7,7 +7,7 @@
 //! depends on another module.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A monotonically increasing count.
@@ -25,6 +25,32 @@ impl Counter {
     }
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How many of something are alive in this process: each
+/// [`Live::enter`] counts one until its guard drops.
+pub(crate) struct Live(AtomicUsize);
+
+impl Live {
+    pub(crate) const fn new() -> Live {
+        Live(AtomicUsize::new(0))
+    }
+    pub(crate) fn enter(&'static self) -> LiveGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(self)
+    }
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One counted in a [`Live`] while it lives.
+pub(crate) struct LiveGuard(&'static Live);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

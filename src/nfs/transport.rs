@@ -23,7 +23,6 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +35,7 @@ use tokio::task::JoinSet;
 use super::fs::Exports;
 use super::rpc::{self, CallError, Outcome, MAX_RECORD};
 use super::server::{Head, Server};
+use crate::metrics::Live;
 
 /// Bounds on what TCP clients may hold.
 #[derive(Clone, Copy, Debug)]
@@ -204,13 +204,13 @@ async fn connection<E: Exports>(
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-    let _open = OpenConnection::start();
+    let _open = OPEN.enter();
     let writer = tokio::spawn(async move {
         while let Some(buf) = rx.recv().await {
             if wr.write_all(&buf).await.is_err() {
                 break;
             }
-            if rx.is_empty() && OPEN.load(Ordering::Relaxed) <= POLL_CONNECTIONS {
+            if rx.is_empty() && OPEN.get() <= POLL_CONNECTIONS {
                 await_next_call(wr.as_ref());
             }
         }
@@ -278,23 +278,7 @@ async fn connection<E: Exports>(
 }
 
 /// TCP connections open in this process.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-/// One connection counted in [`OPEN`] while it lives.
-struct OpenConnection;
-
-impl OpenConnection {
-    fn start() -> OpenConnection {
-        OPEN.fetch_add(1, Ordering::Relaxed);
-        OpenConnection
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+static OPEN: Live = Live::new();
 
 /// With this many connections or fewer, a reply is followed by a short
 /// poll for the next call ([`await_next_call`]); with more, the server is

@@ -14,10 +14,10 @@ use super::options::{negotiate, Negotiated};
 use super::packet::{self, code, parse, Packet};
 use super::window::{Ack, Window};
 use super::{Hearing, Open, Settings};
+use crate::metrics::Live;
 use crate::tftp::reader::TftpReader;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::{sleep_until, Instant};
@@ -83,7 +83,7 @@ pub(crate) async fn run<O: Open>(
         recv: [0; 1024],
     };
     let end = {
-        let _running = Running::start();
+        let _running = RUNNING.enter();
         t.transfer(&mut reader, &n).await
     };
     match end {
@@ -118,23 +118,7 @@ struct Transfer<'a> {
 }
 
 /// Transfers running in this process.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-
-/// One transfer counted in [`RUNNING`] while it lives.
-struct Running;
-
-impl Running {
-    fn start() -> Running {
-        RUNNING.fetch_add(1, Ordering::Relaxed);
-        Running
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+static RUNNING: Live = Live::new();
 
 /// How long a transfer that runs alone polls for the client's answer
 /// before it sleeps on the socket. In lock-step every block waits one round
@@ -276,7 +260,7 @@ impl Transfer<'_> {
     async fn wait(&mut self, deadline: Instant) -> Heard {
         let sleep = sleep_until(deadline);
         tokio::pin!(sleep);
-        let mut polled = RUNNING.load(Ordering::Relaxed) > 1;
+        let mut polled = RUNNING.get() > 1;
         loop {
             let early = if polled { None } else { self.poll() };
             polled = true;
