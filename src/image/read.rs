@@ -143,7 +143,11 @@ impl ReadPath<'_> {
                 id,
             };
             let before = buf.len();
-            if !self.cache.get_into(&key, &mut buf) {
+            if id + 1 == span.ids.end && span.bytes.end < map.chunk_range(id).end {
+                // The read stops inside this chunk, so the next sequential
+                // read starts in it: keep it in memory for that read.
+                buf.extend_from_slice(&self.cache.get(&key)?);
+            } else if !self.cache.get_into(&key, &mut buf) {
                 return None;
             }
             let r = map.chunk_range(id);

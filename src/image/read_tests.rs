@@ -54,3 +54,36 @@ async fn a_read_fetches_up_to_its_end_and_a_sequential_one_reads_ahead() {
     assert_eq!(&got[..], &big[later as usize..later as usize + 65536]);
     assert_eq!(view.fetch_stats().requests, s2.requests);
 }
+
+#[tokio::test]
+async fn a_read_that_stops_inside_a_chunk_keeps_it_for_the_next_read() {
+    let big = noise(2 * MIB as usize, 11);
+    let mut l = LayerBuilder::new();
+    l.file("big", 0o644, &big);
+    let img = TestImage::new(&[l.finish()]);
+    drop(img.view().await);
+    // Every chunk on disk, none in memory yet.
+    let view = open_view(&img.reference, &img.cache_dir()).await;
+    let tree = view.tree();
+    let ino = tree.lookup(tree.root().ino, "big").expect("big").ino;
+    let layer = view.layer(0).digest.clone();
+
+    // Over two chunks, stopping inside the second.
+    let got = view.read(ino, 0, 300 << 10).await.unwrap();
+    assert_eq!(&got[..], &big[..300 << 10]);
+    // Its file goes: the next read, which starts in it, must not need it.
+    let chunk = img
+        .cache_dir()
+        .join("chunks")
+        .join(layer.hex())
+        .join(format!("{:016x}", 1));
+    std::fs::remove_file(&chunk).unwrap();
+    let before = view.fetch_stats();
+    let got = view.read(ino, 300 << 10, 10_000).await.unwrap();
+    assert_eq!(&got[..], &big[300 << 10..(300 << 10) + 10_000]);
+    assert_eq!(
+        view.fetch_stats().requests,
+        before.requests,
+        "fetched again"
+    );
+}
